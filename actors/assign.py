@@ -1,0 +1,32 @@
+"""Assignment problems solved in parallel as Ray tasks over chunks of models."""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+
+from fusion.matching import SolveMany, solve_many_serial
+
+
+# Zero logical CPUs: the party shards hold the cluster's CPUs for their lifetime but sit idle while
+# the fusion actor works, and the caller bounds the number of chunks by the CPU count.
+@ray.remote(num_cpus=0)
+def _solve_chunk(units: np.ndarray, template: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    tmpl = template if template.ndim == 2 else template[lo:hi]
+    return solve_many_serial(units[lo:hi], tmpl)
+
+
+def parallel_solver(n_chunks: int, min_chunk: int = 16) -> SolveMany:
+    """A ``solve_many`` that puts the units once and solves ~``n_chunks`` slices of them as tasks."""
+
+    def solve_many(units: np.ndarray, template: np.ndarray) -> np.ndarray:
+        n = len(units)
+        chunks = max(1, min(n_chunks, n // min_chunk))
+        if chunks == 1:
+            return solve_many_serial(units, template)
+        units_ref, template_ref = ray.put(units), ray.put(template)
+        bounds = np.linspace(0, n, chunks + 1).astype(int)
+        refs = [_solve_chunk.remote(units_ref, template_ref, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        return np.concatenate(ray.get(refs))
+
+    return solve_many

@@ -1,0 +1,51 @@
+"""The fusion actor: gathers the shards' parameters, fits every method's warm starter."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import ray
+
+from actors.assign import parallel_solver
+from fusion.methods import strategy_for
+from fusion.spec import MLPSpec
+from fusion.strategies import FitContext, FusionConfig
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class FusionActor:
+    """Holds the pretrained models of all training parties; ``fit`` returns the fitted warm starters."""
+
+    def __init__(self, spec: MLPSpec, cfg: FusionConfig, seed: int, n_chunks: int) -> None:
+        self.spec, self.cfg, self.seed, self.n_chunks = spec, cfg, seed, n_chunks
+
+    def __repr__(self) -> str:
+        return "FusionActor(fusion)"
+
+    def fit(self, methods: list[str], *shards: dict) -> dict:
+        """``shards``: the shards' pretrain outputs (resolved refs). Returns fitted models and timings."""
+        ids = np.concatenate([s["party_id"] for s in shards])
+        order = np.argsort(ids, kind="stable")  # party-id order: independent of the sharding
+        models = np.concatenate([s["params"] for s in shards])[order]
+        descriptors = np.concatenate([s["descriptor"] for s in shards])[order]
+        ctx = FitContext(self.spec, self.seed, parallel_solver(self.n_chunks), self.cfg)
+        fitted, seconds = {}, {}
+        for method in methods:
+            strategy = strategy_for(method, self.cfg)
+            if strategy is None:
+                continue
+            start = time.perf_counter()
+            fitted[method] = strategy.fit(models, descriptors, ctx)
+            seconds[method] = time.perf_counter() - start
+        self.summary = {"seconds": seconds, "parties": len(ids), **{m: f.summary() for m, f in fitted.items()}}
+        self.fitted = fitted
+        return {"fitted": fitted, "party_id": ids[order], "descriptor": descriptors}
+
+    def report(self) -> dict:
+        """Timings and small facts of the last fit."""
+        return self.summary
+
+    def export(self, method: str) -> tuple[str, dict]:
+        """(kind, torch-saveable state) of one fitted method (loads with ``weights_only=True``)."""
+        return type(self.fitted[method]).__name__, self.fitted[method].export()

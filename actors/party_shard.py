@@ -1,0 +1,135 @@
+"""A party shard: one Ray actor hosting many parties, pretraining and evaluating them as batches."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import ray
+import torch
+
+from fusion.methods import COLD_START
+from fusion.params import forward, init_params
+from fusion.training import TrainConfig, train
+from scenarios import Scenario, Stream, party_rng, party_torch_generator
+
+
+def _stack(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.stack(arrays), device=device)
+
+
+class PartyShard:
+    """Hosts the parties ``train_ids`` (pretrained here) and ``test_ids`` (evaluated here).
+
+    Every party's data, init and shots derive from (seed, party id), so any sharding of the same
+    parties gives the same numbers.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        scenario: Scenario,
+        seed: int,
+        train_ids,
+        test_ids,
+        pretrain: TrainConfig,
+        finetune: TrainConfig,
+    ) -> None:
+        self.index, self.scenario, self.seed = index, scenario, seed
+        self.train_ids, self.test_ids = np.asarray(train_ids, np.int64), np.asarray(test_ids, np.int64)
+        self.pretrain_cfg, self.finetune_cfg = pretrain, finetune
+        gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+        self.device = torch.device("cuda" if gpu_ids and torch.cuda.is_available() else "cpu")
+        self.gpu_ids = [str(g) for g in gpu_ids]
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self._warm_up()
+
+    def __repr__(self) -> str:
+        return f"PartyShard(party-shard-{self.index}, {len(self.train_ids)} train, {len(self.test_ids)} test)"
+
+    def _warm_up(self) -> None:
+        """The first optimizer step imports torch._dynamo (~1 s): pay it at start-up, not in a stage."""
+        w = torch.zeros(1, 1, requires_grad=True)
+        opt = torch.optim.Adam([w])
+        w.sum().backward()
+        opt.step()
+
+    def info(self) -> dict:
+        return {
+            "index": self.index,
+            "device": str(self.device),
+            "gpu_ids": self.gpu_ids,
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+        }
+
+    def descriptors(self, ids: np.ndarray) -> np.ndarray:
+        sc = self.scenario
+        return np.stack([sc.descriptor(party_rng(self.seed, i, Stream.DESCRIPTOR)) for i in ids]).astype(np.float32)
+
+    def _inits(self, ids: np.ndarray, stream: Stream) -> torch.Tensor:
+        gens = [party_torch_generator(self.seed, i, stream) for i in ids]
+        return torch.stack([init_params(self.scenario.spec, g) for g in gens]).to(self.device)
+
+    def _loss(self, descriptors: torch.Tensor):
+        return lambda pred, y: self.scenario.loss(pred, y, descriptors)
+
+    def pretrain(self) -> dict:
+        """Pretrain every training party from its own init on its own data: (n, n_params) float32."""
+        start = time.perf_counter()
+        ids, sc = self.train_ids, self.scenario
+        desc = self.descriptors(ids)
+        data = [sc.train_data(d, party_rng(self.seed, i, Stream.DATA)) for i, d in zip(ids, desc)]
+        x = _stack([d[0] for d in data], self.device)
+        y = _stack([d[1] for d in data], self.device)
+        d_t = torch.as_tensor(desc, device=self.device)
+        params = train(self._inits(ids, Stream.INIT), sc.spec, x, y, self._loss(d_t), self.pretrain_cfg)
+        return {
+            "party_id": ids,
+            "descriptor": desc,
+            "params": params.cpu().numpy().astype(np.float32),
+            "seconds": time.perf_counter() - start,
+        }
+
+    def evaluate(self, fit: dict, methods: list[str], shots: list[int]) -> dict:
+        """Warm start every test party with every method, fine-tune on k shots, evaluate.
+
+        Returns long-form columns: method, shots, party_id, value.
+        """
+        ids, sc = self.test_ids, self.scenario
+        cols: dict[str, list] = {"method": [], "shots": [], "party_id": [], "value": []}
+        if len(ids) == 0:
+            return cols
+        desc = self.descriptors(ids)
+        evals = [sc.eval_data(d, party_rng(self.seed, i, Stream.EVAL)) for i, d in zip(ids, desc)]
+        ex, ey = _stack([e[0] for e in evals], self.device), _stack([e[1] for e in evals], self.device)
+        k_max = max(shots)
+        shot_sets = [sc.shot_data(d, k_max, party_rng(self.seed, i, Stream.SHOTS)) for i, d in zip(ids, desc)]
+        starts = []
+        for method in methods:
+            if method == COLD_START:
+                starts.append(self._inits(ids, Stream.COLD_START))
+            else:
+                starts.append(torch.as_tensor(fit["fitted"][method].predict(desc), device=self.device))
+        n_m, n_p = len(methods), len(ids)
+        warm = torch.cat(starts)  # (methods * parties, n_params), method-major
+        d_all = torch.as_tensor(np.tile(desc, (n_m, 1)), device=self.device)
+        rep = lambda t: t.repeat(n_m, *([1] * (t.dim() - 1)))  # noqa: E731
+        for k in shots:
+            if k == 0:
+                tuned = warm
+            else:
+                sx = rep(_stack([s[0][:k] for s in shot_sets], self.device))
+                sy = rep(_stack([s[1][:k] for s in shot_sets], self.device))
+                tuned = train(warm, sc.spec, sx, sy, self._loss(d_all), self.finetune_cfg)
+            with torch.no_grad():
+                values = sc.metric(forward(tuned, sc.spec, rep(ex)), rep(ey), d_all).cpu().numpy()
+            cols["method"] += [m for m in methods for _ in range(n_p)]
+            cols["shots"] += [k] * (n_m * n_p)
+            cols["party_id"] += list(ids) * n_m
+            cols["value"] += values.tolist()
+        return cols
+
+
+PartyShardActor = ray.remote(max_restarts=-1, max_task_retries=-1)(PartyShard)

@@ -1,0 +1,216 @@
+"""The run configuration: frozen dataclasses, read once from TOML and flags, validated at load.
+
+Every error names the key and what is allowed; :class:`ConfigError` is what the CLI turns into
+exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from fusion.metamodel import GPConfig
+from fusion.methods import DEFAULT_METHODS, known_methods
+from fusion.strategies import FusionConfig
+from fusion.training import TrainConfig
+from scenarios import canonical_name, make_options
+
+
+class ConfigError(ValueError):
+    """A configuration a run cannot start from; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where and how the actors run."""
+
+    address: str = ""  # "" -> RAY_ADDRESS, else an embedded local Ray
+    party_actors: int = 0  # 0 -> one per CPU of the cluster (at cpus_per_actor each)
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    dashboard_host: str = "127.0.0.1"
+    include_dashboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.party_actors < 0:
+            raise ConfigError(f"party_actors must be >= 1 (or 0 for one per CPU), got {self.party_actors}")
+        if not self.cpus_per_actor > 0:
+            raise ConfigError(f"cpus_per_actor must be > 0, got {self.cpus_per_actor}")
+        if self.gpus_per_actor < 0:
+            raise ConfigError(f"gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
+        if self.gpus_per_actor > 1 and self.gpus_per_actor != int(self.gpus_per_actor):
+            raise ConfigError(f"gpus_per_actor above 1 must be a whole number, got {self.gpus_per_actor}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    scenario: str = "sine-domains"
+    scenario_options: Any = None  # the scenario's own options dataclass
+    parties: int = 200
+    test_parties: int = 50
+    shots: tuple[int, ...] = (0, 10, 20)
+    seed: int = 0
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    out: str = ""  # "" -> runs/<scenario>-<time>
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, lr=0.01))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, lr=0.003))
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def __post_init__(self) -> None:
+        if self.parties < 2:
+            raise ConfigError(f"parties must be >= 2 (fusion needs several models), got {self.parties}")
+        if self.test_parties < 1:
+            raise ConfigError(f"test_parties must be >= 1, got {self.test_parties}")
+        if not self.shots or any(k < 0 for k in self.shots) or len(set(self.shots)) != len(self.shots):
+            raise ConfigError(f"shots must be distinct integers >= 0, got {list(self.shots)}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods must be a non-empty list without repeats, got {list(self.methods)}")
+        unknown = [m for m in self.methods if m not in known_methods()]
+        if unknown:
+            raise ConfigError(f"unknown method(s) {unknown}; known: {', '.join(known_methods())}")
+        if self.cluster.party_actors > self.parties + self.test_parties:
+            raise ConfigError(
+                f"party_actors={self.cluster.party_actors} is more than the {self.parties + self.test_parties} parties"
+            )
+
+
+# TOML layout: top-level keys, and tables whose keys map onto a sub-config.
+_TOP = {"parties", "test_parties", "shots", "seed", "methods", "out"}
+_CLUSTER = {f.name for f in fields(ClusterConfig)}
+_TABLES = {"pretrain": TrainConfig, "finetune": TrainConfig}
+
+
+def _typed(key: str, value: Any, kind: type) -> Any:
+    """Check a scalar's type (ints where ints are wanted; bools are not ints)."""
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ConfigError(f"{key} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, base: Any | None = None) -> Any:
+    allowed = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    base = base if base is not None else cls()
+    kwargs = {}
+    for key, value in values.items():
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key} must be a table")
+            kwargs[key] = _build(type(current), value, f"{prefix}{key}.", current)
+        elif isinstance(current, (bool, int, float, str)):
+            kwargs[key] = _typed(prefix + key, value, type(current))
+        else:
+            kwargs[key] = value
+    try:
+        return dataclasses.replace(base, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc) if isinstance(exc, ValueError) else f"{prefix}: {exc}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def resolve(raw: dict[str, Any]) -> RunConfig:
+    """Build a validated :class:`RunConfig` from a nested dict (the TOML tree, flags merged in)."""
+    raw = dict(raw)
+    allowed = _TOP | _CLUSTER | set(_TABLES) | {"scenario", "fusion"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    scen = raw.pop("scenario", {})
+    scen = {"name": scen} if isinstance(scen, str) else dict(scen)
+    name = scen.pop("name", "sine-domains")
+    try:
+        name = canonical_name(str(name))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    defaults_of_scenario = make_options(name, {})
+    options = _build(type(defaults_of_scenario), scen, "scenario.", defaults_of_scenario)
+    cluster = _build(ClusterConfig, {k: raw.pop(k) for k in list(raw) if k in _CLUSTER}, "")
+    kwargs: dict[str, Any] = {"scenario": name, "scenario_options": options, "cluster": cluster}
+    defaults = RunConfig.__dataclass_fields__
+    for key in _TABLES:
+        if key in raw:
+            kwargs[key] = _build(TrainConfig, raw.pop(key), f"{key}.", defaults[key].default_factory())
+    if "fusion" in raw:
+        fus = dict(raw.pop("fusion"))
+        gp = fus.pop("gp", {})
+        base = _build(FusionConfig, fus, "fusion.")
+        kwargs["fusion"] = dataclasses.replace(base, gp=_build(GPConfig, gp, "fusion.gp."))
+    for key in ("parties", "test_parties", "seed"):
+        if key in raw:
+            kwargs[key] = _typed(key, raw.pop(key), int)
+    if "out" in raw:
+        kwargs["out"] = _typed("out", raw.pop("out"), str)
+    if "shots" in raw:
+        shots = raw.pop("shots")
+        if not isinstance(shots, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in shots):
+            raise ConfigError(f"shots must be a list of integers, got {shots!r}")
+        kwargs["shots"] = tuple(shots)
+    if "methods" in raw:
+        methods = raw.pop("methods")
+        if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+            raise ConfigError(f"methods must be a list of names, got {methods!r}")
+        kwargs["methods"] = tuple(methods)
+    try:
+        return RunConfig(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved configuration as the TOML tree that :func:`resolve` reads back."""
+    out: dict[str, Any] = {k: getattr(cfg, k) for k in ("parties", "test_parties", "seed", "out")}
+    out["shots"] = list(cfg.shots)
+    out["methods"] = list(cfg.methods)
+    out.update(dataclasses.asdict(cfg.cluster))
+    out["scenario"] = {"name": cfg.scenario, **dataclasses.asdict(cfg.scenario_options)}
+    out["pretrain"] = dataclasses.asdict(cfg.pretrain)
+    out["finetune"] = dataclasses.asdict(cfg.finetune)
+    out["fusion"] = dataclasses.asdict(cfg.fusion)
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dumps_toml(tree: dict[str, Any], prefix: str = "") -> str:
+    """A small TOML writer for the config tree (scalars, lists, nested tables)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in tree.items() if not isinstance(v, dict)]
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            lines += ["", f"[{prefix}{key}]", dumps_toml(value, f"{prefix}{key}.").strip("\n")]
+    return "\n".join(lines).strip("\n") + "\n"

@@ -1,0 +1,87 @@
+"""Results files: long-form Parquet, a summary CSV, the resolved config; written to a temp folder, then renamed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextmanager
+def staged_dir(out: Path):
+    """Yield a temp folder beside ``out``; on success it becomes ``out``, on failure it disappears."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        yield tmp
+        os.replace(tmp, out) if not out.exists() else _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """``out`` exists (an empty folder or a resumed run): move the new files in one by one."""
+    for item in tmp.iterdir():
+        os.replace(item, out / item.name)
+    tmp.rmdir()
+
+
+def results_table(cols: dict[str, list], run_id: str, scenario: str, seed: int, metric: str) -> pa.Table:
+    n = len(cols["value"])
+    return pa.table(
+        {
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "scenario": pa.array([scenario] * n, pa.string()),
+            "seed": pa.array([seed] * n, pa.int64()),
+            "method": pa.array(cols["method"], pa.string()),
+            "shots": pa.array(cols["shots"], pa.int64()),
+            "party_id": pa.array(cols["party_id"], pa.int64()),
+            "metric": pa.array([metric] * n, pa.string()),
+            "value": pa.array(cols["value"], pa.float64()),
+        }
+    )
+
+
+def summarize(table: pa.Table, methods: list[str]) -> list[dict]:
+    """Mean and std of ``value`` per (method, shots), in the order of ``methods`` then shots."""
+    method = np.asarray(table["method"].to_pylist())
+    shots = np.asarray(table["shots"].to_pylist())
+    value = np.asarray(table["value"].to_pylist(), dtype=np.float64)
+    rows = []
+    for m in methods:
+        for k in sorted(set(shots[method == m].tolist())):
+            v = value[(method == m) & (shots == k)]
+            rows.append(
+                {"method": m, "shots": int(k), "mean": float(v.mean()), "std": float(v.std()), "n": int(len(v))}
+            )
+    return rows
+
+
+def write_summary_csv(rows: list[dict], path: Path) -> None:
+    lines = ["method,shots,mean,std,n"] + [
+        f"{r['method']},{r['shots']},{r['mean']:.6g},{r['std']:.6g},{r['n']}" for r in rows
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path)
+
+
+def format_summary(rows: list[dict], metric: str) -> str:
+    """A table: methods as rows, shots as columns, ``mean ± std``."""
+    shots = sorted({r["shots"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["method"], r["shots"]): f"{r['mean']:.4f} ± {r['std']:.4f}" for r in rows}
+    head = [f"{metric} (mean ± std)"] + [f"{k}-shot" for k in shots]
+    body = [[m] + [cell.get((m, k), "-") for k in shots] for m in methods]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])

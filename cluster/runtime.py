@@ -1,0 +1,100 @@
+"""Connecting to Ray: an embedded local instance by default, an existing cluster by address."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import ray
+
+from cluster.config import ClusterConfig, ConfigError
+
+NAMESPACE = "fusion-cluster"
+
+
+@dataclass(frozen=True)
+class Connection:
+    address: str
+    dashboard_url: str | None
+    owned: bool  # we started it (and shut it down at the end)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail within seconds, not a hang, when a host:port address does not answer."""
+    if address == "auto" or address.startswith("ray://") or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+
+
+def connect(cfg: ClusterConfig) -> Connection:
+    """Join the running Ray instance if there is one, else ``cfg.address`` / ``RAY_ADDRESS``, else start one."""
+    if ray.is_initialized():
+        ctx = ray.get_runtime_context()
+        return Connection(ctx.gcs_address, _dashboard(), owned=False)
+    address = cfg.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+        except ConnectionError as exc:
+            raise ConfigError(
+                f"cannot connect to the Ray cluster at {address!r}: {exc}. On a cluster with token "
+                "authentication set RAY_AUTH_MODE=token (see README)."
+            ) from None
+        return Connection(address, _dashboard(), owned=False)
+    ray.init(
+        namespace=NAMESPACE,
+        include_dashboard=cfg.include_dashboard,
+        dashboard_host=cfg.dashboard_host,
+        log_to_driver=False,
+        logging_level="WARNING",
+    )
+    return Connection("local", _dashboard(), owned=True)
+
+
+def _dashboard() -> str | None:
+    try:
+        url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
+    except Exception:  # noqa: BLE001 - the URL is a convenience
+        url = None
+    if not url:
+        try:
+            url = ray._private.worker.global_worker.node.address_info.get("webui_url")  # noqa: SLF001
+        except Exception:  # noqa: BLE001
+            url = None
+    return f"http://{url}" if url and not url.startswith("http") else url
+
+
+def party_actor_count(cfg: ClusterConfig, n_parties: int) -> int:
+    """``cfg.party_actors``, or (when 0) as many as the cluster's CPUs hold, at most one per party."""
+    if cfg.party_actors:
+        return cfg.party_actors
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    return int(max(1, min(n_parties, cpus // cfg.cpus_per_actor)))
+
+
+def check_resources(cfg: ClusterConfig, n_actors: int) -> None:
+    """Refuse actor resources the cluster cannot offer (Ray would wait for them forever)."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for kind, each in (("CPU", cfg.cpus_per_actor), ("GPU", cfg.gpus_per_actor)):
+        best = max((n.get(kind, 0.0) for n in nodes), default=0.0)
+        if each > best:
+            raise ConfigError(f"{kind.lower()}s_per_actor={each:g} but the largest node offers {best:g} {kind}s")
+    for kind, each in (("CPU", cfg.cpus_per_actor), ("GPU", cfg.gpus_per_actor)):
+        total = sum(n.get(kind, 0.0) for n in nodes)
+        if each > 0 and n_actors * each > total + 1e-9:
+            flag = kind.lower()
+            raise ConfigError(
+                f"{n_actors} party actors x {flag}s_per_actor={each:g} need {n_actors * each:g} {kind}s but the "
+                f"cluster has {total:g}; lower --party-actors or --{flag}s-per-actor"
+            )
+
+
+def hostname() -> str:
+    return socket.gethostname()

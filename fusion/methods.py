@@ -1,0 +1,29 @@
+"""The methods compared in a run: each is a fusion strategy (or ``cold_start``, a random init).
+
+``fusion`` is the configured strategy, ``fusion_noalign`` the same strategy with alignment off;
+the baselines are strategies of their own name.
+"""
+
+from __future__ import annotations
+
+from fusion.strategies import STRATEGIES, FusionConfig, Strategy
+
+DEFAULT_METHODS = ("fusion", "fusion_noalign", "nearest_task", "average", "cold_start")
+COLD_START = "cold_start"
+
+
+def known_methods() -> list[str]:
+    return sorted({"fusion", "fusion_noalign", COLD_START, *STRATEGIES})
+
+
+def strategy_for(method: str, cfg: FusionConfig) -> Strategy | None:
+    """The strategy that produces ``method``'s warm starts (None for ``cold_start``)."""
+    if method == COLD_START:
+        return None
+    if method == "fusion":
+        return STRATEGIES[cfg.strategy]()
+    if method == "fusion_noalign":
+        return STRATEGIES[cfg.strategy](aligned=False)
+    if method in STRATEGIES:
+        return STRATEGIES[method]()
+    raise ValueError(f"unknown method {method!r}; known: {', '.join(known_methods())}")

@@ -1,0 +1,33 @@
+"""``average``: the plain parameter average of all pretrained models (no alignment, no personalization)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+
+
+class Constant(WarmStarter):
+    """The same model for every descriptor."""
+
+    def __init__(self, params: np.ndarray) -> None:
+        self.params = np.asarray(params, dtype=np.float32)
+
+    def predict(self, descriptors: np.ndarray) -> np.ndarray:
+        return np.tile(self.params, (len(descriptors), 1))
+
+    def export(self) -> dict:
+        return {"params": torch.from_numpy(self.params)}
+
+    @classmethod
+    def restore(cls, state: dict) -> Constant:
+        return cls(state["params"].numpy())
+
+
+@register
+class Average(Strategy):
+    name = "average"
+
+    def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        return Constant(np.asarray(models, dtype=np.float64).mean(axis=0))

@@ -1,0 +1,88 @@
+"""The fusion-strategy interface and its registry.
+
+A :class:`Strategy` turns the pretrained models of the training parties and their descriptors
+into a :class:`WarmStarter`, which maps any descriptor to a model. Adding a strategy is one file
+and one ``@register`` line.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fusion.matching import SolveMany, solve_many_serial
+from fusion.metamodel import GPConfig
+from fusion.spec import MLPSpec
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """``[fusion]`` keys: the strategy used for the ``fusion`` method and its settings."""
+
+    strategy: str = "gp"
+    align_iters: int = 20
+    gp: GPConfig = field(default_factory=GPConfig)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown fusion strategy {self.strategy!r}; known: {', '.join(sorted(STRATEGIES))}")
+        if self.align_iters < 1:
+            raise ValueError(f"fusion.align_iters must be >= 1, got {self.align_iters}")
+
+
+@dataclass
+class FitContext:
+    """What every strategy may use besides the models: the architecture, a seed and the assignment solver."""
+
+    spec: MLPSpec
+    seed: int = 0
+    solve_many: SolveMany = solve_many_serial
+    config: FusionConfig = field(default_factory=FusionConfig)
+
+
+class WarmStarter(ABC):
+    """A fitted fusion model: descriptors (m, d) -> parameters (m, n_params) float32.
+
+    ``export`` gives a state of tensors, numbers, strings and lists (loadable with
+    ``torch.load(weights_only=True)``); ``restore`` rebuilds the object from it.
+    """
+
+    @abstractmethod
+    def predict(self, descriptors: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def export(self) -> dict: ...
+
+    @classmethod
+    @abstractmethod
+    def restore(cls, state: dict) -> WarmStarter: ...
+
+    def summary(self) -> dict:
+        """Small facts about the fit for logs and metrics."""
+        return {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        WARM_STARTERS[cls.__name__] = cls
+
+
+WARM_STARTERS: dict[str, type[WarmStarter]] = {}
+
+
+class Strategy(ABC):
+    """Fits a :class:`WarmStarter` from pretrained ``models`` (n, n_params) and ``descriptors`` (n, d)."""
+
+    name: str
+
+    @abstractmethod
+    def fit(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter: ...
+
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    STRATEGIES[cls.name] = cls
+    return cls

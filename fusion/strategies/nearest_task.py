@@ -1,0 +1,41 @@
+"""``nearest_task``: copy the pretrained model whose descriptor is closest (standardized Euclidean)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+
+
+class Lookup(WarmStarter):
+    def __init__(self, models: np.ndarray, descriptors: np.ndarray) -> None:
+        self.models = np.asarray(models, dtype=np.float32)
+        self.descriptors = np.asarray(descriptors, dtype=np.float64)
+        std = self.descriptors.std(axis=0)
+        self.scale = np.where(std > 1e-12, std, 1.0)  # a constant dimension is left unscaled
+
+    def nearest(self, descriptors: np.ndarray) -> np.ndarray:
+        """Index of the closest training task for each row of ``descriptors`` (m, d): (m,)."""
+        q = np.asarray(descriptors, dtype=np.float64) / self.scale
+        t = self.descriptors / self.scale
+        d2 = (q**2).sum(1)[:, None] + (t**2).sum(1)[None, :] - 2 * q @ t.T
+        return d2.argmin(axis=1)
+
+    def predict(self, descriptors: np.ndarray) -> np.ndarray:
+        return self.models[self.nearest(descriptors)]
+
+    def export(self) -> dict:
+        return {"models": torch.from_numpy(self.models), "descriptors": torch.from_numpy(self.descriptors)}
+
+    @classmethod
+    def restore(cls, state: dict) -> Lookup:
+        return cls(state["models"].numpy(), state["descriptors"].numpy())
+
+
+@register
+class NearestTask(Strategy):
+    name = "nearest_task"
+
+    def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        return Lookup(models, descriptors)

@@ -1,0 +1,15 @@
+"""Task families: descriptors, each party's private data, the model, the loss and the metric."""
+
+from scenarios.base import Scenario, Stream, party_rng, party_torch_generator
+from scenarios.registry import SCENARIOS, build, canonical_name, make_options
+
+__all__ = [
+    "SCENARIOS",
+    "Scenario",
+    "Stream",
+    "build",
+    "canonical_name",
+    "make_options",
+    "party_rng",
+    "party_torch_generator",
+]

@@ -1,0 +1,80 @@
+"""The ``Scenario`` interface: a family of tasks, each party's private data, the model, loss and metric."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from enum import IntEnum
+
+import numpy as np
+import torch
+
+from fusion.spec import MLPSpec
+
+
+class Stream(IntEnum):
+    """Independent random streams of one party (the third word of its seed)."""
+
+    DESCRIPTOR = 0
+    DATA = 1
+    INIT = 2
+    SHOTS = 3
+    COLD_START = 4
+    EVAL = 5
+
+
+def party_rng(seed: int, party_id: int, stream: Stream) -> np.random.Generator:
+    """The generator of one party's ``stream``: a function of (run seed, party id) only."""
+    return np.random.default_rng([int(seed), int(party_id), int(stream)])
+
+
+def party_torch_generator(seed: int, party_id: int, stream: Stream) -> torch.Generator:
+    return torch.Generator().manual_seed(int(party_rng(seed, party_id, stream).integers(2**62)))
+
+
+class Scenario(ABC):
+    """A task family. Subclasses set ``name``, ``metric_name``, ``lower_is_better`` and implement the methods.
+
+    Arrays: a descriptor is (d,) float; data are ``x`` (N, fan_in) and ``y`` (N, fan_out) float32
+    (classification: ``y`` (N,) int64 labels). ``loss`` and ``metric`` work on batches of parties:
+    ``pred`` (P, N, fan_out), ``y`` (P, N, ...) -> (P,).
+    """
+
+    name: str
+    metric_name: str
+    lower_is_better: bool = True
+
+    def __init__(self, spec: MLPSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def descriptor(self, rng: np.random.Generator) -> np.ndarray:
+        """Draw one task descriptor (d,)."""
+
+    @abstractmethod
+    def train_data(self, descriptor: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A party's private pretraining data for its task."""
+
+    @abstractmethod
+    def shot_data(self, descriptor: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``k`` labelled examples of the task for fine-tuning (the first k of a larger draw are nested)."""
+
+    @abstractmethod
+    def eval_data(self, descriptor: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Held-out evaluation data of the task."""
+
+    @abstractmethod
+    def loss(self, pred: torch.Tensor, y: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+        """Training loss per party: (P,)."""
+
+    @abstractmethod
+    def metric(self, pred: torch.Tensor, y: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+        """Evaluation metric per party: (P,)."""
+
+    @property
+    def max_shots(self) -> int | None:
+        """The largest ``k`` this scenario can provide (None: unbounded)."""
+        return None
+
+    def descriptor_distance_scale(self) -> np.ndarray | None:
+        """Per-dimension scale for nearest-task look-ups (None: standardize on the training descriptors)."""
+        return None

@@ -1,0 +1,98 @@
+"""Sine regression ``y = a·sin(x + b)``: the paper's five-domain protocol and MAML's uniform family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusion.spec import MLPSpec
+from scenarios.base import Scenario
+
+# (phase, amplitude low, amplitude high) of the official code's five domains.
+DOMAINS = (
+    (0.0505, 0.10, 1.08),
+    (0.9053, 1.08, 2.06),
+    (1.5035, 2.06, 3.04),
+    (2.4440, 3.05, 4.01),
+    (2.9388, 4.03, 5.00),
+)
+
+
+@dataclass(frozen=True)
+class SineOptions:
+    """``[scenario]`` keys of the sine scenarios."""
+
+    hidden: tuple[int, ...] = (100,)  # hidden widths: [1-100-1] by default
+    train_points: int = 100  # pretraining examples per party
+    train_range: float = 10.0  # pretraining inputs x ~ U[-r, r]
+    eval_points: int = 200  # evenly spaced evaluation inputs in [-5, 5]
+    noise: float = 0.0  # std of Gaussian label noise in the private data, relative to the amplitude
+
+    def __post_init__(self) -> None:
+        hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
+        object.__setattr__(self, "hidden", hidden)
+        if not hidden or any(int(h) < 1 for h in hidden):
+            raise ValueError(f"scenario.hidden must be positive widths, got {self.hidden}")
+        if self.train_points < 1 or self.eval_points < 1:
+            raise ValueError("scenario.train_points and scenario.eval_points must be >= 1")
+        if self.train_range <= 0 or self.noise < 0:
+            raise ValueError("scenario.train_range must be > 0 and scenario.noise >= 0")
+
+
+class SineScenario(Scenario):
+    """Descriptor = (amplitude, phase); metric = RMSE / amplitude on 200 evenly spaced x in [-5, 5]."""
+
+    metric_name = "nrmse"
+    lower_is_better = True
+    eval_range = 5.0
+
+    def __init__(self, options: SineOptions = SineOptions()) -> None:
+        super().__init__(MLPSpec((1, *options.hidden, 1)))
+        self.options = options
+
+    def _sample(self, descriptor: np.ndarray, x: np.ndarray, rng: np.random.Generator | None):
+        a, b = descriptor
+        y = a * np.sin(x + b)
+        if rng is not None and self.options.noise > 0:
+            y = y + self.options.noise * a * rng.standard_normal(y.shape)
+        return x.astype(np.float32)[:, None], y.astype(np.float32)[:, None]
+
+    def train_data(self, descriptor, rng):
+        r = self.options.train_range
+        return self._sample(descriptor, rng.uniform(-r, r, self.options.train_points), rng)
+
+    def shot_data(self, descriptor, k, rng):
+        return self._sample(descriptor, rng.uniform(-self.eval_range, self.eval_range, k), None)
+
+    def eval_data(self, descriptor, rng):
+        return self._sample(descriptor, np.linspace(-self.eval_range, self.eval_range, self.options.eval_points), None)
+
+    def loss(self, pred, y, descriptors):
+        # Normalized MSE: each party scales its loss by its own amplitude, like the metric.
+        return ((pred - y) ** 2).mean(dim=(1, 2)) / descriptors[:, 0] ** 2
+
+    def metric(self, pred, y, descriptors):
+        return ((pred - y) ** 2).mean(dim=(1, 2)).sqrt() / descriptors[:, 0].abs()
+
+
+class SineDomains(SineScenario):
+    """The official protocol: five domains, each a fixed phase and an amplitude band."""
+
+    name = "sine-domains"
+
+    def descriptor(self, rng):
+        phase, low, high = DOMAINS[rng.integers(len(DOMAINS))]
+        return np.array([rng.uniform(low, high), phase])
+
+
+class SineUniform(SineScenario):
+    """MAML's family: a ~ U[0.1, 5], b ~ U[0, pi], pretraining on x in [-5, 5]."""
+
+    name = "sine-uniform"
+
+    def __init__(self, options: SineOptions = SineOptions(train_range=5.0)) -> None:
+        super().__init__(options)
+
+    def descriptor(self, rng):
+        return np.array([rng.uniform(0.1, 5.0), rng.uniform(0.0, np.pi)])

@@ -1,0 +1,27 @@
+"""Shared fixtures: one Ray instance for the whole test session (starting Ray costs ~4 s)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray with 2 CPUs and 1 logical GPU (for GPU-fraction scheduling on CPU machines)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests only; users keep token auth on
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            num_gpus=1,
+            include_dashboard=False,
+            object_store_memory=256 * 1024**2,
+            namespace="fusion-cluster-tests",
+            log_to_driver=False,
+            logging_level="ERROR",
+        )
+    yield ray
+    ray.shutdown()

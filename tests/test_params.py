@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+import torch
+
+from fusion.params import flatten, forward, init_params, layers, permute, unit_features
+from fusion.spec import MLPSpec
+
+
+def random_stack(spec: MLPSpec, n: int, seed: int = 0) -> np.ndarray:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([init_params(spec, gen) for _ in range(n)]).numpy()
+
+
+def test_spec_parse_and_sizes():
+    spec = MLPSpec.parse("1-100-1")
+    assert spec.widths == (1, 100, 1) and spec.n_params == 301 and spec.hidden == (100,)
+    assert str(spec) == "1-100-1"
+    with pytest.raises(ValueError, match="1-100-1"):
+        MLPSpec.parse("1-x-1")
+    with pytest.raises(ValueError):
+        MLPSpec((1,))
+
+
+def test_flat_layout_matches_torch_sequential():
+    spec = MLPSpec((3, 5, 4, 2))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)
+    )
+    flat = torch.cat([p.detach().reshape(-1) for p in net.state_dict().values()])[None]
+    assert list(net.state_dict()) == spec.state_dict_keys()
+    x = torch.randn(7, 3)
+    assert torch.allclose(forward(flat, spec, x)[0], net(x), atol=1e-6)
+    assert torch.equal(flatten(layers(flat, spec)), flat)
+
+
+@pytest.mark.parametrize("widths", [(1, 8, 1), (3, 6, 5, 2)])
+def test_permuting_hidden_units_keeps_the_function(widths):
+    spec = MLPSpec(widths)
+    flat = random_stack(spec, 4)
+    rng = np.random.default_rng(0)
+    perms = [np.stack([rng.permutation(h) for _ in range(4)]) for h in spec.hidden]
+    moved = permute(flat, spec, perms)
+    assert not np.allclose(moved, flat)
+    x = torch.randn(10, widths[0])
+    assert torch.allclose(forward(torch.tensor(moved), spec, x), forward(torch.tensor(flat), spec, x), atol=1e-5)
+
+
+def test_unit_features_are_incoming_bias_outgoing():
+    spec = MLPSpec((2, 3, 4))
+    flat = random_stack(spec, 1)
+    (w1, b1), (w2, _) = layers(torch.tensor(flat), spec)
+    units = unit_features(flat, spec, 0)
+    assert units.shape == (1, 3, 2 + 1 + 4)
+    np.testing.assert_allclose(units[0, 1], np.concatenate([w1[0, 1], b1[0, 1:2], w2[0, :, 1]]))
