@@ -17,8 +17,10 @@ from fusion.strategies import FitContext, FusionConfig
 class FusionActor:
     """Holds the pretrained models of all training parties; ``fit`` returns the fitted warm starters."""
 
-    def __init__(self, spec: MLPSpec, cfg: FusionConfig, seed: int, n_chunks: int) -> None:
-        self.spec, self.cfg, self.seed, self.n_chunks = spec, cfg, seed, n_chunks
+    def __init__(self, spec: MLPSpec, cfg: FusionConfig, seed: int, n_chunks: int, probe=None) -> None:
+        self.spec, self.cfg, self.seed, self.n_chunks, self.probe = spec, cfg, seed, n_chunks, probe
+        self.summary: dict | None = None
+        self.error: str | None = None
 
     def __repr__(self) -> str:
         return "FusionActor(fusion)"
@@ -29,14 +31,18 @@ class FusionActor:
         order = np.argsort(ids, kind="stable")  # party-id order: independent of the sharding
         models = np.concatenate([s["params"] for s in shards])[order]
         descriptors = np.concatenate([s["descriptor"] for s in shards])[order]
-        ctx = FitContext(self.spec, self.seed, parallel_solver(self.n_chunks), self.cfg)
+        ctx = FitContext(self.spec, self.seed, parallel_solver(self.n_chunks), self.cfg, self.probe)
         fitted, seconds = {}, {}
         for method in methods:
             strategy = strategy_for(method, self.cfg)
             if strategy is None:
                 continue
             start = time.perf_counter()
-            fitted[method] = strategy.fit(models, descriptors, ctx)
+            try:
+                fitted[method] = strategy.fit(models, descriptors, ctx)
+            except Exception as exc:
+                self.error = f"{method}: {type(exc).__name__}: {exc}"
+                raise
             seconds[method] = time.perf_counter() - start
         self.summary = {"seconds": seconds, "parties": len(ids), **{m: f.summary() for m, f in fitted.items()}}
         self.fitted = fitted
@@ -44,6 +50,8 @@ class FusionActor:
 
     def report(self) -> dict:
         """Timings and small facts of the last fit."""
+        if self.summary is None:
+            raise RuntimeError(f"the fusion fit failed ({self.error})" if self.error else "no fit has completed")
         return self.summary
 
     def export(self, method: str) -> tuple[str, dict]:

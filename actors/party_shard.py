@@ -10,7 +10,7 @@ import ray
 import torch
 
 from fusion.methods import COLD_START
-from fusion.params import forward, init_params
+from fusion.params import forward
 from fusion.training import TrainConfig, train
 from scenarios import Scenario, Stream, party_rng, party_torch_generator
 
@@ -70,7 +70,7 @@ class PartyShard:
 
     def _inits(self, ids: np.ndarray, stream: Stream) -> torch.Tensor:
         gens = [party_torch_generator(self.seed, i, stream) for i in ids]
-        return torch.stack([init_params(self.scenario.spec, g) for g in gens]).to(self.device)
+        return torch.stack([self.scenario.init_params(g) for g in gens]).to(self.device)
 
     def _loss(self, descriptors: torch.Tensor):
         return lambda pred, y: self.scenario.loss(pred, y, descriptors)

@@ -57,7 +57,7 @@ class RunConfig:
     methods: tuple[str, ...] = DEFAULT_METHODS
     out: str = ""  # "" -> runs/<scenario>-<time>
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, lr=0.01))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, lr=0.003))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=50, lr=0.001))
     fusion: FusionConfig = field(default_factory=FusionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 

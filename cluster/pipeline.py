@@ -97,7 +97,9 @@ def _execute(cfg: RunConfig, scenario, run_id: str, n_actors: int, stages: dict[
         )
         for i, (tr, te) in enumerate(slices)
     ]
-    fusion = FusionActor.options(name="fusion", namespace=namespace).remote(scenario.spec, cfg.fusion, cfg.seed, n_cpus)
+    fusion = FusionActor.options(name="fusion", namespace=namespace).remote(
+        scenario.spec, cfg.fusion, cfg.seed, n_cpus, scenario.probe_inputs()
+    )
     try:
         infos = ray.get([s.info.remote() for s in shards])
         stages["actors"] = time.perf_counter() - clock

@@ -8,6 +8,7 @@ from enum import IntEnum
 import numpy as np
 import torch
 
+from fusion.params import init_params
 from fusion.spec import MLPSpec
 
 
@@ -69,6 +70,17 @@ class Scenario(ABC):
     @abstractmethod
     def metric(self, pred: torch.Tensor, y: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
         """Evaluation metric per party: (P,)."""
+
+    def init_params(self, generator: torch.Generator) -> torch.Tensor:
+        """A party's random initial model (n_params,); default: ``torch.nn.Linear``'s init."""
+        return init_params(self.spec, generator)
+
+    def probe_inputs(self) -> np.ndarray | None:
+        """Unlabeled inputs (N, fan_in) covering where the tasks are queried, for function-space fusion.
+
+        None: the scenario has none to offer (strategies that need them refuse to run).
+        """
+        return None
 
     @property
     def max_shots(self) -> int | None:

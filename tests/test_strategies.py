@@ -12,11 +12,11 @@ from fusion.strategies import STRATEGIES, FitContext, FusionConfig
 from tests.test_params import random_stack
 
 SPEC = MLPSpec((1, 12, 1))
-FAST = FusionConfig(gp=GPConfig(max_steps=30, inducing=16))
+FAST = FusionConfig(gp=GPConfig(max_steps=30, inducing=16), refit_steps=300)
 
 
 def ctx() -> FitContext:
-    return FitContext(SPEC, seed=0, config=FAST)
+    return FitContext(SPEC, seed=0, config=FAST, probe=np.linspace(-2, 2, 16, dtype=np.float32)[:, None])
 
 
 def outputs(params: np.ndarray) -> torch.Tensor:
@@ -95,3 +95,17 @@ def test_noalign_gp_does_not_recover_permuted_copies():
     unaligned = STRATEGIES["gp"](aligned=False).fit(copies, desc, ctx()).predict(desc[:1])
     truth = outputs(base)
     assert (outputs(unaligned) - truth).abs().mean() > 10 * (outputs(aligned) - truth).abs().mean()
+
+
+class TestGPRefit(StrategyContract):
+    def make_strategy(self):
+        return STRATEGIES["gp_refit"]()
+
+    # The refit reproduces the predicted outputs on the probe inputs by training: close, not exact.
+    permuted_atol = 0.05
+
+
+def test_gp_refit_needs_probe_inputs():
+    models, desc = random_stack(SPEC, 4), np.random.default_rng(0).uniform(size=(4, 2))
+    with pytest.raises(ValueError, match="probe inputs"):
+        STRATEGIES["gp_refit"]().fit(models, desc, FitContext(SPEC, config=FAST))

@@ -21,25 +21,34 @@ from fusion.spec import MLPSpec
 class FusionConfig:
     """``[fusion]`` keys: the strategy used for the ``fusion`` method and its settings."""
 
-    strategy: str = "gp"
+    strategy: str = "gp_refit"
     align_iters: int = 20
     gp: GPConfig = field(default_factory=GPConfig)
+    refit_steps: int = 1000  # function-space refit of a warm start (strategies that refit)
+    refit_lr: float = 0.01
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown fusion strategy {self.strategy!r}; known: {', '.join(sorted(STRATEGIES))}")
         if self.align_iters < 1:
             raise ValueError(f"fusion.align_iters must be >= 1, got {self.align_iters}")
+        if self.refit_steps < 0 or not self.refit_lr > 0:
+            raise ValueError("fusion.refit_steps must be >= 0 and fusion.refit_lr > 0")
 
 
 @dataclass
 class FitContext:
-    """What every strategy may use besides the models: the architecture, a seed and the assignment solver."""
+    """What every strategy may use besides the models.
+
+    ``probe``: unlabeled inputs (N, fan_in) where the scenario's tasks live, for strategies that
+    compare models by their outputs (no labels, no private data: any party could publish them).
+    """
 
     spec: MLPSpec
     seed: int = 0
     solve_many: SolveMany = solve_many_serial
     config: FusionConfig = field(default_factory=FusionConfig)
+    probe: np.ndarray | None = None
 
 
 class WarmStarter(ABC):
