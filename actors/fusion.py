@@ -9,16 +9,18 @@ import ray
 
 from actors.assign import parallel_solver
 from fusion.methods import strategy_for
-from fusion.spec import MLPSpec
+from fusion.params import init_params
 from fusion.strategies import FitContext, FusionConfig
+from scenarios import Scenario, training_data
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class FusionActor:
     """Holds the pretrained models of all training parties; ``fit`` returns the fitted warm starters."""
 
-    def __init__(self, spec: MLPSpec, cfg: FusionConfig, seed: int, n_chunks: int, probe=None) -> None:
-        self.spec, self.cfg, self.seed, self.n_chunks, self.probe = spec, cfg, seed, n_chunks, probe
+    def __init__(self, scenario: Scenario, cfg: FusionConfig, seed: int, n_chunks: int) -> None:
+        self.scenario, self.cfg, self.seed, self.n_chunks = scenario, cfg, seed, n_chunks
+        self.spec = scenario.spec
         self.summary: dict | None = None
         self.error: str | None = None
 
@@ -31,7 +33,14 @@ class FusionActor:
         order = np.argsort(ids, kind="stable")  # party-id order: independent of the sharding
         models = np.concatenate([s["params"] for s in shards])[order]
         descriptors = np.concatenate([s["descriptor"] for s in shards])[order]
-        ctx = FitContext(self.spec, self.seed, parallel_solver(self.n_chunks), self.cfg, self.probe)
+        ctx = FitContext(
+            self.spec,
+            self.seed,
+            parallel_solver(self.n_chunks),
+            self.cfg,
+            self.scenario.probe_inputs(),
+            tasks=lambda: self._tasks(ids[order]),
+        )
         fitted, seconds = {}, {}
         for method in methods:
             strategy = strategy_for(method, self.cfg)
@@ -47,6 +56,16 @@ class FusionActor:
         self.summary = {"seconds": seconds, "parties": len(ids), **{m: f.summary() for m, f in fitted.items()}}
         self.fitted = fitted
         return {"fitted": fitted, "party_id": ids[order], "descriptor": descriptors}
+
+    def _tasks(self, ids: np.ndarray) -> tuple:
+        """The training parties' data, for baselines that need it (MAML): a simulation privilege."""
+        sc = self.scenario
+        _, x, y = training_data(sc, self.seed, ids)
+
+        def init(spec, gen):
+            return sc.init_params(gen) if spec == sc.spec else init_params(spec, gen)
+
+        return x, y, sc.loss, init
 
     def report(self) -> dict:
         """Timings and small facts of the last fit."""

@@ -12,7 +12,7 @@ import torch
 from fusion.methods import COLD_START
 from fusion.params import forward
 from fusion.training import TrainConfig, train
-from scenarios import Scenario, Stream, party_rng, party_torch_generator
+from scenarios import Scenario, Stream, party_rng, party_torch_generator, training_data
 
 
 def _stack(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -79,10 +79,8 @@ class PartyShard:
         """Pretrain every training party from its own init on its own data: (n, n_params) float32."""
         start = time.perf_counter()
         ids, sc = self.train_ids, self.scenario
-        desc = self.descriptors(ids)
-        data = [sc.train_data(d, party_rng(self.seed, i, Stream.DATA)) for i, d in zip(ids, desc)]
-        x = _stack([d[0] for d in data], self.device)
-        y = _stack([d[1] for d in data], self.device)
+        desc, x, y = training_data(sc, self.seed, ids)
+        x, y = torch.as_tensor(x, device=self.device), torch.as_tensor(y, device=self.device)
         d_t = torch.as_tensor(desc, device=self.device)
         params = train(self._inits(ids, Stream.INIT), sc.spec, x, y, self._loss(d_t), self.pretrain_cfg)
         return {
@@ -106,14 +104,25 @@ class PartyShard:
         ex, ey = _stack([e[0] for e in evals], self.device), _stack([e[1] for e in evals], self.device)
         k_max = max(shots)
         shot_sets = [sc.shot_data(d, k_max, party_rng(self.seed, i, Stream.SHOTS)) for i, d in zip(ids, desc)]
-        starts = []
+        # Methods whose warm starts share an architecture are fine-tuned together as one batch.
+        groups: dict = {}
         for method in methods:
             if method == COLD_START:
-                starts.append(self._inits(ids, Stream.COLD_START))
+                spec, start = sc.spec, self._inits(ids, Stream.COLD_START)
             else:
-                starts.append(torch.as_tensor(fit["fitted"][method].predict(desc), device=self.device))
-        n_m, n_p = len(methods), len(ids)
-        warm = torch.cat(starts)  # (methods * parties, n_params), method-major
+                fitted = fit["fitted"][method]
+                spec = getattr(fitted, "spec", sc.spec)
+                start = torch.as_tensor(fitted.predict(desc), device=self.device)
+            groups.setdefault(spec, []).append((method, start))
+        for spec, members in groups.items():
+            self._finetune_and_score(spec, members, desc, ex, ey, shot_sets, shots, cols)
+        return cols
+
+    def _finetune_and_score(self, spec, members, desc, ex, ey, shot_sets, shots, cols) -> None:
+        """Fine-tune the warm starts of ``members`` [(method, (parties, n_params))] on k shots and score them."""
+        sc, ids = self.scenario, self.test_ids
+        n_m, n_p = len(members), len(ids)
+        warm = torch.cat([start for _, start in members])  # (methods * parties, n_params), method-major
         d_all = torch.as_tensor(np.tile(desc, (n_m, 1)), device=self.device)
         rep = lambda t: t.repeat(n_m, *([1] * (t.dim() - 1)))  # noqa: E731
         for k in shots:
@@ -122,14 +131,13 @@ class PartyShard:
             else:
                 sx = rep(_stack([s[0][:k] for s in shot_sets], self.device))
                 sy = rep(_stack([s[1][:k] for s in shot_sets], self.device))
-                tuned = train(warm, sc.spec, sx, sy, self._loss(d_all), self.finetune_cfg)
+                tuned = train(warm, spec, sx, sy, self._loss(d_all), self.finetune_cfg)
             with torch.no_grad():
-                values = sc.metric(forward(tuned, sc.spec, rep(ex)), rep(ey), d_all).cpu().numpy()
-            cols["method"] += [m for m in methods for _ in range(n_p)]
+                values = sc.metric(forward(tuned, spec, rep(ex)), rep(ey), d_all).cpu().numpy()
+            cols["method"] += [m for m, _ in members for _ in range(n_p)]
             cols["shots"] += [k] * (n_m * n_p)
             cols["party_id"] += list(ids) * n_m
             cols["value"] += values.tolist()
-        return cols
 
 
 PartyShardActor = ray.remote(max_restarts=-1, max_task_retries=-1)(PartyShard)

@@ -97,9 +97,7 @@ def _execute(cfg: RunConfig, scenario, run_id: str, n_actors: int, stages: dict[
         )
         for i, (tr, te) in enumerate(slices)
     ]
-    fusion = FusionActor.options(name="fusion", namespace=namespace).remote(
-        scenario.spec, cfg.fusion, cfg.seed, n_cpus, scenario.probe_inputs()
-    )
+    fusion = FusionActor.options(name="fusion", namespace=namespace).remote(scenario, cfg.fusion, cfg.seed, n_cpus)
     try:
         infos = ray.get([s.info.remote() for s in shards])
         stages["actors"] = time.perf_counter() - clock

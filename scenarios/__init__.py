@@ -1,6 +1,6 @@
 """Task families: descriptors, each party's private data, the model, the loss and the metric."""
 
-from scenarios.base import Scenario, Stream, party_rng, party_torch_generator
+from scenarios.base import Scenario, Stream, party_rng, party_torch_generator, training_data
 from scenarios.registry import SCENARIOS, build, canonical_name, make_options
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "make_options",
     "party_rng",
     "party_torch_generator",
+    "training_data",
 ]

@@ -90,3 +90,10 @@ class Scenario(ABC):
     def descriptor_distance_scale(self) -> np.ndarray | None:
         """Per-dimension scale for nearest-task look-ups (None: standardize on the training descriptors)."""
         return None
+
+
+def training_data(scenario: Scenario, seed: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The private data of parties ``ids``, as the parties themselves draw it: descriptors (n, d), x, y stacked."""
+    desc = np.stack([scenario.descriptor(party_rng(seed, i, Stream.DESCRIPTOR)) for i in ids]).astype(np.float32)
+    data = [scenario.train_data(d, party_rng(seed, i, Stream.DATA)) for i, d in zip(ids, desc)]
+    return desc, np.stack([d[0] for d in data]), np.stack([d[1] for d in data])

@@ -109,3 +109,30 @@ def test_gp_refit_needs_probe_inputs():
     models, desc = random_stack(SPEC, 4), np.random.default_rng(0).uniform(size=(4, 2))
     with pytest.raises(ValueError, match="probe inputs"):
         STRATEGIES["gp_refit"]().fit(models, desc, FitContext(SPEC, config=FAST))
+
+
+def test_maml_meta_training_lowers_the_adapted_loss():
+    import torch
+
+    from fusion.strategies.maml import MAMLConfig, meta_train
+
+    spec = MLPSpec((1, 16, 1))
+    rng = np.random.default_rng(0)
+    amp = rng.uniform(0.5, 2.0, 30)
+    x = torch.tensor(rng.uniform(-3, 3, (30, 20, 1)), dtype=torch.float32)
+    y = torch.tensor(amp[:, None, None], dtype=torch.float32) * torch.sin(x)
+    d = torch.tensor(amp[:, None], dtype=torch.float32)
+    loss = lambda pred, y, d: ((pred - y) ** 2).mean(dim=(1, 2))  # noqa: E731
+    from fusion.params import init_params
+
+    init = init_params(spec, torch.Generator().manual_seed(0))
+    cfg = MAMLConfig(meta_steps=200, meta_batch=8, support=5, query=10, outer_lr=0.01)
+    theta = meta_train(spec, x, y, d, loss, init, cfg, seed=0)
+    before = loss(forward(init.expand(30, -1), spec, x), y, d).mean()
+    after = loss(forward(theta.expand(30, -1), spec, x), y, d).mean()
+    assert after < 0.5 * before
+
+
+def test_maml_needs_the_parties_data():
+    with pytest.raises(ValueError, match="training parties' data"):
+        STRATEGIES["maml"]().fit(random_stack(SPEC, 3), np.zeros((3, 2)), ctx())

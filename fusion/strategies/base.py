@@ -8,6 +8,7 @@ and one ``@register`` line.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,9 @@ class FitContext:
 
     ``probe``: unlabeled inputs (N, fan_in) where the scenario's tasks live, for strategies that
     compare models by their outputs (no labels, no private data: any party could publish them).
+    ``tasks``: for baselines that need the training parties' data (MAML), a callable returning
+    ``(x (n, N, in), y (n, N, ...), loss_fn(pred, y, descriptors) -> (P,), init_fn(spec, gen))``
+    in the order of the models.
     """
 
     spec: MLPSpec
@@ -49,6 +53,7 @@ class FitContext:
     solve_many: SolveMany = solve_many_serial
     config: FusionConfig = field(default_factory=FusionConfig)
     probe: np.ndarray | None = None
+    tasks: Callable[[], tuple] | None = None
 
 
 class WarmStarter(ABC):

@@ -1,0 +1,112 @@
+"""``maml`` and ``maml_40_40``: MAML (Finn et al. 2017) meta-trained on the training parties' data.
+
+Unlike fusion, MAML needs synchronized access to every training party's data: it is the peer that
+breaks the privacy premise, reported for reference. Written with ``torch.func``: the inner loop is
+one functional SGD step per task, vmapped over a meta-batch of tasks; the outer loop is Adam on the
+shared init. The warm start is the meta-learned init for every descriptor (no personalization
+before the shots).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import grad, vmap
+
+from fusion.params import forward
+from fusion.spec import MLPSpec
+from fusion.strategies.average import Constant
+from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+
+
+@dataclass(frozen=True)
+class MAMLConfig:
+    meta_steps: int = 3000
+    meta_batch: int = 25
+    support: int = 10
+    query: int = 10
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    outer_lr: float = 0.001
+
+
+class MAMLInit(Constant):
+    """The meta-learned init, for every descriptor; carries its own architecture."""
+
+    def __init__(self, params: np.ndarray, spec: MLPSpec) -> None:
+        super().__init__(params)
+        self.spec = spec
+
+    def export(self) -> dict:
+        return {**super().export(), "widths": list(self.spec.widths), "activation": self.spec.activation}
+
+    @classmethod
+    def restore(cls, state: dict) -> MAMLInit:
+        return cls(state["params"].numpy(), MLPSpec(tuple(state["widths"]), state["activation"]))
+
+
+def meta_train(
+    spec: MLPSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    d: torch.Tensor,
+    loss_fn,
+    init: torch.Tensor,
+    cfg: MAMLConfig,
+    seed: int,
+) -> torch.Tensor:
+    """MAML over tasks ``x`` (n, N, in), ``y`` (n, N, out), descriptors ``d`` (n, dim): the init (n_params,)."""
+    gen = torch.Generator().manual_seed(seed)
+    n, n_points = x.shape[0], x.shape[1]
+
+    def task_loss(theta, xs, ys, ds):
+        return loss_fn(forward(theta[None], spec, xs[None]), ys[None], ds[None])[0]
+
+    def adapted_query_loss(theta, xs, ys, xq, yq, ds):
+        for _ in range(cfg.inner_steps):
+            theta = theta - cfg.inner_lr * grad(task_loss)(theta, xs, ys, ds)
+        return task_loss(theta, xq, yq, ds)
+
+    batched = vmap(adapted_query_loss, in_dims=(None, 0, 0, 0, 0, 0))
+    theta = init.clone().requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=cfg.outer_lr)
+    for _ in range(cfg.meta_steps):
+        tasks = torch.randint(n, (cfg.meta_batch,), generator=gen)
+        pts = torch.argsort(torch.rand(cfg.meta_batch, n_points, generator=gen), dim=1)[:, : cfg.support + cfg.query]
+        xb = torch.gather(x[tasks], 1, pts[..., None].expand(-1, -1, x.shape[2]))
+        yb = torch.gather(y[tasks], 1, pts[..., None].expand(-1, -1, y.shape[2]))
+        s, q = slice(0, cfg.support), slice(cfg.support, None)
+        opt.zero_grad()
+        batched(theta, xb[:, s], yb[:, s], xb[:, q], yb[:, q], d[tasks]).mean().backward()
+        opt.step()
+    return theta.detach()
+
+
+class _MAML(Strategy):
+    hidden: tuple[int, ...] | None = None  # None: the parties' own architecture
+
+    def __init__(self, cfg: MAMLConfig = MAMLConfig()) -> None:
+        self.cfg = cfg
+
+    def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        if ctx.tasks is None:
+            raise ValueError(f"strategy {self.name} needs the training parties' data (FitContext.tasks)")
+        x, y, loss_fn, init_fn = ctx.tasks()
+        spec = ctx.spec if self.hidden is None else MLPSpec((ctx.spec.widths[0], *self.hidden, ctx.spec.widths[-1]))
+        init = init_fn(spec, torch.Generator().manual_seed(ctx.seed))
+        d = torch.as_tensor(np.asarray(descriptors, np.float32))
+        theta = meta_train(spec, torch.as_tensor(x), torch.as_tensor(y), d, loss_fn, init, self.cfg, ctx.seed)
+        return MAMLInit(theta.numpy(), spec)
+
+
+@register
+class MAML(_MAML):
+    name = "maml"
+
+
+@register
+class MAML4040(_MAML):
+    name = "maml_40_40"
+    hidden = (40, 40)
