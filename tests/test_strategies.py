@@ -95,3 +95,21 @@ def test_noalign_gp_does_not_recover_permuted_copies():
     unaligned = STRATEGIES["gp"](aligned=False).fit(copies, desc, ctx()).predict(desc[:1])
     truth = outputs(base)
     assert (outputs(unaligned) - truth).abs().mean() > 10 * (outputs(aligned) - truth).abs().mean()
+
+
+class TestMatchedAverage(StrategyContract):
+    def make_strategy(self):
+        return STRATEGIES["matched_average"]()
+
+
+def test_matched_average_of_noisy_permuted_copies_beats_the_plain_average():
+    base = random_stack(SPEC, 1, seed=9)
+    rng = np.random.default_rng(10)
+    noisy = np.repeat(base, 8, 0) + rng.normal(scale=0.01, size=(8, SPEC.n_params)).astype(np.float32)
+    copies = permute(noisy, SPEC, [np.stack([rng.permutation(12) for _ in range(8)])])
+    desc = rng.uniform(size=(8, 2))
+    truth = outputs(base)
+    matched = STRATEGIES["matched_average"]().fit(copies, desc, ctx()).predict(desc[:1])
+    plain = STRATEGIES["average"]().fit(copies, desc, ctx()).predict(desc[:1])
+    assert (outputs(matched) - truth).abs().max() < 0.05
+    assert (outputs(plain) - truth).abs().mean() > 10 * (outputs(matched) - truth).abs().mean()

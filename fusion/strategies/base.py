@@ -14,6 +14,7 @@ import numpy as np
 
 from fusion.matching import SolveMany, solve_many_serial
 from fusion.metamodel import GPConfig
+from fusion.pfnm import SolveRect, solve_rect_serial
 from fusion.spec import MLPSpec
 
 
@@ -34,12 +35,17 @@ class FusionConfig:
 
 @dataclass
 class FitContext:
-    """What every strategy may use besides the models: the architecture, a seed and the assignment solver."""
+    """What every strategy may use besides the models: the architecture, a seed and the assignment solvers.
+
+    ``solve_many`` solves square template assignments (:mod:`fusion.matching`); ``solve_rect`` solves the
+    rectangular per-model problems of nonparametric matching (:data:`fusion.pfnm.SolveRect`).
+    """
 
     spec: MLPSpec
     seed: int = 0
     solve_many: SolveMany = solve_many_serial
     config: FusionConfig = field(default_factory=FusionConfig)
+    solve_rect: SolveRect = solve_rect_serial
 
 
 class WarmStarter(ABC):
