@@ -327,6 +327,8 @@ def to_width(
     width: int,
     importance: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
+    refit_x: np.ndarray | None = None,
+    ridge: float = 1e-6,
 ) -> np.ndarray:
     """Models at the global width ``spec`` (m, n_params) -> models at hidden width ``width`` (m, n_params_w).
 
@@ -335,6 +337,9 @@ def to_width(
     :func:`unit_importance`); None ranks each model's units by :func:`unit_importance` alone.
     Wider: append units with zero outgoing weights (the function does not change) and, when ``rng`` is
     given, incoming weights drawn like ``torch.nn.Linear``'s init so fine-tuning can use them (else zero).
+    ``refit_x`` (N, fan_in): when cutting units, refit each narrow model's outgoing weights and output bias by
+    (``ridge``-regularized) least squares so that its outputs on these inputs match the wide model's — the
+    dropped units' contribution is taken over by the kept ones as far as they can (function-space refit).
     """
     params = np.asarray(params, dtype=np.float32)
     fan_in, L, fan_out = spec.widths
@@ -372,4 +377,31 @@ def to_width(
     ]
     out = np.concatenate(parts, axis=1)
     assert out.shape == (m, target.n_params)
+    if refit_x is not None and keep < L:
+        out = _refit_outputs(out, target, params, spec, np.asarray(refit_x, dtype=np.float64), ridge)
+    return out
+
+
+def _act(spec: MLPSpec):
+    return (lambda z: np.maximum(z, 0.0)) if spec.activation == "relu" else np.tanh
+
+
+def _refit_outputs(narrow, spec_n, wide, spec_w, x, ridge) -> np.ndarray:
+    """Least-squares outgoing weights + output bias of ``narrow`` (m, n) matching ``wide``'s outputs on ``x``."""
+    act = _act(spec_n)
+    fan_in, H, fan_out = spec_n.widths
+    (w0, b0, b1), (v0, v1, c1) = spec_n.offsets
+    (gw0, gb0, gb1), (gv0, gv1, gc1) = spec_w.offsets
+    L = spec_w.widths[1]
+    out = narrow.copy()
+    for row, big in zip(out, wide):
+        big = big.astype(np.float64)
+        target = act(x @ big[gw0:gb0].reshape(L, fan_in).T + big[gb0:gb1]) @ big[gv0:gv1].reshape(fan_out, L).T
+        target += big[gv1:gc1]
+        hidden = act(x @ row[w0:b0].reshape(H, fan_in).T.astype(np.float64) + row[b0:b1])
+        design = np.concatenate([hidden, np.ones((len(x), 1))], axis=1)
+        gram = design.T @ design + ridge * len(x) * np.eye(H + 1)
+        coef = np.linalg.solve(gram, design.T @ target)  # (H + 1, fan_out)
+        row[v0:v1] = coef[:H].T.reshape(-1)
+        row[v1:c1] = coef[H]
     return out

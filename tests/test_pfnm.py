@@ -156,3 +156,17 @@ def test_config_and_input_errors():
         match_models([np.zeros(MLPSpec((1, 3, 3, 1)).n_params)], [MLPSpec((1, 3, 3, 1))])
     with pytest.raises(ValueError, match="same inputs"):
         match_models([np.zeros(7), np.zeros(9)], [MLPSpec((1, 2, 1)), MLPSpec((2, 2, 1))])
+
+
+def test_cutting_with_a_function_space_refit_stays_closer_to_the_wide_model():
+    models, specs, _ = sub_copies(seed=8)
+    m = match_models(models, specs, EXACT)
+    stack = expand(models, specs, m)
+    spec40 = MLPSpec((FAN_IN, 40, FAN_OUT))
+    plain = to_width(stack, m.global_spec, 40, importance=m.popularity)
+    refit = to_width(stack, m.global_spec, 40, importance=m.popularity, refit_x=X.numpy())
+    np.testing.assert_array_equal(refit[:, : spec40.offsets[1][0]], plain[:, : spec40.offsets[1][0]])  # same units
+    wide = out(stack, m.global_spec)
+    err_plain = (out(plain, spec40) - wide).pow(2).mean()
+    err_refit = (out(refit, spec40) - wide).pow(2).mean()
+    assert err_refit < 0.5 * err_plain
