@@ -8,10 +8,13 @@ ask for a warm start at their own width. Methods, all at 0 shots, metric = sine 
 
 - ``pfnm_gp``: ``fusion.pfnm.match_models`` -> ``expand`` (one canonical order at the global width) -> the GP
   meta-model (``fusion.metamodel.GPMetaModel``) -> ``to_width(target width, importance=popularity)``;
+- ``pfnm_gp_global``: diagnostic: the same GP mean at the global width, not cut to the party's width;
 - ``matched_average``: the PFNM matched average cut to the target width;
 - ``average``: plain parameter average of the training models that have the target width (the only plain
   average defined across widths);
-- ``nearest_task``: the pretrained model with the closest descriptor, at whatever width it has.
+- ``nearest_task``: the pretrained model with the closest descriptor, at whatever width it has;
+- ``gp_same_width`` (reference, not a heterogeneous method): the foundation's ``gp`` strategy (template
+  alignment + GP) fitted on the training models of the test party's width only.
 
     python bench/hetero_widths.py            # 200 + 50 parties, 2000 steps (the run defaults)
 """
@@ -29,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fusion.matching import align  # noqa: E402
 from fusion.metamodel import GPConfig, GPMetaModel  # noqa: E402
 from fusion.params import forward, init_params  # noqa: E402
 from fusion.pfnm import PFNMConfig, expand, match_models, matched_average, to_width  # noqa: E402
@@ -123,7 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     fused = matched_average(models, specs, matching)[None]
     g = matching.global_spec
 
-    scores: dict[str, list[float]] = {"pfnm_gp": [], "matched_average": [], "average": [], "nearest_task": []}
+    clock = time.perf_counter()
+    same_width = {}
+    for w in widths:
+        rows = [j for j in range(n) if train_w[j] == w]
+        spec_w = MLPSpec((1, w, 1))
+        aligned = align(np.stack([models[j] for j in rows]), spec_w).aligned
+        same_width[w] = GPMetaModel.fit(aligned, desc[rows], GPConfig(), seed=args.seed)
+    stages["gp_same_width_s"] = time.perf_counter() - clock
+    scores: dict[str, list[float]] = {
+        "pfnm_gp": [],
+        "pfnm_gp_global": [],
+        "matched_average": [],
+        "average": [],
+        "nearest_task": [],
+        "gp_same_width": [],
+    }
     scale = desc.std(0)
     refit_x = None
     if args.refit_points:
@@ -133,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         spec_w = MLPSpec((1, int(w), 1))
         warm = to_width(predicted[k : k + 1], g, int(w), importance=matching.popularity, refit_x=refit_x)[0]
         scores["pfnm_gp"].append(evaluate(args.scenario, warm, spec_w, d, args.seed, pid))
+        scores["pfnm_gp_global"].append(evaluate(args.scenario, predicted[k], g, d, args.seed, pid))
         avg = to_width(fused, g, int(w), importance=matching.popularity, refit_x=refit_x)[0]
         scores["matched_average"].append(evaluate(args.scenario, avg, spec_w, d, args.seed, pid))
         same = [j for j in range(n) if train_w[j] == w]
@@ -140,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         scores["average"].append(evaluate(args.scenario, plain, spec_w, d, args.seed, pid))
         near = int(np.argmin((((desc - d) / scale) ** 2).sum(1)))
         scores["nearest_task"].append(evaluate(args.scenario, models[near], specs[near], d, args.seed, pid))
+        ref = same_width[int(w)].predict(d[None])[0]
+        scores["gp_same_width"].append(evaluate(args.scenario, ref, spec_w, d, args.seed, pid))
 
     print(
         f"{n} training parties of widths {widths} ({args.steps} steps), {m} test parties; PFNM: {matching.n_atoms} "

@@ -2,8 +2,10 @@
 
 Kinds (``SplitConfig.kind``), as in PFLlib's ``separate_data``:
 
-- ``pathological``: every party gets ``classes_per_party`` classes; each class's samples are shared by the
-  parties that have it (equal shares, or random shares with ``balance=False``);
+- ``pathological``: every party gets ``classes_per_party`` classes, dealt round-robin over a shuffled class
+  order; each class's samples are shared by the parties that have it (equal shares, or random shares with
+  ``balance=False``); when ``parties * classes_per_party`` is less than the number of classes, the classes
+  nobody was dealt are left out of the split;
 - ``dirichlet``: for each class, proportions ~ Dirichlet(alpha) across parties (a party that already holds
   more than ``N / parties`` samples gets no more, as in PFLlib); the draw is repeated until every party has at
   least ``min_samples`` samples — at most ``max_tries`` times, then a ``ValueError`` names alpha, min_samples

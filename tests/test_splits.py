@@ -88,3 +88,10 @@ def test_weighted_mean_and_std_of_party_metrics():
     assert mean == pytest.approx(0.875) and std == pytest.approx(0.25)
     with pytest.raises(ValueError):
         weighted_mean_std(np.array([1.0]), np.array([0.0]))
+
+
+def test_pathological_with_few_parties_leaves_undealt_classes_out():
+    labels = pool()
+    parts = split_labels(labels, SplitConfig("pathological", parties=2, classes_per_party=2), seed=0)
+    used = np.concatenate([p.indices for p in parts])
+    assert len(np.unique(labels[used])) == 4 and len(used) == 4 * 60
