@@ -39,7 +39,8 @@ def test_cli_run_writes_every_file(ray_session, tmp_path, capsys):
     cfg_path = tmp_path / "small.toml"
     cfg_path.write_text(
         '[scenario]\nname = "sine"\nhidden = [16]\ntrain_points = 40\n'
-        "[pretrain]\nsteps = 150\n[finetune]\nsteps = 20\n[fusion]\nalign_iters = 5\nrefit_steps = 100\n[fusion.gp]\nmax_steps = 30\n"
+        "[pretrain]\nsteps = 150\n[finetune]\nsteps = 20\n"
+        "[fusion]\nalign_iters = 5\nrefit_steps = 100\n[fusion.gp]\nmax_steps = 30\n"
     )
     out = tmp_path / "run"
     code = main(

@@ -136,3 +136,44 @@ def test_maml_meta_training_lowers_the_adapted_loss():
 def test_maml_needs_the_parties_data():
     with pytest.raises(ValueError, match="training parties' data"):
         STRATEGIES["maml"]().fit(random_stack(SPEC, 3), np.zeros((3, 2)), ctx())
+
+
+class TestMatchedAverage(StrategyContract):
+    def make_strategy(self):
+        return STRATEGIES["matched_average"]()
+
+
+def test_matched_average_of_noisy_permuted_copies_beats_the_plain_average():
+    base = random_stack(SPEC, 1, seed=9)
+    rng = np.random.default_rng(10)
+    noisy = np.repeat(base, 8, 0) + rng.normal(scale=0.01, size=(8, SPEC.n_params)).astype(np.float32)
+    copies = permute(noisy, SPEC, [np.stack([rng.permutation(12) for _ in range(8)])])
+    desc = rng.uniform(size=(8, 2))
+    truth = outputs(base)
+    matched = STRATEGIES["matched_average"]().fit(copies, desc, ctx()).predict(desc[:1])
+    plain = STRATEGIES["average"]().fit(copies, desc, ctx()).predict(desc[:1])
+    assert (outputs(matched) - truth).abs().max() < 0.05
+    assert (outputs(plain) - truth).abs().mean() > 10 * (outputs(matched) - truth).abs().mean()
+
+
+class TestMatchedGP(StrategyContract):
+    def make_strategy(self):
+        return STRATEGIES["matched_gp"]()
+
+
+def test_matched_gp_fits_models_of_different_widths_and_decodes_any_width():
+    from fusion.strategies.matched_gp import fit_matched_gp
+
+    specs = [MLPSpec((1, w, 1)) for w in (6, 12, 18, 6, 12, 18)]
+    models = [random_stack(s, 1, seed=20 + i)[0] for i, s in enumerate(specs)]
+    desc = np.random.default_rng(11).uniform(size=(6, 2))
+    fitted = fit_matched_gp(models, specs, desc, width=12, gp=FAST.gp)
+    assert fitted.predict(desc[:2]).shape == (2, SPEC.n_params)
+    assert fitted.predict_width(desc[:2], 30).shape == (2, MLPSpec((1, 30, 1)).n_params)
+    wide = fitted.predict_global(desc[:2])
+    padded = fitted.predict_width(desc[:2], fitted.global_spec.widths[1] + 3)
+    x = torch.linspace(-2, 2, 25)[:, None]
+    torch.testing.assert_close(
+        forward(torch.as_tensor(padded), MLPSpec((1, fitted.global_spec.widths[1] + 3, 1)), x),
+        forward(torch.as_tensor(wide), fitted.global_spec, x),
+    )

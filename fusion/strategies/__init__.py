@@ -1,6 +1,14 @@
 """Fusion strategies by name. Importing this package registers them all."""
 
-from fusion.strategies import average, gp, gp_refit, maml, nearest_task  # noqa: F401  (registration)
+from fusion.strategies import (  # noqa: F401  (registration)
+    average,
+    gp,
+    gp_refit,
+    maml,
+    matched_average,
+    matched_gp,
+    nearest_task,
+)
 from fusion.strategies.base import STRATEGIES, FitContext, FusionConfig, Strategy, WarmStarter, register
 
 __all__ = ["STRATEGIES", "FitContext", "FusionConfig", "Strategy", "WarmStarter", "register"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from fusion.matching import SolveMany, solve_many_serial
 from fusion.metamodel import GPConfig
+from fusion.pfnm import SolveRect, solve_rect_serial
 from fusion.spec import MLPSpec
 
 
@@ -41,6 +42,8 @@ class FusionConfig:
 class FitContext:
     """What every strategy may use besides the models.
 
+    ``solve_many`` solves square template assignments (:mod:`fusion.matching`); ``solve_rect`` solves the
+    rectangular per-model problems of nonparametric matching (:data:`fusion.pfnm.SolveRect`).
     ``probe``: unlabeled inputs (N, fan_in) where the scenario's tasks live, for strategies that
     compare models by their outputs (no labels, no private data: any party could publish them).
     ``tasks``: for baselines that need the training parties' data (MAML), a callable returning
@@ -54,6 +57,7 @@ class FitContext:
     config: FusionConfig = field(default_factory=FusionConfig)
     probe: np.ndarray | None = None
     tasks: Callable[[], tuple] | None = None
+    solve_rect: SolveRect = solve_rect_serial
 
 
 class WarmStarter(ABC):

@@ -1,0 +1,30 @@
+"""``matched_average``: PFNM-style matching of hidden units to global atoms, then their average (no personalization).
+
+Units of all models are matched to global atoms with :func:`fusion.pfnm.match_models` (Bayesian nonparametric,
+so the global model may have more units than one party's model); the atoms are averaged
+(:func:`fusion.pfnm.matched_average`) and the global model is cut back to the parties' width by keeping the most
+popular atoms (:func:`fusion.pfnm.to_width`). Every descriptor gets the same model.
+"""
+
+from __future__ import annotations
+
+from fusion.pfnm import PFNMConfig, match_models, matched_average, to_width
+from fusion.strategies.average import Constant
+from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+
+
+@register
+class MatchedAverage(Strategy):
+    """``cfg`` sets the matching (paper defaults sigma = sigma0 = gamma = 1, 5 sweeps); single hidden layer only."""
+
+    name = "matched_average"
+
+    def __init__(self, cfg: PFNMConfig | None = None) -> None:
+        self.cfg = cfg or PFNMConfig()
+
+    def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        specs = [ctx.spec] * len(models)
+        matching = match_models(list(models), specs, self.cfg, ctx.solve_rect)
+        fused = matched_average(list(models), specs, matching)[None]
+        width = ctx.spec.widths[1]
+        return Constant(to_width(fused, matching.global_spec, width, importance=matching.popularity)[0])
