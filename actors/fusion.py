@@ -7,8 +7,10 @@ import time
 import numpy as np
 import ray
 
+from actors import metrics
 from actors.assign import parallel_solver
 from fusion.methods import strategy_for
+from fusion.quarantine import finite_models
 from fusion.spec import MLPSpec
 from fusion.strategies import FitContext, FusionConfig
 
@@ -17,19 +19,26 @@ from fusion.strategies import FitContext, FusionConfig
 class FusionActor:
     """Holds the pretrained models of all training parties; ``fit`` returns the fitted warm starters."""
 
-    def __init__(self, spec: MLPSpec, cfg: FusionConfig, seed: int, n_chunks: int) -> None:
-        self.spec, self.cfg, self.seed, self.n_chunks = spec, cfg, seed, n_chunks
+    def __init__(self, spec: MLPSpec, cfg: FusionConfig, seed: int, n_chunks: int, run: str = "") -> None:
+        self.spec, self.cfg, self.seed, self.n_chunks, self.run = spec, cfg, seed, n_chunks, run
 
     def __repr__(self) -> str:
         return "FusionActor(fusion)"
 
     def fit(self, methods: list[str], *shards: dict) -> dict:
-        """``shards``: the shards' pretrain outputs (resolved refs). Returns fitted models and timings."""
+        """``shards``: the shards' pretrain outputs (resolved refs). Returns fitted models and timings.
+
+        Models with non-finite parameters are quarantined: left out of every strategy's fit.
+        """
         ids = np.concatenate([s["party_id"] for s in shards])
         order = np.argsort(ids, kind="stable")  # party-id order: independent of the sharding
-        models = np.concatenate([s["params"] for s in shards])[order]
+        ids, models = ids[order], np.concatenate([s["params"] for s in shards])[order]
         descriptors = np.concatenate([s["descriptor"] for s in shards])[order]
-        ctx = FitContext(self.spec, self.seed, parallel_solver(self.n_chunks), self.cfg)
+        ok = finite_models(models)
+        if ok.sum() < 2:
+            raise ValueError(f"only {int(ok.sum())} of {len(ids)} pretrained models are finite; fusion needs 2")
+        quarantined, ids, models, descriptors = ids[~ok], ids[ok], models[ok], descriptors[ok]
+        ctx = FitContext(self.spec, self.seed, parallel_solver(self.n_chunks, run=self.run), self.cfg)
         fitted, seconds = {}, {}
         for method in methods:
             strategy = strategy_for(method, self.cfg)
@@ -38,9 +47,13 @@ class FusionActor:
             start = time.perf_counter()
             fitted[method] = strategy.fit(models, descriptors, ctx)
             seconds[method] = time.perf_counter() - start
+            objective = fitted[method].summary().get("objective")
+            if objective is not None:
+                metrics.meta_objective(self.run, method, float(objective))
         self.summary = {"seconds": seconds, "parties": len(ids), **{m: f.summary() for m, f in fitted.items()}}
+        self.summary["quarantined"] = quarantined.tolist()
         self.fitted = fitted
-        return {"fitted": fitted, "party_id": ids[order], "descriptor": descriptors}
+        return {"fitted": fitted, "party_id": ids, "descriptor": descriptors, "quarantined": quarantined}
 
     def report(self) -> dict:
         """Timings and small facts of the last fit."""
