@@ -7,7 +7,6 @@ import time
 import numpy as np
 import ray
 
-from actors import metrics
 from actors.assign import parallel_solver
 from fusion.methods import strategy_for
 from fusion.quarantine import finite_models
@@ -47,9 +46,6 @@ class FusionActor:
             start = time.perf_counter()
             fitted[method] = strategy.fit(models, descriptors, ctx)
             seconds[method] = time.perf_counter() - start
-            objective = fitted[method].summary().get("objective")
-            if objective is not None:
-                metrics.meta_objective(self.run, method, float(objective))
         self.summary = {"seconds": seconds, "parties": len(ids), **{m: f.summary() for m, f in fitted.items()}}
         self.summary["quarantined"] = quarantined.tolist()
         self.fitted = fitted

@@ -56,7 +56,8 @@ def main(argv: list[str]) -> int:
         if line.startswith("fine-tune + evaluate:") and not seen:
             time.sleep(2.5)  # two report intervals: the evaluate stage's first gauges are exported
             namespace = f"fusion-cluster-{run_id}"
-            actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+            gcs = ray.get_runtime_context().gcs_address  # several Ray instances may run on this host
+            actors = list_actors(address=gcs, filters=[("state", "=", "ALIVE")], limit=1000)
             seen["actors"] = sorted(
                 f"{a['name']} ({a['class_name']}, pid {a['pid']})"
                 for a in actors

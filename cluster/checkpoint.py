@@ -59,8 +59,11 @@ def resume_tree(folder: str | Path) -> dict[str, Any]:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (torch's run on for several lines)."""
+    if isinstance(exc, pickle.UnpicklingError):  # torch's text suggests weights_only=False: never do that here
+        return "it holds pickled Python objects, not only weights"
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return text[0].split(". ")[0] if text else type(exc).__name__
 
 
 class Checkpoint:

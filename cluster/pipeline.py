@@ -96,7 +96,8 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
         endpoint = metrics_url()
         if endpoint:
             log(f'Prometheus metrics (this node): {endpoint}  (series ray_{metrics.PREFIX}*, run="{run_id}")')
-        res = _execute(cfg, scenario, run_id, n_actors, stages, log, ckpt, saved, fitted)
+        with metrics.keep_gauges_fresh():
+            res = _execute(cfg, scenario, run_id, n_actors, stages, log, ckpt, saved, fitted)
     finally:
         if conn.owned:
             ray.shutdown()
@@ -193,6 +194,9 @@ def _execute(
             fit_ref = ray.put({"fitted": fitted})
             log(f"fusion: {', '.join(fitted)} loaded from the checkpoint")
         _stage(stages, run_id, "fusion", clock)
+        for method, starter in fitted.items():
+            if starter.summary().get("objective") is not None:
+                metrics.meta_objective(run_id, method, float(starter.summary()["objective"]))
 
         clock = time.perf_counter()
         cols = _evaluate(cfg, shards, slices, fit_ref, run_id, log)

@@ -155,7 +155,7 @@ CASES = {
     "resume: a party id out of range": (_resume(ids=(0, 1, 6)), "party ids must be integers in [0, 6)"),
     "resume: non-weights pickle": (
         _resume(fitted={"fusion": pickle.dumps(_Exploit()), "average": _good_fitted()}),
-        "not a fusion-cluster model (refused)",
+        "not a fusion-cluster model (refused): it holds pickled Python objects, not only weights",
     ),
     "resume: truncated state dict": (
         _resume(fitted={"fusion": _good_fitted()[:60], "average": _good_fitted()}),
