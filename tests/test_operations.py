@@ -135,6 +135,7 @@ def test_killing_a_shard_process_mid_pretraining_gives_identical_results(referen
     assert (out / "summary.csv").read_text() == (reference["out"] / "summary.csv").read_text()
 
 
+@pytest.mark.slow  # the same restart path as the kill test above; kept out of the default suite for time
 def test_crash_fault_hook_restarts_the_shard_with_identical_results(ray_session, reference, tmp_path, capsys):
     out = tmp_path / "crashed"
     toml = tmp_path / "crash.toml"
