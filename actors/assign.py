@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import ray
 
+from actors import metrics
 from fusion.matching import SolveMany, solve_many_serial
 
 
 # Zero logical CPUs: the party shards hold the cluster's CPUs for their lifetime but sit idle while
 # the fusion actor works, and the caller bounds the number of chunks by the CPU count.
 @ray.remote(num_cpus=0)
-def _solve_chunk(units: np.ndarray, template: np.ndarray, lo: int, hi: int) -> np.ndarray:
+def _solve_chunk(units: np.ndarray, template: np.ndarray, lo: int, hi: int, run: str = "") -> np.ndarray:
+    start = time.perf_counter()
     tmpl = template if template.ndim == 2 else template[lo:hi]
-    return solve_many_serial(units[lo:hi], tmpl)
+    perms = solve_many_serial(units[lo:hi], tmpl)
+    metrics.assignment_seconds(run, time.perf_counter() - start)
+    return perms
 
 
-def parallel_solver(n_chunks: int, min_chunk: int = 16) -> SolveMany:
+def parallel_solver(n_chunks: int, min_chunk: int = 16, run: str = "") -> SolveMany:
     """A ``solve_many`` that puts the units once and solves ~``n_chunks`` slices of them as tasks."""
 
     def solve_many(units: np.ndarray, template: np.ndarray) -> np.ndarray:
         n = len(units)
         chunks = max(1, min(n_chunks, n // min_chunk))
         if chunks == 1:
-            return solve_many_serial(units, template)
+            start = time.perf_counter()
+            perms = solve_many_serial(units, template)
+            metrics.assignment_seconds(run, time.perf_counter() - start)
+            return perms
         units_ref, template_ref = ray.put(units), ray.put(template)
         bounds = np.linspace(0, n, chunks + 1).astype(int)
-        refs = [_solve_chunk.remote(units_ref, template_ref, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        pairs = zip(bounds[:-1], bounds[1:])
+        refs = [_solve_chunk.remote(units_ref, template_ref, int(a), int(b), run) for a, b in pairs]
         return np.concatenate(ray.get(refs))
 
     return solve_many

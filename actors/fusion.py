@@ -10,6 +10,7 @@ import ray
 from actors.assign import parallel_solver
 from fusion.methods import strategy_for
 from fusion.params import init_params
+from fusion.quarantine import finite_models
 from fusion.strategies import FitContext, FusionConfig
 from scenarios import Scenario, training_data
 
@@ -18,8 +19,8 @@ from scenarios import Scenario, training_data
 class FusionActor:
     """Holds the pretrained models of all training parties; ``fit`` returns the fitted warm starters."""
 
-    def __init__(self, scenario: Scenario, cfg: FusionConfig, seed: int, n_chunks: int) -> None:
-        self.scenario, self.cfg, self.seed, self.n_chunks = scenario, cfg, seed, n_chunks
+    def __init__(self, scenario: Scenario, cfg: FusionConfig, seed: int, n_chunks: int, run: str = "") -> None:
+        self.scenario, self.cfg, self.seed, self.n_chunks, self.run = scenario, cfg, seed, n_chunks, run
         self.spec = scenario.spec
         self.summary: dict | None = None
         self.error: str | None = None
@@ -28,18 +29,25 @@ class FusionActor:
         return "FusionActor(fusion)"
 
     def fit(self, methods: list[str], *shards: dict) -> dict:
-        """``shards``: the shards' pretrain outputs (resolved refs). Returns fitted models and timings."""
+        """``shards``: the shards' pretrain outputs (resolved refs). Returns fitted models and timings.
+
+        Models with non-finite parameters are quarantined: left out of every strategy's fit.
+        """
         ids = np.concatenate([s["party_id"] for s in shards])
         order = np.argsort(ids, kind="stable")  # party-id order: independent of the sharding
-        models = np.concatenate([s["params"] for s in shards])[order]
+        ids, models = ids[order], np.concatenate([s["params"] for s in shards])[order]
         descriptors = np.concatenate([s["descriptor"] for s in shards])[order]
+        ok = finite_models(models)
+        if ok.sum() < 2:
+            raise ValueError(f"only {int(ok.sum())} of {len(ids)} pretrained models are finite; fusion needs 2")
+        quarantined, ids, models, descriptors = ids[~ok], ids[ok], models[ok], descriptors[ok]
         ctx = FitContext(
             self.spec,
             self.seed,
-            parallel_solver(self.n_chunks),
+            parallel_solver(self.n_chunks, run=self.run),
             self.cfg,
             self.scenario.probe_inputs(),
-            tasks=lambda: self._tasks(ids[order]),
+            tasks=lambda: self._tasks(ids),
         )
         fitted, seconds = {}, {}
         for method in methods:
@@ -54,8 +62,9 @@ class FusionActor:
                 raise
             seconds[method] = time.perf_counter() - start
         self.summary = {"seconds": seconds, "parties": len(ids), **{m: f.summary() for m, f in fitted.items()}}
+        self.summary["quarantined"] = quarantined.tolist()
         self.fitted = fitted
-        return {"fitted": fitted, "party_id": ids[order], "descriptor": descriptors}
+        return {"fitted": fitted, "party_id": ids, "descriptor": descriptors, "quarantined": quarantined}
 
     def _tasks(self, ids: np.ndarray) -> tuple:
         """The training parties' data, for baselines that need it (MAML): a simulation privilege."""

@@ -9,6 +9,8 @@ import numpy as np
 import ray
 import torch
 
+from actors import metrics
+from actors.faults import FaultConfig
 from fusion.methods import COLD_START
 from fusion.params import forward
 from fusion.training import TrainConfig, train
@@ -35,8 +37,13 @@ class PartyShard:
         test_ids,
         pretrain: TrainConfig,
         finetune: TrainConfig,
+        run: str = "",
+        faults: FaultConfig | None = None,
     ) -> None:
+        # Everything a shard holds is rebuilt from these arguments: a restarted shard (after its process
+        # died) is the same shard, and its parties' data and inits come again from (seed, party id).
         self.index, self.scenario, self.seed = index, scenario, seed
+        self.run, self.faults = run, faults or FaultConfig()
         self.train_ids, self.test_ids = np.asarray(train_ids, np.int64), np.asarray(test_ids, np.int64)
         self.pretrain_cfg, self.finetune_cfg = pretrain, finetune
         gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
@@ -62,6 +69,7 @@ class PartyShard:
             "gpu_ids": self.gpu_ids,
             "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+            "restarted": bool(ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed),
         }
 
     def descriptors(self, ids: np.ndarray) -> np.ndarray:
@@ -75,27 +83,38 @@ class PartyShard:
     def _loss(self, descriptors: torch.Tensor):
         return lambda pred, y: self.scenario.loss(pred, y, descriptors)
 
-    def pretrain(self) -> dict:
-        """Pretrain every training party from its own init on its own data: (n, n_params) float32."""
+    def _subset(self, ids, hosted: np.ndarray, kind: str) -> np.ndarray:
+        if ids is None:
+            return hosted
+        ids = np.asarray(ids, np.int64)
+        if not np.isin(ids, hosted).all():
+            raise ValueError(f"party-shard-{self.index} does not host {kind} parties {ids[~np.isin(ids, hosted)]}")
+        return ids
+
+    def pretrain(self, ids=None) -> dict:
+        """Pretrain training parties ``ids`` (default: all hosted) from their own inits on their own data.
+
+        Returns ``party_id`` (n,), ``descriptor`` (n, d) and ``params`` (n, n_params) float32.
+        """
         start = time.perf_counter()
-        ids, sc = self.train_ids, self.scenario
+        ids, sc = self._subset(ids, self.train_ids, "training"), self.scenario
         desc, x, y = training_data(sc, self.seed, ids)
         x, y = torch.as_tensor(x, device=self.device), torch.as_tensor(y, device=self.device)
         d_t = torch.as_tensor(desc, device=self.device)
         params = train(self._inits(ids, Stream.INIT), sc.spec, x, y, self._loss(d_t), self.pretrain_cfg)
-        return {
-            "party_id": ids,
-            "descriptor": desc,
-            "params": params.cpu().numpy().astype(np.float32),
-            "seconds": time.perf_counter() - start,
-        }
+        params = params.cpu().numpy().astype(np.float32)
+        params[np.isin(ids, self.faults.nan_parties)] = np.nan  # fault injection (off by default)
+        if self.faults.crash_shard == self.index and not ray.get_runtime_context().was_current_actor_reconstructed:
+            os._exit(1)  # fault injection: the process dies with this call's work done but not returned
+        metrics.parties_pretrained(self.run, len(ids), self.index)
+        return {"party_id": ids, "descriptor": desc, "params": params, "seconds": time.perf_counter() - start}
 
-    def evaluate(self, fit: dict, methods: list[str], shots: list[int]) -> dict:
-        """Warm start every test party with every method, fine-tune on k shots, evaluate.
+    def evaluate(self, fit: dict, methods: list[str], shots: list[int], ids=None) -> dict:
+        """Warm start test parties ``ids`` (default: all hosted) with every method, fine-tune on k shots, evaluate.
 
         Returns long-form columns: method, shots, party_id, value.
         """
-        ids, sc = self.test_ids, self.scenario
+        ids, sc = self._subset(ids, self.test_ids, "test"), self.scenario
         cols: dict[str, list] = {"method": [], "shots": [], "party_id": [], "value": []}
         if len(ids) == 0:
             return cols
@@ -115,12 +134,12 @@ class PartyShard:
                 start = torch.as_tensor(fitted.predict(desc), device=self.device)
             groups.setdefault(spec, []).append((method, start))
         for spec, members in groups.items():
-            self._finetune_and_score(spec, members, desc, ex, ey, shot_sets, shots, cols)
+            self._finetune_and_score(spec, members, ids, desc, ex, ey, shot_sets, shots, cols)
         return cols
 
-    def _finetune_and_score(self, spec, members, desc, ex, ey, shot_sets, shots, cols) -> None:
+    def _finetune_and_score(self, spec, members, ids, desc, ex, ey, shot_sets, shots, cols) -> None:
         """Fine-tune the warm starts of ``members`` [(method, (parties, n_params))] on k shots and score them."""
-        sc, ids = self.scenario, self.test_ids
+        sc = self.scenario
         n_m, n_p = len(members), len(ids)
         warm = torch.cat([start for _, start in members])  # (methods * parties, n_params), method-major
         d_all = torch.as_tensor(np.tile(desc, (n_m, 1)), device=self.device)

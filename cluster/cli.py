@@ -33,8 +33,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="simulate parties, fuse their models, evaluate warm starts")
     r.add_argument(
-        "target", metavar="SCENARIO_OR_TOML", help="a scenario name (sine, sine-domains, sine-uniform) or a TOML config"
+        "target",
+        metavar="SCENARIO_OR_TOML",
+        nargs="?",
+        help="a scenario name (sine, sine-domains, sine-uniform) or a TOML config",
     )
+    r.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its config and checkpoint")
     r.add_argument("--parties", type=int, help="training parties that pretrain a model (default 200)")
     r.add_argument("--test-parties", type=int, help="unseen parties that receive warm starts (default 50)")
     r.add_argument("--shots", type=_int_list, help="comma list of fine-tuning shots, 0 = zero-shot (default 0,10,20)")
@@ -65,9 +69,31 @@ _FLAG_KEYS = (
 )
 
 
+_RESUME_FLAGS = ("address", "dashboard_host")  # where to run may change on resume; what to run may not
+
+
+def resume_config_tree(args: argparse.Namespace) -> dict[str, Any]:
+    """``--resume DIR``: DIR's saved config, with only the flags that say where to run laid over it."""
+    from cluster.checkpoint import resume_tree
+
+    fixed = [k for k in (*_FLAG_KEYS, "strategy") if getattr(args, k) is not None and k not in _RESUME_FLAGS]
+    if args.target is not None or fixed:
+        given = ([args.target] if args.target else []) + ["--" + k.replace("_", "-") for k in fixed]
+        raise ConfigError(f"--resume continues a run with its saved config; remove {', '.join(given)}")
+    tree = resume_tree(args.resume)
+    for key in _RESUME_FLAGS:
+        if getattr(args, key) is not None:
+            tree[key] = getattr(args, key)
+    return tree
+
+
 def config_tree(args: argparse.Namespace) -> dict[str, Any]:
     """The TOML tree (from the file, or just the scenario name) with the flags laid over it."""
+    if args.resume is not None:
+        return resume_config_tree(args)
     target = args.target
+    if target is None:
+        raise ConfigError("give a scenario name or a TOML config (or --resume DIR)")
     if target.endswith(".toml") or Path(target).is_file():
         tree = load_toml(target)
     else:
@@ -87,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve(config_tree(args))
         from cluster.pipeline import run  # Ray is imported only when a run starts
 
-        run(cfg)
+        run(cfg, resume=args.resume is not None)
     except ConfigError as exc:
         print(f"fusion-cluster: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -13,6 +13,7 @@ from typing import Any
 
 import tomllib
 
+from actors.faults import FaultConfig
 from fusion.metamodel import GPConfig
 from fusion.methods import DEFAULT_METHODS, known_methods
 from fusion.strategies import FusionConfig
@@ -34,8 +35,11 @@ class ClusterConfig:
     gpus_per_actor: float = 0.0
     dashboard_host: str = "127.0.0.1"
     include_dashboard: bool = True
+    chunk_parties: int = 25  # parties per pretrain/evaluate call: the unit of progress, checkpoints and retries
 
     def __post_init__(self) -> None:
+        if self.chunk_parties < 1:
+            raise ConfigError(f"chunk_parties must be >= 1, got {self.chunk_parties}")
         if self.party_actors < 0:
             raise ConfigError(f"party_actors must be >= 1 (or 0 for one per CPU), got {self.party_actors}")
         if not self.cpus_per_actor > 0:
@@ -60,6 +64,7 @@ class RunConfig:
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=50, lr=0.001))
     fusion: FusionConfig = field(default_factory=FusionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)  # test/demo fault injection, off by default
 
     def __post_init__(self) -> None:
         if self.parties < 2:
@@ -79,12 +84,14 @@ class RunConfig:
             raise ConfigError(
                 f"party_actors={self.cluster.party_actors} is more than the {self.parties + self.test_parties} parties"
             )
+        if any(p >= self.parties for p in self.faults.nan_parties):
+            raise ConfigError(f"faults.nan_parties must be training party ids < {self.parties}")
 
 
 # TOML layout: top-level keys, and tables whose keys map onto a sub-config.
 _TOP = {"parties", "test_parties", "shots", "seed", "methods", "out"}
 _CLUSTER = {f.name for f in fields(ClusterConfig)}
-_TABLES = {"pretrain": TrainConfig, "finetune": TrainConfig}
+_TABLES = {"pretrain": TrainConfig, "finetune": TrainConfig, "faults": FaultConfig}
 
 
 def _typed(key: str, value: Any, kind: type) -> Any:
@@ -151,9 +158,9 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     cluster = _build(ClusterConfig, {k: raw.pop(k) for k in list(raw) if k in _CLUSTER}, "")
     kwargs: dict[str, Any] = {"scenario": name, "scenario_options": options, "cluster": cluster}
     defaults = RunConfig.__dataclass_fields__
-    for key in _TABLES:
+    for key, cls in _TABLES.items():
         if key in raw:
-            kwargs[key] = _build(TrainConfig, raw.pop(key), f"{key}.", defaults[key].default_factory())
+            kwargs[key] = _build(cls, raw.pop(key), f"{key}.", defaults[key].default_factory())
     if "fusion" in raw:
         fus = dict(raw.pop("fusion"))
         gp = fus.pop("gp", {})
@@ -192,6 +199,8 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     out["pretrain"] = dataclasses.asdict(cfg.pretrain)
     out["finetune"] = dataclasses.asdict(cfg.finetune)
     out["fusion"] = dataclasses.asdict(cfg.fusion)
+    if cfg.faults != FaultConfig():
+        out["faults"] = dataclasses.asdict(cfg.faults)
     return out
 
 

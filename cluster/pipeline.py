@@ -1,7 +1,13 @@
-"""One run: create the actors, pretrain, fuse, broadcast, fine-tune and evaluate, write the results."""
+"""One run: create the actors, pretrain, fuse, broadcast, fine-tune and evaluate, write the results.
+
+Work goes to the shards in calls of ``chunk_parties`` parties (never one call per party): each
+finished call moves the progress line, is checkpointed into ``--out`` and, if its shard dies, is
+retried on the restarted shard. ``resume=True`` continues a run from its checkpoint.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,12 +17,16 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from actors import metrics
 from actors.fusion import FusionActor
 from actors.party_shard import PartyShardActor
-from cluster import results
+from cluster import plots, results
+from cluster.checkpoint import Checkpoint
 from cluster.config import ConfigError, RunConfig, dumps_toml, to_dict
-from cluster.runtime import check_resources, connect, party_actor_count
+from cluster.runtime import check_resources, connect, metrics_url, party_actor_count
 from fusion.io import save_warm_starter
+from fusion.methods import strategy_for
+from fusion.quarantine import finite_models
 from scenarios import build
 
 Log = Callable[[str], None]
@@ -29,6 +39,7 @@ class RunResult:
     stages: dict[str, float] = field(default_factory=dict)
     table: str = ""
     dashboard_url: str | None = None
+    quarantined: list[int] = field(default_factory=list)
 
 
 def shard_slices(n_train: int, n_test: int, n_shards: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -38,6 +49,11 @@ def shard_slices(n_train: int, n_test: int, n_shards: int) -> list[tuple[np.ndar
     return list(zip(train, test))
 
 
+def chunks(ids: np.ndarray, size: int) -> list[np.ndarray]:
+    """``ids`` in contiguous pieces of at most ``size`` (none when ``ids`` is empty)."""
+    return np.array_split(ids, -(-len(ids) // size)) if len(ids) else []
+
+
 def default_out(cfg: RunConfig) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.scenario}-s{cfg.seed}-{stamp}"
@@ -45,16 +61,24 @@ def default_out(cfg: RunConfig) -> Path:
 
 def check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"output folder {out} already exists and is not empty; choose another --out")
+        raise ConfigError(f"output folder {out} already exists and is not empty; choose another --out (or --resume it)")
 
 
-def run(cfg: RunConfig, log: Log = print) -> RunResult:
+def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
+    """Run (or with ``resume``, continue from the checkpoint in ``cfg.out``) and write the results."""
     out = Path(cfg.out) if cfg.out else default_out(cfg)
-    check_out(out)
+    if not resume:
+        check_out(out)
+    cfg = dataclasses.replace(cfg, out=str(out))
     scenario = build(cfg.scenario, cfg.scenario_options)
     max_k = scenario.max_shots
     if max_k is not None and max(cfg.shots) > max_k:
         raise ConfigError(f"shots={max(cfg.shots)} is more than the {max_k} examples scenario {cfg.scenario} can give")
+    ckpt = Checkpoint(out, scenario, cfg.seed, cfg.parties)
+    fit_methods = [m for m in cfg.methods if strategy_for(m, cfg.fusion) is not None]
+    saved = ckpt.load_pretrained() if resume else []  # a bad checkpoint fails here, before Ray starts
+    fitted = ckpt.load_fitted(fit_methods) if resume else None
+    run_id = out.name
     stages: dict[str, float] = {}
     clock = time.perf_counter()
     conn = connect(cfg.cluster)
@@ -62,29 +86,66 @@ def run(cfg: RunConfig, log: Log = print) -> RunResult:
     try:
         n_actors = party_actor_count(cfg.cluster, cfg.parties + cfg.test_parties)
         check_resources(cfg.cluster, n_actors)
-        run_id = out.name
+        if cfg.faults.crash_shard >= n_actors:
+            raise ConfigError(f"faults.crash_shard={cfg.faults.crash_shard} but the run has {n_actors} party shards")
+        if not resume:
+            ckpt.start(dumps_toml(to_dict(cfg)))
+        metrics.stage_seconds(run_id, "connect", stages["connect"])
         if conn.dashboard_url:
             log(f"Ray dashboard: {conn.dashboard_url}")
-        res = _execute(cfg, scenario, run_id, n_actors, stages, log)
+        endpoint = metrics_url()
+        if endpoint:
+            log(f'Prometheus metrics (this node): {endpoint}  (series ray_{metrics.PREFIX}*, run="{run_id}")')
+        with metrics.keep_gauges_fresh():
+            res = _execute(cfg, scenario, run_id, n_actors, stages, log, ckpt, saved, fitted)
     finally:
         if conn.owned:
             ray.shutdown()
+    written = ["results.parquet", "summary.csv", "quarantined.csv", plots.SHOTS_PNG]
     with results.staged_dir(out) as tmp:
         table = results.results_table(res["cols"], run_id, cfg.scenario, cfg.seed, scenario.metric_name)
         results.write_parquet(table, tmp / "results.parquet")
         summary = results.summarize(table, list(cfg.methods))
         results.write_summary_csv(summary, tmp / "summary.csv")
-        (tmp / "config.toml").write_text(dumps_toml(to_dict(cfg)))
-        if res["model"] is not None:
-            kind, state = res["model"]
-            save_warm_starter(state, scenario.spec, tmp / "fusion_model.pt", kind=kind)
+        (tmp / "quarantined.csv").write_text(
+            "party_id,reason\n" + "".join(f"{p},non-finite parameters\n" for p in res["quarantined"])
+        )
+        plots.plot_metric_vs_shots(summary, scenario.metric_name, tmp / plots.SHOTS_PNG)
+        shown = list(range(cfg.parties, cfg.parties + min(3, cfg.test_parties)))
+        if plots.plot_warm_starts(scenario, res["fitted"], cfg.seed, shown, tmp / plots.WARM_STARTS_PNG):
+            written.append(plots.WARM_STARTS_PNG)
+        if "fusion" in res["fitted"]:
+            save_warm_starter(res["fitted"]["fusion"], scenario.spec, tmp / "fusion_model.pt")
+            written.append("fusion_model.pt")
     text = results.format_summary(summary, scenario.metric_name)
     log(text)
-    log(f"wrote {out}/ (results.parquet, summary.csv, config.toml{', fusion_model.pt' if res['model'] else ''})")
-    return RunResult(out, summary, stages, text, conn.dashboard_url)
+    log(f"wrote {out}/ ({', '.join(written)}; config.toml and checkpoint/ since the start)")
+    return RunResult(out, summary, stages, text, conn.dashboard_url, res["quarantined"])
 
 
-def _execute(cfg: RunConfig, scenario, run_id: str, n_actors: int, stages: dict[str, float], log: Log) -> dict:
+class _Progress:
+    """Progress lines for a stage, in parties: the first, then at most one a second, and always the last."""
+
+    def __init__(self, stage: str, total: int, log: Log) -> None:
+        self.stage, self.total, self.log, self.done = stage, total, log, 0
+        self.start = self.last = time.perf_counter()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= 1.0 or self.done == self.total or self.last == self.start:
+            self.last = now
+            self.log(f"{self.stage}: {self.done}/{self.total} parties ({now - self.start:.1f}s)")
+
+
+def _stage(stages: dict[str, float], run_id: str, name: str, start: float) -> None:
+    stages[name] = time.perf_counter() - start
+    metrics.stage_seconds(run_id, name, stages[name])
+
+
+def _execute(
+    cfg: RunConfig, scenario, run_id: str, n_actors: int, stages: dict[str, float], log: Log, ckpt, saved, fitted
+) -> dict:
     cl = cfg.cluster
     namespace = f"fusion-cluster-{run_id}"
     slices = shard_slices(cfg.parties, cfg.test_parties, n_actors)
@@ -93,47 +154,101 @@ def _execute(cfg: RunConfig, scenario, run_id: str, n_actors: int, stages: dict[
     clock = time.perf_counter()
     shards = [
         PartyShardActor.options(name=f"party-shard-{i}", **opts).remote(
-            i, scenario, cfg.seed, tr, te, cfg.pretrain, cfg.finetune
+            i, scenario, cfg.seed, tr, te, cfg.pretrain, cfg.finetune, run=run_id, faults=cfg.faults
         )
         for i, (tr, te) in enumerate(slices)
     ]
-    fusion = FusionActor.options(name="fusion", namespace=namespace).remote(scenario, cfg.fusion, cfg.seed, n_cpus)
+    fusion = FusionActor.options(name="fusion", namespace=namespace).remote(
+        scenario, cfg.fusion, cfg.seed, n_cpus, run=run_id
+    )
     try:
         infos = ray.get([s.info.remote() for s in shards])
-        stages["actors"] = time.perf_counter() - clock
+        _stage(stages, run_id, "actors", clock)
         devices = sorted({i["device"] for i in infos})
-        log(f"{len(shards)} party shards ({', '.join(devices)}): {cfg.parties} training, {cfg.test_parties} test")
+        nodes = len({i["node_id"] for i in infos})
+        log(
+            f"{len(shards)} party shards on {nodes} node(s) ({', '.join(devices)}): "
+            f"{cfg.parties} training, {cfg.test_parties} test parties; actors in namespace {namespace}"
+        )
 
         clock = time.perf_counter()
-        pre = [s.pretrain.remote() for s in shards]
-        _wait_all(pre, "pretrain", log, clock)
-        stages["pretrain"] = time.perf_counter() - clock
+        parts, part_refs = _pretrain(cfg, shards, slices, saved, ckpt, log)
+        _stage(stages, run_id, "pretrain", clock)
+
+        ids = np.concatenate([p["party_id"] for p in parts])
+        bad = np.sort(ids[~np.concatenate([finite_models(p["params"]) for p in parts])])
+        metrics.quarantined(run_id, len(bad))
+        if len(bad):
+            log(f"quarantined {len(bad)} training parties with non-finite parameters: {bad.tolist()[:20]}")
+        if len(ids) - len(bad) < 2:
+            raise ConfigError(f"only {len(ids) - len(bad)} pretrained models are finite; fusion needs at least 2")
 
         clock = time.perf_counter()
-        fit = fusion.fit.remote(list(cfg.methods), *pre)
-        ray.wait([fit], num_returns=1, fetch_local=False)
-        report = ray.get(fusion.report.remote())
-        stages["fusion"] = time.perf_counter() - clock
-        log(f"fusion: fitted {', '.join(report['seconds'])} in {stages['fusion']:.1f}s")
+        if fitted is None:
+            fit_ref = fusion.fit.remote(list(cfg.methods), *part_refs)
+            fitted = ray.get(fit_ref)["fitted"]
+            ckpt.save_fitted(fitted)
+            report = ray.get(fusion.report.remote())
+            log(f"fusion: fitted {', '.join(report['seconds'])} in {time.perf_counter() - clock:.1f}s")
+        else:
+            fit_ref = ray.put({"fitted": fitted})
+            log(f"fusion: {', '.join(fitted)} loaded from the checkpoint")
+        _stage(stages, run_id, "fusion", clock)
+        for method, starter in fitted.items():
+            if starter.summary().get("objective") is not None:
+                metrics.meta_objective(run_id, method, float(starter.summary()["objective"]))
 
         clock = time.perf_counter()
-        evals = [s.evaluate.remote(fit, list(cfg.methods), list(cfg.shots)) for s in shards]
-        _wait_all(evals, "fine-tune + evaluate", log, clock)
-        parts = ray.get(evals)
-        stages["evaluate"] = time.perf_counter() - clock
-        model = ray.get(fusion.export.remote("fusion")) if "fusion" in cfg.methods else None
+        cols = _evaluate(cfg, shards, slices, fit_ref, run_id, log)
+        _stage(stages, run_id, "evaluate", clock)
+        restarted = [i["index"] for i in ray.get([s.info.remote() for s in shards]) if i["restarted"]]
+        if restarted:
+            log(f"party shards restarted during the run (their calls were retried): {restarted}")
     finally:
         for actor in [*shards, fusion]:
             ray.kill(actor, no_restart=True)
-    cols = {k: [v for p in parts for v in p[k]] for k in ("method", "shots", "party_id", "value")}
-    return {"cols": cols, "model": model, "report": report}
+    return {"cols": cols, "fitted": fitted, "quarantined": bad.tolist()}
 
 
-def _wait_all(refs: list, stage: str, log: Log, start: float) -> None:
-    """Wait for every ref (without fetching), logging progress as shards finish."""
-    pending, done = list(refs), 0
+def _pretrain(cfg: RunConfig, shards, slices, saved: list[dict], ckpt, log: Log) -> tuple[list[dict], list]:
+    """Pretrain every party not in ``saved``; checkpoint each finished call. Returns all parts and their refs."""
+    saved_ids = np.concatenate([p["party_id"] for p in saved]) if saved else np.zeros(0, np.int64)
+    jobs = {}
+    for shard, (train_ids, _) in zip(shards, slices):
+        for chunk in chunks(train_ids[~np.isin(train_ids, saved_ids)], cfg.cluster.chunk_parties):
+            jobs[shard.pretrain.remote(chunk)] = len(chunk)
+    if saved:
+        left = cfg.parties - len(saved_ids)
+        log(f"checkpoint: {len(saved_ids)} of {cfg.parties} training parties pretrained already, {left} to go")
+    parts, progress, pending = list(saved), _Progress("pretrain", sum(jobs.values()), log), list(jobs)
     while pending:
-        ready, pending = ray.wait(pending, num_returns=1, fetch_local=False)
-        done += len(ready)
-        log(f"{stage}: {done}/{len(refs)} shards done ({time.perf_counter() - start:.1f}s)")
-    ray.get(refs[:0])  # nothing to fetch; errors surface on the later get
+        ready, pending = ray.wait(pending, num_returns=1)
+        part = ray.get(ready[0])
+        ckpt.save_pretrained(part)
+        parts.append(part)
+        progress.add(jobs[ready[0]])
+    return parts, [ray.put(p) for p in saved] + list(jobs)
+
+
+def _evaluate(cfg: RunConfig, shards, slices, fit_ref, run_id: str, log: Log) -> dict[str, list]:
+    """Fine-tune and evaluate every test party; rows sorted by (method, shots, party id) whatever the sharding."""
+    jobs = {}
+    for shard, (_, test_ids) in zip(shards, slices):
+        for chunk in chunks(test_ids, cfg.cluster.chunk_parties):
+            jobs[shard.evaluate.remote(fit_ref, list(cfg.methods), list(cfg.shots), chunk)] = len(chunk)
+    progress, pending, parts = _Progress("fine-tune + evaluate", cfg.test_parties, log), list(jobs), []
+    sums: dict[tuple[str, int], list[float]] = {}
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        part = ray.get(ready[0])
+        parts.append(part)
+        for m, k, v in zip(part["method"], part["shots"], part["value"]):
+            acc = sums.setdefault((m, k), [0.0, 0])
+            acc[0], acc[1] = acc[0] + v, acc[1] + 1
+        for (m, k), (total, n) in sums.items():
+            metrics.warm_start_metric(run_id, m, k, total / n)
+        progress.add(jobs[ready[0]])
+    cols = {k: [v for p in parts for v in p[k]] for k in ("method", "shots", "party_id", "value")}
+    rank = {m: i for i, m in enumerate(cfg.methods)}
+    order = np.lexsort((cols["party_id"], cols["shots"], [rank[m] for m in cols["method"]]))
+    return {k: [v[i] for i in order] for k, v in cols.items()}

@@ -27,8 +27,11 @@ def staged_dir(out: Path):
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
-    """``out`` exists (an empty folder or a resumed run): move the new files in one by one."""
-    for item in tmp.iterdir():
+    """``out`` exists (a run's checkpoint folder): move the new files in one by one, results.parquet last.
+
+    A run folder with results.parquet is a finished run; the marker arrives after everything else.
+    """
+    for item in sorted(tmp.iterdir(), key=lambda p: p.name == "results.parquet"):
         os.replace(item, out / item.name)
     tmp.rmdir()
 

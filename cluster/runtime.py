@@ -34,6 +34,8 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 def connect(cfg: ClusterConfig) -> Connection:
     """Join the running Ray instance if there is one, else ``cfg.address`` / ``RAY_ADDRESS``, else start one."""
+    if cfg.address:
+        _check_reachable(cfg.address)  # an explicit address that does not answer is an error, whatever else runs
     if ray.is_initialized():
         ctx = ray.get_runtime_context()
         return Connection(ctx.gcs_address, _dashboard(), owned=False)
@@ -69,6 +71,18 @@ def _dashboard() -> str | None:
         except Exception:  # noqa: BLE001
             url = None
     return f"http://{url}" if url and not url.startswith("http") else url
+
+
+def metrics_url() -> str | None:
+    """The Prometheus endpoint of the driver's node (every node has its own, on its ``MetricsExportPort``)."""
+    try:
+        ip = ray.util.get_node_ip_address()
+        for node in ray.nodes():
+            if node.get("Alive") and node.get("NodeManagerAddress") == ip and node.get("MetricsExportPort"):
+                return f"http://{ip}:{node['MetricsExportPort']}/metrics"
+    except Exception:  # noqa: BLE001 - the URL is a convenience
+        return None
+    return None
 
 
 def party_actor_count(cfg: ClusterConfig, n_parties: int) -> int:

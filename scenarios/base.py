@@ -87,6 +87,13 @@ class Scenario(ABC):
         """The largest ``k`` this scenario can provide (None: unbounded)."""
         return None
 
+    def truth_curve(self, descriptor: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """For 1-D regression: evenly spaced inputs (N, 1) and the task's noise-free targets (N, 1), for plots.
+
+        None (the default) when the scenario has no such curve; the run then skips the warm-start plot.
+        """
+        return None
+
     def descriptor_distance_scale(self) -> np.ndarray | None:
         """Per-dimension scale for nearest-task look-ups (None: standardize on the training descriptors)."""
         return None

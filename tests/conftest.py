@@ -1,4 +1,9 @@
-"""Shared fixtures: one Ray instance for the whole test session (starting Ray costs ~4 s)."""
+"""Shared fixtures: one Ray instance for the whole test session (starting Ray costs ~4 s).
+
+``ray_session`` starts the instance on first use and reuses it. A test that needs a Ray of its own
+(tests/test_multinode.py: a ``ray.cluster_utils.Cluster``) shuts the session's instance down; the
+next test that asks for ``ray_session`` starts it again, once.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,34 @@ import os
 
 import pytest
 
+SESSION_RAY = dict(
+    num_cpus=2,
+    num_gpus=1,
+    include_dashboard=False,
+    object_store_memory=256 * 1024**2,
+    namespace="fusion-cluster-tests",
+    log_to_driver=False,
+    logging_level="ERROR",
+    # custom metrics reach the node's Prometheus endpoint after ~1 s instead of ~10 s
+    _system_config={"metrics_report_interval_ms": 1000},
+)
 
-@pytest.fixture(scope="session")
+
+@pytest.fixture
 def ray_session():
     """A local Ray with 2 CPUs and 1 logical GPU (for GPU-fraction scheduling on CPU machines)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests only; users keep token auth on
     import ray
 
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            num_gpus=1,
-            include_dashboard=False,
-            object_store_memory=256 * 1024**2,
-            namespace="fusion-cluster-tests",
-            log_to_driver=False,
-            logging_level="ERROR",
-        )
-    yield ray
-    ray.shutdown()
+        ray.init(**SESSION_RAY)
+    return ray
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shutdown_ray_at_the_end():
+    yield
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()

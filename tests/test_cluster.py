@@ -64,7 +64,16 @@ def test_cli_run_writes_every_file(ray_session, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "nrmse" in printed and "fusion_noalign" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "fusion_model.pt", "results.parquet", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint",
+        "config.toml",
+        "fusion_model.pt",
+        "metric_vs_shots.png",
+        "quarantined.csv",
+        "results.parquet",
+        "summary.csv",
+        "warm_starts.png",
+    ]
     table = pq.read_table(out / "results.parquet")
     assert {"run_id", "scenario", "seed", "method", "shots", "party_id", "metric", "value"} <= set(table.column_names)
     assert table.num_rows == len(DEFAULT_METHODS) * 2 * 6
