@@ -29,6 +29,7 @@ SMALL = {
     "pretrain": {"steps": 5},
     "finetune": {"steps": 2},
     "methods": ["fusion", "average"],
+    "fusion": {"gp": {"max_steps": 30, "inducing": 8}, "refit_steps": 20},
 }
 
 

@@ -26,7 +26,7 @@ SMALL = {
     "chunk_parties": 2,
     "pretrain": {"steps": 150},
     "finetune": {"steps": 20},
-    "fusion": {"gp": {"max_steps": 30, "inducing": 16}, "align_iters": 5},
+    "fusion": {"gp": {"max_steps": 30, "inducing": 16}, "align_iters": 5, "refit_steps": 100},
 }
 # Fast failure detection (RAY-NOTES: node loss noticed in ~4 s instead of ~18 s).
 HEALTH = {

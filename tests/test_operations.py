@@ -34,7 +34,7 @@ SMALL = {
     "chunk_parties": 2,  # 3 pretraining calls per shard: faults land between and inside them
     "pretrain": {"steps": 150},
     "finetune": {"steps": 20},
-    "fusion": {"gp": {"max_steps": 30, "inducing": 16}, "align_iters": 5},
+    "fusion": {"gp": {"max_steps": 30, "inducing": 16}, "align_iters": 5, "refit_steps": 100},
 }
 EXPECTED_METRICS = [
     f"ray_{metrics.PARTIES_PRETRAINED}_total",
