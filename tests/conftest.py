@@ -25,3 +25,13 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def scenario_options(tmp_path):
+    """Small options for each registered scenario (those that read files get a synthetic folder)."""
+
+    def options(name: str) -> dict:
+        return {"digits": {"train_per_class": 5, "eval_per_class": 5}}.get(name, {})
+
+    return options
