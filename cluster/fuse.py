@@ -24,7 +24,7 @@ from cluster import results
 from cluster.config import ClusterConfig, ConfigError
 from fusion.io import save_warm_starter
 from fusion.spec import MLPSpec
-from fusion.state_dicts import state_from_flat
+from fusion.state_dicts import load_model_file, state_from_flat
 from fusion.strategies import STRATEGIES, FusionConfig
 
 Log = Callable[[str], None]
@@ -86,6 +86,8 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> Table:
             raise ConfigError(f"{path}: unknown table format {suffix!r}; use .csv or .parquet")
     except (pa.ArrowInvalid, OSError) as exc:
         raise ConfigError(f"{path}: cannot read the table: {str(exc).splitlines()[0]}") from None
+    if table.num_rows == 0:
+        raise ConfigError(f"{path}: the table has no rows")
     names = table.column_names
     if ID not in names:
         raise ConfigError(f"{path}: no {ID!r} column (columns: {', '.join(names)})")
@@ -100,9 +102,9 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> Table:
         raise ConfigError(f"{path}: {id_col.null_count} row(s) without a {ID}")
     ids = np.asarray(id_col.to_pylist())
     ids = ids.astype(np.int64) if pa.types.is_integer(id_col.type) else ids.astype(str)
-    if len(set(ids.tolist())) != len(ids):
-        dup = next(i for i in ids.tolist() if ids.tolist().count(i) > 1)
-        raise ConfigError(f"{path}: {ID} {dup} appears more than once")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise ConfigError(f"{path}: {ID} {uniq[counts > 1][0]} appears more than once")
     for pid in ids.tolist():
         text = str(pid)
         if not text or text.startswith(".") or "/" in text or "\\" in text:
@@ -145,7 +147,13 @@ def fuse(cfg: FuseConfig, log: Log = print) -> Path:
     parties = read_table(cfg.descriptors)
     targets = read_table(cfg.targets, parties.columns)
     paths = model_files(cfg.models, parties, cfg.descriptors)
-    spec = MLPSpec.parse(cfg.arch) if cfg.arch else None
+    if cfg.arch:
+        spec, origin = MLPSpec.parse(cfg.arch), "--arch"
+    else:  # the first file decides; every other file must match it
+        try:
+            spec, origin = load_model_file(paths[0])[1], f"inferred from {paths[0]}"
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     conn = connect(ClusterConfig(address=cfg.address))
     try:
         clock = time.perf_counter()
@@ -156,20 +164,12 @@ def fuse(cfg: FuseConfig, log: Log = print) -> Path:
             load_chunk.remote([str(p) for p in paths[a:b]], parties.ids[a:b], desc32[a:b], spec)
             for a, b in zip(bounds[:-1], bounds[1:])
         ]
-        reports = ray.get([meta for _, meta in pairs])
-        for report in reports:
+        for report in ray.get([meta for _, meta in pairs]):
             if report["error"]:
-                raise ConfigError(report["error"])
-        widths = {r["widths"] for r in reports}
-        if len(widths) > 1:
-            first = reports[0]["widths"]
-            j = next(i for i, r in enumerate(reports) if r["widths"] != first)
-            raise ConfigError(
-                f"{paths[bounds[j]]}: architecture {'-'.join(map(str, reports[j]['widths']))} differs from "
-                f"{'-'.join(map(str, first))} of {paths[0]}"
-            )
-        spec = spec or MLPSpec(reports[0]["widths"])
-        log(f"loaded {len(paths)} models ({spec}) in {len(pairs)} chunks ({time.perf_counter() - clock:.1f}s)")
+                raise ConfigError(report["error"] + (f" ({origin})" if "architecture" in report["error"] else ""))
+        log(
+            f"loaded {len(paths)} models ({spec}, {origin}) in {len(pairs)} chunks ({time.perf_counter() - clock:.1f}s)"
+        )
         clock = time.perf_counter()
         fusion = FusionActor.remote(spec, FusionConfig(strategy=cfg.strategy), cfg.seed, n_cpus)
         try:
