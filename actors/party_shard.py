@@ -14,7 +14,7 @@ from actors.faults import FaultConfig
 from fusion.methods import COLD_START
 from fusion.params import forward
 from fusion.training import TrainConfig, train
-from scenarios import Scenario, Stream, party_rng, party_torch_generator, training_data
+from scenarios import Scenario, Stream, party_torch_generator, training_data
 
 
 def _stack(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -74,7 +74,7 @@ class PartyShard:
 
     def descriptors(self, ids: np.ndarray) -> np.ndarray:
         sc = self.scenario
-        return np.stack([sc.descriptor(party_rng(self.seed, i, Stream.DESCRIPTOR)) for i in ids]).astype(np.float32)
+        return np.stack([sc.party_descriptor(self.seed, i) for i in ids]).astype(np.float32)
 
     def _inits(self, ids: np.ndarray, stream: Stream) -> torch.Tensor:
         gens = [party_torch_generator(self.seed, i, stream) for i in ids]
@@ -119,10 +119,10 @@ class PartyShard:
         if len(ids) == 0:
             return cols
         desc = self.descriptors(ids)
-        evals = [sc.eval_data(d, party_rng(self.seed, i, Stream.EVAL)) for i, d in zip(ids, desc)]
+        evals = [sc.party_eval_data(self.seed, i, d) for i, d in zip(ids, desc)]
         ex, ey = _stack([e[0] for e in evals], self.device), _stack([e[1] for e in evals], self.device)
         k_max = max(shots)
-        shot_sets = [sc.shot_data(d, k_max, party_rng(self.seed, i, Stream.SHOTS)) for i, d in zip(ids, desc)]
+        shot_sets = [sc.party_shot_data(self.seed, i, d, k_max) for i, d in zip(ids, desc)]
         # Methods whose warm starts share an architecture are fine-tuned together as one batch.
         groups: dict = {}
         for method in methods:
@@ -148,8 +148,9 @@ class PartyShard:
             if k == 0:
                 tuned = warm
             else:
-                sx = rep(_stack([s[0][:k] for s in shot_sets], self.device))
-                sy = rep(_stack([s[1][:k] for s in shot_sets], self.device))
+                n = sc.shot_examples(k)
+                sx = rep(_stack([s[0][:n] for s in shot_sets], self.device))
+                sy = rep(_stack([s[1][:n] for s in shot_sets], self.device))
                 tuned = train(warm, spec, sx, sy, self._loss(d_all), self.finetune_cfg)
             with torch.no_grad():
                 values = sc.metric(forward(tuned, spec, rep(ex)), rep(ey), d_all).cpu().numpy()

@@ -1,4 +1,4 @@
-"""The command line: ``fusion-cluster run SCENARIO_OR_TOML [flags]``."""
+"""The command line: ``fusion-cluster run SCENARIO_OR_TOML [flags]`` and ``fusion-cluster fuse [flags]``."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
         "target",
         metavar="SCENARIO_OR_TOML",
         nargs="?",
-        help="a scenario name (sine, sine-domains, sine-uniform) or a TOML config",
+        help="a scenario name (sine, sine-uniform, digits, movielens) or a TOML config",
     )
     r.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its config and checkpoint")
     r.add_argument("--parties", type=int, help="training parties that pretrain a model (default 200)")
@@ -51,6 +51,18 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="Ray cluster address (else RAY_ADDRESS, else an embedded local Ray)")
     r.add_argument("--dashboard-host", help="interface of the embedded Ray dashboard (default 127.0.0.1)")
     r.add_argument("--out", help="output folder (default runs/<scenario>-s<seed>-<time>); must not exist or be empty")
+    r.add_argument("--data-dir", help="data folder of scenarios that read files (sets scenario.data_dir)")
+    f = sub.add_parser("fuse", help="fuse existing models (state dicts) and write warm starts for target descriptors")
+    f.add_argument(
+        "--models", required=True, help="folder of <party_id>.pt state dicts of Sequential(Linear, ReLU, ...)"
+    )
+    f.add_argument("--descriptors", required=True, help="CSV or Parquet: party_id plus descriptor columns")
+    f.add_argument("--targets", required=True, help="CSV or Parquet: party_id plus the same descriptor columns")
+    f.add_argument("--arch", default="", help="architecture like 1-100-1 (default: inferred from the state dicts)")
+    f.add_argument("--out", required=True, help="output folder; must not exist or be empty")
+    f.add_argument("--seed", type=int, default=0, help="seed of the fusion fit (default 0)")
+    f.add_argument("--fusion", dest="strategy", default="gp", help="fusion strategy (default gp)")
+    f.add_argument("--address", default="", help="Ray cluster address (else RAY_ADDRESS, else an embedded local Ray)")
     return p
 
 
@@ -104,12 +116,21 @@ def config_tree(args: argparse.Namespace) -> dict[str, Any]:
             tree[key] = value
     if args.strategy is not None:
         tree.setdefault("fusion", {})["strategy"] = args.strategy
+    if args.data_dir is not None:
+        scen = tree.get("scenario", "sine-domains")
+        tree["scenario"] = {**({"name": scen} if isinstance(scen, str) else scen), "data_dir": args.data_dir}
     return tree
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
+        if args.command == "fuse":
+            from cluster.fuse import FuseConfig, fuse
+
+            keys = ("models", "descriptors", "targets", "out", "arch", "seed", "strategy", "address")
+            fuse(FuseConfig(**{k: getattr(args, k) for k in keys}))
+            return 0
         cfg = resolve(config_tree(args))
         from cluster.pipeline import run  # Ray is imported only when a run starts
 

@@ -71,6 +71,10 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
         check_out(out)
     cfg = dataclasses.replace(cfg, out=str(out))
     scenario = build(cfg.scenario, cfg.scenario_options)
+    try:
+        scenario.prepare(cfg.seed, cfg.parties, cfg.test_parties)  # data folders, sizes: fail before Ray starts
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     max_k = scenario.max_shots
     if max_k is not None and max(cfg.shots) > max_k:
         raise ConfigError(f"shots={max(cfg.shots)} is more than the {max_k} examples scenario {cfg.scenario} can give")

@@ -94,6 +94,34 @@ class Scenario(ABC):
         """
         return None
 
+    def shot_examples(self, k: int) -> int:
+        """How many examples ``k`` shots are (classification: ``k`` per class); the first ones of a shot draw."""
+        return k
+
+    def prepare(self, seed: int, n_train: int, n_test: int) -> None:
+        """Called once per run in the driver, before the scenario goes to the actors.
+
+        Party ids ``0..n_train-1`` pretrain, ``n_train..n_train+n_test-1`` are the unseen test parties.
+        Check inputs here (data folders, sizes) and raise ``ValueError`` naming the problem. Default: nothing.
+        """
+        return None
+
+    # A party's task as a function of (run seed, party id). The defaults draw from the party's streams;
+    # a scenario whose tasks are fixed entities (MovieLens users) overrides these four.
+    def party_descriptor(self, seed: int, party_id: int) -> np.ndarray:
+        return self.descriptor(party_rng(seed, party_id, Stream.DESCRIPTOR))
+
+    def party_train_data(self, seed: int, party_id: int, descriptor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.train_data(descriptor, party_rng(seed, party_id, Stream.DATA))
+
+    def party_shot_data(
+        self, seed: int, party_id: int, descriptor: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self.shot_data(descriptor, k, party_rng(seed, party_id, Stream.SHOTS))
+
+    def party_eval_data(self, seed: int, party_id: int, descriptor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.eval_data(descriptor, party_rng(seed, party_id, Stream.EVAL))
+
     def descriptor_distance_scale(self) -> np.ndarray | None:
         """Per-dimension scale for nearest-task look-ups (None: standardize on the training descriptors)."""
         return None
@@ -101,6 +129,6 @@ class Scenario(ABC):
 
 def training_data(scenario: Scenario, seed: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The private data of parties ``ids``, as the parties themselves draw it: descriptors (n, d), x, y stacked."""
-    desc = np.stack([scenario.descriptor(party_rng(seed, i, Stream.DESCRIPTOR)) for i in ids]).astype(np.float32)
-    data = [scenario.train_data(d, party_rng(seed, i, Stream.DATA)) for i, d in zip(ids, desc)]
+    desc = np.stack([scenario.party_descriptor(seed, i) for i in ids]).astype(np.float32)
+    data = [scenario.party_train_data(seed, i, d) for i, d in zip(ids, desc)]
     return desc, np.stack([d[0] for d in data]), np.stack([d[1] for d in data])

@@ -6,12 +6,16 @@ from dataclasses import fields
 from typing import Any
 
 from scenarios.base import Scenario
+from scenarios.digits import DigitsOptions, DigitsScenario
+from scenarios.movielens import MovieLensOptions, MovieLensScenario
 from scenarios.sine import SineDomains, SineOptions, SineUniform
 
 # name -> (scenario class, options dataclass, default option overrides)
 SCENARIOS: dict[str, tuple[type[Scenario], type, dict[str, Any]]] = {
     "sine-domains": (SineDomains, SineOptions, {}),
     "sine-uniform": (SineUniform, SineOptions, {"train_range": 5.0}),
+    "digits": (DigitsScenario, DigitsOptions, {}),
+    "movielens": (MovieLensScenario, MovieLensOptions, {}),
 }
 ALIASES = {"sine": "sine-domains"}
 

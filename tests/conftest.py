@@ -42,3 +42,18 @@ def _shutdown_ray_at_the_end():
 
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         sys.modules["ray"].shutdown()
+
+
+@pytest.fixture
+def scenario_options(tmp_path):
+    """Small options for each registered scenario (those that read files get a synthetic folder)."""
+
+    def options(name: str) -> dict:
+        if name == "movielens":
+            from scenarios.movielens_synthetic import write_synthetic_ml100k
+
+            folder = write_synthetic_ml100k(tmp_path / "ml", n_users=40, n_items=60, n_ratings=1200, seed=1)
+            return {"data_dir": str(folder), "dim": 4, "context_items": 15, "als_iters": 5}
+        return {"digits": {"train_per_class": 5, "eval_per_class": 5}}.get(name, {})
+
+    return options

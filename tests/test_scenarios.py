@@ -6,20 +6,30 @@ from scenarios import SCENARIOS, Stream, build, canonical_name, make_options, pa
 from scenarios.sine import DOMAINS
 
 
+def perfect(sc, ey: np.ndarray) -> torch.Tensor:
+    """The prediction a perfect model makes: the targets (regression) or confident one-hot logits (labels)."""
+    y = torch.tensor(ey[None])
+    if y.dtype == torch.int64:
+        return torch.nn.functional.one_hot(y, sc.spec.widths[-1]).float() * 30.0
+    return y
+
+
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_scenario_contract(name):
-    sc = build(name, make_options(name, {}))
-    rng = party_rng(0, 7, Stream.DESCRIPTOR)
-    desc = sc.descriptor(rng)
-    x, y = sc.train_data(desc, party_rng(0, 7, Stream.DATA))
+def test_scenario_contract(name, scenario_options):
+    sc = build(name, make_options(name, scenario_options(name)))
+    sc.prepare(0, 8, 4)
+    desc = sc.party_descriptor(0, 7)
+    x, y = sc.party_train_data(0, 7, desc)
     assert x.shape[1] == sc.spec.widths[0] and len(x) == len(y)
-    sx, sy = sc.shot_data(desc, 10, party_rng(0, 7, Stream.SHOTS))
-    assert len(sx) == 10
-    ex, ey = sc.eval_data(desc, party_rng(0, 7, Stream.EVAL))
-    d = torch.tensor(desc[None], dtype=torch.float32)
-    perfect = sc.metric(torch.tensor(ey[None]), torch.tensor(ey[None]), d)
-    assert perfect.shape == (1,) and float(perfect) == 0.0
-    assert float(sc.loss(torch.tensor(ey[None]) + 1, torch.tensor(ey[None]), d)) > 0
+    assert y.dtype in (np.int64, np.float32)
+    sx, sy = sc.party_shot_data(0, 9, sc.party_descriptor(0, 9), 3)
+    assert len(sx) == len(sy) == sc.shot_examples(3)
+    ex, ey = sc.party_eval_data(0, 9, sc.party_descriptor(0, 9))
+    d = torch.tensor(sc.party_descriptor(0, 9)[None], dtype=torch.float32)
+    best = sc.metric(perfect(sc, ey), torch.tensor(ey[None]), d)
+    assert best.shape == (1,) and float(best) == (0.0 if sc.lower_is_better else 1.0)
+    worse = perfect(sc, ey) + 1 if sc.lower_is_better else torch.zeros_like(perfect(sc, ey))  # off / undecided
+    assert float(sc.loss(worse, torch.tensor(ey[None]), d)) > float(sc.loss(perfect(sc, ey), torch.tensor(ey[None]), d))
 
 
 def test_party_streams_depend_only_on_seed_and_party():

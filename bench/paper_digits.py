@@ -1,0 +1,114 @@
+"""The paper's Table 2 layout: K-subset digit classification, K = 2..5 x 0/1/10 shots, accuracy (%).
+
+One ``fusion-cluster`` run per K on one Ray instance; every method sees the same parties, shots and
+test images. Prints one JSON line with every figure at the end and writes a Markdown table to
+``bench/out/paper_digits_<source>.md``.
+
+    python bench/paper_digits.py                                    # sklearn 8x8 digits (offline)
+    python bench/paper_digits.py --source mnist --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cluster.config import resolve  # noqa: E402
+from cluster.pipeline import run  # noqa: E402
+
+METHODS = ["fusion", "fusion_noalign", "nearest_task", "average", "cold_start"]
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--source", default="sklearn", choices=["sklearn", "mnist"])
+    p.add_argument("--data-dir", default="", help="folder with the MNIST idx files (or its parent)")
+    p.add_argument("--ks", type=_ints, default=[2, 3, 4, 5], help="digits per task, comma list")
+    p.add_argument("--shots", type=_ints, default=[0, 1, 10], help="shots per class, comma list")
+    p.add_argument("--parties", type=int, default=40, help="training tasks per K (paper: 40)")
+    p.add_argument("--test-parties", type=int, default=15, help="test tasks per K (paper: 15)")
+    p.add_argument("--train-per-class", type=int, default=30)
+    p.add_argument("--eval-per-class", type=int, default=30)
+    p.add_argument("--pretrain-steps", type=int, default=1000)
+    p.add_argument("--finetune-steps", type=int, default=100)
+    p.add_argument("--fusion", default="gp", help="fusion strategy of the 'fusion' method")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--party-actors", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def markdown(acc: dict, ks: list[int], shots: list[int], title: str) -> str:
+    head = "| method | " + " | ".join(f"K={k} {s}-shot" for k in ks for s in shots) + " |"
+    rule = "|" + "---|" * (1 + len(ks) * len(shots))
+    body = [
+        f"| {m} | " + " | ".join(f"{100 * acc[m][str(k)][str(s)]:.1f}" for k in ks for s in shots) + " |"
+        for m in METHODS
+    ]
+    return "\n".join([f"### {title}", "", head, rule, *body, ""])
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    import ray
+
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    acc: dict = {m: {} for m in METHODS}
+    walls = {}
+    try:
+        for k in args.ks:
+            scenario = {
+                "name": "digits",
+                "k": k,
+                "source": args.source,
+                "data_dir": args.data_dir,
+                "train_per_class": args.train_per_class,
+                "eval_per_class": args.eval_per_class,
+            }
+            cfg = resolve(
+                {
+                    "scenario": scenario,
+                    "parties": args.parties,
+                    "test_parties": args.test_parties,
+                    "shots": args.shots,
+                    "seed": args.seed,
+                    "methods": METHODS,
+                    "party_actors": args.party_actors,
+                    "pretrain": {"steps": args.pretrain_steps},
+                    "finetune": {"steps": args.finetune_steps},
+                    "fusion": {"strategy": args.fusion},
+                    "out": str(OUT / f"runs/digits-{args.source}-K{k}-{stamp}"),
+                }
+            )
+            clock = time.perf_counter()
+            res = run(cfg, log=lambda line: print(line, file=sys.stderr))
+            walls[str(k)] = round(time.perf_counter() - clock, 1)
+            for row in res.summary:
+                acc[row["method"]].setdefault(str(k), {})[str(row["shots"])] = row["mean"]
+    finally:
+        ray.shutdown()
+    title = (
+        f"Digits ({args.source}), accuracy % on each task's own digits, {args.parties} training / "
+        f"{args.test_parties} test tasks per K, seed {args.seed}"
+    )
+    text = markdown(acc, args.ks, args.shots, title)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"paper_digits_{args.source}.md").write_text(text)
+    print(text, file=sys.stderr)
+    print(json.dumps({"bench": "paper_digits", "args": vars(args), "accuracy": acc, "wall_s": walls}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,193 @@
+"""``fusion-cluster fuse``: fuse models that already exist and write one warm start per target descriptor.
+
+Inputs: a folder of ``<party_id>.pt`` state dicts of ``torch.nn.Sequential(Linear, ReLU, Linear, ...)``
+(read with ``weights_only=True``), a descriptors table (CSV or Parquet: ``party_id`` plus descriptor
+columns, in the table's order) and a targets table with the same descriptor columns. The files are
+loaded and validated by Ray tasks, one per chunk of files; the fusion actor fits the strategy. Output
+(staged in a temp folder, renamed at the end): ``OUT/warm_starts/<party_id>.pt`` and ``OUT/fusion_model.pt``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import torch
+
+from cluster import results
+from cluster.config import ClusterConfig, ConfigError
+from fusion.io import save_warm_starter
+from fusion.spec import MLPSpec
+from fusion.state_dicts import load_model_file, state_from_flat
+from fusion.strategies import STRATEGIES, FusionConfig
+
+Log = Callable[[str], None]
+ID = "party_id"
+
+
+@dataclass(frozen=True)
+class FuseConfig:
+    """The ``fuse`` command's inputs; paths are checked here, file contents while loading."""
+
+    models: str
+    descriptors: str
+    targets: str
+    out: str
+    arch: str = ""  # "" -> inferred from the state dicts
+    seed: int = 0
+    strategy: str = "gp"
+    address: str = ""
+
+    def __post_init__(self) -> None:
+        if not Path(self.models).is_dir():
+            raise ConfigError(f"--models {self.models}: not a folder")
+        for flag, path in (("--descriptors", self.descriptors), ("--targets", self.targets)):
+            if not Path(path).is_file():
+                raise ConfigError(f"{flag} {path}: no such file")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown fusion strategy {self.strategy!r}; known: {', '.join(sorted(STRATEGIES))}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.arch:
+            try:
+                MLPSpec.parse(self.arch)
+            except ValueError as exc:
+                raise ConfigError(f"--arch: {exc}") from None
+        out = Path(self.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(f"output folder {out} already exists and is not empty; choose another --out")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A descriptors table: ``ids`` (n,) int64 or str, ``values`` (n, d) float64, ``columns`` d names."""
+
+    ids: np.ndarray
+    columns: list[str]
+    values: np.ndarray
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> Table:
+    """Read a CSV / Parquet table of ``party_id`` plus descriptor columns (``columns``: require exactly these)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            table = pacsv.read_csv(path)
+        elif suffix in (".parquet", ".pq"):
+            table = pq.read_table(path)
+        else:
+            raise ConfigError(f"{path}: unknown table format {suffix!r}; use .csv or .parquet")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ConfigError(f"{path}: cannot read the table: {str(exc).splitlines()[0]}") from None
+    if table.num_rows == 0:
+        raise ConfigError(f"{path}: the table has no rows")
+    names = table.column_names
+    if ID not in names:
+        raise ConfigError(f"{path}: no {ID!r} column (columns: {', '.join(names)})")
+    desc_cols = [c for c in names if c != ID]
+    if columns is not None and sorted(desc_cols) != sorted(columns):
+        raise ConfigError(f"{path}: descriptor columns {desc_cols} differ from the descriptors table's {columns}")
+    desc_cols = columns if columns is not None else desc_cols
+    if not desc_cols:
+        raise ConfigError(f"{path}: no descriptor columns besides {ID!r}")
+    id_col = table[ID]
+    if id_col.null_count:
+        raise ConfigError(f"{path}: {id_col.null_count} row(s) without a {ID}")
+    ids = np.asarray(id_col.to_pylist())
+    ids = ids.astype(np.int64) if pa.types.is_integer(id_col.type) else ids.astype(str)
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise ConfigError(f"{path}: {ID} {uniq[counts > 1][0]} appears more than once")
+    for pid in ids.tolist():
+        text = str(pid)
+        if not text or text.startswith(".") or "/" in text or "\\" in text:
+            raise ConfigError(f"{path}: {ID} {text!r} cannot name a file")
+    values = np.empty((len(ids), len(desc_cols)))
+    for j, col in enumerate(desc_cols):
+        column = table[col]
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_null(column.type)):
+            raise ConfigError(f"{path}: descriptor column {col!r} is {column.type}, not numeric")
+        vals = np.array([np.nan if v is None else v for v in column.to_pylist()], dtype=np.float64)
+        bad = ~np.isfinite(vals)
+        if bad.any():
+            raise ConfigError(f"{path}: missing or non-finite descriptor {col!r} for {ID} {ids[bad.argmax()]}")
+        values[:, j] = vals
+    return Table(ids, desc_cols, values)
+
+
+def model_files(folder: str | Path, table: Table, table_path: str) -> list[Path]:
+    """``folder/<party_id>.pt`` for every row of ``table``; every ``.pt`` file must have a row."""
+    folder = Path(folder)
+    files = {p.stem: p for p in folder.glob("*.pt")}
+    wanted = [str(i) for i in table.ids.tolist()]
+    missing = [w for w in wanted if w not in files]
+    if missing:
+        raise ConfigError(f"{folder / (missing[0] + '.pt')}: no model file for {ID} {missing[0]} of {table_path}")
+    extra = sorted(set(files) - set(wanted))
+    if extra:
+        raise ConfigError(f"{files[extra[0]]}: no descriptor for {ID} {extra[0]} in {table_path}")
+    return [files[w] for w in wanted]
+
+
+def fuse(cfg: FuseConfig, log: Log = print) -> Path:
+    """Load, validate and fuse the models; write the warm starts and the fitted fusion model. Returns OUT."""
+    import ray
+
+    from actors.fusion import FusionActor
+    from actors.model_loader import load_chunk
+    from cluster.runtime import connect
+
+    parties = read_table(cfg.descriptors)
+    targets = read_table(cfg.targets, parties.columns)
+    paths = model_files(cfg.models, parties, cfg.descriptors)
+    if cfg.arch:
+        spec, origin = MLPSpec.parse(cfg.arch), "--arch"
+    else:  # the first file decides; every other file must match it
+        try:
+            spec, origin = load_model_file(paths[0])[1], f"inferred from {paths[0]}"
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    conn = connect(ClusterConfig(address=cfg.address))
+    try:
+        clock = time.perf_counter()
+        n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        bounds = np.linspace(0, len(paths), min(len(paths), n_cpus) + 1).astype(int)
+        desc32 = parties.values.astype(np.float32)
+        pairs = [
+            load_chunk.remote([str(p) for p in paths[a:b]], parties.ids[a:b], desc32[a:b], spec)
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ]
+        for report in ray.get([meta for _, meta in pairs]):
+            if report["error"]:
+                raise ConfigError(report["error"] + (f" ({origin})" if "architecture" in report["error"] else ""))
+        log(
+            f"loaded {len(paths)} models ({spec}, {origin}) in {len(pairs)} chunks ({time.perf_counter() - clock:.1f}s)"
+        )
+        clock = time.perf_counter()
+        fusion = FusionActor.remote(spec, FusionConfig(strategy=cfg.strategy), cfg.seed, n_cpus)
+        try:
+            fitted = ray.get(fusion.fit.remote(["fusion"], *[shard for shard, _ in pairs]))["fitted"]["fusion"]
+        finally:
+            ray.kill(fusion, no_restart=True)
+        log(f"fusion ({cfg.strategy}): fitted in {time.perf_counter() - clock:.1f}s")
+    finally:
+        if conn.owned:
+            ray.shutdown()
+    warm = fitted.predict(targets.values.astype(np.float32))
+    if not np.isfinite(warm).all():
+        raise ConfigError("the fitted fusion model produced non-finite warm starts; nothing written")
+    out = Path(cfg.out)
+    with results.staged_dir(out) as tmp:
+        (tmp / "warm_starts").mkdir()
+        for pid, flat in zip(targets.ids.tolist(), warm):
+            torch.save(state_from_flat(flat, spec), tmp / "warm_starts" / f"{pid}.pt")
+        save_warm_starter(fitted, spec, tmp / "fusion_model.pt")
+    log(f"wrote {out}/ (warm_starts/ with {len(warm)} models, fusion_model.pt)")
+    return out

@@ -1,0 +1,147 @@
+"""K-subset digit classification (paper 5.2): each task separates K of the ten digits.
+
+Descriptor = the 10-bit mask of the task's digits. Nets are [in-100-10] ReLU with a softmax over the
+10 outputs; a party uses its descriptor at training and prediction time: the loss is the
+cross-entropy over its K allowed logits and the prediction is the argmax over them. Because that
+lives in the scenario's ``loss`` and ``metric``, every method (fusion, baselines, cold start) gets it
+the same way.
+
+Data: a party's private pretraining set is ``train_per_class`` images of each of its digits, drawn
+without replacement from the source's train split with the party's DATA stream; its k-shot set is
+``k`` images per digit from the train split (SHOTS stream); its evaluation set is
+``eval_per_class`` images per digit from the test split (EVAL stream), never used for training.
+All parties of a run have the same K, so their sets have equal sizes (batched training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fusion.spec import MLPSpec
+from scenarios import digit_sources
+from scenarios.base import Scenario
+
+N_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class DigitsOptions:
+    """``[scenario]`` keys of ``digits``."""
+
+    k: int = 2  # K: digits per task, 2..5
+    source: str = "sklearn"  # "sklearn" (8x8, offline) or "mnist" (idx .gz files in data_dir)
+    data_dir: str = ""  # for source = "mnist": the folder with the idx files (or its parent with mnist/)
+    hidden: tuple[int, ...] = (100,)  # hidden widths: [in-100-10] by default
+    train_per_class: int = 30  # pretraining images per digit of a party
+    eval_per_class: int = 30  # held-out test images per digit of a party
+
+    def __post_init__(self) -> None:
+        hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
+        object.__setattr__(self, "hidden", hidden)
+        if not hidden or any(int(h) < 1 for h in hidden):
+            raise ValueError(f"scenario.hidden must be positive widths, got {self.hidden}")
+        if not 2 <= self.k <= 5:
+            raise ValueError(f"scenario.k (digits per task) must be in 2..5, got {self.k}")
+        if self.source not in digit_sources.SOURCES:
+            raise ValueError(f"scenario.source must be one of {', '.join(digit_sources.SOURCES)}, got {self.source!r}")
+        if self.train_per_class < 1 or self.eval_per_class < 1:
+            raise ValueError("scenario.train_per_class and scenario.eval_per_class must be >= 1")
+
+
+def _draw(pools: list[np.ndarray], digits: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """``per_class`` indices of each digit without replacement, interleaved: slot j*K + c is the j-th of digit c.
+
+    So the first ``m*K`` indices hold exactly ``m`` per digit (nested shot sets).
+    """
+    picks = np.stack([rng.choice(pools[d], per_class, replace=False) for d in digits], axis=1)  # (per_class, K)
+    return picks.reshape(-1)
+
+
+class DigitsScenario(Scenario):
+    """Descriptor (10,) 0/1 mask; ``x`` (N, in) float32 in [0, 1]; ``y`` (N,) int64 digits; metric = accuracy."""
+
+    name = "digits"
+    metric_name = "accuracy"
+    lower_is_better = False
+
+    def __init__(self, options: DigitsOptions = DigitsOptions()) -> None:
+        n_in = digit_sources.SOURCES[options.source][0]
+        super().__init__(MLPSpec((n_in, *options.hidden, N_CLASSES)))
+        self.options = options
+
+    @property
+    def data(self) -> digit_sources.DigitData:
+        return digit_sources.load(self.options.source, self.options.data_dir)
+
+    def prepare(self, seed: int, n_train: int, n_test: int) -> None:
+        data, opt = self.data, self.options
+        if data.n_inputs != self.spec.widths[0]:
+            raise ValueError(
+                f"scenario.source = {opt.source!r} gave {data.n_inputs} inputs, expected {self.spec.widths[0]}"
+            )
+        for split, key, need in (
+            ("train", "train_per_class", opt.train_per_class),
+            ("test", "eval_per_class", opt.eval_per_class),
+        ):
+            have = min(len(p) for p in data.pools(split))
+            if need > have:
+                raise ValueError(
+                    f"scenario.{key} = {need} but the {opt.source} {split} split has only {have} of some digit"
+                )
+
+    @property
+    def max_shots(self) -> int:
+        """Shots are per digit, drawn from the train split."""
+        return min(len(p) for p in self.data.pools("train"))
+
+    def shot_examples(self, k: int) -> int:
+        return k * self.options.k
+
+    @staticmethod
+    def digits_of(descriptor: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(np.asarray(descriptor) > 0.5)
+
+    def descriptor(self, rng):
+        mask = np.zeros(N_CLASSES)
+        mask[rng.choice(N_CLASSES, self.options.k, replace=False)] = 1.0
+        return mask
+
+    def _sample(self, descriptor, split: str, per_class: int, rng):
+        data = self.data
+        idx = _draw(data.pools(split), self.digits_of(descriptor), per_class, rng)
+        x, y = (data.train_x, data.train_y) if split == "train" else (data.test_x, data.test_y)
+        return x[idx], y[idx]
+
+    def train_data(self, descriptor, rng):
+        return self._sample(descriptor, "train", self.options.train_per_class, rng)
+
+    def probe_inputs(self):
+        """512 unlabeled images of all digits from the train split (a fixed draw; labels never used)."""
+        x = self.data.train_x
+        return x[np.random.default_rng(12345).choice(len(x), min(512, len(x)), replace=False)]
+
+    def shot_data(self, descriptor, k, rng):
+        """``k`` images per digit (``k*K`` in all), interleaved so the first ``m*K`` are ``m`` per digit."""
+        return self._sample(descriptor, "train", k, rng)
+
+    def eval_data(self, descriptor, rng):
+        return self._sample(descriptor, "test", self.options.eval_per_class, rng)
+
+    @staticmethod
+    def _masked(pred: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+        """Logits (P, N, 10) with the digits outside each party's task set to -inf."""
+        allowed = (descriptors > 0.5)[:, None, :]
+        return pred.masked_fill(~allowed, float("-inf"))
+
+    def loss(self, pred, y, descriptors):
+        """Cross-entropy over the party's K allowed logits, mean over its examples: (P,)."""
+        logp = torch.log_softmax(self._masked(pred, descriptors), dim=-1)
+        return -logp.gather(-1, y.long().unsqueeze(-1)).squeeze(-1).mean(dim=1)
+
+    def metric(self, pred, y, descriptors):
+        """Accuracy of the argmax over the party's K digits: (P,)."""
+        guess = self._masked(pred, descriptors).argmax(dim=-1)
+        return (guess == y).float().mean(dim=1)

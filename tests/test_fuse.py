@@ -1,0 +1,137 @@
+"""``fusion-cluster fuse``: existing state dicts in, warm starts out, equal to the in-process fusion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from actors.party_shard import PartyShard
+from cluster.cli import main
+from fusion.io import load_warm_starter
+from fusion.state_dicts import state_from_flat
+from fusion.strategies import STRATEGIES, FitContext, FusionConfig
+from fusion.training import TrainConfig
+from scenarios import build, make_options
+from tests.test_state_dicts import sequential
+
+N_PARTIES, HIDDEN, SEED = 30, 16, 4
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    """Sine models pretrained in-process: ids 0..N-1, their (N, 2) descriptors and (N, n_params) params."""
+    sc = build("sine", make_options("sine", {"hidden": [HIDDEN], "train_points": 40}))
+    shard = PartyShard(0, sc, SEED, range(N_PARTIES), [], TrainConfig(150), TrainConfig(1))
+    out = shard.pretrain()
+    targets = np.stack([sc.party_descriptor(SEED, i) for i in range(100, 106)]).astype(np.float32)
+    return sc.spec, out["party_id"], out["descriptor"], out["params"], targets
+
+
+def write_inputs(folder, spec, ids, desc, params, targets, fmt: str = "csv"):
+    (folder / "models").mkdir(parents=True)
+    for pid, flat in zip(ids, params):
+        torch.save(state_from_flat(flat, spec), folder / "models" / f"{pid}.pt")
+    tables = {
+        "descriptors": pa.table({"party_id": ids, "amplitude": desc[:, 0], "phase": desc[:, 1]}),
+        "targets": pa.table(
+            {"party_id": np.arange(100, 100 + len(targets)), "phase": targets[:, 1], "amplitude": targets[:, 0]}
+        ),
+    }
+    paths = {}
+    for name, table in tables.items():
+        paths[name] = folder / f"{name}.{fmt}"
+        if fmt == "csv":
+            pacsv.write_csv(table, paths[name])
+        else:
+            pq.write_table(table, paths[name])
+    return folder / "models", paths["descriptors"], paths["targets"]
+
+
+def fuse_args(models, descriptors, targets, out, *extra):
+    return [
+        "fuse",
+        "--models",
+        str(models),
+        "--descriptors",
+        str(descriptors),
+        "--targets",
+        str(targets),
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_fuse_round_trips_the_in_process_fusion(ray_session, tmp_path, pretrained):
+    spec, ids, desc, params, targets = pretrained
+    models, descriptors, target_file = write_inputs(tmp_path, spec, ids, desc, params, targets, fmt="parquet")
+    out = tmp_path / "out"
+    assert main(fuse_args(models, descriptors, target_file, out, "--seed", str(SEED))) == 0
+    expected = STRATEGIES["gp"]().fit(params, desc, FitContext(spec, SEED, config=FusionConfig())).predict(targets)
+    for j, pid in enumerate(range(100, 106)):
+        net = sequential(*spec.widths)
+        net.load_state_dict(torch.load(out / "warm_starts" / f"{pid}.pt", weights_only=True), strict=True)
+        got = torch.cat([p.detach().reshape(-1) for p in net.state_dict().values()]).numpy()
+        np.testing.assert_allclose(got, expected[j], rtol=1e-4, atol=1e-5)
+    model, loaded_spec = load_warm_starter(out / "fusion_model.pt")
+    assert loaded_spec == spec
+    np.testing.assert_allclose(model.predict(targets), expected, rtol=1e-4, atol=1e-5)
+    assert sorted(p.name for p in out.iterdir()) == ["fusion_model.pt", "warm_starts"]
+
+
+def corrupt_nan(folder, spec):
+    state = torch.load(folder / "models" / "5.pt", weights_only=True)
+    state["2.weight"][0, 3] = float("nan")
+    torch.save(state, folder / "models" / "5.pt")
+
+
+def wrong_shape(folder, spec):
+    torch.save(sequential(1, 8, 1).state_dict(), folder / "models" / "7.pt")
+
+
+def not_a_state_dict(folder, spec):
+    torch.save(sequential(1, HIDDEN, 1), folder / "models" / "3.pt")  # a pickled module
+
+
+def orphan_file(folder, spec):
+    torch.save(sequential(1, HIDDEN, 1).state_dict(), folder / "models" / "999.pt")
+
+
+def missing_descriptor(folder, spec):
+    text = (folder / "descriptors.csv").read_text().splitlines()
+    cells = text[3].split(",")
+    text[3] = ",".join([cells[0], "", cells[2]])
+    (folder / "descriptors.csv").write_text("\n".join(text) + "\n")
+
+
+@pytest.mark.parametrize(
+    "break_it, extra, message",
+    [
+        (corrupt_nan, [], "5.pt: 2.weight contains NaN or Inf"),
+        (wrong_shape, [], f"7.pt: architecture 1-8-1 does not match the expected 1-{HIDDEN}-1 (inferred from "),
+        (
+            wrong_shape,
+            ["--arch", f"1-{HIDDEN}-1"],
+            f"7.pt: architecture 1-8-1 does not match the expected 1-{HIDDEN}-1",
+        ),
+        (not_a_state_dict, [], "3.pt: not a state dict loadable with torch.load"),
+        (orphan_file, [], "999.pt: no descriptor for party_id 999"),
+        (missing_descriptor, [], "descriptors.csv: missing or non-finite descriptor 'amplitude' for party_id 2"),
+    ],
+)
+def test_bad_inputs_exit_2_naming_the_file_and_write_nothing(
+    ray_session, tmp_path, capsys, pretrained, break_it, extra, message
+):
+    spec, ids, desc, params, targets = pretrained
+    models, descriptors, target_file = write_inputs(tmp_path, spec, ids[:12], desc[:12], params[:12], targets)
+    break_it(tmp_path, spec)
+    out = tmp_path / "out"
+    assert main(fuse_args(models, descriptors, target_file, out, *extra)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert any(m in err for m in message.split("|")), err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
