@@ -18,7 +18,7 @@ class Constant(WarmStarter):
         return np.tile(self.params, (len(descriptors), 1))
 
     def export(self) -> dict:
-        return {"params": torch.from_numpy(self.params)}
+        return {"params": torch.tensor(self.params)}
 
     @classmethod
     def restore(cls, state: dict) -> Constant:

@@ -51,7 +51,7 @@ class RefitWarmStarter(WarmStarter):
             "outputs": self.outputs.state,
             "widths": list(self.spec.widths),
             "activation": self.spec.activation,
-            "probe": torch.from_numpy(self.probe),
+            "probe": torch.tensor(self.probe),
             "refit": [self.refit.steps, self.refit.lr],
             "info": self.info,
         }

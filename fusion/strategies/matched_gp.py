@@ -55,9 +55,9 @@ class MatchedGPWarmStarter(WarmStarter):
             "meta": self.meta.state,
             "global_widths": list(self.global_spec.widths),
             "activation": self.global_spec.activation,
-            "popularity": torch.from_numpy(self.popularity),
+            "popularity": torch.tensor(self.popularity),
             "width": self.width,
-            "refit_x": torch.from_numpy(np.asarray(refit, dtype=np.float64)),
+            "refit_x": torch.tensor(np.asarray(refit, dtype=np.float64)),
         }
 
     @classmethod

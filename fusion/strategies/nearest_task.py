@@ -26,7 +26,7 @@ class Lookup(WarmStarter):
         return self.models[self.nearest(descriptors)]
 
     def export(self) -> dict:
-        return {"models": torch.from_numpy(self.models), "descriptors": torch.from_numpy(self.descriptors)}
+        return {"models": torch.tensor(self.models), "descriptors": torch.tensor(self.descriptors)}
 
     @classmethod
     def restore(cls, state: dict) -> Lookup:
