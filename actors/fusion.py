@@ -11,6 +11,7 @@ from actors.assign import parallel_solver
 from fusion.methods import strategy_for
 from fusion.params import init_params
 from fusion.quarantine import finite_models
+from fusion.spec import MLPSpec
 from fusion.strategies import FitContext, FusionConfig
 from scenarios import Scenario, training_data
 
@@ -19,9 +20,18 @@ from scenarios import Scenario, training_data
 class FusionActor:
     """Holds the pretrained models of all training parties; ``fit`` returns the fitted warm starters."""
 
-    def __init__(self, scenario: Scenario, cfg: FusionConfig, seed: int, n_chunks: int, run: str = "") -> None:
-        self.scenario, self.cfg, self.seed, self.n_chunks, self.run = scenario, cfg, seed, n_chunks, run
-        self.spec = scenario.spec
+    def __init__(
+        self,
+        spec: MLPSpec,
+        cfg: FusionConfig,
+        seed: int,
+        n_chunks: int,
+        run: str = "",
+        scenario: Scenario | None = None,
+    ) -> None:
+        """``scenario`` (optional) supplies probe inputs and, for MAML, the training parties' data."""
+        self.spec, self.cfg, self.seed, self.n_chunks, self.run = spec, cfg, seed, n_chunks, run
+        self.scenario = scenario
         self.summary: dict | None = None
         self.error: str | None = None
 
@@ -46,8 +56,8 @@ class FusionActor:
             self.seed,
             parallel_solver(self.n_chunks, run=self.run),
             self.cfg,
-            self.scenario.probe_inputs(),
-            tasks=lambda: self._tasks(ids),
+            self.scenario.probe_inputs() if self.scenario is not None else None,
+            tasks=(lambda: self._tasks(ids)) if self.scenario is not None else None,
         )
         fitted, seconds = {}, {}
         for method in methods:

@@ -163,7 +163,7 @@ def _execute(
         for i, (tr, te) in enumerate(slices)
     ]
     fusion = FusionActor.options(name="fusion", namespace=namespace).remote(
-        scenario, cfg.fusion, cfg.seed, n_cpus, run=run_id
+        scenario.spec, cfg.fusion, cfg.seed, n_cpus, run=run_id, scenario=scenario
     )
     try:
         infos = ray.get([s.info.remote() for s in shards])
