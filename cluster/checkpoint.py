@@ -25,7 +25,7 @@ import numpy as np
 from cluster.config import ConfigError, load_toml
 from fusion.io import load_warm_starter, save_warm_starter
 from fusion.strategies import WarmStarter
-from scenarios import Scenario, Stream, party_rng
+from scenarios import Scenario
 
 CONFIG = "config.toml"
 FOLDER = "checkpoint"
@@ -117,7 +117,7 @@ class Checkpoint:
             raise ConfigError(
                 f"checkpoint {path}: parameters of shape {params.shape}; model {spec} needs ({n}, {spec.n_params})"
             )
-        expected = np.stack([self.scenario.descriptor(party_rng(self.seed, i, Stream.DESCRIPTOR)) for i in ids])
+        expected = np.stack([self.scenario.party_descriptor(self.seed, i) for i in ids])
         if desc.ndim != 2 or desc.shape[1] != expected.shape[1]:
             width = desc.shape[1] if desc.ndim == 2 else desc.shape
             raise ConfigError(

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from fusion.params import forward
 from fusion.strategies import WarmStarter
-from scenarios import Scenario, Stream, party_rng
+from scenarios import Scenario
 
 SHOTS_PNG = "metric_vs_shots.png"
 WARM_STARTS_PNG = "warm_starts.png"
@@ -50,7 +50,7 @@ def plot_warm_starts(
 
     Returns False (and writes nothing) when the scenario has no 1-D truth curve.
     """
-    descs = [scenario.descriptor(party_rng(seed, i, Stream.DESCRIPTOR)) for i in party_ids]
+    descs = [scenario.party_descriptor(seed, i) for i in party_ids]
     curves = [scenario.truth_curve(d) for d in descs]
     if not party_ids or any(c is None for c in curves):
         return False
