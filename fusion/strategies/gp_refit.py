@@ -36,7 +36,7 @@ class RefitWarmStarter(WarmStarter):
         info: dict,
     ) -> None:
         self.params, self.outputs, self.spec = params, outputs, spec
-        self.probe, self.refit, self.info = np.asarray(probe, np.float32), refit, info
+        self.probe, self.refit, self.info = np.array(probe, np.float32), refit, info
 
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
         init = torch.as_tensor(self.params.predict(descriptors))
