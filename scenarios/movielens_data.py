@@ -44,16 +44,19 @@ class Ratings:
         return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _ids(path: Path) -> np.ndarray:
-    """The first field of every non-empty line of a ``|``-separated latin-1 file, as ints."""
-    ids = []
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, line) of every non-empty line of a latin-1 text file."""
     try:
         text = path.read_text(encoding="latin-1")
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    return [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _ids(path: Path) -> np.ndarray:
+    """The first field of every non-empty line of a ``|``-separated latin-1 file, as ints."""
+    ids = []
+    for number, line in _lines(path):
         head = line.split("|", 1)[0]
         try:
             ids.append(int(head))
@@ -67,13 +70,7 @@ def _ids(path: Path) -> np.ndarray:
 def _ratings(path: Path) -> np.ndarray:
     """``u.data`` as an (n, 4) int64 array."""
     rows = []
-    try:
-        text = path.read_text(encoding="latin-1")
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, line in _lines(path):
         parts = line.split("\t")
         try:
             if len(parts) != 4:
