@@ -42,7 +42,7 @@ class RefitWarmStarter(WarmStarter):
         init = torch.as_tensor(self.params.predict(descriptors))
         m, (n_probe, fan_out) = len(init), (len(self.probe), self.spec.widths[-1])
         target = torch.as_tensor(self.outputs.predict(descriptors)).reshape(m, n_probe, fan_out)
-        x = torch.as_tensor(self.probe).expand(m, n_probe, self.spec.widths[0])
+        x = torch.tensor(self.probe).expand(m, n_probe, self.spec.widths[0])  # copy: object-store arrays are read-only
         return train(init, self.spec, x, target, _mse, self.refit).numpy()
 
     def export(self) -> dict:
