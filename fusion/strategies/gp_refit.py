@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fusion.matching import align
 from fusion.metamodel import GPMetaModel
 from fusion.params import forward
 from fusion.spec import MLPSpec
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.gp import GPFusion
 from fusion.training import TrainConfig, train
 
 
@@ -79,13 +79,9 @@ class GPRefit(Strategy):
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         if ctx.probe is None:
             raise ValueError("strategy gp_refit needs probe inputs from the scenario (FitContext.probe)")
-        iterations = 0
-        aligned = models
-        if self.aligned:
-            alignment = align(models, ctx.spec, ctx.config.align_iters, ctx.solve_many)
-            aligned, iterations = alignment.aligned, alignment.iterations
         cfg = ctx.config
-        param_gp = GPMetaModel.fit(aligned, descriptors, cfg.gp, seed=ctx.seed)
+        init = GPFusion(self.aligned).fit(models, descriptors, ctx)  # aligned units + parameter-space GP
+        param_gp, iterations = init.meta, init.align_iterations
         with torch.no_grad():
             outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
         output_gp = GPMetaModel.fit(outs.reshape(len(models), -1).numpy(), descriptors, cfg.gp, seed=ctx.seed + 1)
