@@ -14,7 +14,7 @@ from actors.faults import FaultConfig
 from fusion.methods import COLD_START
 from fusion.params import forward
 from fusion.training import TrainConfig, train
-from scenarios import Scenario, Stream, party_torch_generator, training_data
+from scenarios import Scenario, Stream, party_descriptors, party_torch_generator, training_data
 
 
 def _stack(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -73,8 +73,7 @@ class PartyShard:
         }
 
     def descriptors(self, ids: np.ndarray) -> np.ndarray:
-        sc = self.scenario
-        return np.stack([sc.party_descriptor(self.seed, i) for i in ids]).astype(np.float32)
+        return party_descriptors(self.scenario, self.seed, ids)
 
     def _inits(self, ids: np.ndarray, stream: Stream) -> torch.Tensor:
         gens = [party_torch_generator(self.seed, i, stream) for i in ids]

@@ -1,6 +1,6 @@
 """Task families: descriptors, each party's private data, the model, the loss and the metric."""
 
-from scenarios.base import Scenario, Stream, party_rng, party_torch_generator, training_data
+from scenarios.base import Scenario, Stream, party_descriptors, party_rng, party_torch_generator, training_data
 from scenarios.registry import SCENARIOS, build, canonical_name, make_options
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "build",
     "canonical_name",
     "make_options",
+    "party_descriptors",
     "party_rng",
     "party_torch_generator",
     "training_data",

@@ -127,8 +127,13 @@ class Scenario(ABC):
         return None
 
 
+def party_descriptors(scenario: Scenario, seed: int, ids: np.ndarray) -> np.ndarray:
+    """Descriptors (n, d) float32 of parties ``ids``."""
+    return np.stack([scenario.party_descriptor(seed, i) for i in ids]).astype(np.float32)
+
+
 def training_data(scenario: Scenario, seed: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The private data of parties ``ids``, as the parties themselves draw it: descriptors (n, d), x, y stacked."""
-    desc = np.stack([scenario.party_descriptor(seed, i) for i in ids]).astype(np.float32)
+    desc = party_descriptors(scenario, seed, ids)
     data = [scenario.party_train_data(seed, i, d) for i, d in zip(ids, desc)]
     return desc, np.stack([d[0] for d in data]), np.stack([d[1] for d in data])
