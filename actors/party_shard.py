@@ -13,7 +13,7 @@ from actors import metrics
 from actors.faults import FaultConfig
 from fusion.methods import COLD_START
 from fusion.params import forward
-from fusion.training import TrainConfig, train
+from fusion.training import FinetuneConfig, TrainConfig, finetune, train
 from scenarios import Scenario, Stream, party_descriptors, party_torch_generator, training_data
 
 
@@ -36,7 +36,7 @@ class PartyShard:
         train_ids,
         test_ids,
         pretrain: TrainConfig,
-        finetune: TrainConfig,
+        finetune: FinetuneConfig,
         run: str = "",
         faults: FaultConfig | None = None,
     ) -> None:
@@ -150,7 +150,7 @@ class PartyShard:
                 n = sc.shot_examples(k)
                 sx = rep(_stack([s[0][:n] for s in shot_sets], self.device))
                 sy = rep(_stack([s[1][:n] for s in shot_sets], self.device))
-                tuned = train(warm, spec, sx, sy, self._loss(d_all), self.finetune_cfg)
+                tuned = finetune(warm, spec, sx, sy, sc.loss, d_all, self.finetune_cfg)
             with torch.no_grad():
                 values = sc.metric(forward(tuned, spec, rep(ex)), rep(ey), d_all).cpu().numpy()
             cols["method"] += [m for m, _ in members for _ in range(n_p)]

@@ -17,7 +17,7 @@ from actors.faults import FaultConfig
 from fusion.metamodel import GPConfig
 from fusion.methods import DEFAULT_METHODS, known_methods
 from fusion.strategies import FusionConfig
-from fusion.training import TrainConfig
+from fusion.training import FinetuneConfig, TrainConfig
 from scenarios import canonical_name, make_options
 
 
@@ -61,7 +61,7 @@ class RunConfig:
     methods: tuple[str, ...] = DEFAULT_METHODS
     out: str = ""  # "" -> runs/<scenario>-<time>
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, lr=0.01))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=50, lr=0.001))
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)  # test/demo fault injection, off by default
@@ -91,7 +91,7 @@ class RunConfig:
 # TOML layout: top-level keys, and tables whose keys map onto a sub-config.
 _TOP = {"parties", "test_parties", "shots", "seed", "methods", "out"}
 _CLUSTER = {f.name for f in fields(ClusterConfig)}
-_TABLES = {"pretrain": TrainConfig, "finetune": TrainConfig, "faults": FaultConfig}
+_TABLES = {"pretrain": TrainConfig, "finetune": FinetuneConfig, "faults": FaultConfig}
 
 
 def _typed(key: str, value: Any, kind: type) -> Any:

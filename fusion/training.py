@@ -16,6 +16,7 @@ from fusion.spec import MLPSpec
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (pred (P,N,out), y) -> (P,)
+TaskLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (pred, y, descriptors) -> (P,)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,33 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
 
 
+@dataclass(frozen=True)
+class FinetuneConfig(TrainConfig):
+    """k-shot fine-tuning: at most ``steps`` steps, each party choosing how many from its own shots.
+
+    With ``folds`` >= 2, every party runs k-fold cross-validation on its shots over the step counts
+    0, ``every``, 2·``every``, …, ``steps`` and keeps the one with the lowest held-out loss (the smallest
+    on ties), then trains on all its shots for that many steps. A warm start that the shots cannot
+    improve is kept as it is (0 steps); a random init trains as long as it helps. ``folds`` = 0 trains
+    every party for ``steps`` steps.
+    """
+
+    steps: int = 300
+    lr: float = 0.01
+    folds: int = 5
+    every: int = 20
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.folds < 0 or self.folds == 1:
+            raise ValueError(f"folds must be 0 (no selection) or >= 2, got {self.folds}")
+        if self.every < 1:
+            raise ValueError(f"every must be >= 1, got {self.every}")
+
+    def candidates(self) -> list[int]:
+        return sorted({*range(0, self.steps + 1, self.every), self.steps})
+
+
 def train(
     params: torch.Tensor,
     spec: MLPSpec,
@@ -43,17 +71,65 @@ def train(
     y: torch.Tensor,
     loss_fn: LossFn,
     cfg: TrainConfig,
+    at_steps: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Train a stack ``params`` (P, n_params) on ``x`` (P, N, in), ``y`` (P, N, ...); returns the new stack."""
+    """Train a stack ``params`` (P, n_params) on ``x`` (P, N, in), ``y`` (P, N, ...); returns the new stack.
+
+    ``at_steps(step, weights)``, if given, sees the weights before every step and after the last one.
+    """
     weights = params.detach().clone().requires_grad_(True)
-    if cfg.steps == 0 or x.shape[1] == 0:
-        return weights.detach()
+    steps = cfg.steps if x.shape[1] > 0 else 0
     opt = OPTIMIZERS[cfg.optimizer]([weights], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr / 10) if cfg.decay else None
-    for _ in range(cfg.steps):
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=cfg.lr / 10) if cfg.decay and steps else None
+    for step in range(steps):
+        if at_steps is not None:
+            at_steps(step, weights.detach())
         opt.zero_grad(set_to_none=True)
         loss_fn(forward(weights, spec, x), y).sum().backward()
         opt.step()
         if sched is not None:
             sched.step()
+    if at_steps is not None:
+        at_steps(steps, weights.detach())
     return weights.detach()
+
+
+def finetune(
+    params: torch.Tensor,
+    spec: MLPSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: TaskLoss,
+    descriptors: torch.Tensor,
+    cfg: FinetuneConfig,
+) -> torch.Tensor:
+    """Fine-tune ``params`` (P, n_params) on shots ``x`` (P, N, in), ``y`` (P, N, ...) by ``cfg``'s recipe.
+
+    Every party's choice uses only its own shots, and the optimizer is element-wise: a party's result
+    does not depend on which other parties share the batch.
+    """
+    task_loss = lambda pred, t: loss(pred, t, descriptors)  # noqa: E731
+    folds = min(cfg.folds, x.shape[1])
+    if folds < 2 or cfg.steps == 0:
+        return train(params, spec, x, y, task_loss, cfg)
+    candidates = cfg.candidates()
+    held_out = torch.zeros(len(params), len(candidates), dtype=torch.float64, device=params.device)
+    fold_of = torch.arange(x.shape[1], device=x.device) % folds
+    for f in range(folds):
+        fit, val = fold_of != f, fold_of == f
+
+        def record(step: int, w: torch.Tensor, val=val) -> None:
+            if step in candidates:
+                with torch.no_grad():
+                    held_out[:, candidates.index(step)] += task_loss(forward(w, spec, x[:, val]), y[:, val])
+
+        train(params, spec, x[:, fit], y[:, fit], task_loss, cfg, at_steps=record)
+    best = torch.as_tensor(candidates, device=params.device)[held_out.nan_to_num(float("inf")).argmin(dim=1)]
+    chosen = params.detach().clone()
+
+    def keep(step: int, w: torch.Tensor) -> None:
+        chosen[best == step] = w[best == step]
+
+    if int(best.max()) > 0:  # the same schedule as in the folds, so step t means the same thing
+        train(params, spec, x, y, task_loss, cfg, at_steps=keep)
+    return chosen

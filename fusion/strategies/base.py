@@ -26,8 +26,8 @@ class FusionConfig:
     strategy: str = "gp_refit"
     align_iters: int = 20
     gp: GPConfig = field(default_factory=GPConfig)
-    refit_steps: int = 1000  # function-space refit of a warm start (strategies that refit)
-    refit_lr: float = 0.01
+    refit_steps: int = 2000  # function-space refit of a warm start (strategies that refit)
+    refit_lr: float = 0.003
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -21,8 +21,9 @@ from fusion.strategies.gp import GPFusion
 from fusion.training import TrainConfig, train
 
 
-def _mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return ((pred - y) ** 2).mean(dim=(1, 2))
+def _relative_mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared error relative to each target function's power: every target weighs alike, small or large."""
+    return ((pred - y) ** 2).mean(dim=(1, 2)) / (y**2).mean(dim=(1, 2)).clamp_min(1e-12)
 
 
 class RefitWarmStarter(WarmStarter):
@@ -43,7 +44,7 @@ class RefitWarmStarter(WarmStarter):
         m, (n_probe, fan_out) = len(init), (len(self.probe), self.spec.widths[-1])
         target = torch.as_tensor(self.outputs.predict(descriptors)).reshape(m, n_probe, fan_out)
         x = torch.tensor(self.probe).expand(m, n_probe, self.spec.widths[0])  # copy: object-store arrays are read-only
-        return train(init, self.spec, x, target, _mse, self.refit).numpy()
+        return train(init, self.spec, x, target, _relative_mse, self.refit).numpy()
 
     def export(self) -> dict:
         return {
