@@ -39,10 +39,12 @@ class PartyShard:
         finetune: TrainConfig,
         run: str = "",
         faults: FaultConfig | None = None,
+        name: str = "",
     ) -> None:
         # Everything a shard holds is rebuilt from these arguments: a restarted shard (after its process
         # died) is the same shard, and its parties' data and inits come again from (seed, party id).
         self.index, self.scenario, self.seed = index, scenario, seed
+        self.name = name or f"party-shard-{index}"
         self.run, self.faults = run, faults or FaultConfig()
         self.train_ids, self.test_ids = np.asarray(train_ids, np.int64), np.asarray(test_ids, np.int64)
         self.pretrain_cfg, self.finetune_cfg = pretrain, finetune
@@ -53,7 +55,7 @@ class PartyShard:
         self._warm_up()
 
     def __repr__(self) -> str:
-        return f"PartyShard(party-shard-{self.index}, {len(self.train_ids)} train, {len(self.test_ids)} test)"
+        return f"PartyShard({self.name}, {len(self.train_ids)} train, {len(self.test_ids)} test)"
 
     def _warm_up(self) -> None:
         """The first optimizer step imports torch._dynamo (~1 s): pay it at start-up, not in a stage."""
@@ -65,6 +67,8 @@ class PartyShard:
     def info(self) -> dict:
         return {
             "index": self.index,
+            "name": self.name,
+            "resources": ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {},
             "device": str(self.device),
             "gpu_ids": self.gpu_ids,
             "pid": os.getpid(),
@@ -87,7 +91,7 @@ class PartyShard:
             return hosted
         ids = np.asarray(ids, np.int64)
         if not np.isin(ids, hosted).all():
-            raise ValueError(f"party-shard-{self.index} does not host {kind} parties {ids[~np.isin(ids, hosted)]}")
+            raise ValueError(f"{self.name} does not host {kind} parties {ids[~np.isin(ids, hosted)]}")
         return ids
 
     def pretrain(self, ids=None) -> dict:

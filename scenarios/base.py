@@ -21,6 +21,8 @@ class Stream(IntEnum):
     SHOTS = 3
     COLD_START = 4
     EVAL = 5
+    SYSTEM = 6  # party class, straggler jitter, dropout (cluster.system)
+    WIDTH = 7  # hidden width when a run mixes widths
 
 
 def party_rng(seed: int, party_id: int, stream: Stream) -> np.random.Generator:
