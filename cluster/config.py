@@ -16,7 +16,7 @@ import tomllib
 from actors.faults import FaultConfig
 from cluster.system import PartyClass, SystemConfig, check_classes
 from fusion.metamodel import GPConfig
-from fusion.methods import DEFAULT_METHODS, known_methods
+from fusion.methods import COLD_START, DEFAULT_METHODS, known_methods, strategy_for
 from fusion.strategies import FusionConfig
 from fusion.training import TrainConfig
 from scenarios import canonical_name, make_options
@@ -68,6 +68,7 @@ class RunConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)  # test/demo fault injection, off by default
     party_classes: tuple[PartyClass, ...] = ()  # system heterogeneity (cluster/system.py); () = one class
     system: SystemConfig = field(default_factory=SystemConfig)
+    widths: tuple[int, ...] = ()  # mixed hidden widths: each party's drawn from (seed, id); () = the scenario's
 
     def __post_init__(self) -> None:
         if self.parties < 2:
@@ -95,12 +96,27 @@ class RunConfig:
             raise ConfigError(str(exc)) from None
         if self.party_classes and self.cluster.party_actors:
             raise ConfigError("party_actors cannot be combined with [[party_classes]]: set actors per class instead")
+        self._check_widths()
         if self.system != SystemConfig() and not self.party_classes:
             raise ConfigError("[system] needs [[party_classes]] (speed factors and drop probabilities live there)")
 
+    def _check_widths(self) -> None:
+        if not self.widths:
+            return
+        if any(w < 1 for w in self.widths) or len(set(self.widths)) != len(self.widths):
+            raise ConfigError(f"widths must be distinct hidden widths >= 1, got {list(self.widths)}")
+        hidden = getattr(self.scenario_options, "hidden", None)
+        if hidden is not None and len(hidden) != 1:
+            raise ConfigError(f"widths needs single-hidden-layer nets, but scenario.hidden = {list(hidden)}")
+        unsupported = [
+            m for m in self.methods if m != COLD_START and not getattr(strategy_for(m, self.fusion), "mixed_widths", 0)
+        ]
+        if unsupported:
+            raise ConfigError(f"method(s) {unsupported} do not support mixed widths (widths = {list(self.widths)})")
+
 
 # TOML layout: top-level keys, and tables whose keys map onto a sub-config.
-_TOP = {"parties", "test_parties", "shots", "seed", "methods", "out"}
+_TOP = {"parties", "test_parties", "shots", "seed", "methods", "out", "widths"}
 _CLUSTER = {f.name for f in fields(ClusterConfig)}
 _TABLES = {"pretrain": TrainConfig, "finetune": TrainConfig, "faults": FaultConfig, "system": SystemConfig}
 
@@ -198,6 +214,11 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     for key in ("parties", "test_parties", "seed"):
         if key in raw:
             kwargs[key] = _typed(key, raw.pop(key), int)
+    if "widths" in raw:
+        widths = raw.pop("widths")
+        if not isinstance(widths, list) or not all(isinstance(w, int) and not isinstance(w, bool) for w in widths):
+            raise ConfigError(f"widths must be a list of integers, got {widths!r}")
+        kwargs["widths"] = tuple(widths)
     if "party_classes" in raw:
         kwargs["party_classes"] = _party_classes(raw.pop("party_classes"))
     if "out" in raw:
@@ -232,6 +253,8 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     out["fusion"] = dataclasses.asdict(cfg.fusion)
     if cfg.faults != FaultConfig():
         out["faults"] = dataclasses.asdict(cfg.faults)
+    if cfg.widths:
+        out["widths"] = list(cfg.widths)
     if cfg.party_classes:
         out["party_classes"] = [dataclasses.asdict(c) for c in cfg.party_classes]
         out["system"] = dataclasses.asdict(cfg.system)

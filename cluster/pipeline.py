@@ -28,7 +28,7 @@ from cluster.system import Schedule, left_out_csv, party_classes_of, schedule
 from fusion.io import save_warm_starter
 from fusion.methods import strategy_for
 from fusion.quarantine import finite_models
-from scenarios import build
+from scenarios import build, with_hidden_width
 
 Log = Callable[[str], None]
 
@@ -104,6 +104,10 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
         check_out(out)
     cfg = dataclasses.replace(cfg, out=str(out))
     scenario = build(cfg.scenario, cfg.scenario_options)
+    if cfg.widths:  # models of every width travel embedded at the widest (fusion/widths.py)
+        if scenario.spec.n_layers != 2:
+            raise ConfigError(f"widths needs single-hidden-layer nets; scenario {cfg.scenario} has {scenario.spec}")
+        scenario = with_hidden_width(scenario, max(cfg.widths))
     try:
         scenario.prepare(cfg.seed, cfg.parties, cfg.test_parties)  # data folders, sizes: fail before Ray starts
     except ValueError as exc:
@@ -232,11 +236,12 @@ def _execute(
             run=run_id,
             faults=cfg.faults,
             name=p.name,
+            widths=cfg.widths,
         )
         for i, p in enumerate(shard_plans)
     ]
     fusion = FusionActor.options(name="fusion", namespace=namespace).remote(
-        scenario.spec, cfg.fusion, cfg.seed, n_cpus, run=run_id, scenario=scenario
+        scenario.spec, cfg.fusion, cfg.seed, n_cpus, run=run_id, scenario=scenario, widths=cfg.widths
     )
     try:
         infos = ray.get([s.info.remote() for s in shards])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from enum import IntEnum
 
@@ -10,6 +11,7 @@ import torch
 
 from fusion.params import init_params
 from fusion.spec import MLPSpec
+from fusion.widths import at_width
 
 
 class Stream(IntEnum):
@@ -139,3 +141,15 @@ def training_data(scenario: Scenario, seed: int, ids: np.ndarray) -> tuple[np.nd
     desc = party_descriptors(scenario, seed, ids)
     data = [scenario.party_train_data(seed, i, d) for i, d in zip(ids, desc)]
     return desc, np.stack([d[0] for d in data]), np.stack([d[1] for d in data])
+
+
+def party_widths(seed: int, ids: np.ndarray, widths: tuple[int, ...]) -> np.ndarray:
+    """Hidden width of each party in ``ids`` when a run mixes ``widths``: (n,) int64, uniform from (seed, id)."""
+    return np.array([widths[party_rng(seed, i, Stream.WIDTH).integers(len(widths))] for i in ids], np.int64)
+
+
+def with_hidden_width(scenario: Scenario, width: int) -> Scenario:
+    """The same task family with single-hidden-layer nets of width ``width`` (a shallow copy; data unchanged)."""
+    out = copy.copy(scenario)
+    out.spec = at_width(scenario.spec, width)
+    return out

@@ -18,6 +18,7 @@ from fusion.params import forward
 from fusion.spec import MLPSpec
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
 from fusion.strategies.gp import GPFusion
+from fusion.strategies.mixed_widths import fit_mixed_refit
 from fusion.training import TrainConfig, train
 
 
@@ -72,6 +73,7 @@ class GPRefit(Strategy):
     """With ``aligned=False`` the init comes from the GP on unaligned parameters (the ablation)."""
 
     name = "gp_refit"
+    mixed_widths = True
 
     def __init__(self, aligned: bool = True) -> None:
         self.aligned = aligned
@@ -79,6 +81,8 @@ class GPRefit(Strategy):
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         if ctx.probe is None:
             raise ValueError("strategy gp_refit needs probe inputs from the scenario (FitContext.probe)")
+        if ctx.widths is not None:
+            return fit_mixed_refit(models, descriptors, ctx, self.aligned)
         cfg = ctx.config
         init = GPFusion(self.aligned).fit(models, descriptors, ctx)  # aligned units + parameter-space GP
         param_gp, iterations = init.meta, init.align_iterations
