@@ -158,7 +158,10 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
     with results.staged_dir(out) as tmp:
         table = results.results_table(res["cols"], run_id, cfg.scenario, cfg.seed, scenario.metric_name)
         results.write_parquet(table, tmp / "results.parquet")
-        summary = results.summarize(table, list(cfg.methods))
+        test_ids = np.arange(cfg.parties, cfg.parties + cfg.test_parties)
+        weights = scenario.party_weights(cfg.seed, test_ids)
+        weights = None if weights is None else dict(zip(test_ids.tolist(), weights.tolist()))
+        summary = results.summarize(table, list(cfg.methods), weights)
         results.write_summary_csv(summary, tmp / "summary.csv")
         (tmp / "quarantined.csv").write_text(
             "party_id,reason\n" + "".join(f"{p},non-finite parameters\n" for p in res["quarantined"])

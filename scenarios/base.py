@@ -126,6 +126,11 @@ class Scenario(ABC):
     def party_eval_data(self, seed: int, party_id: int, descriptor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.eval_data(descriptor, party_rng(seed, party_id, Stream.EVAL))
 
+    def party_weights(self, seed: int, ids: np.ndarray) -> np.ndarray | None:
+        """Weights (n,) of the test parties' metrics in a sample-weighted mean (PFLlib's report: their number of
+        test samples); None (the default): parties count alike and the summary has no weighted mean."""
+        return None
+
     def descriptor_distance_scale(self) -> np.ndarray | None:
         """Per-dimension scale for nearest-task look-ups (None: standardize on the training descriptors)."""
         return None
