@@ -13,7 +13,7 @@ from fusion.params import init_params
 from fusion.quarantine import finite_models
 from fusion.spec import MLPSpec
 from fusion.strategies import FitContext, FusionConfig
-from scenarios import Scenario, training_data
+from scenarios import Scenario, party_widths, training_data
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -28,9 +28,15 @@ class FusionActor:
         n_chunks: int,
         run: str = "",
         scenario: Scenario | None = None,
+        widths: tuple[int, ...] = (),
     ) -> None:
-        """``scenario`` (optional) supplies probe inputs and, for MAML, the training parties' data."""
+        """``scenario`` (optional) supplies probe inputs and, for MAML, the training parties' data.
+
+        ``widths``: a run that mixes hidden widths; each party's is drawn from (seed, party id), ``spec`` is the
+        widest and the models arrive embedded in it.
+        """
         self.spec, self.cfg, self.seed, self.n_chunks, self.run = spec, cfg, seed, n_chunks, run
+        self.widths = tuple(widths)
         self.scenario = scenario
         self.summary: dict | None = None
         self.error: str | None = None
@@ -58,6 +64,7 @@ class FusionActor:
             self.cfg,
             self.scenario.probe_inputs() if self.scenario is not None else None,
             tasks=(lambda: self._tasks(ids)) if self.scenario is not None else None,
+            widths=party_widths(self.seed, ids, self.widths) if self.widths else None,
         )
         fitted, seconds = {}, {}
         for method in methods:

@@ -14,7 +14,16 @@ from actors.faults import FaultConfig
 from fusion.methods import COLD_START
 from fusion.params import forward
 from fusion.training import FinetuneConfig, TrainConfig, finetune, train
-from scenarios import Scenario, Stream, party_descriptors, party_torch_generator, training_data
+from fusion.widths import embed
+from scenarios import (
+    Scenario,
+    Stream,
+    party_descriptors,
+    party_torch_generator,
+    party_widths,
+    training_data,
+    with_hidden_width,
+)
 
 
 def _stack(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -25,7 +34,9 @@ class PartyShard:
     """Hosts the parties ``train_ids`` (pretrained here) and ``test_ids`` (evaluated here).
 
     Every party's data, init and shots derive from (seed, party id), so any sharding of the same
-    parties gives the same numbers.
+    parties gives the same numbers. ``widths``: a run that mixes hidden widths (each party's drawn from
+    (seed, party id)); the scenario's spec is then the widest and every model travels embedded in it
+    (:mod:`fusion.widths`).
     """
 
     def __init__(
@@ -39,10 +50,14 @@ class PartyShard:
         finetune: FinetuneConfig,
         run: str = "",
         faults: FaultConfig | None = None,
+        name: str = "",
+        widths: tuple[int, ...] = (),
     ) -> None:
         # Everything a shard holds is rebuilt from these arguments: a restarted shard (after its process
         # died) is the same shard, and its parties' data and inits come again from (seed, party id).
         self.index, self.scenario, self.seed = index, scenario, seed
+        self.name = name or f"party-shard-{index}"
+        self.widths = tuple(widths)
         self.run, self.faults = run, faults or FaultConfig()
         self.train_ids, self.test_ids = np.asarray(train_ids, np.int64), np.asarray(test_ids, np.int64)
         self.pretrain_cfg, self.finetune_cfg = pretrain, finetune
@@ -53,7 +68,7 @@ class PartyShard:
         self._warm_up()
 
     def __repr__(self) -> str:
-        return f"PartyShard(party-shard-{self.index}, {len(self.train_ids)} train, {len(self.test_ids)} test)"
+        return f"PartyShard({self.name}, {len(self.train_ids)} train, {len(self.test_ids)} test)"
 
     def _warm_up(self) -> None:
         """The first optimizer step imports torch._dynamo (~1 s): pay it at start-up, not in a stage."""
@@ -65,6 +80,8 @@ class PartyShard:
     def info(self) -> dict:
         return {
             "index": self.index,
+            "name": self.name,
+            "resources": ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {},
             "device": str(self.device),
             "gpu_ids": self.gpu_ids,
             "pid": os.getpid(),
@@ -75,9 +92,22 @@ class PartyShard:
     def descriptors(self, ids: np.ndarray) -> np.ndarray:
         return party_descriptors(self.scenario, self.seed, ids)
 
-    def _inits(self, ids: np.ndarray, stream: Stream) -> torch.Tensor:
+    def _inits(self, ids: np.ndarray, stream: Stream, scenario: Scenario | None = None) -> torch.Tensor:
+        sc = scenario or self.scenario
         gens = [party_torch_generator(self.seed, i, stream) for i in ids]
-        return torch.stack([self.scenario.init_params(g) for g in gens]).to(self.device)
+        return torch.stack([sc.init_params(g) for g in gens]).to(self.device)
+
+    def _width_groups(self, ids: np.ndarray):
+        """(rows, scenario at that width) per hidden width of the parties ``ids`` (one group without widths)."""
+        if not self.widths:
+            return [(np.arange(len(ids)), self.scenario)]
+        w_of = party_widths(self.seed, ids, self.widths)
+        return [(np.flatnonzero(w_of == w), with_hidden_width(self.scenario, int(w))) for w in np.unique(w_of)]
+
+    def _embedded(self, params: torch.Tensor, scenario: Scenario) -> np.ndarray:
+        """(n, scenario.spec.n_params) -> (n, n_params of the shard's spec) float32 (unchanged without widths)."""
+        params = params.cpu().numpy().astype(np.float32)
+        return embed(params, scenario.spec, self.scenario.spec.widths[1]) if self.widths else params
 
     def _loss(self, descriptors: torch.Tensor):
         return lambda pred, y: self.scenario.loss(pred, y, descriptors)
@@ -87,7 +117,7 @@ class PartyShard:
             return hosted
         ids = np.asarray(ids, np.int64)
         if not np.isin(ids, hosted).all():
-            raise ValueError(f"party-shard-{self.index} does not host {kind} parties {ids[~np.isin(ids, hosted)]}")
+            raise ValueError(f"{self.name} does not host {kind} parties {ids[~np.isin(ids, hosted)]}")
         return ids
 
     def pretrain(self, ids=None) -> dict:
@@ -100,8 +130,12 @@ class PartyShard:
         desc, x, y = training_data(sc, self.seed, ids)
         x, y = torch.as_tensor(x, device=self.device), torch.as_tensor(y, device=self.device)
         d_t = torch.as_tensor(desc, device=self.device)
-        params = train(self._inits(ids, Stream.INIT), sc.spec, x, y, self._loss(d_t), self.pretrain_cfg)
-        params = params.cpu().numpy().astype(np.float32)
+        params = np.zeros((len(ids), sc.spec.n_params), np.float32)
+        for rows, sub in self._width_groups(ids):  # parties of one width train as one batch
+            r = torch.as_tensor(rows, device=self.device)
+            init = self._inits(ids[rows], Stream.INIT, sub)
+            trained = train(init, sub.spec, x[r], y[r], self._loss(d_t[r]), self.pretrain_cfg)
+            params[rows] = self._embedded(trained, sub)
         params[np.isin(ids, self.faults.nan_parties)] = np.nan  # fault injection (off by default)
         if self.faults.crash_shard == self.index and not ray.get_runtime_context().was_current_actor_reconstructed:
             os._exit(1)  # fault injection: the process dies with this call's work done but not returned
@@ -126,7 +160,14 @@ class PartyShard:
         groups: dict = {}
         for method in methods:
             if method == COLD_START:
-                spec, start = sc.spec, self._inits(ids, Stream.COLD_START)
+                spec, start = sc.spec, torch.zeros(len(ids), sc.spec.n_params)
+                for rows, sub in self._width_groups(ids):
+                    start[rows] = torch.as_tensor(self._embedded(self._inits(ids[rows], Stream.COLD_START, sub), sub))
+                start = start.to(self.device)
+            elif self.widths:  # every party asks for a warm start at its own width, embedded at the widest
+                widths = party_widths(self.seed, ids, self.widths)
+                spec, start = sc.spec, torch.as_tensor(fit["fitted"][method].predict_widths(desc, widths))
+                start = start.to(self.device)
             else:
                 fitted = fit["fitted"][method]
                 spec = getattr(fitted, "spec", sc.spec)

@@ -6,6 +6,9 @@ The algorithmic half of issue 5's "a run mixing widths 50/100/150 fuses and its 
 pretrained as one batched program (``fusion.training.train``). Test parties also cycle through the widths and
 ask for a warm start at their own width. Methods, all at 0 shots, metric = sine nRMSE on 200 points:
 
+- ``gp_refit``: what ``fusion-cluster run`` with ``widths = [...]`` does (the ``gp_refit`` strategy with
+  ``FitContext.widths``, models embedded at the widest width): the PFNM + GP init cut to the party's width, refit
+  to the output-space GP's prediction on the probe inputs (``fusion/strategies/mixed_widths.py``);
 - ``pfnm_gp``: ``fusion.pfnm.match_models`` -> ``expand`` (one canonical order at the global width) -> the GP
   meta-model (``fusion.metamodel.GPMetaModel``) -> ``to_width(target width, importance=popularity)``;
 - ``pfnm_gp_global``: diagnostic: the same GP mean at the global width, not cut to the party's width;
@@ -37,7 +40,9 @@ from fusion.metamodel import GPConfig, GPMetaModel  # noqa: E402
 from fusion.params import forward, init_params  # noqa: E402
 from fusion.pfnm import PFNMConfig, expand, match_models, matched_average, to_width  # noqa: E402
 from fusion.spec import MLPSpec  # noqa: E402
+from fusion.strategies import STRATEGIES, FitContext, FusionConfig  # noqa: E402
 from fusion.training import TrainConfig, train  # noqa: E402
+from fusion.widths import embed  # noqa: E402
 from scenarios import Stream, build, make_options, party_rng, party_torch_generator  # noqa: E402
 
 
@@ -91,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--normalizers", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--refit-points", type=int, default=400, help="function-space refit when cutting (0: off)")
+    p.add_argument("--refit-steps", type=int, default=1000, help="Adam steps of gp_refit's function-space refit")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     widths = [int(w) for w in args.widths.split(",")]
@@ -135,7 +141,16 @@ def main(argv: list[str] | None = None) -> int:
         aligned = align(np.stack([models[j] for j in rows]), spec_w).aligned
         same_width[w] = GPMetaModel.fit(aligned, desc[rows], GPConfig(), seed=args.seed)
     stages["gp_same_width_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    wide = MLPSpec((1, max(widths), 1))
+    embedded = np.stack([embed(mod[None], s, max(widths))[0] for mod, s in zip(models, specs)])
+    fcfg = FusionConfig(pfnm=cfg, refit_steps=args.refit_steps)
+    ctx = FitContext(wide, args.seed, config=fcfg, probe=sc0.probe_inputs(), widths=train_w)
+    ctx.cache["pfnm"] = (models, specs, matching)  # the same matching (the strategy would compute it again)
+    refit_warm = STRATEGIES["gp_refit"]().fit(embedded, desc, ctx).predict_widths(test_desc, test_w)
+    stages["gp_refit_s"] = time.perf_counter() - clock
     scores: dict[str, list[float]] = {
+        "gp_refit": [],
         "pfnm_gp": [],
         "pfnm_gp_global": [],
         "matched_average": [],
@@ -151,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, (pid, d, w) in enumerate(zip(test_ids, test_desc, test_w)):
         spec_w = MLPSpec((1, int(w), 1))
         warm = to_width(predicted[k : k + 1], g, int(w), importance=matching.popularity, refit_x=refit_x)[0]
+        scores["gp_refit"].append(evaluate(args.scenario, refit_warm[k], wide, d, args.seed, pid))
         scores["pfnm_gp"].append(evaluate(args.scenario, warm, spec_w, d, args.seed, pid))
         scores["pfnm_gp_global"].append(evaluate(args.scenario, predicted[k], g, d, args.seed, pid))
         avg = to_width(fused, g, int(w), importance=matching.popularity, refit_x=refit_x)[0]

@@ -14,8 +14,9 @@ from typing import Any
 import tomllib
 
 from actors.faults import FaultConfig
+from cluster.system import PartyClass, SystemConfig, check_classes
 from fusion.metamodel import GPConfig
-from fusion.methods import DEFAULT_METHODS, known_methods
+from fusion.methods import COLD_START, DEFAULT_METHODS, known_methods, strategy_for
 from fusion.strategies import FusionConfig
 from fusion.training import FinetuneConfig, TrainConfig
 from scenarios import canonical_name, make_options
@@ -65,6 +66,9 @@ class RunConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)  # test/demo fault injection, off by default
+    party_classes: tuple[PartyClass, ...] = ()  # system heterogeneity (cluster/system.py); () = one class
+    system: SystemConfig = field(default_factory=SystemConfig)
+    widths: tuple[int, ...] = ()  # mixed hidden widths: each party's drawn from (seed, id); () = the scenario's
 
     def __post_init__(self) -> None:
         if self.parties < 2:
@@ -86,12 +90,35 @@ class RunConfig:
             )
         if any(p >= self.parties for p in self.faults.nan_parties):
             raise ConfigError(f"faults.nan_parties must be training party ids < {self.parties}")
+        try:
+            check_classes(self.party_classes)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.party_classes and self.cluster.party_actors:
+            raise ConfigError("party_actors cannot be combined with [[party_classes]]: set actors per class instead")
+        self._check_widths()
+        if self.system != SystemConfig() and not self.party_classes:
+            raise ConfigError("[system] needs [[party_classes]] (speed factors and drop probabilities live there)")
+
+    def _check_widths(self) -> None:
+        if not self.widths:
+            return
+        if any(w < 1 for w in self.widths) or len(set(self.widths)) != len(self.widths):
+            raise ConfigError(f"widths must be distinct hidden widths >= 1, got {list(self.widths)}")
+        hidden = getattr(self.scenario_options, "hidden", None)
+        if hidden is not None and len(hidden) != 1:
+            raise ConfigError(f"widths needs single-hidden-layer nets, but scenario.hidden = {list(hidden)}")
+        unsupported = [
+            m for m in self.methods if m != COLD_START and not getattr(strategy_for(m, self.fusion), "mixed_widths", 0)
+        ]
+        if unsupported:
+            raise ConfigError(f"method(s) {unsupported} do not support mixed widths (widths = {list(self.widths)})")
 
 
 # TOML layout: top-level keys, and tables whose keys map onto a sub-config.
-_TOP = {"parties", "test_parties", "shots", "seed", "methods", "out"}
+_TOP = {"parties", "test_parties", "shots", "seed", "methods", "out", "widths"}
 _CLUSTER = {f.name for f in fields(ClusterConfig)}
-_TABLES = {"pretrain": TrainConfig, "finetune": FinetuneConfig, "faults": FaultConfig}
+_TABLES = {"pretrain": TrainConfig, "finetune": FinetuneConfig, "faults": FaultConfig, "system": SystemConfig}
 
 
 def _typed(key: str, value: Any, kind: type) -> Any:
@@ -129,6 +156,24 @@ def _build(cls: type, values: dict[str, Any], prefix: str, base: Any | None = No
         raise ConfigError(str(exc) if isinstance(exc, ValueError) else f"{prefix}: {exc}") from None
 
 
+def _party_classes(tables: Any) -> tuple[PartyClass, ...]:
+    """``[[party_classes]]``: a list of tables, each with ``name`` and ``share`` and optional resources."""
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError("party_classes must be one or more [[party_classes]] tables")
+    out = []
+    for k, table in enumerate(tables):
+        prefix = f"party_classes[{k}]."
+        missing = [key for key in ("name", "share") if key not in table]
+        if missing:
+            raise ConfigError(f"{prefix}{missing[0]} is required")
+        try:
+            base = PartyClass(name=_typed(prefix + "name", table["name"], str), share=1.0)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        out.append(_build(PartyClass, table, prefix, base))
+    return tuple(out)
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
@@ -142,7 +187,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 def resolve(raw: dict[str, Any]) -> RunConfig:
     """Build a validated :class:`RunConfig` from a nested dict (the TOML tree, flags merged in)."""
     raw = dict(raw)
-    allowed = _TOP | _CLUSTER | set(_TABLES) | {"scenario", "fusion"}
+    allowed = _TOP | _CLUSTER | set(_TABLES) | {"scenario", "fusion", "party_classes"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
@@ -169,6 +214,13 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     for key in ("parties", "test_parties", "seed"):
         if key in raw:
             kwargs[key] = _typed(key, raw.pop(key), int)
+    if "widths" in raw:
+        widths = raw.pop("widths")
+        if not isinstance(widths, list) or not all(isinstance(w, int) and not isinstance(w, bool) for w in widths):
+            raise ConfigError(f"widths must be a list of integers, got {widths!r}")
+        kwargs["widths"] = tuple(widths)
+    if "party_classes" in raw:
+        kwargs["party_classes"] = _party_classes(raw.pop("party_classes"))
     if "out" in raw:
         kwargs["out"] = _typed("out", raw.pop("out"), str)
     if "shots" in raw:
@@ -201,6 +253,11 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     out["fusion"] = dataclasses.asdict(cfg.fusion)
     if cfg.faults != FaultConfig():
         out["faults"] = dataclasses.asdict(cfg.faults)
+    if cfg.widths:
+        out["widths"] = list(cfg.widths)
+    if cfg.party_classes:
+        out["party_classes"] = [dataclasses.asdict(c) for c in cfg.party_classes]
+        out["system"] = dataclasses.asdict(cfg.system)
     return out
 
 
@@ -218,8 +275,12 @@ def _toml_value(value: Any) -> str:
 
 def dumps_toml(tree: dict[str, Any], prefix: str = "") -> str:
     """A small TOML writer for the config tree (scalars, lists, nested tables)."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in tree.items() if not isinstance(v, dict)]
+    tables = lambda v: isinstance(v, list) and v and all(isinstance(t, dict) for t in v)  # noqa: E731
+    lines = [f"{k} = {_toml_value(v)}" for k, v in tree.items() if not isinstance(v, dict) and not tables(v)]
     for key, value in tree.items():
         if isinstance(value, dict):
             lines += ["", f"[{prefix}{key}]", dumps_toml(value, f"{prefix}{key}.").strip("\n")]
+        elif tables(value):  # an array of tables: [[key]]
+            for table in value:
+                lines += ["", f"[[{prefix}{key}]]", dumps_toml(table, f"{prefix}{key}.").strip("\n")]
     return "\n".join(lines).strip("\n") + "\n"

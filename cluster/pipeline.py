@@ -23,11 +23,12 @@ from actors.party_shard import PartyShardActor
 from cluster import plots, results
 from cluster.checkpoint import Checkpoint
 from cluster.config import ConfigError, RunConfig, dumps_toml, to_dict
-from cluster.runtime import check_resources, connect, metrics_url, party_actor_count
+from cluster.runtime import check_class_resources, check_resources, connect, metrics_url, party_actor_count
+from cluster.system import Schedule, left_out_csv, party_classes_of, schedule
 from fusion.io import save_warm_starter
 from fusion.methods import strategy_for
 from fusion.quarantine import finite_models
-from scenarios import build
+from scenarios import build, with_hidden_width
 
 Log = Callable[[str], None]
 
@@ -40,6 +41,19 @@ class RunResult:
     table: str = ""
     dashboard_url: str | None = None
     quarantined: list[int] = field(default_factory=list)
+    left_out: dict[str, int] = field(default_factory=dict)  # dropped / late parties (with [[party_classes]])
+    shards: list[dict] = field(default_factory=list)  # each party shard's info(): name, resources, node
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One party-shard actor: its name, resources and the training / test party ids it hosts."""
+
+    name: str
+    cpus: float
+    gpus: float
+    train: np.ndarray
+    test: np.ndarray
 
 
 def shard_slices(n_train: int, n_test: int, n_shards: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -47,6 +61,25 @@ def shard_slices(n_train: int, n_test: int, n_shards: int) -> list[tuple[np.ndar
     train = np.array_split(np.arange(n_train), n_shards)
     test = np.array_split(np.arange(n_train, n_train + n_test), n_shards)
     return list(zip(train, test))
+
+
+def plan_shards(cfg: RunConfig, n_actors: int) -> list[ShardPlan]:
+    """The party shards: ``n_actors`` alike, or with ``[[party_classes]]`` each class's own actors and parties."""
+    cl = cfg.cluster
+    if not cfg.party_classes:
+        slices = shard_slices(cfg.parties, cfg.test_parties, n_actors)
+        return [
+            ShardPlan(f"party-shard-{i}", cl.cpus_per_actor, cl.gpus_per_actor, tr, te)
+            for i, (tr, te) in enumerate(slices)
+        ]
+    train, test = np.arange(cfg.parties), np.arange(cfg.parties, cfg.parties + cfg.test_parties)
+    train_cls = party_classes_of(cfg.party_classes, cfg.seed, train)
+    test_cls = party_classes_of(cfg.party_classes, cfg.seed, test)
+    plans = []
+    for k, c in enumerate(cfg.party_classes):
+        parts = zip(np.array_split(train[train_cls == k], c.actors), np.array_split(test[test_cls == k], c.actors))
+        plans += [ShardPlan(f"party-shard-{c.name}-{i}", c.cpus, c.gpus, tr, te) for i, (tr, te) in enumerate(parts)]
+    return plans
 
 
 def chunks(ids: np.ndarray, size: int) -> list[np.ndarray]:
@@ -71,6 +104,10 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
         check_out(out)
     cfg = dataclasses.replace(cfg, out=str(out))
     scenario = build(cfg.scenario, cfg.scenario_options)
+    if cfg.widths:  # models of every width travel embedded at the widest (fusion/widths.py)
+        if scenario.spec.n_layers != 2:
+            raise ConfigError(f"widths needs single-hidden-layer nets; scenario {cfg.scenario} has {scenario.spec}")
+        scenario = with_hidden_width(scenario, max(cfg.widths))
     try:
         scenario.prepare(cfg.seed, cfg.parties, cfg.test_parties)  # data folders, sizes: fail before Ray starts
     except ValueError as exc:
@@ -78,6 +115,14 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
     max_k = scenario.max_shots
     if max_k is not None and max(cfg.shots) > max_k:
         raise ConfigError(f"shots={max(cfg.shots)} is more than the {max_k} examples scenario {cfg.scenario} can give")
+    plan = None
+    if cfg.party_classes:
+        plan = schedule(cfg.party_classes, cfg.system, cfg.seed, np.arange(cfg.parties), cfg.pretrain.steps)
+        if len(plan.reporting) < 2:
+            raise ConfigError(
+                f"only {len(plan.reporting)} of {cfg.parties} training parties report by system.deadline="
+                f"{cfg.system.deadline:g} (drops and stragglers); fusion needs at least 2"
+            )
     ckpt = Checkpoint(out, scenario, cfg.seed, cfg.parties)
     fit_methods = [m for m in cfg.methods if strategy_for(m, cfg.fusion) is not None]
     saved = ckpt.load_pretrained() if resume else []  # a bad checkpoint fails here, before Ray starts
@@ -88,8 +133,12 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
     conn = connect(cfg.cluster)
     stages["connect"] = time.perf_counter() - clock
     try:
-        n_actors = party_actor_count(cfg.cluster, cfg.parties + cfg.test_parties)
-        check_resources(cfg.cluster, n_actors)
+        if cfg.party_classes:
+            check_class_resources(cfg.party_classes)
+            n_actors = sum(c.actors for c in cfg.party_classes)
+        else:
+            n_actors = party_actor_count(cfg.cluster, cfg.parties + cfg.test_parties)
+            check_resources(cfg.cluster, n_actors)
         if cfg.faults.crash_shard >= n_actors:
             raise ConfigError(f"faults.crash_shard={cfg.faults.crash_shard} but the run has {n_actors} party shards")
         if not resume:
@@ -101,7 +150,7 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
         if endpoint:
             log(f'Prometheus metrics (this node): {endpoint}  (series ray_{metrics.PREFIX}*, run="{run_id}")')
         with metrics.keep_gauges_fresh():
-            res = _execute(cfg, scenario, run_id, n_actors, stages, log, ckpt, saved, fitted)
+            res = _execute(cfg, scenario, run_id, n_actors, stages, log, ckpt, saved, fitted, plan)
     finally:
         if conn.owned:
             ray.shutdown()
@@ -109,11 +158,17 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
     with results.staged_dir(out) as tmp:
         table = results.results_table(res["cols"], run_id, cfg.scenario, cfg.seed, scenario.metric_name)
         results.write_parquet(table, tmp / "results.parquet")
-        summary = results.summarize(table, list(cfg.methods))
+        test_ids = np.arange(cfg.parties, cfg.parties + cfg.test_parties)
+        weights = scenario.party_weights(cfg.seed, test_ids)
+        weights = None if weights is None else dict(zip(test_ids.tolist(), weights.tolist()))
+        summary = results.summarize(table, list(cfg.methods), weights)
         results.write_summary_csv(summary, tmp / "summary.csv")
         (tmp / "quarantined.csv").write_text(
             "party_id,reason\n" + "".join(f"{p},non-finite parameters\n" for p in res["quarantined"])
         )
+        if plan is not None:
+            (tmp / "left_out.csv").write_text(left_out_csv(plan, cfg.party_classes))
+            written.append("left_out.csv")
         plots.plot_metric_vs_shots(summary, scenario.metric_name, tmp / plots.SHOTS_PNG)
         shown = list(range(cfg.parties, cfg.parties + min(3, cfg.test_parties)))
         if plots.plot_warm_starts(scenario, res["fitted"], cfg.seed, shown, tmp / plots.WARM_STARTS_PNG):
@@ -123,8 +178,15 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
             written.append("fusion_model.pt")
     text = results.format_summary(summary, scenario.metric_name)
     log(text)
+    left_out = {}
+    if plan is not None:
+        left_out = {why: int((plan.left_out_reason == why).sum()) for why in ("dropped", "late")}
+        log(
+            f"left out of fusion: {left_out['dropped']} dropped, {left_out['late']} late (system.deadline="
+            f"{cfg.system.deadline:g}); {len(plan.reporting)} of {cfg.parties} training parties fused (left_out.csv)"
+        )
     log(f"wrote {out}/ ({', '.join(written)}; config.toml and checkpoint/ since the start)")
-    return RunResult(out, summary, stages, text, conn.dashboard_url, res["quarantined"])
+    return RunResult(out, summary, stages, text, conn.dashboard_url, res["quarantined"], left_out, res["shards"])
 
 
 class _Progress:
@@ -148,22 +210,41 @@ def _stage(stages: dict[str, float], run_id: str, name: str, start: float) -> No
 
 
 def _execute(
-    cfg: RunConfig, scenario, run_id: str, n_actors: int, stages: dict[str, float], log: Log, ckpt, saved, fitted
+    cfg: RunConfig,
+    scenario,
+    run_id: str,
+    n_actors: int,
+    stages: dict[str, float],
+    log: Log,
+    ckpt,
+    saved,
+    fitted,
+    plan: Schedule | None,
 ) -> dict:
-    cl = cfg.cluster
     namespace = f"fusion-cluster-{run_id}"
-    slices = shard_slices(cfg.parties, cfg.test_parties, n_actors)
-    opts = {"num_cpus": cl.cpus_per_actor, "num_gpus": cl.gpus_per_actor, "namespace": namespace, "lifetime": None}
+    shard_plans = plan_shards(cfg, n_actors)
+    slices = [(p.train, p.test) for p in shard_plans]
+    opts = {"namespace": namespace, "lifetime": None}
     n_cpus = int(ray.cluster_resources().get("CPU", 1))
     clock = time.perf_counter()
     shards = [
-        PartyShardActor.options(name=f"party-shard-{i}", **opts).remote(
-            i, scenario, cfg.seed, tr, te, cfg.pretrain, cfg.finetune, run=run_id, faults=cfg.faults
+        PartyShardActor.options(name=p.name, num_cpus=p.cpus, num_gpus=p.gpus, **opts).remote(
+            i,
+            scenario,
+            cfg.seed,
+            p.train,
+            p.test,
+            cfg.pretrain,
+            cfg.finetune,
+            run=run_id,
+            faults=cfg.faults,
+            name=p.name,
+            widths=cfg.widths,
         )
-        for i, (tr, te) in enumerate(slices)
+        for i, p in enumerate(shard_plans)
     ]
     fusion = FusionActor.options(name="fusion", namespace=namespace).remote(
-        scenario.spec, cfg.fusion, cfg.seed, n_cpus, run=run_id, scenario=scenario
+        scenario.spec, cfg.fusion, cfg.seed, n_cpus, run=run_id, scenario=scenario, widths=cfg.widths
     )
     try:
         infos = ray.get([s.info.remote() for s in shards])
@@ -176,7 +257,11 @@ def _execute(
         )
 
         clock = time.perf_counter()
-        parts, part_refs = _pretrain(cfg, shards, slices, saved, ckpt, log)
+        reporting = None if plan is None else plan.reporting
+        if plan is not None:
+            n_drop, n_late = ((plan.left_out_reason == w).sum() for w in ("dropped", "late"))
+            log(f"system: {n_drop} training parties drop out, {n_late} miss the deadline; {len(reporting)} report")
+        parts, part_refs = _pretrain(cfg, shards, slices, saved, ckpt, log, reporting)
         _stage(stages, run_id, "pretrain", clock)
 
         ids = np.concatenate([p["party_id"] for p in parts])
@@ -211,18 +296,27 @@ def _execute(
     finally:
         for actor in [*shards, fusion]:
             ray.kill(actor, no_restart=True)
-    return {"cols": cols, "fitted": fitted, "quarantined": bad.tolist()}
+    return {"cols": cols, "fitted": fitted, "quarantined": bad.tolist(), "shards": infos}
 
 
-def _pretrain(cfg: RunConfig, shards, slices, saved: list[dict], ckpt, log: Log) -> tuple[list[dict], list]:
-    """Pretrain every party not in ``saved``; checkpoint each finished call. Returns all parts and their refs."""
+def _pretrain(
+    cfg: RunConfig, shards, slices, saved: list[dict], ckpt, log: Log, reporting: np.ndarray | None = None
+) -> tuple[list[dict], list]:
+    """Pretrain every party not in ``saved``; checkpoint each finished call. Returns all parts and their refs.
+
+    ``reporting``: the training parties whose models reach fusion (None: all); the others (dropped, late on
+    the simulated clock) are not trained at all — their models would never be used.
+    """
     saved_ids = np.concatenate([p["party_id"] for p in saved]) if saved else np.zeros(0, np.int64)
     jobs = {}
     for shard, (train_ids, _) in zip(shards, slices):
-        for chunk in chunks(train_ids[~np.isin(train_ids, saved_ids)], cfg.cluster.chunk_parties):
+        todo = train_ids[~np.isin(train_ids, saved_ids)]
+        if reporting is not None:
+            todo = todo[np.isin(todo, reporting)]
+        for chunk in chunks(todo, cfg.cluster.chunk_parties):
             jobs[shard.pretrain.remote(chunk)] = len(chunk)
     if saved:
-        left = cfg.parties - len(saved_ids)
+        left = sum(jobs.values())
         log(f"checkpoint: {len(saved_ids)} of {cfg.parties} training parties pretrained already, {left} to go")
     parts, progress, pending = list(saved), _Progress("pretrain", sum(jobs.values()), log), list(jobs)
     while pending:

@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from scenarios.splits import weighted_mean_std
+
 
 @contextmanager
 def staged_dir(out: Path):
@@ -52,24 +54,34 @@ def results_table(cols: dict[str, list], run_id: str, scenario: str, seed: int, 
     )
 
 
-def summarize(table: pa.Table, methods: list[str]) -> list[dict]:
-    """Mean and std of ``value`` per (method, shots), in the order of ``methods`` then shots."""
+def summarize(table: pa.Table, methods: list[str], weights: dict[int, float] | None = None) -> list[dict]:
+    """Mean and std of ``value`` per (method, shots), in the order of ``methods`` then shots.
+
+    ``weights`` (party id -> weight, e.g. its test samples): rows also get ``weighted_mean`` (PFLlib's report).
+    """
     method = np.asarray(table["method"].to_pylist())
     shots = np.asarray(table["shots"].to_pylist())
+    party = np.asarray(table["party_id"].to_pylist())
     value = np.asarray(table["value"].to_pylist(), dtype=np.float64)
     rows = []
     for m in methods:
         for k in sorted(set(shots[method == m].tolist())):
-            v = value[(method == m) & (shots == k)]
-            rows.append(
-                {"method": m, "shots": int(k), "mean": float(v.mean()), "std": float(v.std()), "n": int(len(v))}
-            )
+            sel = (method == m) & (shots == k)
+            v = value[sel]
+            row = {"method": m, "shots": int(k), "mean": float(v.mean()), "std": float(v.std()), "n": int(len(v))}
+            if weights is not None:
+                row["weighted_mean"], _ = weighted_mean_std(v, np.array([weights[int(p)] for p in party[sel]]))
+            rows.append(row)
     return rows
 
 
 def write_summary_csv(rows: list[dict], path: Path) -> None:
-    lines = ["method,shots,mean,std,n"] + [
-        f"{r['method']},{r['shots']},{r['mean']:.6g},{r['std']:.6g},{r['n']}" for r in rows
+    weighted = bool(rows) and "weighted_mean" in rows[0]
+    head = "method,shots,mean,std,n" + (",weighted_mean" if weighted else "")
+    lines = [head] + [
+        f"{r['method']},{r['shots']},{r['mean']:.6g},{r['std']:.6g},{r['n']}"
+        + (f",{r['weighted_mean']:.6g}" if weighted else "")
+        for r in rows
     ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -79,11 +91,13 @@ def write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def format_summary(rows: list[dict], metric: str) -> str:
-    """A table: methods as rows, shots as columns, ``mean ± std``."""
+    """A table: methods as rows, shots as columns, ``mean ± std`` (the sample-weighted mean when rows have one)."""
     shots = sorted({r["shots"] for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    cell = {(r["method"], r["shots"]): f"{r['mean']:.4f} ± {r['std']:.4f}" for r in rows}
-    head = [f"{metric} (mean ± std)"] + [f"{k}-shot" for k in shots]
+    key = "weighted_mean" if rows and "weighted_mean" in rows[0] else "mean"
+    cell = {(r["method"], r["shots"]): f"{r[key]:.4f} ± {r['std']:.4f}" for r in rows}
+    what = "sample-weighted mean ± std over parties" if key == "weighted_mean" else "mean ± std"
+    head = [f"{metric} ({what})"] + [f"{k}-shot" for k in shots]
     body = [[m] + [cell.get((m, k), "-") for k in shots] for m in methods]
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
     fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731

@@ -110,5 +110,23 @@ def check_resources(cfg: ClusterConfig, n_actors: int) -> None:
             )
 
 
+def check_class_resources(classes) -> None:
+    """Like :func:`check_resources` for ``[[party_classes]]``: each class's actors, and all classes together."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for kind, attr in (("CPU", "cpus"), ("GPU", "gpus")):
+        best = max((n.get(kind, 0.0) for n in nodes), default=0.0)
+        total = sum(n.get(kind, 0.0) for n in nodes)
+        for c in classes:
+            if getattr(c, attr) > best:
+                raise ConfigError(
+                    f"party class {c.name!r} asks {attr}={getattr(c, attr):g} per actor but the largest node "
+                    f"offers {best:g} {kind}s"
+                )
+        need = sum(c.actors * getattr(c, attr) for c in classes)
+        if need > total + 1e-9:
+            parts = " + ".join(f"{c.name} {c.actors}x{getattr(c, attr):g}" for c in classes)
+            raise ConfigError(f"party classes need {need:g} {kind}s ({parts}) but the cluster has {total:g}")
+
+
 def hostname() -> str:
     return socket.gethostname()

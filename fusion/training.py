@@ -19,6 +19,11 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (pred (P,N,out)
 TaskLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (pred, y, descriptors) -> (P,)
 
 
+def relative_mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared error (P,) relative to each target's power: every target weighs alike, small or large."""
+    return ((pred - y) ** 2).mean(dim=(1, 2)) / (y**2).mean(dim=(1, 2)).clamp_min(1e-12)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Full-batch ``optimizer`` (adam or sgd): ``steps`` steps at ``lr`` (cosine-decayed to lr/10 when ``decay``)."""

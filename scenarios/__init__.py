@@ -1,6 +1,15 @@
 """Task families: descriptors, each party's private data, the model, the loss and the metric."""
 
-from scenarios.base import Scenario, Stream, party_descriptors, party_rng, party_torch_generator, training_data
+from scenarios.base import (
+    Scenario,
+    Stream,
+    party_descriptors,
+    party_rng,
+    party_torch_generator,
+    party_widths,
+    training_data,
+    with_hidden_width,
+)
 from scenarios.registry import SCENARIOS, build, canonical_name, make_options
 
 __all__ = [
@@ -13,5 +22,7 @@ __all__ = [
     "party_descriptors",
     "party_rng",
     "party_torch_generator",
+    "party_widths",
     "training_data",
+    "with_hidden_width",
 ]

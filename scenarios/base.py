@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from enum import IntEnum
 
@@ -10,6 +11,7 @@ import torch
 
 from fusion.params import init_params
 from fusion.spec import MLPSpec
+from fusion.widths import at_width
 
 
 class Stream(IntEnum):
@@ -21,6 +23,8 @@ class Stream(IntEnum):
     SHOTS = 3
     COLD_START = 4
     EVAL = 5
+    SYSTEM = 6  # party class, straggler jitter, dropout (cluster.system)
+    WIDTH = 7  # hidden width when a run mixes widths
 
 
 def party_rng(seed: int, party_id: int, stream: Stream) -> np.random.Generator:
@@ -122,6 +126,11 @@ class Scenario(ABC):
     def party_eval_data(self, seed: int, party_id: int, descriptor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.eval_data(descriptor, party_rng(seed, party_id, Stream.EVAL))
 
+    def party_weights(self, seed: int, ids: np.ndarray) -> np.ndarray | None:
+        """Weights (n,) of the test parties' metrics in a sample-weighted mean (PFLlib's report: their number of
+        test samples); None (the default): parties count alike and the summary has no weighted mean."""
+        return None
+
     def descriptor_distance_scale(self) -> np.ndarray | None:
         """Per-dimension scale for nearest-task look-ups (None: standardize on the training descriptors)."""
         return None
@@ -137,3 +146,15 @@ def training_data(scenario: Scenario, seed: int, ids: np.ndarray) -> tuple[np.nd
     desc = party_descriptors(scenario, seed, ids)
     data = [scenario.party_train_data(seed, i, d) for i, d in zip(ids, desc)]
     return desc, np.stack([d[0] for d in data]), np.stack([d[1] for d in data])
+
+
+def party_widths(seed: int, ids: np.ndarray, widths: tuple[int, ...]) -> np.ndarray:
+    """Hidden width of each party in ``ids`` when a run mixes ``widths``: (n,) int64, uniform from (seed, id)."""
+    return np.array([widths[party_rng(seed, i, Stream.WIDTH).integers(len(widths))] for i in ids], np.int64)
+
+
+def with_hidden_width(scenario: Scenario, width: int) -> Scenario:
+    """The same task family with single-hidden-layer nets of width ``width`` (a shallow copy; data unchanged)."""
+    out = copy.copy(scenario)
+    out.spec = at_width(scenario.spec, width)
+    return out

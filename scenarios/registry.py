@@ -7,6 +7,7 @@ from typing import Any
 
 from scenarios.base import Scenario
 from scenarios.digits import DigitsOptions, DigitsScenario
+from scenarios.digits_split import DigitsSplitOptions, DigitsSplitScenario
 from scenarios.movielens import MovieLensOptions, MovieLensScenario
 from scenarios.sine import SineDomains, SineOptions, SineUniform
 
@@ -15,6 +16,7 @@ SCENARIOS: dict[str, tuple[type[Scenario], type, dict[str, Any]]] = {
     "sine-domains": (SineDomains, SineOptions, {}),
     "sine-uniform": (SineUniform, SineOptions, {"train_range": 5.0}),
     "digits": (DigitsScenario, DigitsOptions, {}),
+    "digits-split": (DigitsSplitScenario, DigitsSplitOptions, {}),
     "movielens": (MovieLensScenario, MovieLensOptions, {}),
 }
 ALIASES = {"sine": "sine-domains"}

@@ -10,7 +10,7 @@ def perfect(sc, ey: np.ndarray) -> torch.Tensor:
     """The prediction a perfect model makes: the targets (regression) or confident one-hot logits (labels)."""
     y = torch.tensor(ey[None])
     if y.dtype == torch.int64:
-        return torch.nn.functional.one_hot(y, sc.spec.widths[-1]).float() * 30.0
+        return torch.nn.functional.one_hot(y.clamp(min=0), sc.spec.widths[-1]).float() * 30.0  # -1: padding
     return y
 
 

@@ -1,4 +1,8 @@
-"""``average``: the plain parameter average of all pretrained models (no alignment, no personalization)."""
+"""``average``: the plain parameter average of all pretrained models (no alignment, no personalization).
+
+With models of different widths (``FitContext.widths``) a plain average is not defined: ``average`` is then the
+PFNM matched average cut to each party's width (:mod:`fusion.strategies.mixed_widths`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import numpy as np
 import torch
 
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.mixed_widths import fit_width_average
 
 
 class Constant(WarmStarter):
@@ -28,6 +33,9 @@ class Constant(WarmStarter):
 @register
 class Average(Strategy):
     name = "average"
+    mixed_widths = True
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        if ctx.widths is not None:
+            return fit_width_average(models, ctx)
         return Constant(np.asarray(models, dtype=np.float64).mean(axis=0))

@@ -15,7 +15,7 @@ import numpy as np
 
 from fusion.matching import SolveMany, solve_many_serial
 from fusion.metamodel import GPConfig
-from fusion.pfnm import SolveRect, solve_rect_serial
+from fusion.pfnm import PFNMConfig, SolveRect, solve_rect_serial
 from fusion.spec import MLPSpec
 
 
@@ -28,6 +28,9 @@ class FusionConfig:
     gp: GPConfig = field(default_factory=GPConfig)
     refit_steps: int = 2000  # function-space refit of a warm start (strategies that refit)
     refit_lr: float = 0.003
+    # nonparametric matching of models of different widths (runs with ``widths``); small sigma + normalizers:
+    # the setting that opened separate atoms for trained sine units (README, Heterogeneity)
+    pfnm: PFNMConfig = field(default_factory=lambda: PFNMConfig(sigma=0.05, empirical_bayes=True, normalizers=True))
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -49,6 +52,8 @@ class FitContext:
     ``tasks``: for baselines that need the training parties' data (MAML), a callable returning
     ``(x (n, N, in), y (n, N, ...), loss_fn(pred, y, descriptors) -> (P,), init_fn(spec, gen))``
     in the order of the models.
+    ``widths``: in a run that mixes hidden widths, the width (n,) of each model; the models are then embedded at
+    ``spec`` (the widest, :mod:`fusion.widths`), and only strategies with ``mixed_widths = True`` accept them.
     """
 
     spec: MLPSpec
@@ -58,6 +63,8 @@ class FitContext:
     probe: np.ndarray | None = None
     tasks: Callable[[], tuple] | None = None
     solve_rect: SolveRect = solve_rect_serial
+    widths: np.ndarray | None = None
+    cache: dict = field(default_factory=dict)  # work shared by strategies of one fit (e.g. the PFNM matching)
 
 
 class WarmStarter(ABC):
@@ -81,6 +88,13 @@ class WarmStarter(ABC):
         """Small facts about the fit for logs and metrics."""
         return {}
 
+    def predict_widths(self, descriptors: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        """Warm starts for parties asking for hidden ``widths`` (m,), each embedded at the run's widest spec.
+
+        (m, d) -> (m, n_params of the widest spec). Only starters fitted with ``FitContext.widths`` implement it.
+        """
+        raise ValueError(f"{type(self).__name__} does not produce warm starts of mixed widths")
+
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         WARM_STARTERS[cls.__name__] = cls
@@ -93,6 +107,7 @@ class Strategy(ABC):
     """Fits a :class:`WarmStarter` from pretrained ``models`` (n, n_params) and ``descriptors`` (n, d)."""
 
     name: str
+    mixed_widths = False  # accepts models of different widths (FitContext.widths)
 
     @abstractmethod
     def fit(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter: ...

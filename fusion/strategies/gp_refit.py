@@ -18,12 +18,8 @@ from fusion.params import forward
 from fusion.spec import MLPSpec
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
 from fusion.strategies.gp import GPFusion
-from fusion.training import TrainConfig, train
-
-
-def _relative_mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Squared error relative to each target function's power: every target weighs alike, small or large."""
-    return ((pred - y) ** 2).mean(dim=(1, 2)) / (y**2).mean(dim=(1, 2)).clamp_min(1e-12)
+from fusion.strategies.mixed_widths import fit_mixed_refit
+from fusion.training import TrainConfig, relative_mse, train
 
 
 class RefitWarmStarter(WarmStarter):
@@ -44,7 +40,7 @@ class RefitWarmStarter(WarmStarter):
         m, (n_probe, fan_out) = len(init), (len(self.probe), self.spec.widths[-1])
         target = torch.as_tensor(self.outputs.predict(descriptors)).reshape(m, n_probe, fan_out)
         x = torch.tensor(self.probe).expand(m, n_probe, self.spec.widths[0])  # copy: object-store arrays are read-only
-        return train(init, self.spec, x, target, _relative_mse, self.refit).numpy()
+        return train(init, self.spec, x, target, relative_mse, self.refit).numpy()
 
     def export(self) -> dict:
         return {
@@ -73,6 +69,7 @@ class GPRefit(Strategy):
     """With ``aligned=False`` the init comes from the GP on unaligned parameters (the ablation)."""
 
     name = "gp_refit"
+    mixed_widths = True
 
     def __init__(self, aligned: bool = True) -> None:
         self.aligned = aligned
@@ -80,6 +77,8 @@ class GPRefit(Strategy):
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         if ctx.probe is None:
             raise ValueError("strategy gp_refit needs probe inputs from the scenario (FitContext.probe)")
+        if ctx.widths is not None:
+            return fit_mixed_refit(models, descriptors, ctx, self.aligned)
         cfg = ctx.config
         init = GPFusion(self.aligned).fit(models, descriptors, ctx)  # aligned units + parameter-space GP
         param_gp, iterations = init.meta, init.align_iterations

@@ -1,4 +1,8 @@
-"""``nearest_task``: copy the pretrained model whose descriptor is closest (standardized Euclidean)."""
+"""``nearest_task``: copy the pretrained model whose descriptor is closest (standardized Euclidean).
+
+With models of different widths it copies the nearest model at whatever width it has (embedded at the run's
+widest spec, :mod:`fusion.widths`): the party fine-tunes that model, not one of its own width.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ class Lookup(WarmStarter):
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
         return self.models[self.nearest(descriptors)]
 
+    def predict_widths(self, descriptors: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        return self.predict(descriptors)
+
     def export(self) -> dict:
         return {"models": torch.tensor(self.models), "descriptors": torch.tensor(self.descriptors)}
 
@@ -36,6 +43,7 @@ class Lookup(WarmStarter):
 @register
 class NearestTask(Strategy):
     name = "nearest_task"
+    mixed_widths = True
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         return Lookup(models, descriptors)

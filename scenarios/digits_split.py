@@ -1,0 +1,166 @@
+"""PFLlib-style label skew (``digits-split``): one pool of digit images split across the parties.
+
+All images of the source (its train and test splits pooled) are split across the run's parties with
+:mod:`scenarios.splits` — ``pathological`` (``classes_per_party`` digits each), ``dirichlet`` (Dirichlet(alpha)
+per digit across parties, at least ``min_samples`` each) or ``quantity`` (IID labels, Dirichlet sizes) — and each
+party's share 75/25 into its own train and test part. A party's descriptor is the class proportions (10,) of
+its train part (what it can publish about its data without publishing the data); the model is ``[in-100-10]``
+over all ten digits (cross-entropy, argmax over all ten); the metric is accuracy on the party's own test part.
+
+Training parties pretrain on their train part; test parties get their k shots from their train part (the
+first k of a shuffle, their SHOTS stream) and are evaluated on their test part. Reported like PFLlib: the run
+summary's ``weighted_mean`` is the mean accuracy weighted by each test party's number of test samples
+(:meth:`party_weights`), next to the std across parties.
+
+Parties hold different numbers of samples; to train them as one batch every party's arrays are padded to the
+run's largest part with label ``-1``, which :meth:`loss` and :meth:`metric` ignore. The split is a joint draw
+over all parties, made in :meth:`prepare` (driver side, before the scenario is sent to the actors) from the run
+seed; it does not depend on how parties are spread over actors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fusion.spec import MLPSpec
+from scenarios import digit_sources
+from scenarios.base import Scenario, Stream, party_rng
+from scenarios.splits import PARTITIONS, PartySplit, SplitConfig, split_labels
+
+N_CLASSES = 10
+PAD = -1  # label of padding examples (ignored by loss and metric)
+
+
+@dataclass(frozen=True)
+class DigitsSplitOptions:
+    """``[scenario]`` keys of ``digits-split`` (the split keys as in :class:`scenarios.splits.SplitConfig`)."""
+
+    split: str = "dirichlet"  # pathological | dirichlet | quantity
+    alpha: float = 0.1
+    classes_per_party: int = 2
+    min_samples: int = 10
+    balance: bool = True
+    source: str = "sklearn"  # "sklearn" (8x8, offline) or "mnist" (idx .gz files in data_dir)
+    data_dir: str = ""
+    hidden: tuple[int, ...] = (100,)
+
+    def __post_init__(self) -> None:
+        hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
+        object.__setattr__(self, "hidden", hidden)
+        if not hidden or any(int(h) < 1 for h in hidden):
+            raise ValueError(f"scenario.hidden must be positive widths, got {self.hidden}")
+        if self.split not in PARTITIONS:
+            raise ValueError(f"scenario.split must be one of {', '.join(sorted(PARTITIONS))}, got {self.split!r}")
+        if self.source not in digit_sources.SOURCES:
+            raise ValueError(f"scenario.source must be one of {', '.join(digit_sources.SOURCES)}, got {self.source!r}")
+        if self.min_samples < 4:
+            raise ValueError(
+                f"scenario.min_samples must be >= 4 (a 75/25 split needs a test sample), got {self.min_samples}"
+            )
+        SplitConfig(self.split, 1, self.classes_per_party, self.alpha, self.min_samples, balance=self.balance)
+
+
+def _pad(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` (m, in), ``y`` (m,) -> (n, in), (n,) with zero inputs and label :data:`PAD` after the m examples."""
+    px = np.zeros((n, x.shape[1]), np.float32)
+    py = np.full(n, PAD, np.int64)
+    px[: len(x)], py[: len(y)] = x, y
+    return px, py
+
+
+class DigitsSplitScenario(Scenario):
+    """Descriptor (10,) class proportions; ``x`` (N, in) float32; ``y`` (N,) int64 (``-1`` = padding)."""
+
+    name = "digits-split"
+    metric_name = "accuracy"
+    lower_is_better = False
+
+    def __init__(self, options: DigitsSplitOptions = DigitsSplitOptions()) -> None:
+        n_in = digit_sources.SOURCES[options.source][0]
+        super().__init__(MLPSpec((n_in, *options.hidden, N_CLASSES)))
+        self.options = options
+        self.parts: list[PartySplit] | None = None
+
+    def _pool(self) -> tuple[np.ndarray, np.ndarray]:
+        data = digit_sources.load(self.options.source, self.options.data_dir)
+        return np.concatenate([data.train_x, data.test_x]), np.concatenate([data.train_y, data.test_y])
+
+    def prepare(self, seed: int, n_train: int, n_test: int) -> None:
+        """Split the pool across the ``n_train + n_test`` parties (a joint draw from the run seed)."""
+        o = self.options
+        _, labels = self._pool()
+        cfg = SplitConfig(o.split, n_train + n_test, o.classes_per_party, o.alpha, o.min_samples, balance=o.balance)
+        self.parts = split_labels(labels, cfg, seed)
+        self.n_train_max = max(len(p.train) for p in self.parts)
+        self.n_test_max = max(len(p.test) for p in self.parts)
+
+    def _part(self, party_id: int) -> PartySplit:
+        if self.parts is None:
+            raise RuntimeError("digits-split: call prepare(seed, n_train, n_test) before asking for party data")
+        if not 0 <= party_id < len(self.parts):
+            raise ValueError(f"digits-split: party {party_id} is not one of the {len(self.parts)} prepared parties")
+        return self.parts[party_id]
+
+    @property
+    def max_shots(self) -> int | None:
+        """Shots come from a test party's own train part: at most the smallest one."""
+        return None if self.parts is None else min(len(p.train) for p in self.parts)
+
+    def party_descriptor(self, seed: int, party_id: int) -> np.ndarray:
+        _, labels = self._pool()
+        counts = np.bincount(labels[self._part(party_id).train], minlength=N_CLASSES)
+        return counts / max(1, counts.sum())
+
+    def party_train_data(self, seed, party_id, descriptor):
+        x, y = self._pool()
+        idx = self._part(party_id).train
+        return _pad(x[idx], y[idx], self.n_train_max)
+
+    def party_shot_data(self, seed, party_id, descriptor, k):
+        x, y = self._pool()
+        train = self._part(party_id).train
+        idx = party_rng(seed, party_id, Stream.SHOTS).permutation(train)[:k]
+        return x[idx], y[idx]
+
+    def party_eval_data(self, seed, party_id, descriptor):
+        x, y = self._pool()
+        idx = self._part(party_id).test
+        return _pad(x[idx], y[idx], self.n_test_max)
+
+    def party_weights(self, seed: int, ids: np.ndarray) -> np.ndarray:
+        """Test samples of each party (n,): the weights of the PFLlib-style mean."""
+        return np.array([len(self._part(int(i)).test) for i in ids], np.float64)
+
+    def probe_inputs(self):
+        """512 unlabeled images of the pool (a fixed draw; labels never used)."""
+        x, _ = self._pool()
+        return x[np.random.default_rng(12345).choice(len(x), min(512, len(x)), replace=False)]
+
+    # The per-descriptor draws of the Scenario interface are not used: parties are entities of the split.
+    def descriptor(self, rng):
+        raise NotImplementedError("digits-split parties come from the split: use party_descriptor")
+
+    def train_data(self, descriptor, rng):
+        raise NotImplementedError("digits-split parties come from the split: use party_train_data")
+
+    def shot_data(self, descriptor, k, rng):
+        raise NotImplementedError("digits-split parties come from the split: use party_shot_data")
+
+    def eval_data(self, descriptor, rng):
+        raise NotImplementedError("digits-split parties come from the split: use party_eval_data")
+
+    def loss(self, pred, y, descriptors):
+        """Cross-entropy over the ten digits, mean over each party's real examples: (P,)."""
+        valid = y >= 0
+        logp = torch.log_softmax(pred, dim=-1)
+        nll = -logp.gather(-1, y.clamp(min=0).long().unsqueeze(-1)).squeeze(-1)
+        return (nll * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+
+    def metric(self, pred, y, descriptors):
+        """Accuracy over each party's real examples: (P,)."""
+        valid = y >= 0
+        hit = (pred.argmax(dim=-1) == y) & valid
+        return hit.sum(dim=1).float() / valid.sum(dim=1).clamp(min=1).float()

@@ -1,0 +1,84 @@
+"""The ``digits-split`` scenario: PFLlib-style splits of the sklearn digits, each party with its own train/test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from cluster.config import ConfigError, resolve
+from cluster.pipeline import run
+from scenarios import build, make_options
+
+
+def _scenario(**opts):
+    sc = build("digits-split", make_options("digits-split", opts))
+    sc.prepare(4, 16, 4)
+    return sc
+
+
+@pytest.mark.parametrize("split", ["pathological", "dirichlet", "quantity"])
+def test_parties_get_their_own_data_and_descriptors(split):
+    sc = _scenario(split=split, alpha=1.0)
+    x0, y0 = sc.party_train_data(4, 0, None)
+    sizes = []
+    for pid in range(20):
+        d = sc.party_descriptor(4, pid)
+        x, y = sc.party_train_data(4, pid, d)
+        assert x.shape == x0.shape and y.shape == y0.shape  # padded to one size: parties train as one batch
+        real = y[y >= 0]
+        np.testing.assert_allclose(d, np.bincount(real, minlength=10) / len(real))
+        ex, ey = sc.party_eval_data(4, pid, d)
+        sizes.append(int((ey >= 0).sum()))
+    np.testing.assert_array_equal(sc.party_weights(4, np.arange(20)), sizes)
+    if split == "pathological":  # two digits per party
+        assert all((sc.party_descriptor(4, p) > 0).sum() <= 2 for p in range(20))
+    again = _scenario(split=split, alpha=1.0)
+    np.testing.assert_array_equal(again.party_train_data(4, 7, None)[1], sc.party_train_data(4, 7, None)[1])
+
+
+def test_padding_is_ignored_by_loss_and_metric():
+    sc = _scenario()
+    _, y = sc.party_eval_data(4, 3, None)
+    y = torch.as_tensor(y[None])
+    perfect = torch.nn.functional.one_hot(y.clamp(min=0), 10).float() * 30
+    perfect[y < 0] = torch.nn.functional.one_hot(torch.tensor(5), 10).float() * 30  # padding predicted "wrong"
+    assert float(sc.metric(perfect, y, None)) == 1.0
+    assert float(sc.loss(perfect, y, None)) < 1e-6
+
+
+def test_bad_options_are_config_errors():
+    with pytest.raises(ConfigError, match="scenario.split must be one of"):
+        resolve({"scenario": {"name": "digits-split", "split": "zipf"}})
+    with pytest.raises(ConfigError, match="split.alpha must be > 0"):
+        resolve({"scenario": {"name": "digits-split", "alpha": 0}})
+
+
+def test_a_run_reports_the_sample_weighted_mean(ray_session, tmp_path):
+    cfg = resolve(
+        {
+            "scenario": {"name": "digits-split", "hidden": [16], "split": "dirichlet", "alpha": 0.5},
+            "parties": 10,
+            "test_parties": 4,
+            "shots": [0, 3],
+            "seed": 2,
+            "methods": ["fusion", "nearest_task", "average"],
+            "pretrain": {"steps": 60},
+            "finetune": {"steps": 10},
+            "fusion": {"gp": {"max_steps": 20, "inducing": 8}, "align_iters": 3, "refit_steps": 30},
+            "out": str(tmp_path / "run"),
+        }
+    )
+    res = run(cfg, log=lambda _: None)
+    table = pq.read_table(res.out / "results.parquet")
+    sc = build("digits-split", cfg.scenario_options)
+    sc.prepare(cfg.seed, cfg.parties, cfg.test_parties)
+    weights = dict(zip(range(10, 14), sc.party_weights(cfg.seed, np.arange(10, 14))))
+    row = next(r for r in res.summary if r["method"] == "fusion" and r["shots"] == 0)
+    sel = [(m == "fusion" and k == 0) for m, k in zip(table["method"].to_pylist(), table["shots"].to_pylist())]
+    v = table["value"].to_numpy()[sel]
+    w = np.array([weights[p] for p in table["party_id"].to_numpy()[sel]])
+    assert row["weighted_mean"] == pytest.approx((v * w).sum() / w.sum()) and row["std"] == pytest.approx(v.std())
+    assert "weighted_mean" in (res.out / "summary.csv").read_text().splitlines()[0]
+    assert "sample-weighted mean" in res.table
