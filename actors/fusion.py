@@ -28,10 +28,12 @@ class FusionActor:
         n_chunks: int,
         run: str = "",
         scenario: Scenario | None = None,
+        probe: np.ndarray | None = None,
     ) -> None:
-        """``scenario`` (optional) supplies probe inputs and, for MAML, the training parties' data."""
+        """``scenario`` (optional) supplies probe inputs and, for MAML, the training parties' data;
+        ``probe`` (N, fan_in), when given, replaces the scenario's probe inputs."""
         self.spec, self.cfg, self.seed, self.n_chunks, self.run = spec, cfg, seed, n_chunks, run
-        self.scenario = scenario
+        self.scenario, self.probe = scenario, probe
         self.summary: dict | None = None
         self.error: str | None = None
 
@@ -56,7 +58,7 @@ class FusionActor:
             self.seed,
             parallel_solver(self.n_chunks, run=self.run),
             self.cfg,
-            self.scenario.probe_inputs() if self.scenario is not None else None,
+            self.probe if self.probe is not None or self.scenario is None else self.scenario.probe_inputs(),
             tasks=(lambda: self._tasks(ids)) if self.scenario is not None else None,
         )
         fitted, seconds = {}, {}

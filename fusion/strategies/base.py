@@ -93,6 +93,7 @@ class Strategy(ABC):
     """Fits a :class:`WarmStarter` from pretrained ``models`` (n, n_params) and ``descriptors`` (n, d)."""
 
     name: str
+    needs_probe: bool = False  # True: ``fit`` needs ``FitContext.probe`` (unlabeled inputs)
 
     @abstractmethod
     def fit(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter: ...

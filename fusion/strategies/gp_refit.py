@@ -72,6 +72,7 @@ class GPRefit(Strategy):
     """With ``aligned=False`` the init comes from the GP on unaligned parameters (the ablation)."""
 
     name = "gp_refit"
+    needs_probe = True
 
     def __init__(self, aligned: bool = True) -> None:
         self.aligned = aligned
