@@ -29,15 +29,17 @@ class FusionActor:
         run: str = "",
         scenario: Scenario | None = None,
         widths: tuple[int, ...] = (),
+        probe: np.ndarray | None = None,
     ) -> None:
-        """``scenario`` (optional) supplies probe inputs and, for MAML, the training parties' data.
+        """``scenario`` (optional) supplies probe inputs and, for MAML, the training parties' data;
+        ``probe`` (N, fan_in), when given, replaces the scenario's probe inputs.
 
         ``widths``: a run that mixes hidden widths; each party's is drawn from (seed, party id), ``spec`` is the
         widest and the models arrive embedded in it.
         """
         self.spec, self.cfg, self.seed, self.n_chunks, self.run = spec, cfg, seed, n_chunks, run
         self.widths = tuple(widths)
-        self.scenario = scenario
+        self.scenario, self.probe = scenario, probe
         self.summary: dict | None = None
         self.error: str | None = None
 
@@ -62,7 +64,7 @@ class FusionActor:
             self.seed,
             parallel_solver(self.n_chunks, run=self.run),
             self.cfg,
-            self.scenario.probe_inputs() if self.scenario is not None else None,
+            self.probe if self.probe is not None or self.scenario is None else self.scenario.probe_inputs(),
             tasks=(lambda: self._tasks(ids)) if self.scenario is not None else None,
             widths=party_widths(self.seed, ids, self.widths) if self.widths else None,
         )

@@ -38,7 +38,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--shots", type=_ints, default=[0, 1, 10], help="shots per class, comma list")
     p.add_argument("--parties", type=int, default=40, help="training tasks per K (paper: 40)")
     p.add_argument("--test-parties", type=int, default=15, help="test tasks per K (paper: 15)")
-    p.add_argument("--train-per-class", type=int, default=30)
+    p.add_argument("--train-per-class", type=int, default=0, help="0 = each party's whole disjoint share")
     p.add_argument("--eval-per-class", type=int, default=30)
     p.add_argument("--pretrain-steps", type=int, default=1000)
     p.add_argument("--finetune-steps", type=int, default=100)

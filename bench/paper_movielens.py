@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cluster.config import resolve  # noqa: E402
 from cluster.pipeline import run  # noqa: E402
 from scenarios import build  # noqa: E402
+from scenarios.movielens import DESCRIPTORS  # noqa: E402
 from scenarios.movielens_synthetic import write_synthetic_ml100k  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -44,11 +45,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--parties", type=int, default=800, help="seen users (paper: 800)")
     p.add_argument("--test-parties", type=int, default=143, help="unseen users (paper: 143)")
     p.add_argument("--context-items", type=int, default=300)
+    p.add_argument("--descriptor", default="embedding", choices=list(DESCRIPTORS))
     p.add_argument("--missing", default="zero", choices=["zero", "user_mean"])
     p.add_argument("--methods", default="fusion,nearest_task,average,cold_start")
     p.add_argument("--pretrain-steps", type=int, default=1000)
     p.add_argument("--finetune-steps", type=int, default=100)
-    p.add_argument("--fusion", default="gp")
+    p.add_argument("--fusion", default="gp_refit")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -82,6 +84,7 @@ def main(argv: list[str]) -> int:
                 "data_dir": data_dir,
                 "dim": dim,
                 "context_items": args.context_items,
+                "descriptor": args.descriptor,
                 "missing": args.missing,
             }
             cfg = resolve(
@@ -110,11 +113,12 @@ def main(argv: list[str]) -> int:
         ray.shutdown()
     title = (
         f"MovieLens ({label}), RMSE on held-out ratings of {args.test_parties} unseen users (mean over users), "
-        f"{args.parties} seen users, {args.context_items} context items, seed {args.seed}"
+        f"{args.parties} seen users, {args.context_items} context items, descriptor {args.descriptor}, "
+        f"fusion {args.fusion}, seed {args.seed}"
     )
     text = markdown(rmse, methods, args.dims, args.shots, title)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"paper_movielens_{label}.md").write_text(text)
+    (OUT / f"paper_movielens_{label}_{args.descriptor}.md").write_text(text)
     print(text, file=sys.stderr)
     print(json.dumps({"bench": "paper_movielens", "args": vars(args), "rmse": rmse, "wall_s": walls}))
     return 0

@@ -2,7 +2,8 @@
 
 Inputs: a folder of ``<party_id>.pt`` state dicts of ``torch.nn.Sequential(Linear, ReLU, Linear, ...)``
 (read with ``weights_only=True``), a descriptors table (CSV or Parquet: ``party_id`` plus descriptor
-columns, in the table's order) and a targets table with the same descriptor columns. The files are
+columns, in the table's order) and a targets table with the same descriptor columns; for strategies
+that refit on unlabeled inputs (``gp_refit``) a probe file (``.npy`` or CSV, (N, fan_in)). The files are
 loaded and validated by Ray tasks, one per chunk of files; the fusion actor fits the strategy. Output
 (staged in a temp folder, renamed at the end): ``OUT/warm_starts/<party_id>.pt`` and ``OUT/fusion_model.pt``.
 """
@@ -43,6 +44,7 @@ class FuseConfig:
     seed: int = 0
     strategy: str = "gp"
     address: str = ""
+    probe: str = ""  # .npy or CSV of unlabeled inputs (N, fan_in), for strategies that need them
 
     def __post_init__(self) -> None:
         if not Path(self.models).is_dir():
@@ -54,6 +56,18 @@ class FuseConfig:
             raise ConfigError(f"unknown fusion strategy {self.strategy!r}; known: {', '.join(sorted(STRATEGIES))}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        needs_probe = STRATEGIES[self.strategy].needs_probe
+        if needs_probe and not self.probe:
+            raise ConfigError(
+                f"--fusion {self.strategy} needs probe inputs: pass --probe FILE (a .npy or CSV of unlabeled "
+                "inputs, one row of fan_in values per input)"
+            )
+        if self.probe and not needs_probe:
+            raise ConfigError(
+                f"--probe is only used by strategies that refit on inputs; --fusion {self.strategy} does not"
+            )
+        if self.probe and not Path(self.probe).is_file():
+            raise ConfigError(f"--probe {self.probe}: no such file")
         if self.arch:
             try:
                 MLPSpec.parse(self.arch)
@@ -122,6 +136,39 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> Table:
     return Table(ids, desc_cols, values)
 
 
+def _read_probe_rows(path: Path) -> np.ndarray:
+    """A .npy array (no pickles) or a CSV of numbers (an optional header line is skipped)."""
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False)
+    if path.suffix.lower() != ".csv":
+        raise ValueError(f"unknown format {path.suffix!r}; use .npy or .csv")
+    with open(path) as fh:
+        first = fh.readline()
+    try:
+        [float(cell) for cell in first.split(",")]
+        skip = 0
+    except ValueError:
+        skip = 1  # a header line
+    return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip)
+
+
+def read_probe(path: str | Path, fan_in: int) -> np.ndarray:
+    """Probe inputs (N, fan_in) float32 from ``path``; every problem is a :class:`ConfigError` naming the file."""
+    path = Path(path)
+    try:
+        rows = _read_probe_rows(path)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ConfigError(f"{path}: cannot read probe inputs: {str(exc).splitlines()[0]}") from None
+    if rows.dtype.kind not in "iuf":
+        raise ConfigError(f"{path}: probe inputs must be numbers, got dtype {rows.dtype}")
+    rows = rows.reshape(-1, 1) if rows.ndim == 1 and fan_in == 1 else rows
+    if rows.ndim != 2 or rows.shape[1] != fan_in or len(rows) == 0:
+        raise ConfigError(f"{path}: probe inputs must have shape (N, {fan_in}) with N >= 1, got {rows.shape}")
+    if not np.isfinite(rows).all():
+        raise ConfigError(f"{path}: probe inputs contain NaN or Inf (row {int((~np.isfinite(rows)).any(1).argmax())})")
+    return rows.astype(np.float32)
+
+
 def model_files(folder: str | Path, table: Table, table_path: str) -> list[Path]:
     """``folder/<party_id>.pt`` for every row of ``table``; every ``.pt`` file must have a row."""
     folder = Path(folder)
@@ -154,6 +201,7 @@ def fuse(cfg: FuseConfig, log: Log = print) -> Path:
             spec, origin = load_model_file(paths[0])[1], f"inferred from {paths[0]}"
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    probe = read_probe(cfg.probe, spec.widths[0]) if cfg.probe else None
     conn = connect(ClusterConfig(address=cfg.address))
     try:
         clock = time.perf_counter()
@@ -171,7 +219,7 @@ def fuse(cfg: FuseConfig, log: Log = print) -> Path:
             f"loaded {len(paths)} models ({spec}, {origin}) in {len(pairs)} chunks ({time.perf_counter() - clock:.1f}s)"
         )
         clock = time.perf_counter()
-        fusion = FusionActor.remote(spec, FusionConfig(strategy=cfg.strategy), cfg.seed, n_cpus)
+        fusion = FusionActor.remote(spec, FusionConfig(strategy=cfg.strategy), cfg.seed, n_cpus, probe=probe)
         try:
             fitted = ray.get(fusion.fit.remote(["fusion"], *[shard for shard, _ in pairs]))["fitted"]["fusion"]
         finally:

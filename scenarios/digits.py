@@ -6,23 +6,27 @@ cross-entropy over its K allowed logits and the prediction is the argmax over th
 lives in the scenario's ``loss`` and ``metric``, every method (fusion, baselines, cold start) gets it
 the same way.
 
-Data: a party's private pretraining set is ``train_per_class`` images of each of its digits, drawn
-without replacement from the source's train split with the party's DATA stream; its k-shot set is
-``k`` images per digit from the train split (SHOTS stream); its evaluation set is
-``eval_per_class`` images per digit from the test split (EVAL stream), never used for training.
-All parties of a run have the same K, so their sets have equal sizes (batched training).
+Data: the train split is shared out among the training parties without overlap (:func:`share_out`):
+each digit's train images, shuffled with the run seed, are cut into equal disjoint blocks, one per
+training party that has the digit, in party-id order. A training party pretrains on
+``train_per_class`` images of each of its digits drawn from its blocks (DATA stream; 0, the default =
+the largest size every training party's share allows), so no image is in two parties' private data.
+A test party's k-shot set is ``k`` images per digit drawn from the whole train split (SHOTS stream).
+The evaluation set is ``eval_per_class`` images per digit from the test split (EVAL stream), never
+used for training. All parties of a run have the same K, so their sets have equal sizes (batched training).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
 
 from fusion.spec import MLPSpec
 from scenarios import digit_sources
-from scenarios.base import Scenario
+from scenarios.base import Scenario, Stream, party_rng
 
 N_CLASSES = 10
 
@@ -35,7 +39,7 @@ class DigitsOptions:
     source: str = "sklearn"  # "sklearn" (8x8, offline) or "mnist" (idx .gz files in data_dir)
     data_dir: str = ""  # for source = "mnist": the folder with the idx files (or its parent with mnist/)
     hidden: tuple[int, ...] = (100,)  # hidden widths: [in-100-10] by default
-    train_per_class: int = 30  # pretraining images per digit of a party
+    train_per_class: int = 0  # pretraining images per digit of a party (0 = its whole disjoint share)
     eval_per_class: int = 30  # held-out test images per digit of a party
 
     def __post_init__(self) -> None:
@@ -47,17 +51,47 @@ class DigitsOptions:
             raise ValueError(f"scenario.k (digits per task) must be in 2..5, got {self.k}")
         if self.source not in digit_sources.SOURCES:
             raise ValueError(f"scenario.source must be one of {', '.join(digit_sources.SOURCES)}, got {self.source!r}")
-        if self.train_per_class < 1 or self.eval_per_class < 1:
-            raise ValueError("scenario.train_per_class and scenario.eval_per_class must be >= 1")
+        if self.train_per_class < 0 or self.eval_per_class < 1:
+            raise ValueError("scenario.train_per_class must be >= 0 (0 = whole share), scenario.eval_per_class >= 1")
 
 
 def _draw(pools: list[np.ndarray], digits: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
-    """``per_class`` indices of each digit without replacement, interleaved: slot j*K + c is the j-th of digit c.
-
-    So the first ``m*K`` indices hold exactly ``m`` per digit (nested shot sets).
-    """
+    """``per_class`` indices of each digit's pool without replacement, interleaved: slot j*K + c is the j-th of
+    digit c. So the first ``m*K`` indices hold exactly ``m`` per digit (nested shot sets)."""
     picks = np.stack([rng.choice(pools[d], per_class, replace=False) for d in digits], axis=1)  # (per_class, K)
     return picks.reshape(-1)
+
+
+@dataclass(frozen=True)
+class Shares:
+    """Disjoint train-split blocks of one run: ``blocks[p][c]`` = indices of training party ``p``'s c-th digit."""
+
+    blocks: tuple[tuple[np.ndarray, ...], ...]
+
+    @property
+    def smallest(self) -> int:
+        return min(len(b) for own in self.blocks for b in own)
+
+
+@lru_cache(maxsize=4)
+def share_out(options: DigitsOptions, seed: int, n_train: int) -> Shares:
+    """Cut each digit's train images (shuffled with the run seed) into equal blocks, one per training party
+    that has it (parties ``0..n_train-1`` in id order); a function of (options, seed, n_train) only."""
+    scenario = DigitsScenario(options)
+    pools = scenario.data.pools("train")
+    digits = [scenario.digits_of(scenario.party_descriptor(seed, p)) for p in range(n_train)]
+    users = np.bincount(np.concatenate(digits), minlength=N_CLASSES)
+    order = [np.random.default_rng([seed, 0xD161, d]).permutation(pools[d]) for d in range(N_CLASSES)]
+    size = [len(pools[d]) // max(1, users[d]) for d in range(N_CLASSES)]
+    taken = np.zeros(N_CLASSES, dtype=np.int64)
+    blocks = []
+    for own in digits:
+        mine = []
+        for d in own:
+            mine.append(order[d][taken[d] * size[d] : (taken[d] + 1) * size[d]])
+            taken[d] += 1
+        blocks.append(tuple(mine))
+    return Shares(tuple(blocks))
 
 
 class DigitsScenario(Scenario):
@@ -71,6 +105,7 @@ class DigitsScenario(Scenario):
         n_in = digit_sources.SOURCES[options.source][0]
         super().__init__(MLPSpec((n_in, *options.hidden, N_CLASSES)))
         self.options = options
+        self.run: tuple[int, int, int] | None = None  # (seed, n_train, n_test), set by prepare
 
     @property
     def data(self) -> digit_sources.DigitData:
@@ -82,15 +117,31 @@ class DigitsScenario(Scenario):
             raise ValueError(
                 f"scenario.source = {opt.source!r} gave {data.n_inputs} inputs, expected {self.spec.widths[0]}"
             )
-        for split, key, need in (
-            ("train", "train_per_class", opt.train_per_class),
-            ("test", "eval_per_class", opt.eval_per_class),
-        ):
-            have = min(len(p) for p in data.pools(split))
-            if need > have:
-                raise ValueError(
-                    f"scenario.{key} = {need} but the {opt.source} {split} split has only {have} of some digit"
-                )
+        have = min(len(p) for p in data.pools("test"))
+        if opt.eval_per_class > have:
+            raise ValueError(
+                f"scenario.eval_per_class = {opt.eval_per_class} but the {opt.source} test split has only {have} of "
+                "some digit"
+            )
+        self.run = (int(seed), int(n_train), int(n_test))
+        share = self.shares.smallest
+        if share < max(1, opt.train_per_class):
+            raise ValueError(
+                f"scenario.train_per_class = {opt.train_per_class} but with {n_train} training parties of "
+                f"{opt.k} digits the {opt.source} train split gives some party only {share} images of a digit "
+                "(the parties' data are disjoint)"
+            )
+
+    @property
+    def shares(self) -> Shares:
+        if self.run is None:
+            raise RuntimeError("digits: call prepare(seed, n_train, n_test) first (the parties share the train split)")
+        return share_out(self.options, *self.run[:2])
+
+    @property
+    def train_per_class(self) -> int:
+        """Pretraining images per digit of a training party (``train_per_class``, or 0: the smallest share)."""
+        return self.options.train_per_class or self.shares.smallest
 
     @property
     def max_shots(self) -> int:
@@ -109,6 +160,19 @@ class DigitsScenario(Scenario):
         mask[rng.choice(N_CLASSES, self.options.k, replace=False)] = 1.0
         return mask
 
+    def party_train_data(self, seed, party_id, descriptor):
+        """``train_per_class`` images of each of its digits from the training party's own blocks."""
+        if self.run is None or seed != self.run[0] or not 0 <= party_id < self.run[1]:
+            raise ValueError(f"digits: {party_id} (seed {seed}) is not a training party of the prepared run {self.run}")
+        blocks = self.shares.blocks[party_id]
+        idx = _draw(list(blocks), np.arange(len(blocks)), self.train_per_class, party_rng(seed, party_id, Stream.DATA))
+        return self.data.train_x[idx], self.data.train_y[idx]
+
+    def probe_inputs(self):
+        """512 unlabeled images of all digits from the train split (a fixed draw; labels never used)."""
+        x = self.data.train_x
+        return x[np.random.default_rng(12345).choice(len(x), min(512, len(x)), replace=False)]
+
     def _sample(self, descriptor, split: str, per_class: int, rng):
         data = self.data
         idx = _draw(data.pools(split), self.digits_of(descriptor), per_class, rng)
@@ -116,12 +180,7 @@ class DigitsScenario(Scenario):
         return x[idx], y[idx]
 
     def train_data(self, descriptor, rng):
-        return self._sample(descriptor, "train", self.options.train_per_class, rng)
-
-    def probe_inputs(self):
-        """512 unlabeled images of all digits from the train split (a fixed draw; labels never used)."""
-        x = self.data.train_x
-        return x[np.random.default_rng(12345).choice(len(x), min(512, len(x)), replace=False)]
+        raise TypeError("digits training parties own disjoint shares: use party_train_data(seed, party_id, ...)")
 
     def shot_data(self, descriptor, k, rng):
         """``k`` images per digit (``k*K`` in all), interleaved so the first ``m*K`` are ``m`` per digit."""

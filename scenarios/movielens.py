@@ -13,9 +13,14 @@ Run protocol (everything derives from the run seed; nothing depends on the shard
   vector, bias = its user bias; it predicts ``rating - mu - item_bias``. Pretraining on its own
   ratings minimizes the same ridge objective as the factorization's user step (the ridge enters as
   2*dim pseudo-rows in the party's data, so batched Adam training needs no special case).
-- Descriptor = the user's known ratings on the ``context_items`` items most rated by seen users;
-  an unrated context item is 0 (``missing = "zero"``) or the user's mean known rating
-  (``missing = "user_mean"``).
+- The descriptor is built from the user's known ratings on the ``context_items`` items most rated by
+  seen users (``descriptor``, one function of :data:`DESCRIPTORS`): ``"embedding"`` (default) = those
+  ratings fitted by a ridge user vector and bias over the context items' embeddings (``dim + 1``
+  values: the user's context ratings projected onto the item embeddings); ``"svd"`` = the centred
+  context ratings projected on the ``dim`` leading right singular vectors of the seen users' context
+  ratings; ``"ratings"`` = the raw ratings (C values). Where a rating vector is used, an unrated
+  context item is 0 (``missing = "zero"``) or the user's mean known rating (``missing = "user_mean"``).
+  Everything a descriptor needs (embeddings, singular vectors) comes from the seen users only.
 - k shots = k of the user's known ratings (its SHOTS stream, nested); metric = RMSE on its held-out
   ratings (per user; the summary averages users).
 
@@ -24,6 +29,7 @@ Run protocol (everything derives from the run seed; nothing depends on the shard
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -33,7 +39,7 @@ import torch
 from fusion.spec import MLPSpec
 from scenarios import movielens_data
 from scenarios.base import Scenario, Stream, party_rng
-from scenarios.matrix_factorization import Factorization, fit_als
+from scenarios.matrix_factorization import Factorization, fit_als, ridge_solve
 
 MISSING = ("zero", "user_mean")
 
@@ -44,8 +50,9 @@ class MovieLensOptions:
 
     data_dir: str = ""  # the ml-100k folder (u.data, u.item, u.user); required
     dim: int = 20  # embedding size (paper: 20 / 30 / 40)
-    context_items: int = 300  # C: descriptor = ratings on the C most-rated items (paper: 300)
-    missing: str = "zero"  # descriptor value of an unrated context item: "zero" or "user_mean"
+    context_items: int = 300  # C: descriptors use the ratings on the C most-rated items (paper: 300)
+    descriptor: str = "embedding"  # "embedding", "svd" or "ratings" (see DESCRIPTORS)
+    missing: str = "zero"  # rating-vector value of an unrated context item: "zero" or "user_mean"
     eval_fraction: float = 0.2  # share of a test user's ratings held out for the metric
     reg: float = 0.1  # ridge weight (times the user's / item's rating count), factorization and pretraining
     als_iters: int = 15
@@ -53,6 +60,8 @@ class MovieLensOptions:
     def __post_init__(self) -> None:
         if self.dim < 1 or self.context_items < 1 or self.als_iters < 1:
             raise ValueError("scenario.dim, scenario.context_items and scenario.als_iters must be >= 1")
+        if self.descriptor not in DESCRIPTORS:
+            raise ValueError(f"scenario.descriptor must be one of {', '.join(DESCRIPTORS)}, got {self.descriptor!r}")
         if self.missing not in MISSING:
             raise ValueError(f"scenario.missing must be one of {', '.join(MISSING)}, got {self.missing!r}")
         if not 0 < self.eval_fraction < 1:
@@ -70,6 +79,8 @@ class World:
     held_out: list[np.ndarray]  # rating rows of each test party's metric (empty for seen users)
     mf: Factorization
     context: np.ndarray  # (C,) item indices
+    basis: np.ndarray  # (C, dim) leading right singular vectors of the seen users' centred context ratings
+    centre: np.ndarray  # (C,) the seen users' mean context ratings
     pad_train: int
     pad_eval: int
     n_train: int
@@ -108,11 +119,51 @@ def _world(options: MovieLensOptions, seed: int, n_train: int, n_test: int) -> W
     context = np.argsort(-counts, kind="stable")[: options.context_items]
     pad_train = max(len(r) for r in known[:n_train]) + 2 * options.dim
     pad_eval = max([len(r) for r in held_out[n_train:]] or [1])
-    return World(users, known, held_out, mf, context, pad_train, pad_eval, n_train)
+    seen_ratings = np.stack([context_ratings(data, rows, context, options.missing) for rows in known[:n_train]])
+    centre = seen_ratings.mean(axis=0)
+    basis = np.linalg.svd(seen_ratings - centre, full_matrices=False)[2][: options.dim].T
+    return World(users, known, held_out, mf, context, basis, centre, pad_train, pad_eval, n_train)
+
+
+def context_ratings(data: movielens_data.Ratings, rows: np.ndarray, context: np.ndarray, missing: str) -> np.ndarray:
+    """The ratings of rows ``rows`` on the ``context`` items: (C,); unrated = 0 or the rows' mean rating."""
+    fill = data.rating[rows].mean() if missing == "user_mean" and len(rows) else 0.0
+    out = np.full(len(context), fill)
+    slot = {int(item): j for j, item in enumerate(context)}
+    for item, rating in zip(data.item[rows], data.rating[rows]):
+        if int(item) in slot:
+            out[slot[int(item)]] = rating
+    return out
+
+
+def _ratings(w: World, data: movielens_data.Ratings, rows: np.ndarray, opt: MovieLensOptions) -> np.ndarray:
+    """(C,): the raw context ratings."""
+    return context_ratings(data, rows, w.context, opt.missing)
+
+
+def _svd(w: World, data: movielens_data.Ratings, rows: np.ndarray, opt: MovieLensOptions) -> np.ndarray:
+    """(dim,): the centred context ratings on the seen users' leading singular directions."""
+    return (context_ratings(data, rows, w.context, opt.missing) - w.centre) @ w.basis
+
+
+def _embedding(w: World, data: movielens_data.Ratings, rows: np.ndarray, opt: MovieLensOptions) -> np.ndarray:
+    """(dim + 1,): ridge user vector and bias fitting the rated context items' residual ratings
+    (rating - mu - item bias) over their embeddings; the ridge is ``reg`` times the count, as in the factorization."""
+    mf, items = w.mf, data.item[rows]
+    on = np.isin(items, w.context)
+    return ridge_solve(mf.items[items[on]], data.rating[rows][on] - mf.mu - mf.item_bias[items[on]], opt.reg)
+
+
+# descriptor name -> (world, ratings, the user's known rows, options) -> descriptor
+DESCRIPTORS: dict[str, Callable[[World, movielens_data.Ratings, np.ndarray, MovieLensOptions], np.ndarray]] = {
+    "embedding": _embedding,
+    "svd": _svd,
+    "ratings": _ratings,
+}
 
 
 class MovieLensScenario(Scenario):
-    """Descriptor (C,) context ratings; ``x`` (N, dim) item embeddings; ``y`` (N, 3); metric = RMSE."""
+    """Descriptor from the context ratings (see ``DESCRIPTORS``); ``x`` (N, dim) item embeddings; ``y`` (N, 3)."""
 
     name = "movielens"
     metric_name = "rmse"
@@ -168,14 +219,7 @@ class MovieLensScenario(Scenario):
 
     def party_descriptor(self, seed, party_id):
         w = self._check_party(seed, party_id)
-        data, rows = self.data, w.known[party_id]
-        fill = data.rating[rows].mean() if self.options.missing == "user_mean" and len(rows) else 0.0
-        desc = np.full(len(w.context), fill)
-        slot = {int(item): j for j, item in enumerate(w.context)}
-        for item, rating in zip(data.item[rows], data.rating[rows]):
-            if int(item) in slot:
-                desc[slot[int(item)]] = rating
-        return desc
+        return DESCRIPTORS[self.options.descriptor](w, self.data, w.known[party_id], self.options)
 
     def party_train_data(self, seed, party_id, descriptor):
         """Own known ratings, then 2*dim ridge pseudo-rows (x = ±sqrt(dim) e_j, y = 0), then zero padding."""

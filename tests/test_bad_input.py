@@ -19,6 +19,7 @@ from cluster.config import dumps_toml, resolve, to_dict
 from fusion.strategies.average import Constant
 from scenarios import SCENARIOS, Stream, build, make_options, party_rng
 from scenarios.sine import SineDomains, SineOptions
+from tests.test_state_dicts import sequential
 
 SMALL = {
     "scenario": {"name": "sine", "hidden": [8], "train_points": 20},
@@ -120,6 +121,29 @@ def _capped_shots(tmp_path):
     return ["run", "sine-capped", "--shots", "0,50", "--out", str(tmp_path / "out")], tmp_path / "out"
 
 
+def _fuse(strategy: str = "gp_refit", probe=None, probe_name: str = "probe.npy"):
+    """``fusion-cluster fuse`` over three valid [2-8-1] models; ``probe``: bytes or an array written as the probe."""
+
+    def case(tmp_path):
+        (tmp_path / "models").mkdir()
+        for pid in range(3):
+            torch.save(sequential(2, 8, 1).state_dict(), tmp_path / "models" / f"{pid}.pt")
+        (tmp_path / "parties.csv").write_text("party_id,a\n0,0.1\n1,0.5\n2,0.9\n")
+        (tmp_path / "targets.csv").write_text("party_id,a\n7,0.3\n")
+        argv = ["fuse", "--models", str(tmp_path / "models"), "--descriptors", str(tmp_path / "parties.csv")]
+        argv += ["--targets", str(tmp_path / "targets.csv"), "--out", str(tmp_path / "out"), "--fusion", strategy]
+        if probe is not None:
+            path = tmp_path / probe_name
+            if isinstance(probe, bytes):
+                path.write_bytes(probe)
+            elif probe_name.endswith(".npy"):
+                np.save(path, probe, allow_pickle=True)
+            argv += ["--probe", str(path)]
+        return argv, tmp_path / "out"
+
+    return case
+
+
 CASES = {
     "broken TOML": (_toml("parties = [\n"), "not valid TOML"),
     "unknown key in TOML": (_toml("partys = 3\n"), "unknown key(s) partys"),
@@ -166,6 +190,28 @@ CASES = {
         _resume(fitted={"fusion": _torch_bytes({"weight": torch.zeros(3)}), "average": _good_fitted()}),
         "not a fusion-cluster model",
     ),
+    "fuse: gp_refit without --probe": (_fuse(), "--fusion gp_refit needs probe inputs: pass --probe FILE"),
+    "fuse: --probe with a strategy that does not use it": (
+        _fuse("gp", probe=np.zeros((4, 2))),
+        "--probe is only used by strategies that refit on inputs; --fusion gp does not",
+    ),
+    "fuse: --probe file missing": (
+        lambda t: (_fuse(probe=np.zeros((4, 2)))(t)[0][:-1] + [str(t / "nope.npy")], t / "out"),
+        "nope.npy: no such file",
+    ),
+    "fuse: probe of the wrong width": (_fuse(probe=np.zeros((4, 3))), "probe.npy: probe inputs must have shape (N, 2)"),
+    "fuse: empty probe": (_fuse(probe=np.zeros((0, 2))), "probe.npy: probe inputs must have shape (N, 2) with N >= 1"),
+    "fuse: probe with NaN": (_fuse(probe=np.array([[0.0, 1.0], [np.nan, 2.0]])), "probe.npy: probe inputs contain NaN"),
+    "fuse: probe of pickled objects": (
+        _fuse(probe=np.array([_Exploit(), _Exploit()], dtype=object)),
+        "probe.npy: cannot read probe inputs",
+    ),
+    "fuse: probe not an array": (_fuse(probe=b"not numpy"), "probe.npy: cannot read probe inputs"),
+    "fuse: probe CSV with text": (
+        _fuse(probe=b"x0,x1\n0.5,abc\n", probe_name="probe.csv"),
+        "probe.csv: cannot read probe inputs",
+    ),
+    "fuse: probe of another format": (_fuse(probe=b"0.5 0.1", probe_name="probe.txt"), "use .npy or .csv"),
 }
 
 

@@ -19,8 +19,11 @@ DATA = Path(os.environ.get("FUSION_DATA_DIR", Path(__file__).resolve().parents[2
 HAS_MNIST = (DATA / "mnist" / "train-images-idx3-ubyte.gz").is_file()
 
 
-def digits(**options):
-    return build("digits", make_options("digits", options))
+def digits(prepare: tuple[int, int, int] | None = (0, 10, 5), **options):
+    sc = build("digits", make_options("digits", options))
+    if prepare is not None:
+        sc.prepare(*prepare)
+    return sc
 
 
 def rows(x: np.ndarray) -> set[bytes]:
@@ -46,14 +49,33 @@ def test_tasks_are_k_digit_masks_with_their_own_data(k):
 
 
 def test_shots_are_per_class_and_nested():
-    sc = digits(k=3)
-    desc = sc.party_descriptor(1, 0)
-    sx, sy = sc.party_shot_data(1, 0, desc, 10)
+    sc = digits(k=3, prepare=(1, 10, 5))
+    desc = sc.party_descriptor(1, 12)
+    sx, sy = sc.party_shot_data(1, 12, desc, 10)
     assert len(sx) == 30 and sc.shot_examples(4) == 12
     for m in (1, 4, 10):
         counts = np.bincount(sy[: sc.shot_examples(m)], minlength=10)
         assert sorted(counts[counts > 0].tolist()) == [m] * 3
     assert sc.max_shots == min(len(p) for p in load("sklearn").pools("train"))
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_parties_data_are_disjoint_and_train_per_class_0_takes_the_whole_share(k):
+    sc = digits(k=k, prepare=(4, 12, 6))  # train_per_class = 0 by default
+    x = [sc.party_train_data(4, p, sc.party_descriptor(4, p))[0] for p in range(12)]
+    seen = [rows(a) for a in x]
+    assert sum(len(r) for r in seen) == len(set().union(*seen))  # no image in two parties' data
+    users = np.bincount(np.concatenate([sc.digits_of(sc.party_descriptor(4, p)) for p in range(12)]), minlength=10)
+    pools = load("sklearn").pools("train")
+    per_class = sc.train_per_class
+    assert per_class == min(len(pools[d]) // users[d] for d in range(10) if users[d])  # the whole smallest share
+    assert all(len(a) == per_class * k for a in x)
+    assert digits(k=k, prepare=(4, 12, 6)).train_per_class == per_class  # a function of the run
+    assert digits(k=k, prepare=(5, 12, 6)).shares.blocks[0][0].tolist() != sc.shares.blocks[0][0].tolist()
+    with pytest.raises(TypeError, match="disjoint shares"):
+        sc.train_data(sc.party_descriptor(4, 0), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="not a training party"):
+        sc.party_train_data(4, 12, sc.party_descriptor(4, 12))
 
 
 def test_the_descriptor_restricts_loss_and_prediction():
@@ -79,11 +101,11 @@ def test_bad_options_are_clear_errors():
         make_options("digits", {"k": 6})
     with pytest.raises(ValueError, match="scenario.source"):
         make_options("digits", {"source": "emnist"})
-    sc = digits(train_per_class=500)
-    with pytest.raises(ValueError, match="train_per_class = 500"):
+    sc = digits(train_per_class=40, prepare=None)
+    with pytest.raises(ValueError, match="train_per_class = 40 but with 10 training parties .* only [0-9]+ images"):
         sc.prepare(0, 10, 5)
     with pytest.raises(ValueError, match="needs scenario.data_dir"):
-        digits(source="mnist").prepare(0, 10, 5)
+        digits(source="mnist", prepare=None).prepare(0, 10, 5)
 
 
 def test_cli_mnist_without_files_exits_2(tmp_path, capsys):
@@ -98,7 +120,6 @@ def test_cli_mnist_without_files_exits_2(tmp_path, capsys):
 @pytest.mark.skipif(not HAS_MNIST, reason="MNIST idx files not available (set FUSION_DATA_DIR)")
 def test_mnist_source_reads_the_idx_files():
     sc = digits(source="mnist", data_dir=str(DATA), k=4, train_per_class=5, eval_per_class=5)
-    sc.prepare(0, 10, 5)
     assert sc.spec.widths == (784, 100, 10)
     data = sc.data
     assert data.train_x.shape == (60000, 784) and data.test_x.shape == (10000, 784)

@@ -11,6 +11,8 @@ import torch
 
 from actors.party_shard import PartyShard
 from cluster.cli import main
+from cluster.config import resolve
+from cluster.pipeline import run
 from fusion.io import load_warm_starter
 from fusion.state_dicts import state_from_flat
 from fusion.strategies import STRATEGIES, FitContext, FusionConfig
@@ -18,7 +20,7 @@ from fusion.training import TrainConfig
 from scenarios import build, make_options
 from tests.test_state_dicts import sequential
 
-N_PARTIES, HIDDEN, SEED = 30, 16, 4
+N_PARTIES, HIDDEN, SEED = 50, 16, 4
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +83,46 @@ def test_fuse_round_trips_the_in_process_fusion(ray_session, tmp_path, pretraine
     assert loaded_spec == spec
     np.testing.assert_allclose(model.predict(targets), expected, rtol=1e-4, atol=1e-5)
     assert sorted(p.name for p in out.iterdir()) == ["fusion_model.pt", "warm_starts"]
+
+
+def test_fuse_with_probe_gives_the_warm_starts_of_fusion_cluster_run(ray_session, tmp_path):
+    """Export the models a ``fusion-cluster run`` pretrained (its checkpoint), fuse them with the run's strategy
+    (gp_refit, its probe inputs in a .npy) and seed: the warm starts are the run's fusion model's."""
+    options = {"name": "sine", "hidden": [HIDDEN], "train_points": 40}
+    cfg = resolve(
+        {
+            "scenario": options,
+            "parties": N_PARTIES,
+            "test_parties": 4,
+            "shots": [0],
+            "seed": SEED,
+            "methods": ["fusion"],
+            "pretrain": {"steps": 150},
+            "fusion": {"strategy": "gp_refit"},
+            "party_actors": 2,
+            "out": str(tmp_path / "run"),
+        }
+    )
+    res = run(cfg, log=lambda _: None)
+    saved = [np.load(f) for f in sorted((res.out / "checkpoint").glob("pretrained-*.npz"))]
+    ids, desc, params = (np.concatenate([z[k] for z in saved]) for k in ("party_id", "descriptor", "params"))
+    assert sorted(ids.tolist()) == list(range(N_PARTIES))
+    sc = build("sine", make_options("sine", {k: v for k, v in options.items() if k != "name"}))
+    targets = np.stack([sc.party_descriptor(SEED, i) for i in range(100, 106)]).astype(np.float32)
+    models, descriptors, target_file = write_inputs(tmp_path / "in", sc.spec, ids, desc, params, targets)
+    np.save(tmp_path / "probe.npy", sc.probe_inputs())
+    out = tmp_path / "fused"
+    argv = fuse_args(models, descriptors, target_file, out, "--seed", str(SEED), "--fusion", "gp_refit")
+    assert main([*argv, "--probe", str(tmp_path / "probe.npy")]) == 0
+    expected = load_warm_starter(res.out / "fusion_model.pt")[0].predict(targets)
+    for j, pid in enumerate(range(100, 106)):
+        state = torch.load(out / "warm_starts" / f"{pid}.pt", weights_only=True)
+        got = torch.cat([t.reshape(-1) for t in state.values()]).numpy()
+        np.testing.assert_allclose(got, expected[j], rtol=1e-3, atol=1e-4)
+    x = torch.linspace(-5, 5, 50).reshape(-1, 1)
+    net = sequential(*sc.spec.widths)
+    net.load_state_dict(torch.load(out / "warm_starts" / "100.pt", weights_only=True))
+    assert net(x).std() > 0.05  # a refitted sine, not a constant
 
 
 def corrupt_nan(folder, spec):

@@ -46,13 +46,26 @@ def test_parties_are_distinct_users_and_test_ratings_stay_held_out(folder):
     for p in range(24, 32):
         assert len(w.held_out[p]) >= 1 and not set(w.held_out[p]) & set(w.known[p])
         assert len(w.held_out[p]) + len(w.known[p]) == len(sc.data.by_user()[w.users[p]])
-    # The descriptor is the user's known ratings on the context items, 0 where unrated.
+    # descriptor = "ratings": the user's known ratings on the context items, 0 where unrated.
     data, p = sc.data, 27
-    desc = sc.party_descriptor(3, p)
+    desc = scenario(folder, descriptor="ratings").party_descriptor(3, p)
     known = {int(i): r for i, r in zip(data.item[w.known[p]], data.rating[w.known[p]])}
     assert desc.tolist() == [known.get(int(i), 0.0) for i in w.context]
-    mean_fill = scenario(folder, missing="user_mean").party_descriptor(3, p)
+    mean_fill = scenario(folder, descriptor="ratings", missing="user_mean").party_descriptor(3, p)
     assert np.allclose(mean_fill[desc == 0], np.mean(list(known.values())))
+    # "svd": those ratings, centred on the seen users' mean, on the seen users' leading singular directions.
+    svd = scenario(folder, descriptor="svd")
+    seen = np.stack([scenario(folder, descriptor="ratings").party_descriptor(3, q) for q in range(24)])
+    _, _, vt = np.linalg.svd(seen - seen.mean(0), full_matrices=False)
+    got = svd.party_descriptor(3, p)
+    assert got.shape == (SMALL["dim"],)
+    np.testing.assert_allclose(np.abs(got), np.abs((desc - seen.mean(0)) @ vt[: SMALL["dim"]].T), atol=1e-8)
+    # "embedding" (default): the ridge user vector and bias of the rated context items over their embeddings.
+    emb = sc.party_descriptor(3, p)
+    on = [r for r in w.known[p] if data.item[r] in set(w.context.tolist())]
+    target = data.rating[on] - w.mf.mu - w.mf.item_bias[data.item[on]]
+    assert emb.shape == (SMALL["dim"] + 1,) and len(on) < len(w.known[p])
+    np.testing.assert_allclose(emb, ridge_solve(w.mf.items[data.item[on]], target, sc.options.reg), atol=1e-10)
     ex, ey = sc.party_eval_data(3, p, desc)
     assert ey[:, 2].sum() == len(w.held_out[p]) and ex.shape[0] == w.pad_eval
     sx, _ = sc.party_shot_data(3, p, desc, 5)
@@ -107,6 +120,8 @@ def test_bad_folders_and_sizes_are_clear_errors(folder, tmp_path, capsys):
         scenario(broken)
     with pytest.raises(ValueError, match="scenario.missing"):
         make_options("movielens", {"missing": "median"})
+    with pytest.raises(ValueError, match="scenario.descriptor must be one of embedding, svd, ratings"):
+        make_options("movielens", {"descriptor": "pca"})
     assert main(["run", "movielens", "--data-dir", str(folder), "--parties", "40", "--test-parties", "5"]) == 2
     err = capsys.readouterr().err
     assert "has only 40 users" in err and "Traceback" not in err

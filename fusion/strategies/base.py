@@ -108,6 +108,7 @@ class Strategy(ABC):
 
     name: str
     mixed_widths = False  # accepts models of different widths (FitContext.widths)
+    needs_probe: bool = False  # True: ``fit`` needs ``FitContext.probe`` (unlabeled inputs)
 
     @abstractmethod
     def fit(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter: ...

@@ -70,6 +70,7 @@ class GPRefit(Strategy):
 
     name = "gp_refit"
     mixed_widths = True
+    needs_probe = True
 
     def __init__(self, aligned: bool = True) -> None:
         self.aligned = aligned
