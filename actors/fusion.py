@@ -7,7 +7,7 @@ import time
 import numpy as np
 import ray
 
-from actors.assign import parallel_solver
+from actors.assign import parallel_solve_rect, parallel_solver
 from fusion.methods import strategy_for
 from fusion.params import init_params
 from fusion.quarantine import finite_models
@@ -58,6 +58,7 @@ class FusionActor:
             self.cfg,
             self.scenario.probe_inputs() if self.scenario is not None else None,
             tasks=(lambda: self._tasks(ids)) if self.scenario is not None else None,
+            solve_rect=parallel_solve_rect(self.n_chunks, run=self.run),
         )
         fitted, seconds = {}, {}
         for method in methods:

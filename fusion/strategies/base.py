@@ -15,6 +15,7 @@ import numpy as np
 
 from fusion.matching import SolveMany, solve_many_serial
 from fusion.metamodel import GPConfig
+from fusion.mfpl import MFPLConfig
 from fusion.pfnm import SolveRect, solve_rect_serial
 from fusion.spec import MLPSpec
 
@@ -26,6 +27,7 @@ class FusionConfig:
     strategy: str = "gp_refit"
     align_iters: int = 20
     gp: GPConfig = field(default_factory=GPConfig)
+    mfpl: MFPLConfig = field(default_factory=MFPLConfig)  # the ``mfpl`` strategies' meta-model
     refit_steps: int = 1000  # function-space refit of a warm start (strategies that refit)
     refit_lr: float = 0.01
 
