@@ -314,22 +314,26 @@ def reassign(
 
     ``models`` (P, D) in their own order, ``perms`` the current assignments (``perms[l]`` (P, H_l)), ``moments``
     per model (P, D) in canonical order. Layer by layer (a layer's incoming weights are compared in the
-    canonical order of the layer below; its outgoing weights in the current order of the layer above, so with
-    several hidden layers the layers are swept again, up to ``sweeps`` times, until nothing changes). Every
+    canonical order of the layer below; the first sweep leaves out outgoing weights into a layer not yet
+    assigned, later sweeps compare whole units, up to ``sweeps`` times until nothing changes). Every
     model's problem is independent: one ``solve_rect`` call per layer and sweep (which a caller may spread
     over processes). Returns the new ``perms``.
     """
     perms = [p.copy() for p in perms]
-    for _ in range(sweeps):
+    last = len(spec.hidden) - 1
+    for sweep in range(sweeps):
         changed = False
-        for layer in range(len(spec.hidden)):
-            units = unit_features(permute(models, spec, perms), spec, layer).astype(np.float64)
-            slots = {k: unit_features(v, spec, layer) for k, v in moments.items()}
+        for layer in range(last + 1):
+            # first sweep, below the last hidden layer: the layer above is not in canonical order yet, so
+            # compare incoming weights and bias only (bottom-up); later sweeps compare whole units
+            k = spec.widths[layer] + 1 if sweep == 0 and layer < last else None
+            units = unit_features(permute(models, spec, perms), spec, layer)[..., :k].astype(np.float64)
+            slots = {name: unit_features(v, spec, layer)[..., :k] for name, v in moments.items()}
             costs = likelihood_costs(units, slots)
             step = np.stack(solve_rect(list(costs))) if len(costs) else np.zeros((0, units.shape[1]), np.int64)
             changed |= bool((step != np.arange(step.shape[1])).any())
             perms[layer] = compose(perms[layer], step)
-        if not changed or len(spec.hidden) == 1:  # one hidden layer: a second sweep cannot change anything
+        if (not changed and sweep > 0) or last == 0:  # one hidden layer: a second sweep cannot change anything
             break
     return perms
 
