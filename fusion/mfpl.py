@@ -46,12 +46,12 @@ class MFPLConfig:
     hidden: int = 128  # decoder hidden width
     inducing: int = 64  # m: inducing descriptors (all training descriptors when fewer)
     max_steps: int = 2000  # Adam steps on the ELBO per alternation (cap)
-    lr: float = 0.01
+    lr: float = 0.005
     tol: float = 1e-3  # stop when the windowed mean ELBO improves less than this (relative)
     window: int = 100  # steps per window of the convergence check
     samples: int = 4  # reparameterized samples per step (and for the assignment costs)
     alternations: int = 3  # ELBO fit <-> per-model assignment rounds (stops early when no assignment changes)
-    min_var: float = 1e-6  # floor of the decoded variance (standardized units)
+    min_var: float = 1e-3  # floor of the decoded variance (standardized units): no collapse onto a few parameters
 
     def __post_init__(self) -> None:
         for key in ("base_dim", "task_dim", "hidden", "inducing", "max_steps", "window", "samples", "alternations"):
