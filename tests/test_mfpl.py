@@ -21,6 +21,7 @@ class TestMFPL(StrategyContract):
         return STRATEGIES["mfpl"]()
 
 
+@pytest.mark.slow  # two fits per check; the refit wrapper's contract is already run by TestGPRefit
 class TestMFPLRefit(StrategyContract):
     def make_strategy(self):
         return STRATEGIES["mfpl_refit"]()
