@@ -9,6 +9,7 @@ import ray
 
 from actors import metrics
 from fusion.matching import SolveMany, solve_many_serial
+from fusion.pfnm import SolveRect, solve_rect_serial
 
 
 # Zero logical CPUs: the party shards hold the cluster's CPUs for their lifetime but sit idle while
@@ -40,3 +41,29 @@ def parallel_solver(n_chunks: int, min_chunk: int = 16, run: str = "") -> SolveM
         return np.concatenate(ray.get(refs))
 
     return solve_many
+
+
+@ray.remote(num_cpus=0)
+def _solve_rect_chunk(costs: list[np.ndarray], run: str = "") -> list[np.ndarray]:
+    start = time.perf_counter()
+    cols = solve_rect_serial(costs)
+    metrics.assignment_seconds(run, time.perf_counter() - start)
+    return cols
+
+
+def parallel_solve_rect(n_chunks: int, min_chunk: int = 16, run: str = "") -> SolveRect:
+    """A ``solve_rect`` that solves ~``n_chunks`` slices of the list of independent cost matrices as tasks."""
+
+    def solve_rect(costs: list[np.ndarray]) -> list[np.ndarray]:
+        n = len(costs)
+        chunks = max(1, min(n_chunks, n // min_chunk))
+        if chunks == 1:
+            start = time.perf_counter()
+            cols = solve_rect_serial(costs)
+            metrics.assignment_seconds(run, time.perf_counter() - start)
+            return cols
+        bounds = np.linspace(0, n, chunks + 1).astype(int)
+        refs = [_solve_rect_chunk.remote(costs[a:b], run) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [cols for part in ray.get(refs) for cols in part]
+
+    return solve_rect

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import ray
 
-from actors.assign import parallel_solver
+from actors.assign import parallel_solve_rect, parallel_solver
 from fusion.methods import strategy_for
 from fusion.params import init_params
 from fusion.quarantine import finite_models
@@ -67,6 +67,7 @@ class FusionActor:
             self.probe if self.probe is not None or self.scenario is None else self.scenario.probe_inputs(),
             tasks=(lambda: self._tasks(ids)) if self.scenario is not None else None,
             widths=party_widths(self.seed, ids, self.widths) if self.widths else None,
+            solve_rect=parallel_solve_rect(self.n_chunks, run=self.run),
         )
         fitted, seconds = {}, {}
         for method in methods:

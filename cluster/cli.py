@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--shots", type=_int_list, help="comma list of fine-tuning shots, 0 = zero-shot (default 0,10,20)")
     r.add_argument("--seed", type=int, help="run seed; every party's randomness derives from (seed, party id)")
     r.add_argument("--methods", type=_name_list, help="comma list of methods to compare")
-    r.add_argument("--fusion", dest="strategy", help="fusion strategy used by the 'fusion' method (default gp)")
+    r.add_argument("--fusion", dest="strategy", help="fusion strategy used by the 'fusion' method (default gp_refit)")
     r.add_argument("--party-actors", type=int, help="party-shard actors (default 0 = one per CPU of the cluster)")
     r.add_argument("--cpus-per-actor", type=float, help="CPUs reserved by each party shard (default 1)")
     r.add_argument("--gpus-per-actor", type=float, help="GPU share of each party shard, e.g. 0.25 (default 0)")

@@ -278,7 +278,8 @@ def _execute(
             fitted = ray.get(fit_ref)["fitted"]
             ckpt.save_fitted(fitted)
             report = ray.get(fusion.report.remote())
-            log(f"fusion: fitted {', '.join(report['seconds'])} in {time.perf_counter() - clock:.1f}s")
+            each = ", ".join(f"{m} ({s:.1f}s)" for m, s in report["seconds"].items())
+            log(f"fusion: fitted {each} in {time.perf_counter() - clock:.1f}s")
         else:
             fit_ref = ray.put({"fitted": fitted})
             log(f"fusion: {', '.join(fitted)} loaded from the checkpoint")

@@ -6,13 +6,18 @@ import torch
 
 from fusion.io import load_warm_starter, save_warm_starter
 from fusion.metamodel import GPConfig
+from fusion.mfpl import MFPLConfig
 from fusion.params import forward, permute
 from fusion.spec import MLPSpec
 from fusion.strategies import STRATEGIES, FitContext, FusionConfig
 from tests.test_params import random_stack
 
 SPEC = MLPSpec((1, 12, 1))
-FAST = FusionConfig(gp=GPConfig(max_steps=30, inducing=16), refit_steps=300)
+FAST = FusionConfig(
+    gp=GPConfig(max_steps=30, inducing=16),
+    refit_steps=300,
+    mfpl=MFPLConfig(base_dim=2, task_dim=4, hidden=16, inducing=8, max_steps=200, window=25, lr=0.02, alternations=2),
+)
 
 
 def ctx() -> FitContext:

@@ -7,6 +7,8 @@ from fusion.strategies import (  # noqa: F401  (registration)
     maml,
     matched_average,
     matched_gp,
+    mfpl,
+    mfpl_refit,
     nearest_task,
 )
 from fusion.strategies.base import STRATEGIES, FitContext, FusionConfig, Strategy, WarmStarter, register

@@ -15,6 +15,7 @@ import numpy as np
 
 from fusion.matching import SolveMany, solve_many_serial
 from fusion.metamodel import GPConfig
+from fusion.mfpl import MFPLConfig
 from fusion.pfnm import PFNMConfig, SolveRect, solve_rect_serial
 from fusion.spec import MLPSpec
 
@@ -31,6 +32,7 @@ class FusionConfig:
     # nonparametric matching of models of different widths (runs with ``widths``); small sigma + normalizers:
     # the setting that opened separate atoms for trained sine units (README, Heterogeneity)
     pfnm: PFNMConfig = field(default_factory=lambda: PFNMConfig(sigma=0.05, empirical_bayes=True, normalizers=True))
+    mfpl: MFPLConfig = field(default_factory=MFPLConfig)  # the ``mfpl`` strategies' meta-model
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

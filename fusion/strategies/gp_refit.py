@@ -16,27 +16,28 @@ import torch
 from fusion.metamodel import GPMetaModel
 from fusion.params import forward
 from fusion.spec import MLPSpec
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.base import WARM_STARTERS, FitContext, Strategy, WarmStarter, register
 from fusion.strategies.gp import GPFusion
 from fusion.strategies.mixed_widths import fit_mixed_refit
 from fusion.training import TrainConfig, relative_mse, train
 
 
 class RefitWarmStarter(WarmStarter):
+    """Any fitted ``init`` warm starter whose predictions are trained to the output GP's predicted function."""
+
     def __init__(
         self,
-        params: GPMetaModel,
+        init: WarmStarter,
         outputs: GPMetaModel,
         spec: MLPSpec,
         probe: np.ndarray,
         refit: TrainConfig,
-        info: dict,
     ) -> None:
-        self.params, self.outputs, self.spec = params, outputs, spec
-        self.probe, self.refit, self.info = np.array(probe, np.float32), refit, info
+        self.init, self.outputs, self.spec = init, outputs, spec
+        self.probe, self.refit = np.array(probe, np.float32), refit
 
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
-        init = torch.as_tensor(self.params.predict(descriptors))
+        init = torch.as_tensor(self.init.predict(descriptors))
         m, (n_probe, fan_out) = len(init), (len(self.probe), self.spec.widths[-1])
         target = torch.as_tensor(self.outputs.predict(descriptors)).reshape(m, n_probe, fan_out)
         x = torch.tensor(self.probe).expand(m, n_probe, self.spec.widths[0])  # copy: object-store arrays are read-only
@@ -44,24 +45,42 @@ class RefitWarmStarter(WarmStarter):
 
     def export(self) -> dict:
         return {
-            "params": self.params.state,
+            "init_kind": type(self.init).__name__,
+            "init": self.init.export(),
             "outputs": self.outputs.state,
             "widths": list(self.spec.widths),
             "activation": self.spec.activation,
             "probe": torch.tensor(self.probe),
             "refit": [self.refit.steps, self.refit.lr],
-            "info": self.info,
         }
 
     @classmethod
     def restore(cls, state: dict) -> RefitWarmStarter:
         spec = MLPSpec(tuple(state["widths"]), state["activation"])
         refit = TrainConfig(int(state["refit"][0]), float(state["refit"][1]))
-        params, outputs = GPMetaModel(state["params"]), GPMetaModel(state["outputs"])
-        return cls(params, outputs, spec, state["probe"].numpy(), refit, state["info"])
+        init = WARM_STARTERS[state["init_kind"]].restore(state["init"])
+        return cls(init, GPMetaModel(state["outputs"]), spec, state["probe"].numpy(), refit)
 
     def summary(self) -> dict:
-        return {**self.info, "objective": self.params.objective[-1], "outputs_objective": self.outputs.objective[-1]}
+        return {**self.init.summary(), "outputs_objective": self.outputs.objective[-1]}
+
+
+def require_probe(ctx: FitContext, name: str) -> None:
+    if ctx.probe is None:
+        raise ValueError(f"strategy {name} needs probe inputs from the scenario (FitContext.probe)")
+
+
+def refit_warm_starter(
+    init: WarmStarter, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext, name: str
+) -> RefitWarmStarter:
+    """Wrap a fitted ``init`` with the function-space refit: fits the GP from descriptors to the outputs of
+    ``models`` (n, D) on ``ctx.probe``. ``name``: the strategy, for the error when the scenario has no probe."""
+    require_probe(ctx, name)
+    with torch.no_grad():
+        outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
+    output_gp = GPMetaModel.fit(outs.reshape(len(models), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1)
+    refit = TrainConfig(ctx.config.refit_steps, ctx.config.refit_lr)
+    return RefitWarmStarter(init, output_gp, ctx.spec, ctx.probe, refit)
 
 
 @register
@@ -76,16 +95,8 @@ class GPRefit(Strategy):
         self.aligned = aligned
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
-        if ctx.probe is None:
-            raise ValueError("strategy gp_refit needs probe inputs from the scenario (FitContext.probe)")
+        require_probe(ctx, self.name)  # before the (long) init fit
         if ctx.widths is not None:
             return fit_mixed_refit(models, descriptors, ctx, self.aligned)
-        cfg = ctx.config
         init = GPFusion(self.aligned).fit(models, descriptors, ctx)  # aligned units + parameter-space GP
-        param_gp, iterations = init.meta, init.align_iterations
-        with torch.no_grad():
-            outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
-        output_gp = GPMetaModel.fit(outs.reshape(len(models), -1).numpy(), descriptors, cfg.gp, seed=ctx.seed + 1)
-        refit = TrainConfig(cfg.refit_steps, cfg.refit_lr)
-        info = {"align_iterations": iterations}
-        return RefitWarmStarter(param_gp, output_gp, ctx.spec, ctx.probe, refit, info)
+        return refit_warm_starter(init, models, descriptors, ctx, self.name)

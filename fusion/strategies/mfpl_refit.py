@@ -1,0 +1,23 @@
+"""``mfpl_refit``: the MFPL warm start (:mod:`fusion.strategies.mfpl`) refitted in function space like ``gp_refit``."""
+
+from __future__ import annotations
+
+from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.gp_refit import refit_warm_starter, require_probe
+from fusion.strategies.mfpl import MFPLFusion
+
+
+@register
+class MFPLRefit(Strategy):
+    """With ``aligned=False`` the init is MFPL without assignments (the ablation)."""
+
+    name = "mfpl_refit"
+    needs_probe = True
+
+    def __init__(self, aligned: bool = True) -> None:
+        self.aligned = aligned
+
+    def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        require_probe(ctx, self.name)  # before the (long) MFPL fit
+        init = MFPLFusion(self.aligned).fit(models, descriptors, ctx)
+        return refit_warm_starter(init, models, descriptors, ctx, self.name)
