@@ -50,6 +50,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--methods", default="fusion,nearest_task,average,cold_start")
     p.add_argument("--pretrain-steps", type=int, default=1000)
     p.add_argument("--finetune-steps", type=int, default=100)
+    p.add_argument("--finetune-lr", type=float, default=0.001)  # the recipe of the README table
+    p.add_argument("--finetune-folds", type=int, default=0, help="0: no step selection; >= 2: k-fold selection")
     p.add_argument("--fusion", default="gp_refit")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -96,7 +98,7 @@ def main(argv: list[str]) -> int:
                     "seed": args.seed,
                     "methods": methods,
                     "pretrain": {"steps": args.pretrain_steps},
-                    "finetune": {"steps": args.finetune_steps},
+                    "finetune": {"steps": args.finetune_steps, "lr": args.finetune_lr, "folds": args.finetune_folds},
                     "fusion": {"strategy": args.fusion},
                     "out": str(OUT / f"runs/movielens-{label}-d{dim}-{stamp}"),
                 }
