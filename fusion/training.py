@@ -99,6 +99,25 @@ def train(
     return weights.detach()
 
 
+def _held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candidates) -> torch.Tensor:
+    """Train G folds of every party as one batch (fold-major rows: g * P + party) on shots ``fit`` (G, n_fit);
+    returns the held-out loss on shots ``val`` (G, n_val) summed over the folds, at each candidate step: (P, C)."""
+    g, p = len(fit), len(params)
+    rows = lambda t, idx: t[:, idx].movedim(1, 0).flatten(0, 1)  # noqa: E731  (P, N, ...) -> (G * P, n_idx, ...)
+    d_g = descriptors.repeat(g, *([1] * (descriptors.dim() - 1)))
+    g_loss = lambda pred, t: loss(pred, t, d_g)  # noqa: E731
+    x_val, y_val = rows(x, val), rows(y, val)
+    out = torch.zeros(p, len(candidates), dtype=torch.float64, device=params.device)
+
+    def record(step: int, w: torch.Tensor) -> None:
+        if step in candidates:
+            with torch.no_grad():
+                out[:, candidates.index(step)] = g_loss(forward(w, spec, x_val), y_val).view(g, p).sum(0)
+
+    train(params.repeat(g, 1), spec, rows(x, fit), rows(y, fit), g_loss, cfg, at_steps=record)
+    return out
+
+
 def finetune(
     params: torch.Tensor,
     spec: MLPSpec,
@@ -120,15 +139,12 @@ def finetune(
     candidates = cfg.candidates()
     held_out = torch.zeros(len(params), len(candidates), dtype=torch.float64, device=params.device)
     fold_of = torch.arange(x.shape[1], device=x.device) % folds
-    for f in range(folds):
-        fit, val = fold_of != f, fold_of == f
-
-        def record(step: int, w: torch.Tensor, val=val) -> None:
-            if step in candidates:
-                with torch.no_grad():
-                    held_out[:, candidates.index(step)] += task_loss(forward(w, spec, x[:, val]), y[:, val])
-
-        train(params, spec, x[:, fit], y[:, fit], task_loss, cfg, at_steps=record)
+    # Folds with the same number of held-out shots train as one batch (at most two groups).
+    for size in sorted({int((fold_of == f).sum()) for f in range(folds)}):
+        group = [f for f in range(folds) if int((fold_of == f).sum()) == size]
+        val = torch.stack([torch.nonzero(fold_of == f).squeeze(1) for f in group])  # (G, size)
+        fit = torch.stack([torch.nonzero(fold_of != f).squeeze(1) for f in group])  # (G, N - size)
+        held_out += _held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candidates)
     best = torch.as_tensor(candidates, device=params.device)[held_out.nan_to_num(float("inf")).argmin(dim=1)]
     chosen = params.detach().clone()
 
