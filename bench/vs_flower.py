@@ -60,7 +60,7 @@ def workload(n: int, seed: int, hidden: int):
     data = [scenario.train_data(d, party_rng(seed, i, Stream.DATA)) for i, d in enumerate(desc)]
     x = np.stack([d[0] for d in data])
     y = np.stack([d[1] for d in data])
-    inits = torch.stack([init_params(scenario.spec, party_torch_generator(seed, i, Stream.INIT)) for i in range(n)])
+    inits = torch.stack([scenario.init_params(party_torch_generator(seed, i, Stream.INIT)) for i in range(n)])
     return scenario, desc, x, y, inits
 
 
@@ -171,7 +171,7 @@ def run_flower_here(args) -> dict:
         scenario = build(SCENARIO, make_options(SCENARIO, {"hidden": (hidden,)}))
         desc = scenario.descriptor(party_rng(seed, pid, Stream.DESCRIPTOR)).astype(np.float32)
         x, y = scenario.train_data(desc, party_rng(seed, pid, Stream.DATA))
-        net = sequential_model(init_params(scenario.spec, party_torch_generator(seed, pid, Stream.INIT)), scenario.spec)
+        net = sequential_model(scenario.init_params(party_torch_generator(seed, pid, Stream.INIT)), scenario.spec)
         train_one(net, torch.from_numpy(x), torch.from_numpy(y), float(desc[0]), TrainConfig(steps=steps))
         metrics = MetricRecord({"num-examples": len(x), "t0": t_start, "t1": time.time()})
         content = RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics})
