@@ -32,16 +32,88 @@ def _act(spec: MLPSpec):
     return torch.relu if spec.activation == "relu" else torch.tanh
 
 
+def _buffer(work: dict | None, key, shape, like: torch.Tensor) -> torch.Tensor | None:
+    """A tensor kept in ``work`` across calls (fresh pages cost more than the arithmetic here), or None."""
+    if work is None:
+        return None
+    buf = work.get(key)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = work[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buf
+
+
+def _affine(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``h @ weight^T + bias`` for a stack. Two shapes run on faster paths: a one-input layer is an
+    outer product, and a one-output layer is computed as (P, 1, in) @ (P, in, N), whose result has
+    the layout of (P, N, 1) (MKL's batched matrix-vector product is ~3× slower)."""
+    p, fan_out, fan_in = weight.shape
+    if fan_in == 1:
+        return torch.addcmul(bias.unsqueeze(1), h, weight.transpose(1, 2), out=out)
+    if fan_out == 1:
+        out = torch.baddbmm(bias.unsqueeze(2), weight, h.transpose(1, 2), out=None if out is None else out.view(p, 1, -1))
+        return out.view(p, -1, 1)
+    return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2), out=out)
+
+
 def forward(flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor) -> torch.Tensor:
     """Batched forward pass of ``P`` models: ``flat`` (P, n_params), ``x`` (P, N, in) or (N, in)."""
     act = _act(spec)
     h = x if x.dim() == 3 else x.expand(flat.shape[0], *x.shape)
     all_layers = layers(flat, spec)
     for i, (weight, bias) in enumerate(all_layers):
-        h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+        h = _affine(h, weight, bias)
         if i < len(all_layers) - 1:
             h = act(h)
     return h
+
+
+def loss_and_grad(
+    flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor, y: torch.Tensor, loss_fn, work: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-model losses ``loss_fn(forward(flat, spec, x), y)`` (P,) and d(their sum)/d ``flat`` (P, n_params).
+
+    The gradient autograd gives, by a hand-written backward pass through the MLP: no graph, no
+    gradient for the inputs, no boolean mask for ReLU, and with ``work`` (a dict kept across calls)
+    no fresh activation buffers either; about 2× faster on CPU for the small batched nets here.
+    Only the loss, a function of the predictions, goes through autograd.
+    """
+    relu = spec.activation == "relu"
+    p = flat.shape[0]
+    h = x if x.dim() == 3 else x.expand(p, *x.shape)
+    flat = flat.detach()
+    all_layers = layers(flat, spec)
+    inputs, slopes = [], []  # each layer's input; each hidden layer's activation derivative
+    for i, (weight, bias) in enumerate(all_layers):
+        inputs.append(h)
+        shape = (p, h.shape[1], weight.shape[1])
+        h = _affine(h, weight, bias, _buffer(work, ("a", i), shape, flat))
+        if i < len(all_layers) - 1:
+            slope = _buffer(work, ("s", i), shape, flat)
+            if relu:
+                h = h.clamp_min_(0)
+                slopes.append(torch.sign(h, out=slope))  # 1 where the unit is on, else 0
+            else:
+                h = h.tanh_()
+                slopes.append(torch.addcmul(torch.ones((), dtype=h.dtype, device=h.device), h, h, value=-1, out=slope))
+    pred = h.detach().requires_grad_(True)
+    with torch.enable_grad():
+        losses = loss_fn(pred, y)
+        (g,) = torch.autograd.grad(losses.sum(), pred)
+    grad = torch.empty_like(flat)
+    grad_layers = layers(grad, spec)
+    for i in reversed(range(len(all_layers))):
+        (weight, _), (g_weight, g_bias) = all_layers[i], grad_layers[i]
+        h, (_, fan_out, fan_in) = inputs[i], weight.shape
+        if fan_in == 1:  # (P, 1, N) @ (P, N, out) has the layout of (P, out, 1) and runs ~3× faster
+            g_weight.copy_(torch.bmm(h.transpose(1, 2), g).view(p, fan_out, 1))
+        else:
+            g_weight.copy_(torch.bmm(g.transpose(1, 2), h))
+        g_bias.copy_(g.sum(1))
+        if i > 0:
+            out = _buffer(work, ("g", i), (p, g.shape[1], fan_in), flat)
+            g = torch.mul(g, weight, out=out) if fan_out == 1 else torch.bmm(g, weight, out=out)  # (P, N, fan_in)
+            g.mul_(slopes[i - 1])
+    return losses.detach(), grad
 
 
 def init_params(spec: MLPSpec, generator: torch.Generator) -> torch.Tensor:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.params import flatten, forward, init_params, layers, permute, unit_features
+from fusion.params import flatten, forward, init_params, layers, loss_and_grad, permute, unit_features
 from fusion.spec import MLPSpec
 
 
@@ -31,6 +31,42 @@ def test_flat_layout_matches_torch_sequential():
     x = torch.randn(7, 3)
     assert torch.allclose(forward(flat, spec, x)[0], net(x), atol=1e-6)
     assert torch.equal(flatten(layers(flat, spec)), flat)
+
+
+def _mse(pred, y):
+    return ((pred - y) ** 2).mean(dim=(1, 2))
+
+
+def _cross_entropy(pred, y):
+    return torch.nn.functional.cross_entropy(pred.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+
+
+@pytest.mark.parametrize(
+    "widths, activation, shared_inputs, loss",
+    [
+        ((1, 30, 1), "relu", False, _mse),  # the one-input and one-output fast paths
+        ((1, 30, 1), "relu", True, _mse),  # inputs shared by all models (probe points)
+        ((6, 20, 4), "relu", False, _cross_entropy),
+        ((3, 7, 9, 1), "tanh", False, _mse),
+        ((2, 5, 1, 4), "relu", True, _mse),  # a one-unit hidden layer
+    ],
+)
+def test_hand_written_backward_equals_autograd(widths, activation, shared_inputs, loss):
+    spec, g = MLPSpec(widths, activation), torch.Generator().manual_seed(0)
+    flat = torch.randn(5, spec.n_params, generator=g)
+    x = torch.randn(11, widths[0], generator=g) if shared_inputs else torch.randn(5, 11, widths[0], generator=g)
+    if loss is _cross_entropy:
+        y = torch.randint(0, widths[-1], (5, 11), generator=g)
+    else:
+        y = torch.randn(5, 11, widths[-1], generator=g)
+    leaf = flat.clone().requires_grad_(True)
+    expected = loss(forward(leaf, spec, x), y)
+    expected.sum().backward()
+    work: dict = {}
+    for _ in range(2):  # the second call reuses the buffers of the first
+        losses, grad = loss_and_grad(flat, spec, x, y, loss, work)
+        torch.testing.assert_close(losses, expected.detach())
+        torch.testing.assert_close(grad, leaf.grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("widths", [(1, 8, 1), (3, 6, 5, 2)])

@@ -32,6 +32,22 @@ def test_a_partys_result_does_not_depend_on_the_batch():
     torch.testing.assert_close(together[2:3], alone)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_train_takes_torch_optims_steps(optimizer):
+    params, x, y, d = _task(3, 20)
+    cfg = TrainConfig(steps=50, lr=0.01, optimizer=optimizer)
+    ours = train(params, SPEC, x, y, lambda p, t: _mse(p, t, d), cfg)
+    w = params.clone().requires_grad_(True)
+    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)([w], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr / 10)
+    for _ in range(cfg.steps):
+        opt.zero_grad()
+        _mse(forward(w, SPEC, x), y, d).sum().backward()
+        opt.step()
+        sched.step()
+    torch.testing.assert_close(ours, w.detach(), rtol=1e-4, atol=1e-5)
+
+
 def test_without_folds_it_is_plain_training():
     params, x, y, d = _task(3, 10)
     cfg = FinetuneConfig(steps=30, lr=0.01, folds=0)
