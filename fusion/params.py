@@ -50,8 +50,8 @@ def _affine(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torc
     if fan_in == 1:
         return torch.addcmul(bias.unsqueeze(1), h, weight.transpose(1, 2), out=out)
     if fan_out == 1:
-        out = torch.baddbmm(bias.unsqueeze(2), weight, h.transpose(1, 2), out=None if out is None else out.view(p, 1, -1))
-        return out.view(p, -1, 1)
+        row = None if out is None else out.view(p, 1, -1)
+        return torch.baddbmm(bias.unsqueeze(2), weight, h.transpose(1, 2), out=row).view(p, -1, 1)
     return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2), out=out)
 
 
