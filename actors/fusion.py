@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 import ray
+import torch
 
 from actors.assign import parallel_solve_rect, parallel_solver
 from fusion.methods import strategy_for
@@ -49,8 +51,12 @@ class FusionActor:
     def fit(self, methods: list[str], *shards: dict) -> dict:
         """``shards``: the shards' pretrain outputs (resolved refs). Returns fitted models and timings.
 
+        The actor holds no CPU (it idles through pretraining), but the fit runs while the shards wait
+        for its result: its torch ops use the node's cores.
+
         Models with non-finite parameters are quarantined: left out of every strategy's fit.
         """
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
         ids = np.concatenate([s["party_id"] for s in shards])
         order = np.argsort(ids, kind="stable")  # party-id order: independent of the sharding
         ids, models = ids[order], np.concatenate([s["params"] for s in shards])[order]
