@@ -115,6 +115,11 @@ class Strategy(ABC):
     @abstractmethod
     def fit(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter: ...
 
+    def require(self, ctx: FitContext) -> None:
+        """Raise, before any long work, when ``ctx`` lacks what this strategy declares it needs."""
+        if self.needs_probe and ctx.probe is None:
+            raise ValueError(f"strategy {self.name} needs probe inputs from the scenario (FitContext.probe)")
+
 
 STRATEGIES: dict[str, type[Strategy]] = {}
 

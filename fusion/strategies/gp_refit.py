@@ -18,8 +18,9 @@ from fusion.params import forward
 from fusion.spec import MLPSpec
 from fusion.strategies.base import WARM_STARTERS, FitContext, Strategy, WarmStarter, register
 from fusion.strategies.gp import GPFusion
-from fusion.strategies.mixed_widths import fit_mixed_refit
+from fusion.strategies.mixed_widths import fit_width_gp
 from fusion.training import TrainConfig, relative_mse, train
+from fusion.widths import at_width, embed, own_width
 
 
 class RefitWarmStarter(WarmStarter):
@@ -36,12 +37,28 @@ class RefitWarmStarter(WarmStarter):
         self.init, self.outputs, self.spec = init, outputs, spec
         self.probe, self.refit = np.array(probe, np.float32), refit
 
+    def _refit(self, init: np.ndarray, target: torch.Tensor, spec: MLPSpec) -> np.ndarray:
+        m, n_probe = len(init), len(self.probe)
+        x = torch.tensor(self.probe).expand(m, n_probe, spec.widths[0])  # copy: object-store arrays are read-only
+        return train(torch.as_tensor(init), spec, x, target, relative_mse, self.refit).numpy()
+
+    def _targets(self, descriptors: np.ndarray) -> torch.Tensor:
+        out = torch.as_tensor(self.outputs.predict(descriptors))
+        return out.reshape(len(descriptors), len(self.probe), self.spec.widths[-1])
+
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
-        init = torch.as_tensor(self.init.predict(descriptors))
-        m, (n_probe, fan_out) = len(init), (len(self.probe), self.spec.widths[-1])
-        target = torch.as_tensor(self.outputs.predict(descriptors)).reshape(m, n_probe, fan_out)
-        x = torch.tensor(self.probe).expand(m, n_probe, self.spec.widths[0])  # copy: object-store arrays are read-only
-        return train(init, self.spec, x, target, relative_mse, self.refit).numpy()
+        return self._refit(self.init.predict(descriptors), self._targets(descriptors), self.spec)
+
+    def predict_widths(self, descriptors: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        """The init's warm starts at ``widths`` (m,), each refit at its own width (one batch per width)."""
+        widths = np.asarray(widths, np.int64)
+        init, target = self.init.predict_widths(descriptors, widths), self._targets(descriptors)
+        out = np.zeros_like(init)
+        for w in np.unique(widths):
+            rows, spec_w = np.flatnonzero(widths == w), at_width(self.spec, w)
+            tuned = self._refit(own_width(init[rows], self.spec, w), target[rows], spec_w)
+            out[rows] = embed(tuned, spec_w, self.spec.widths[1])
+        return out
 
     def export(self) -> dict:
         return {
@@ -65,17 +82,11 @@ class RefitWarmStarter(WarmStarter):
         return {**self.init.summary(), "outputs_objective": self.outputs.objective[-1]}
 
 
-def require_probe(ctx: FitContext, name: str) -> None:
-    if ctx.probe is None:
-        raise ValueError(f"strategy {name} needs probe inputs from the scenario (FitContext.probe)")
-
-
 def refit_warm_starter(
-    init: WarmStarter, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext, name: str
+    init: WarmStarter, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext
 ) -> RefitWarmStarter:
     """Wrap a fitted ``init`` with the function-space refit: fits the GP from descriptors to the outputs of
-    ``models`` (n, D) on ``ctx.probe``. ``name``: the strategy, for the error when the scenario has no probe."""
-    require_probe(ctx, name)
+    ``models`` (n, D) on ``ctx.probe`` (the models embedded at ``ctx.spec`` in a run with mixed widths)."""
     with torch.no_grad():
         outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
     output_gp = GPMetaModel.fit(outs.reshape(len(models), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1)
@@ -95,8 +106,9 @@ class GPRefit(Strategy):
         self.aligned = aligned
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
-        require_probe(ctx, self.name)  # before the (long) init fit
-        if ctx.widths is not None:
-            return fit_mixed_refit(models, descriptors, ctx, self.aligned)
-        init = GPFusion(self.aligned).fit(models, descriptors, ctx)  # aligned units + parameter-space GP
-        return refit_warm_starter(init, models, descriptors, ctx, self.name)
+        self.require(ctx)  # before the (long) init fit
+        if ctx.widths is not None:  # PFNM-matched units + parameter-space GP, cut to each party's width
+            init = fit_width_gp(models, descriptors, ctx, self.aligned)
+        else:  # aligned units + parameter-space GP
+            init = GPFusion(self.aligned).fit(models, descriptors, ctx)
+        return refit_warm_starter(init, models, descriptors, ctx)

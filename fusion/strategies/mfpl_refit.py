@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
-from fusion.strategies.gp_refit import refit_warm_starter, require_probe
+from fusion.strategies.gp_refit import refit_warm_starter
 from fusion.strategies.mfpl import MFPLFusion
 
 
@@ -18,6 +18,6 @@ class MFPLRefit(Strategy):
         self.aligned = aligned
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
-        require_probe(ctx, self.name)  # before the (long) MFPL fit
+        self.require(ctx)  # before the (long) MFPL fit
         init = MFPLFusion(self.aligned).fit(models, descriptors, ctx)
-        return refit_warm_starter(init, models, descriptors, ctx, self.name)
+        return refit_warm_starter(init, models, descriptors, ctx)
