@@ -11,7 +11,6 @@ test images. Prints one JSON line with every figure at the end and writes a Mark
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import datetime, timezone
@@ -19,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import publish  # noqa: E402
 from cluster.config import resolve  # noqa: E402
 from cluster.pipeline import run  # noqa: E402
 
@@ -108,10 +108,8 @@ def main(argv: list[str]) -> int:
         f"{args.test_parties} test tasks per K, seed {args.seed}"
     )
     text = markdown(acc, args.ks, args.shots, title)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"paper_digits_{args.source}.md").write_text(text)
-    print(text, file=sys.stderr)
-    print(json.dumps({"bench": "paper_digits", "args": vars(args), "accuracy": acc, "wall_s": walls}))
+    record = {"bench": "paper_digits", "args": vars(args), "accuracy": acc, "wall_s": walls}
+    publish(text, OUT / f"paper_digits_{args.source}.md", record)
     return 0
 
 

@@ -13,7 +13,6 @@ and writes a Markdown table to ``bench/out/paper_movielens_<data>.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import publish  # noqa: E402
 from cluster.config import resolve  # noqa: E402
 from cluster.pipeline import run  # noqa: E402
 from scenarios import build  # noqa: E402
@@ -119,10 +119,8 @@ def main(argv: list[str]) -> int:
         f"fusion {args.fusion}, seed {args.seed}"
     )
     text = markdown(rmse, methods, args.dims, args.shots, title)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"paper_movielens_{label}_{args.descriptor}.md").write_text(text)
-    print(text, file=sys.stderr)
-    print(json.dumps({"bench": "paper_movielens", "args": vars(args), "rmse": rmse, "wall_s": walls}))
+    record = {"bench": "paper_movielens", "args": vars(args), "rmse": rmse, "wall_s": walls}
+    publish(text, OUT / f"paper_movielens_{label}_{args.descriptor}.md", record)
     return 0
 
 

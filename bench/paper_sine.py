@@ -11,7 +11,6 @@ Fig. 2: 0-shot warm starts against the true functions), and ends with one JSON l
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import publish  # noqa: E402
 from cluster.config import resolve  # noqa: E402
 from cluster.pipeline import run  # noqa: E402
 
@@ -148,9 +148,7 @@ def main() -> int:
             rows = table_rows(sparse, methods)
             text += markdown(f"sparse regime: {args.sparse_parties} training parties", rows)
             figures["sparse"] = {m: {k: round(v[0], 4) for k, v in cells.items()} for m, cells in rows.items()}
-    (out / "paper_sine.md").write_text(text)
-    print(text)
-    print(json.dumps(figures))
+    publish(text, out / "paper_sine.md", figures, screen=sys.stdout)
     return 0
 
 
