@@ -32,9 +32,11 @@ class FusionActor:
         scenario: Scenario | None = None,
         widths: tuple[int, ...] = (),
         probe: np.ndarray | None = None,
+        outputs: str | None = None,
     ) -> None:
         """``scenario`` (optional) supplies probe inputs and, for MAML, the training parties' data;
-        ``probe`` (N, fan_in), when given, replaces the scenario's probe inputs.
+        ``probe`` (N, fan_in), when given, replaces the scenario's probe inputs; ``outputs`` (``"values"`` or
+        ``"logits"``, :class:`fusion.strategies.FitContext`), when given, replaces the scenario's.
 
         ``widths``: a run that mixes hidden widths; each party's is drawn from (seed, party id), ``spec`` is the
         widest and the models arrive embedded in it.
@@ -42,6 +44,7 @@ class FusionActor:
         self.spec, self.cfg, self.seed, self.n_chunks, self.run = spec, cfg, seed, n_chunks, run
         self.widths = tuple(widths)
         self.scenario, self.probe = scenario, probe
+        self.outputs = outputs or (scenario.outputs if scenario is not None else "values")
         self.summary: dict | None = None
         self.error: str | None = None
 
@@ -74,6 +77,7 @@ class FusionActor:
             tasks=(lambda: self._tasks(ids)) if self.scenario is not None else None,
             widths=party_widths(self.seed, ids, self.widths) if self.widths else None,
             solve_rect=parallel_solve_rect(self.n_chunks, run=self.run),
+            outputs=self.outputs,
         )
         fitted, seconds = {}, {}
         for method in methods:

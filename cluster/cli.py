@@ -63,6 +63,11 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0, help="seed of the fusion fit (default 0)")
     f.add_argument("--fusion", dest="strategy", default="gp", help="fusion strategy (default gp)")
     f.add_argument("--probe", default="", help=".npy or CSV of unlabeled inputs (N, fan_in); needed by gp_refit")
+    f.add_argument(
+        "--outputs",
+        default="values",
+        help="values (regression, default) or logits (classifiers: gp_refit combines class probabilities)",
+    )
     f.add_argument("--address", default="", help="Ray cluster address (else RAY_ADDRESS, else an embedded local Ray)")
     return p
 
@@ -130,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             from cluster.fuse import FuseConfig, fuse
 
             keys = ("models", "descriptors", "targets", "out", "arch", "seed", "strategy", "address", "probe")
+            keys += ("outputs",)
             fuse(FuseConfig(**{k: getattr(args, k) for k in keys}))
             return 0
         cfg = resolve(config_tree(args))

@@ -146,6 +146,9 @@ def _build(cls: type, values: dict[str, Any], prefix: str, base: Any | None = No
             if not isinstance(value, dict):
                 raise ConfigError(f"{prefix}{key} must be a table")
             kwargs[key] = _build(type(current), value, f"{prefix}{key}.", current)
+        elif isinstance(value, list) and isinstance(current, (int, float)) and "tuple[" in str(allowed[key].type):
+            # a number or a [lo, hi] range (e.g. scenario.train_points): each element typed like the default
+            kwargs[key] = tuple(_typed(f"{prefix}{key}[{i}]", v, type(current)) for i, v in enumerate(value))
         elif isinstance(current, (bool, int, float, str)):
             kwargs[key] = _typed(prefix + key, value, type(current))
         else:

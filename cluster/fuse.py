@@ -27,6 +27,7 @@ from fusion.io import save_warm_starter
 from fusion.spec import MLPSpec
 from fusion.state_dicts import load_model_file, state_from_flat
 from fusion.strategies import STRATEGIES, FusionConfig
+from fusion.strategies.base import OUTPUT_KINDS
 
 Log = Callable[[str], None]
 ID = "party_id"
@@ -45,6 +46,7 @@ class FuseConfig:
     strategy: str = "gp"
     address: str = ""
     probe: str = ""  # .npy or CSV of unlabeled inputs (N, fan_in), for strategies that need them
+    outputs: str = "values"  # "logits": classifiers over all outputs (refits combine class probabilities)
 
     def __post_init__(self) -> None:
         if not Path(self.models).is_dir():
@@ -56,6 +58,8 @@ class FuseConfig:
             raise ConfigError(f"unknown fusion strategy {self.strategy!r}; known: {', '.join(sorted(STRATEGIES))}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.outputs not in OUTPUT_KINDS:
+            raise ConfigError(f"--outputs must be one of {', '.join(OUTPUT_KINDS)}, got {self.outputs!r}")
         needs_probe = STRATEGIES[self.strategy].needs_probe
         if needs_probe and not self.probe:
             raise ConfigError(
@@ -219,7 +223,9 @@ def fuse(cfg: FuseConfig, log: Log = print) -> Path:
             f"loaded {len(paths)} models ({spec}, {origin}) in {len(pairs)} chunks ({time.perf_counter() - clock:.1f}s)"
         )
         clock = time.perf_counter()
-        fusion = FusionActor.remote(spec, FusionConfig(strategy=cfg.strategy), cfg.seed, n_cpus, probe=probe)
+        fusion = FusionActor.remote(
+            spec, FusionConfig(strategy=cfg.strategy), cfg.seed, n_cpus, probe=probe, outputs=cfg.outputs
+        )
         try:
             fitted = ray.get(fusion.fit.remote(["fusion"], *[shard for shard, _ in pairs]))["fitted"]["fusion"]
         finally:

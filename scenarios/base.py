@@ -47,6 +47,7 @@ class Scenario(ABC):
     name: str
     metric_name: str
     lower_is_better: bool = True
+    outputs: str = "values"  # "logits": classification over all outputs (fusion combines class probabilities)
 
     def __init__(self, spec: MLPSpec) -> None:
         self.spec = spec

@@ -77,6 +77,7 @@ class DigitsSplitScenario(Scenario):
     name = "digits-split"
     metric_name = "accuracy"
     lower_is_better = False
+    outputs = "logits"
 
     def __init__(self, options: DigitsSplitOptions = DigitsSplitOptions()) -> None:
         n_in = digit_sources.SOURCES[options.source][0]

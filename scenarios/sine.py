@@ -25,20 +25,36 @@ class SineOptions:
     """``[scenario]`` keys of the sine scenarios."""
 
     hidden: tuple[int, ...] = (100,)  # hidden widths: [1-100-1] by default
-    train_points: int = 100  # pretraining examples per party
+    train_points: int | tuple[int, int] = 100  # pretraining examples per party; [lo, hi]: each party's own count
     train_range: float = 10.0  # pretraining inputs x ~ U[-r, r]
     eval_points: int = 200  # evenly spaced evaluation inputs in [-5, 5]
-    noise: float = 0.0  # std of Gaussian label noise in the private data, relative to the amplitude
+    noise: float | tuple[float, float] = 0.0  # label noise std in the private data, relative to the amplitude;
+    # [lo, hi]: each party's own level. Per-party draws come from the party's own data stream (seed, party id).
 
     def __post_init__(self) -> None:
         hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
         object.__setattr__(self, "hidden", hidden)
         if not hidden or any(int(h) < 1 for h in hidden):
             raise ValueError(f"scenario.hidden must be positive widths, got {self.hidden}")
-        if self.train_points < 1 or self.eval_points < 1:
+        for key in ("train_points", "noise"):
+            value = getattr(self, key)
+            if isinstance(value, (list, tuple)):
+                if len(value) != 2 or value[0] > value[1]:
+                    raise ValueError(f"scenario.{key} must be a number or [lo, hi] with lo <= hi, got {list(value)}")
+                object.__setattr__(self, key, tuple(value))
+        if self.point_range[0] < 1 or self.eval_points < 1:
             raise ValueError("scenario.train_points and scenario.eval_points must be >= 1")
-        if self.train_range <= 0 or self.noise < 0:
+        if self.train_range <= 0 or self.noise_range[0] < 0:
             raise ValueError("scenario.train_range must be > 0 and scenario.noise >= 0")
+
+    @property
+    def point_range(self) -> tuple[int, int]:
+        lo, hi = self.train_points if isinstance(self.train_points, tuple) else (self.train_points,) * 2
+        return int(lo), int(hi)
+
+    @property
+    def noise_range(self) -> tuple[float, float]:
+        return tuple(map(float, self.noise)) if isinstance(self.noise, tuple) else (float(self.noise),) * 2
 
 
 class SineScenario(Scenario):
@@ -52,16 +68,22 @@ class SineScenario(Scenario):
         super().__init__(MLPSpec((1, *options.hidden, 1)))
         self.options = options
 
-    def _sample(self, descriptor: np.ndarray, x: np.ndarray, rng: np.random.Generator | None):
+    def _sample(self, descriptor: np.ndarray, x: np.ndarray, rng: np.random.Generator | None = None, noise=0.0):
         a, b = descriptor
         y = a * np.sin(x + b)
-        if rng is not None and self.options.noise > 0:
-            y = y + self.options.noise * a * rng.standard_normal(y.shape)
+        if rng is not None and noise > 0:
+            y = y + noise * a * rng.standard_normal(y.shape)
         return x.astype(np.float32)[:, None], y.astype(np.float32)[:, None]
 
     def train_data(self, descriptor, rng):
-        r = self.options.train_range
-        return self._sample(descriptor, rng.uniform(-r, r, self.options.train_points), rng)
+        """``hi`` points per party; a party holding fewer (``train_points = [lo, hi]``) has its arrays padded
+        with x = 0, y = NaN, which :meth:`loss` ignores."""
+        (lo, hi), (n_lo, n_hi), r = self.options.point_range, self.options.noise_range, self.options.train_range
+        n = lo if lo == hi else int(rng.integers(lo, hi + 1))
+        noise = n_lo if n_lo == n_hi else float(rng.uniform(n_lo, n_hi))
+        x, y = self._sample(descriptor, rng.uniform(-r, r, n), rng, noise)
+        pad = hi - n
+        return np.pad(x, ((0, pad), (0, 0))), np.pad(y, ((0, pad), (0, 0)), constant_values=np.nan)
 
     def shot_data(self, descriptor, k, rng):
         return self._sample(descriptor, rng.uniform(-self.eval_range, self.eval_range, k), None)
@@ -90,8 +112,13 @@ class SineScenario(Scenario):
         return self.eval_data(descriptor, None)
 
     def loss(self, pred, y, descriptors):
-        # Normalized MSE: each party scales its loss by its own amplitude, like the metric.
-        return ((pred - y) ** 2).mean(dim=(1, 2)) / descriptors[:, 0] ** 2
+        # Normalized MSE over each party's real points (NaN targets are padding), scaled by its own amplitude
+        # like the metric.
+        real = ~torch.isnan(y)
+        if bool(real.all()):
+            return ((pred - y) ** 2).mean(dim=(1, 2)) / descriptors[:, 0] ** 2
+        sq = ((pred - y.nan_to_num()) * real) ** 2
+        return sq.sum(dim=(1, 2)) / real.sum(dim=(1, 2)).clamp_min(1) / descriptors[:, 0] ** 2
 
     def metric(self, pred, y, descriptors):
         return ((pred - y) ** 2).mean(dim=(1, 2)).sqrt() / descriptors[:, 0].abs()

@@ -1,4 +1,5 @@
 import pytest
+import tomllib
 
 from cluster.cli import main
 from cluster.config import ConfigError, dumps_toml, load_toml, resolve, to_dict
@@ -60,3 +61,15 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path, capsys):
     (out / "something").write_text("x")
     assert main(["run", "sine", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_sine_size_and_noise_ranges_from_toml():
+    cfg = resolve({"scenario": {"name": "sine", "train_points": [10, 100], "noise": [0, 0.5]}})
+    assert cfg.scenario_options.train_points == (10, 100) and cfg.scenario_options.noise == (0.0, 0.5)
+    assert resolve(tomllib.loads(dumps_toml(to_dict(cfg)))).scenario_options == cfg.scenario_options  # resume
+    with pytest.raises(ConfigError, match=r"scenario.train_points\[1\] must be a int"):
+        resolve({"scenario": {"name": "sine", "train_points": [10, "a"]}})
+    with pytest.raises(ConfigError, match="scenario.train_points must be a number or \\[lo, hi\\]"):
+        resolve({"scenario": {"name": "sine", "train_points": [100, 10]}})
+    with pytest.raises(ConfigError, match="pretrain.steps must be a int"):  # ranges only where a field allows them
+        resolve({"pretrain": {"steps": [1, 2]}})

@@ -14,6 +14,8 @@ from cluster.cli import main
 from cluster.config import resolve
 from cluster.pipeline import run
 from fusion.io import load_warm_starter
+from fusion.params import forward
+from fusion.spec import MLPSpec
 from fusion.state_dicts import state_from_flat
 from fusion.strategies import STRATEGIES, FitContext, FusionConfig
 from fusion.training import TrainConfig
@@ -123,6 +125,29 @@ def test_fuse_with_probe_gives_the_warm_starts_of_fusion_cluster_run(ray_session
     net = sequential(*sc.spec.widths)
     net.load_state_dict(torch.load(out / "warm_starts" / "100.pt", weights_only=True))
     assert net(x).std() > 0.05  # a refitted sine, not a constant
+
+
+def test_fuse_outputs_logits_fuses_classifiers_as_probabilities(ray_session, tmp_path):
+    """Three [2-8-3] classifiers, ``--outputs logits``: the fusion model keeps the kind, and its warm start for a
+    training party's descriptor gives (nearly) that party's class probabilities on the probe."""
+    g = torch.Generator().manual_seed(0)
+    nets = [sequential(2, 8, 3) for _ in range(3)]
+    for net in nets:
+        for p in net.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 2
+    spec = MLPSpec((2, 8, 3))
+    params = np.stack([torch.cat([p.detach().reshape(-1) for p in n.state_dict().values()]).numpy() for n in nets])
+    desc = np.array([[0.1, 0.0], [0.5, 0.0], [0.9, 0.0]], np.float32)
+    models, descriptors, targets = write_inputs(tmp_path, spec, np.arange(3), desc, params, desc[:1])
+    probe = np.random.default_rng(1).normal(size=(64, 2)).astype(np.float32)
+    np.save(tmp_path / "probe.npy", probe)
+    extra = ("--fusion", "gp_refit", "--probe", str(tmp_path / "probe.npy"), "--outputs", "logits")
+    assert main(fuse_args(models, descriptors, targets, tmp_path / "out", *extra)) == 0
+    model, _ = load_warm_starter(tmp_path / "out" / "fusion_model.pt")
+    assert model.output_kind == "logits"
+    probs = lambda flat: torch.softmax(forward(torch.as_tensor(flat), spec, torch.as_tensor(probe)), -1)  # noqa: E731
+    want, got = probs(params[:1]), probs(model.predict(desc[:1]))
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.8
 
 
 def corrupt_nan(folder, spec):

@@ -70,3 +70,47 @@ def test_width_is_configurable_and_unknown_options_fail():
         make_options("sine", {"bogus": 1})
     with pytest.raises(ValueError, match="unknown scenario"):
         canonical_name("cosine")
+
+
+def test_sine_parties_can_hold_different_amounts_of_data_and_noise():
+    options = {"train_points": [10, 60], "noise": [0.0, 0.5]}
+    sc = build("sine", make_options("sine", options))
+    desc = np.array([1.5, 0.3])
+    sizes, residuals = [], []
+    for pid in range(40):
+        x, y = sc.party_train_data(7, pid, desc)
+        again = sc.party_train_data(7, pid, desc)
+        np.testing.assert_array_equal(np.nan_to_num(y), np.nan_to_num(again[1]))  # from (seed, party id) alone
+        real = ~np.isnan(y[:, 0])
+        assert x.shape == (60, 1) and real[: real.sum()].all()  # the real points first, NaN padding after
+        sizes.append(int(real.sum()))
+        residuals.append(float(np.std(y[real, 0] - 1.5 * np.sin(x[real, 0] + 0.3))) / 1.5)
+    assert min(sizes) >= 10 and max(sizes) <= 60 and len(set(sizes)) > 10
+    assert min(residuals) < 0.1 and max(residuals) > 0.3  # the noise level differs by party
+    # the loss on padded data is the loss on the party's real points
+    x, y = sc.party_train_data(7, 0, desc)
+    n = int((~np.isnan(y)).sum())
+    pred = torch.randn(1, 60, 1)
+    d = torch.tensor([desc], dtype=torch.float32)
+    padded = sc.loss(pred, torch.as_tensor(y)[None], d)
+    torch.testing.assert_close(padded, sc.loss(pred[:, :n], torch.as_tensor(y[:n])[None], d))
+
+
+def test_sine_with_one_size_and_noise_draws_nothing_extra():
+    fixed = build("sine", make_options("sine", {"train_points": 30, "noise": 0.1}))
+    as_range = build("sine", make_options("sine", {"train_points": [30, 30], "noise": [0.1, 0.1]}))
+    for pid in range(3):
+        a, b = (
+            fixed.party_train_data(2, pid, np.array([1.0, 0.5])),
+            as_range.party_train_data(2, pid, np.array([1.0, 0.5])),
+        )
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize(
+    "bad", [{"train_points": [50, 10]}, {"noise": [0.1]}, {"train_points": [0, 5]}, {"noise": [-1, 0]}]
+)
+def test_sine_heterogeneity_options_are_checked(bad):
+    with pytest.raises(ValueError, match="scenario"):
+        make_options("sine", bad)

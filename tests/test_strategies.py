@@ -116,6 +116,26 @@ def test_gp_refit_needs_probe_inputs():
         STRATEGIES["gp_refit"]().fit(models, desc, FitContext(SPEC, config=FAST))
 
 
+def test_gp_refit_on_logits_reproduces_class_probabilities_and_keeps_its_kind(tmp_path):
+    spec = MLPSpec((2, 16, 3))
+    model = random_stack(spec, 1, seed=6) * 3  # confident: probabilities far from uniform
+    probe = np.random.default_rng(7).normal(size=(40, 2)).astype(np.float32)
+    ctx = FitContext(spec, config=FAST, probe=probe, outputs="logits")
+    fitted = STRATEGIES["gp_refit"]().fit(model, np.array([[0.2, 0.4]]), ctx)
+    save_warm_starter(fitted, spec, tmp_path / "m.pt")
+    loaded, _ = load_warm_starter(tmp_path / "m.pt")
+    assert loaded.output_kind == "logits"
+    probs = lambda params: torch.softmax(forward(torch.as_tensor(params), spec, torch.as_tensor(probe)), -1)  # noqa: E731
+    want, got = probs(model), probs(loaded.predict(np.array([[0.2, 0.4]])))
+    assert (got - want).abs().max() < 0.05
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.95
+
+
+def test_fit_context_refuses_an_unknown_output_kind():
+    with pytest.raises(ValueError, match="outputs must be one of"):
+        FitContext(SPEC, outputs="probabilities")
+
+
 def test_maml_meta_training_lowers_the_adapted_loss():
     import torch
 

@@ -19,6 +19,8 @@ from fusion.mfpl import MFPLConfig
 from fusion.pfnm import PFNMConfig, SolveRect, solve_rect_serial
 from fusion.spec import MLPSpec
 
+OUTPUT_KINDS = ("values", "logits")
+
 
 @dataclass(frozen=True)
 class FusionConfig:
@@ -56,6 +58,8 @@ class FitContext:
     in the order of the models.
     ``widths``: in a run that mixes hidden widths, the width (n,) of each model; the models are then embedded at
     ``spec`` (the widest, :mod:`fusion.widths`), and only strategies with ``mixed_widths = True`` accept them.
+    ``outputs``: what the models' outputs are, for strategies that combine them: ``"values"`` (regression:
+    averaged as they are) or ``"logits"`` (classification over all outputs: combined as class probabilities).
     """
 
     spec: MLPSpec
@@ -67,6 +71,11 @@ class FitContext:
     solve_rect: SolveRect = solve_rect_serial
     widths: np.ndarray | None = None
     cache: dict = field(default_factory=dict)  # work shared by strategies of one fit (e.g. the PFNM matching)
+    outputs: str = "values"
+
+    def __post_init__(self) -> None:
+        if self.outputs not in OUTPUT_KINDS:
+            raise ValueError(f"outputs must be one of {OUTPUT_KINDS}, got {self.outputs!r}")
 
 
 class WarmStarter(ABC):

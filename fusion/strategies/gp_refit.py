@@ -23,8 +23,24 @@ from fusion.training import TrainConfig, relative_mse, train
 from fusion.widths import at_width, embed, own_width
 
 
+def combinable(outputs: torch.Tensor, kind: str) -> torch.Tensor:
+    """Model outputs (P, N, out) in the space where the output GP combines them: values as they are, logits
+    as class probabilities (logits are defined up to a shift per input, and averaging them multiplies the
+    models' probabilities: with label skew the product of experts is confidently wrong)."""
+    return torch.softmax(outputs, dim=-1) if kind == "logits" else outputs
+
+
+def kl_to_probabilities(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(target || softmax(pred)) per model (P,), mean over the inputs: the refit loss for logits."""
+    return (torch.xlogy(target, target) - target * torch.log_softmax(pred, dim=-1)).sum(-1).mean(1)
+
+
 class RefitWarmStarter(WarmStarter):
-    """Any fitted ``init`` warm starter whose predictions are trained to the output GP's predicted function."""
+    """Any fitted ``init`` warm starter whose predictions are trained to the output GP's predicted function.
+
+    ``output_kind`` ``"values"``: trained to the predicted outputs (squared error relative to their power);
+    ``"logits"``: to the predicted class probabilities (KL divergence; the GP's mean clipped at 0 and renormalized).
+    """
 
     def __init__(
         self,
@@ -33,18 +49,24 @@ class RefitWarmStarter(WarmStarter):
         spec: MLPSpec,
         probe: np.ndarray,
         refit: TrainConfig,
+        output_kind: str = "values",
     ) -> None:
         self.init, self.outputs, self.spec = init, outputs, spec
-        self.probe, self.refit = np.array(probe, np.float32), refit
+        self.probe, self.refit, self.output_kind = np.array(probe, np.float32), refit, output_kind
 
     def _refit(self, init: np.ndarray, target: torch.Tensor, spec: MLPSpec) -> np.ndarray:
         m, n_probe = len(init), len(self.probe)
         x = torch.tensor(self.probe).expand(m, n_probe, spec.widths[0])  # copy: object-store arrays are read-only
-        return train(torch.as_tensor(init), spec, x, target, relative_mse, self.refit).numpy()
+        loss = kl_to_probabilities if self.output_kind == "logits" else relative_mse
+        return train(torch.as_tensor(init), spec, x, target, loss, self.refit).numpy()
 
     def _targets(self, descriptors: np.ndarray) -> torch.Tensor:
         out = torch.as_tensor(self.outputs.predict(descriptors))
-        return out.reshape(len(descriptors), len(self.probe), self.spec.widths[-1])
+        out = out.reshape(len(descriptors), len(self.probe), self.spec.widths[-1])
+        if self.output_kind == "logits":
+            out = out.clamp_min(0) + 1e-6
+            out = out / out.sum(-1, keepdim=True)
+        return out
 
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
         return self._refit(self.init.predict(descriptors), self._targets(descriptors), self.spec)
@@ -69,6 +91,7 @@ class RefitWarmStarter(WarmStarter):
             "activation": self.spec.activation,
             "probe": torch.tensor(self.probe),
             "refit": [self.refit.steps, self.refit.lr],
+            "output_kind": self.output_kind,
         }
 
     @classmethod
@@ -76,7 +99,8 @@ class RefitWarmStarter(WarmStarter):
         spec = MLPSpec(tuple(state["widths"]), state["activation"])
         refit = TrainConfig(int(state["refit"][0]), float(state["refit"][1]))
         init = WARM_STARTERS[state["init_kind"]].restore(state["init"])
-        return cls(init, GPMetaModel(state["outputs"]), spec, state["probe"].numpy(), refit)
+        kind = state.get("output_kind", "values")
+        return cls(init, GPMetaModel(state["outputs"]), spec, state["probe"].numpy(), refit, kind)
 
     def summary(self) -> dict:
         return {**self.init.summary(), "outputs_objective": self.outputs.objective[-1]}
@@ -89,9 +113,10 @@ def refit_warm_starter(
     ``models`` (n, D) on ``ctx.probe`` (the models embedded at ``ctx.spec`` in a run with mixed widths)."""
     with torch.no_grad():
         outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
+        outs = combinable(outs, ctx.outputs)
     output_gp = GPMetaModel.fit(outs.reshape(len(models), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1)
     refit = TrainConfig(ctx.config.refit_steps, ctx.config.refit_lr)
-    return RefitWarmStarter(init, output_gp, ctx.spec, ctx.probe, refit)
+    return RefitWarmStarter(init, output_gp, ctx.spec, ctx.probe, refit, ctx.outputs)
 
 
 @register
