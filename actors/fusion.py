@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -16,6 +15,14 @@ from fusion.quarantine import finite_models
 from fusion.spec import MLPSpec
 from fusion.strategies import FitContext, FusionConfig
 from scenarios import Scenario, party_widths, training_data
+
+
+def _node_cpus() -> int:
+    """The CPUs Ray counts on this actor's node (cgroup limits included), 1 outside Ray."""
+    if not ray.is_initialized():
+        return 1
+    node = ray.get_runtime_context().get_node_id()
+    return max(1, int(next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node), 1)))
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -55,11 +62,12 @@ class FusionActor:
         """``shards``: the shards' pretrain outputs (resolved refs). Returns fitted models and timings.
 
         The actor holds no CPU (it idles through pretraining), but the fit runs while the shards wait
-        for its result: its torch ops use the node's cores.
+        for its result: its torch ops use the node's cores (as Ray counts them). Float rounding of the fit
+        can therefore differ between nodes with different core counts.
 
         Models with non-finite parameters are quarantined: left out of every strategy's fit.
         """
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        torch.set_num_threads(_node_cpus())
         ids = np.concatenate([s["party_id"] for s in shards])
         order = np.argsort(ids, kind="stable")  # party-id order: independent of the sharding
         ids, models = ids[order], np.concatenate([s["params"] for s in shards])[order]
@@ -104,7 +112,7 @@ class FusionActor:
         def init(spec, gen):
             return sc.init_params(gen) if spec == sc.spec else init_params(spec, gen)
 
-        return x, y, sc.loss, init
+        return x, y, sc.loss, init, sc.real_rows(y)
 
     def report(self) -> dict:
         """Timings and small facts of the last fit."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--outputs",
         default="values",
-        help="values (regression, default) or logits (classifiers: gp_refit combines class probabilities)",
+        help="values (regression, default) or logits (classifiers: refitting strategies such as gp_refit "
+        "combine class probabilities)",
     )
     f.add_argument("--address", default="", help="Ray cluster address (else RAY_ADDRESS, else an embedded local Ray)")
     return p
@@ -134,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fuse":
             from cluster.fuse import FuseConfig, fuse
 
-            keys = ("models", "descriptors", "targets", "out", "arch", "seed", "strategy", "address", "probe")
-            keys += ("outputs",)
-            fuse(FuseConfig(**{k: getattr(args, k) for k in keys}))
+            fuse(FuseConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FuseConfig)}))
             return 0
         cfg = resolve(config_tree(args))
         from cluster.pipeline import run  # Ray is imported only when a run starts

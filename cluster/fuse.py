@@ -70,6 +70,11 @@ class FuseConfig:
             raise ConfigError(
                 f"--probe is only used by strategies that refit on inputs; --fusion {self.strategy} does not"
             )
+        if self.outputs != "values" and not needs_probe:
+            raise ConfigError(
+                f"--outputs {self.outputs} is only used by strategies that refit on inputs; "
+                f"--fusion {self.strategy} does not"
+            )
         if self.probe and not Path(self.probe).is_file():
             raise ConfigError(f"--probe {self.probe}: no such file")
         if self.arch:

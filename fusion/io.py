@@ -31,6 +31,12 @@ def save_warm_starter(starter: WarmStarter | dict, spec: MLPSpec, path: str | Pa
 def load_warm_starter(path: str | Path) -> tuple[WarmStarter, MLPSpec]:
     """Load a fitted fusion model written by :func:`save_warm_starter` (never unpickles code)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
+    kind = payload.get("kind") if isinstance(payload, dict) else None
+    if isinstance(kind, str) and kind not in WARM_STARTERS:
+        raise ValueError(
+            f"{path}: a fusion model of kind {kind!r}, which this version of fusion-cluster does not know "
+            f"(known: {', '.join(sorted(WARM_STARTERS))}); it was written by another version"
+        )
     try:
         cls = WARM_STARTERS[payload["kind"]]
         spec = MLPSpec(tuple(payload["widths"]), payload["activation"])

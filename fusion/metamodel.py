@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import gpytorch
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class _LogdetQuad(torch.autograd.Function):
         return -torch.log(d).sum(0), (u**2 * d).sum(0)
 
     @staticmethod
+    @once_differentiable  # first derivatives only (the bound is optimized with Adam)
     def backward(ctx, g_logdet: torch.Tensor, g_quad: torch.Tensor):
         lam, q, r, u, d = ctx.saved_tensors
         w = d * u  # columns: Q^T (I + r_c K)^-1 v_c

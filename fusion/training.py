@@ -73,7 +73,7 @@ class FinetuneConfig(TrainConfig):
 class _Optimizer:
     """``torch.optim.Adam`` / ``SGD`` updates (no weight decay) of one tensor, with the cosine schedule.
 
-    The same arithmetic as torch.optim with ``CosineAnnealingLR``'s closed form, as five in-place
+    The same arithmetic as torch.optim with ``CosineAnnealingLR``'s closed form, as a few in-place
     ops per step: torch.optim's per-step Python costs more than the update itself for these small
     stacks of models.
     """
@@ -97,7 +97,7 @@ class _Optimizer:
         beta1, beta2, eps = 0.9, 0.999, 1e-8
         self.m.lerp_(grad, 1 - beta1)
         self.v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (self.v / (1 - beta2**self.t)).sqrt_().add_(eps)
+        denom = self.v.sqrt().div_(math.sqrt(1 - beta2**self.t)).add_(eps)  # torch.optim's order of operations
         self.weights.addcdiv_(self.m, denom, value=-lr / (1 - beta1**self.t))
 
 
@@ -112,7 +112,8 @@ def train(
 ) -> torch.Tensor:
     """Train a stack ``params`` (P, n_params) on ``x`` (P, N, in), ``y`` (P, N, ...); returns the new stack.
 
-    ``at_steps(step, weights)``, if given, sees the weights before every step and after the last one.
+    ``at_steps(step, weights)``, if given, sees the weights before every step and after the last one (the live
+    tensor, updated in place afterwards: copy what you keep).
     """
     weights = params.detach().clone()
     steps = cfg.steps if x.shape[1] > 0 else 0

@@ -76,6 +76,10 @@ class Scenario(ABC):
     def metric(self, pred: torch.Tensor, y: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
         """Evaluation metric per party: (P,)."""
 
+    def real_rows(self, y: np.ndarray) -> np.ndarray:
+        """Which rows of stacked training targets ``y`` (n, N, ...) are data, not padding: (n, N) bool."""
+        return np.ones(y.shape[:2], dtype=bool)
+
     def init_params(self, generator: torch.Generator) -> torch.Tensor:
         """A party's random initial model (n_params,); default: ``torch.nn.Linear``'s init."""
         return init_params(self.spec, generator)

@@ -212,6 +212,10 @@ CASES = {
         "probe.csv: cannot read probe inputs",
     ),
     "fuse: probe of another format": (_fuse(probe=b"0.5 0.1", probe_name="probe.txt"), "use .npy or .csv"),
+    "fuse: --outputs logits with a strategy that does not refit": (
+        lambda t: (_fuse("gp")(t)[0] + ["--outputs", "logits"], t / "out"),
+        "--outputs logits is only used by strategies that refit on inputs; --fusion gp does not",
+    ),
     "fuse: unknown --outputs": (
         lambda t: (_fuse(probe=np.zeros((4, 2)))(t)[0] + ["--outputs", "probabilities"], t / "out"),
         "--outputs must be one of values, logits, got 'probabilities'",

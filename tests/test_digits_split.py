@@ -9,6 +9,7 @@ import torch
 
 from cluster.config import ConfigError, resolve
 from cluster.pipeline import run
+from fusion.io import load_warm_starter
 from scenarios import build, make_options
 
 
@@ -82,3 +83,5 @@ def test_a_run_reports_the_sample_weighted_mean(ray_session, tmp_path):
     assert row["weighted_mean"] == pytest.approx((v * w).sum() / w.sum()) and row["std"] == pytest.approx(v.std())
     assert "weighted_mean" in (res.out / "summary.csv").read_text().splitlines()[0]
     assert "sample-weighted mean" in res.table
+    fused, _ = load_warm_starter(res.out / "fusion_model.pt")
+    assert fused.output_kind == "logits"  # the scenario's outputs reached the fit: probabilities are combined

@@ -158,6 +158,35 @@ def test_maml_meta_training_lowers_the_adapted_loss():
     assert after < 0.5 * before
 
 
+@pytest.mark.parametrize("options", [{}, {"train_points": [3, 20], "noise": [0.0, 0.2]}])
+def test_maml_runs_on_the_sine_scenarios_own_loss(options):
+    """The scenario's loss runs under vmap (no data-dependent branch), with and without padding."""
+    from fusion.strategies.maml import MAMLConfig, meta_train
+    from scenarios import build, make_options, training_data
+
+    sc = build("sine", make_options("sine", {"hidden": [16], **options}))
+    desc, x, y = training_data(sc, 0, np.arange(12))
+    real = torch.as_tensor(sc.real_rows(y))
+    x, y, d = torch.as_tensor(x), torch.as_tensor(y), torch.as_tensor(desc)
+    init = sc.init_params(torch.Generator().manual_seed(0))
+    cfg = MAMLConfig(meta_steps=30, meta_batch=4, support=2, query=1, outer_lr=0.01)
+    theta = meta_train(sc.spec, x, y, d, sc.loss, init, cfg, seed=0, real=real)
+    assert torch.isfinite(theta).all() and not torch.equal(theta, init)
+    assert bool(real.all()) == (not options)
+
+
+def test_maml_draws_real_rows_before_padding():
+    from fusion.strategies.maml import first_points
+
+    keys = torch.rand(50, 10, generator=torch.Generator().manual_seed(0))
+    real = torch.arange(10)[None] < torch.randint(1, 11, (50, 1), generator=torch.Generator().manual_seed(1))
+    pts = first_points(keys, real, 4)
+    n_real = real.sum(1)
+    for row, n in zip(pts, n_real):  # every real row is taken before any padding row
+        assert (row[: min(4, int(n))] < n).all() and (row[int(n) :] >= n).all()
+    assert torch.equal(first_points(keys, None, 4), torch.argsort(keys, dim=1)[:, :4])
+
+
 def test_maml_needs_the_parties_data():
     with pytest.raises(ValueError, match="training parties' data"):
         STRATEGIES["maml"]().fit(random_stack(SPEC, 3), np.zeros((3, 2)), ctx())

@@ -54,8 +54,8 @@ class FitContext:
     ``probe``: unlabeled inputs (N, fan_in) where the scenario's tasks live, for strategies that
     compare models by their outputs (no labels, no private data: any party could publish them).
     ``tasks``: for baselines that need the training parties' data (MAML), a callable returning
-    ``(x (n, N, in), y (n, N, ...), loss_fn(pred, y, descriptors) -> (P,), init_fn(spec, gen))``
-    in the order of the models.
+    ``(x (n, N, in), y (n, N, ...), loss_fn(pred, y, descriptors) -> (P,), init_fn(spec, gen), real (n, N) bool)``
+    in the order of the models (``real``: the rows that are data, not padding).
     ``widths``: in a run that mixes hidden widths, the width (n,) of each model; the models are then embedded at
     ``spec`` (the widest, :mod:`fusion.widths`), and only strategies with ``mixed_widths = True`` accept them.
     ``outputs``: what the models' outputs are, for strategies that combine them: ``"values"`` (regression:

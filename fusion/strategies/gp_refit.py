@@ -6,6 +6,10 @@ compute: a kernel-weighted combination of related tasks' functions, which averag
 pretrained model's own errors). The warm start is the init trained to reproduce the predicted
 outputs — the paper's "personalized performance fitting", done for every target at once as one
 batched program.
+
+Classifiers (``FitContext.outputs == "logits"``) are combined as class probabilities and refit by KL
+divergence. With mixed widths the init is :class:`fusion.strategies.mixed_widths.WidthGP` (PFNM matching,
+cut to each party's width) and the refit runs at each party's width.
 """
 
 from __future__ import annotations
@@ -110,7 +114,8 @@ def refit_warm_starter(
     init: WarmStarter, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext
 ) -> RefitWarmStarter:
     """Wrap a fitted ``init`` with the function-space refit: fits the GP from descriptors to the outputs of
-    ``models`` (n, D) on ``ctx.probe`` (the models embedded at ``ctx.spec`` in a run with mixed widths)."""
+    ``models`` (n, D) on ``ctx.probe`` (the models embedded at ``ctx.spec`` in a run with mixed widths).
+    The caller has checked the probe (:meth:`Strategy.require`)."""
     with torch.no_grad():
         outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
         outs = combinable(outs, ctx.outputs)

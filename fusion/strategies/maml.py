@@ -47,6 +47,13 @@ class MAMLInit(Constant):
         return cls(state["params"].numpy(), MLPSpec(tuple(state["widths"]), state["activation"]))
 
 
+def first_points(keys: torch.Tensor, real: torch.Tensor | None, k: int) -> torch.Tensor:
+    """The ``k`` rows (b, k) with the smallest random ``keys`` (b, N), real rows (``real`` (b, N)) before padding."""
+    if real is not None:
+        keys = keys.masked_fill(~real, 2.0)  # keys are in [0, 1): padding sorts after every real row
+    return torch.argsort(keys, dim=1)[:, :k]
+
+
 def meta_train(
     spec: MLPSpec,
     x: torch.Tensor,
@@ -56,8 +63,13 @@ def meta_train(
     init: torch.Tensor,
     cfg: MAMLConfig,
     seed: int,
+    real: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MAML over tasks ``x`` (n, N, in), ``y`` (n, N, out), descriptors ``d`` (n, dim): the init (n_params,)."""
+    """MAML over tasks ``x`` (n, N, in), ``y`` (n, N, out), descriptors ``d`` (n, dim): the init (n_params,).
+
+    ``real`` (n, N) bool: which rows are data, not padding; support and query points are drawn from a task's
+    real rows first (padding only fills in for a task with fewer than support + query points; the loss ignores it).
+    """
     gen = torch.Generator().manual_seed(seed)
     n, n_points = x.shape[0], x.shape[1]
 
@@ -74,7 +86,8 @@ def meta_train(
     opt = torch.optim.Adam([theta], lr=cfg.outer_lr)
     for _ in range(cfg.meta_steps):
         tasks = torch.randint(n, (cfg.meta_batch,), generator=gen)
-        pts = torch.argsort(torch.rand(cfg.meta_batch, n_points, generator=gen), dim=1)[:, : cfg.support + cfg.query]
+        keys = torch.rand(cfg.meta_batch, n_points, generator=gen)
+        pts = first_points(keys, None if real is None else real[tasks], cfg.support + cfg.query)
         xb = torch.gather(x[tasks], 1, pts[..., None].expand(-1, -1, x.shape[2]))
         yb = torch.gather(y[tasks], 1, pts[..., None].expand(-1, -1, y.shape[2]))
         s, q = slice(0, cfg.support), slice(cfg.support, None)
@@ -93,11 +106,12 @@ class _MAML(Strategy):
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         if ctx.tasks is None:
             raise ValueError(f"strategy {self.name} needs the training parties' data (FitContext.tasks)")
-        x, y, loss_fn, init_fn = ctx.tasks()
+        x, y, loss_fn, init_fn, real = ctx.tasks()
         spec = ctx.spec if self.hidden is None else MLPSpec((ctx.spec.widths[0], *self.hidden, ctx.spec.widths[-1]))
         init = init_fn(spec, torch.Generator().manual_seed(ctx.seed))
         d = torch.as_tensor(np.asarray(descriptors, np.float32))
-        theta = meta_train(spec, torch.as_tensor(x), torch.as_tensor(y), d, loss_fn, init, self.cfg, ctx.seed)
+        x, y, real = torch.as_tensor(x), torch.as_tensor(y), torch.as_tensor(real)
+        theta = meta_train(spec, x, y, d, loss_fn, init, self.cfg, ctx.seed, real)
         return MAMLInit(theta.numpy(), spec)
 
 
