@@ -113,9 +113,8 @@ class SineScenario(Scenario):
 
     def loss(self, pred, y, descriptors):
         # Normalized MSE over each party's real points (NaN targets are padding), scaled by its own amplitude
-        # like the metric.
-        # The branch is on the options, not the data (MAML runs this loss under torch.func.vmap): without
-        # per-party sizes nothing is padded, and the plain mean keeps the training step at its old cost.
+        # like the metric. The branch is on the options, not the data (MAML runs this loss under
+        # torch.func.vmap): without per-party sizes nothing is padded, and the plain mean is cheaper.
         lo, hi = self.options.point_range
         if lo == hi:
             return ((pred - y) ** 2).mean(dim=(1, 2)) / descriptors[:, 0] ** 2

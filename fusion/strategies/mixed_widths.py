@@ -135,13 +135,9 @@ class WidthAverage(WarmStarter):
         self.refit_x = None if refit_x is None or len(refit_x) == 0 else np.asarray(refit_x, np.float64)
 
     def predict_widths(self, descriptors: np.ndarray, widths: np.ndarray) -> np.ndarray:
-        widths = np.asarray(widths, np.int64)
-        out = np.zeros((len(widths), self.spec.n_params), np.float32)
-        for w in np.unique(widths):  # one cut per width, shared by its parties
-            out[widths == w] = cut_to_widths(
-                self.params[None], self.global_spec, np.array([w]), self.popularity, self.spec, self.refit_x
-            )[0]
-        return out
+        asked, which = np.unique(np.asarray(widths, np.int64), return_inverse=True)  # one cut per width
+        one_each = np.repeat(self.params[None], len(asked), axis=0)
+        return cut_to_widths(one_each, self.global_spec, asked, self.popularity, self.spec, self.refit_x)[which]
 
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
         return self.predict_widths(descriptors, np.full(len(descriptors), self.spec.widths[1]))
