@@ -16,7 +16,7 @@ import tomllib
 from actors.faults import FaultConfig
 from cluster.system import PartyClass, SystemConfig, check_classes
 from fusion.metamodel import GPConfig
-from fusion.methods import COLD_START, DEFAULT_METHODS, known_methods, strategy_for
+from fusion.methods import COLD_START, DEFAULT_METHODS, default_methods, known_methods, strategy_for
 from fusion.strategies import FusionConfig
 from fusion.training import FinetuneConfig, TrainConfig
 from scenarios import canonical_name, make_options
@@ -84,6 +84,11 @@ class RunConfig:
         unknown = [m for m in self.methods if m not in known_methods()]
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; known: {', '.join(known_methods())}")
+        for method in self.methods:
+            try:
+                strategy_for(method, self.fusion)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.cluster.party_actors > self.parties + self.test_parties:
             raise ConfigError(
                 f"party_actors={self.cluster.party_actors} is more than the {self.parties + self.test_parties} parties"
@@ -236,6 +241,8 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
         if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
             raise ConfigError(f"methods must be a list of names, got {methods!r}")
         kwargs["methods"] = tuple(methods)
+    else:
+        kwargs["methods"] = default_methods(kwargs.get("fusion", FusionConfig()).strategy)
     try:
         return RunConfig(**kwargs)
     except ConfigError:

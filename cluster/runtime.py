@@ -20,9 +20,24 @@ class Connection:
     owned: bool  # we started it (and shut it down at the end)
 
 
+def _resolve_auto(address: str) -> str:
+    """``auto``: the cluster ``ray start`` last started on this machine, as host:port (an error if none runs)."""
+    if address != "auto":
+        return address
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        found = canonicalize_bootstrap_address("auto")
+    except Exception as exc:  # noqa: BLE001 - Ray's own lookup; any failure means no cluster to join
+        raise ConfigError(f"--address auto: no running Ray cluster found on this machine ({exc})") from None
+    if not found:
+        raise ConfigError("--address auto: no running Ray cluster found on this machine (start one with ray start)")
+    return found
+
+
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail within seconds, not a hang, when a host:port address does not answer."""
-    if address == "auto" or address.startswith("ray://") or ":" not in address:
+    if address.startswith("ray://") or ":" not in address:
         return
     host, _, port = address.rpartition(":")
     try:
@@ -33,24 +48,31 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def connect(cfg: ClusterConfig) -> Connection:
-    """Join the running Ray instance if there is one, else ``cfg.address`` / ``RAY_ADDRESS``, else start one."""
+    """Join the running Ray instance if there is one, else ``cfg.address`` / ``RAY_ADDRESS``, else start one.
+
+    No address and no ``RAY_ADDRESS`` means a local Ray of the run's own (``address="local"``): never the
+    cluster that ``ray start`` last left on the machine (a bare ``ray.init()`` would join it, or hang
+    retrying it once it is gone). Every address is checked to answer within seconds before Ray dials it.
+    """
     if cfg.address:
-        _check_reachable(cfg.address)  # an explicit address that does not answer is an error, whatever else runs
+        _check_reachable(_resolve_auto(cfg.address))  # an explicit address that does not answer is an error
     if ray.is_initialized():
         ctx = ray.get_runtime_context()
         return Connection(ctx.gcs_address, _dashboard(), owned=False)
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        _check_reachable(address)
+    if address and address != "local":
+        resolved = _resolve_auto(address)
+        _check_reachable(resolved)
         try:
-            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+            ray.init(address=resolved, namespace=NAMESPACE, log_to_driver=False)
         except ConnectionError as exc:
             raise ConfigError(
                 f"cannot connect to the Ray cluster at {address!r}: {exc}. On a cluster with token "
-                "authentication set RAY_AUTH_MODE=token (see README)."
+                "authentication set RAY_AUTH_MODE=token (see docs/operations.md)."
             ) from None
-        return Connection(address, _dashboard(), owned=False)
+        return Connection(resolved, _dashboard(), owned=False)
     ray.init(
+        address="local",
         namespace=NAMESPACE,
         include_dashboard=cfg.include_dashboard,
         dashboard_host=cfg.dashboard_host,
@@ -126,7 +148,3 @@ def check_class_resources(classes) -> None:
         if need > total + 1e-9:
             parts = " + ".join(f"{c.name} {c.actors}x{getattr(c, attr):g}" for c in classes)
             raise ConfigError(f"party classes need {need:g} {kind}s ({parts}) but the cluster has {total:g}")
-
-
-def hostname() -> str:
-    return socket.gethostname()

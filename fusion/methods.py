@@ -16,6 +16,17 @@ def known_methods() -> list[str]:
     return sorted({"fusion", "fusion_noalign", COLD_START, *STRATEGIES})
 
 
+def alignable_strategies() -> list[str]:
+    return sorted(name for name, cls in STRATEGIES.items() if cls.alignable)
+
+
+def default_methods(strategy: str) -> tuple[str, ...]:
+    """The methods a run compares when none are named: ``fusion_noalign`` only where the strategy aligns."""
+    if STRATEGIES[strategy].alignable:
+        return DEFAULT_METHODS
+    return tuple(m for m in DEFAULT_METHODS if m != "fusion_noalign")
+
+
 def strategy_for(method: str, cfg: FusionConfig) -> Strategy | None:
     """The strategy that produces ``method``'s warm starts (None for ``cold_start``)."""
     if method == COLD_START:
@@ -23,7 +34,13 @@ def strategy_for(method: str, cfg: FusionConfig) -> Strategy | None:
     if method == "fusion":
         return STRATEGIES[cfg.strategy]()
     if method == "fusion_noalign":
-        return STRATEGIES[cfg.strategy](aligned=False)
+        cls = STRATEGIES[cfg.strategy]
+        if not cls.alignable:
+            raise ValueError(
+                f"method fusion_noalign needs a fusion strategy that aligns ({', '.join(alignable_strategies())}); "
+                f"strategy {cfg.strategy!r} does not: drop fusion_noalign from the methods"
+            )
+        return cls(aligned=False)
     if method in STRATEGIES:
         return STRATEGIES[method]()
     raise ValueError(f"unknown method {method!r}; known: {', '.join(known_methods())}")

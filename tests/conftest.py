@@ -12,6 +12,7 @@ import os
 import pytest
 
 SESSION_RAY = dict(
+    address="local",  # never the cluster `ray start` last left on the machine
     num_cpus=2,
     num_gpus=1,
     include_dashboard=False,

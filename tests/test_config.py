@@ -73,3 +73,17 @@ def test_sine_size_and_noise_ranges_from_toml():
         resolve({"scenario": {"name": "sine", "train_points": [100, 10]}})
     with pytest.raises(ConfigError, match="pretrain.steps must be a int"):  # ranges only where a field allows them
         resolve({"pretrain": {"steps": [1, 2]}})
+
+
+@pytest.mark.parametrize("strategy", sorted(__import__("fusion.strategies", fromlist=["STRATEGIES"]).STRATEGIES))
+def test_every_fusion_strategy_gives_a_runnable_default_method_list(strategy):
+    from fusion.methods import strategy_for
+
+    cfg = resolve({"scenario": "sine", "fusion": {"strategy": strategy}})
+    for method in cfg.methods:
+        strategy_for(method, cfg.fusion)  # builds, or the config would have been refused
+
+
+def test_fusion_noalign_with_a_strategy_that_does_not_align_is_one_clear_error():
+    with pytest.raises(ConfigError, match="fusion_noalign needs a fusion strategy that aligns"):
+        resolve({"scenario": "sine", "fusion": {"strategy": "average"}, "methods": ["fusion", "fusion_noalign"]})

@@ -119,6 +119,7 @@ class Strategy(ABC):
 
     name: str
     mixed_widths = False  # accepts models of different widths (FitContext.widths)
+    alignable = False  # True: ``__init__(aligned=False)`` gives the no-alignment ablation (``fusion_noalign``)
     needs_probe: bool = False  # True: ``fit`` needs ``FitContext.probe`` (unlabeled inputs)
 
     @abstractmethod

@@ -37,6 +37,7 @@ class GPFusion(Strategy):
     """With ``aligned=False`` this is the ``fusion_noalign`` ablation: the same GP on raw parameters."""
 
     name = "gp"
+    alignable = True
 
     def __init__(self, aligned: bool = True) -> None:
         self.aligned = aligned

@@ -129,6 +129,7 @@ class GPRefit(Strategy):
     """With ``aligned=False`` the init comes from the GP on unaligned parameters (the ablation)."""
 
     name = "gp_refit"
+    alignable = True
     mixed_widths = True
     needs_probe = True
 

@@ -44,6 +44,7 @@ class MFPLFusion(Strategy):
     """With ``aligned=False`` every A_i is the identity (the paper's no-align ablation)."""
 
     name = "mfpl"
+    alignable = True
 
     def __init__(self, aligned: bool = True) -> None:
         self.aligned = aligned

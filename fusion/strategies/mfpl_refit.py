@@ -12,6 +12,7 @@ class MFPLRefit(Strategy):
     """With ``aligned=False`` the init is MFPL without assignments (the ablation)."""
 
     name = "mfpl_refit"
+    alignable = True
     needs_probe = True
 
     def __init__(self, aligned: bool = True) -> None:
