@@ -68,7 +68,15 @@ def stale_cluster():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
     subprocess.run(
-        [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+        [
+            ray_cli,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
         env=env,
         check=True,
         capture_output=True,
@@ -117,4 +125,3 @@ def test_an_embedded_run_neither_joins_a_live_cluster_nor_hangs_on_a_dead_one(st
     result = run(resolve({**TINY, "out": str(tmp_path / "run")}), log=lambda _: None)
     assert (result.out / "results.parquet").exists()
     assert time.perf_counter() - start < 180  # a hang on the dead address retries for minutes
-
