@@ -101,6 +101,40 @@ class _Optimizer:
         self.weights.addcdiv_(self.m, denom, value=-lr / (1 - beta1**self.t))
 
 
+@dataclass(frozen=True)
+class Constraint:
+    """How a stack may move while it trains: only where ``mask`` (n_params,) is True, and pulled toward
+    ``anchor`` (P, n_params) by ``prox``/2 · ‖w − anchor‖² (Ditto's personal objective; FedRep trains its head only).
+
+    ``mask`` None: every parameter trains; ``prox`` 0: no pull (``anchor`` may be None).
+    """
+
+    mask: torch.Tensor | None = None
+    prox: float = 0.0
+    anchor: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.prox < 0:
+            raise ValueError(f"prox must be >= 0, got {self.prox}")
+        if self.prox > 0 and self.anchor is None:
+            raise ValueError("a proximal term needs its anchor")
+
+    def apply(self, grad: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.prox > 0:
+            grad = grad.add_(weights - self.anchor, alpha=self.prox)
+        if self.mask is not None:
+            grad = grad.mul_(self.mask)
+        return grad
+
+    def repeat(self, g: int) -> Constraint:
+        """The same constraint for a stack repeated ``g`` times (fold-major rows, as in :func:`finetune`)."""
+        anchor = None if self.anchor is None else self.anchor.repeat(g, 1)
+        return Constraint(self.mask, self.prox, anchor)
+
+
+FREE = Constraint()
+
+
 def train(
     params: torch.Tensor,
     spec: MLPSpec,
@@ -109,25 +143,28 @@ def train(
     loss_fn: LossFn,
     cfg: TrainConfig,
     at_steps: Callable[[int, torch.Tensor], None] | None = None,
+    constraint: Constraint = FREE,
 ) -> torch.Tensor:
     """Train a stack ``params`` (P, n_params) on ``x`` (P, N, in), ``y`` (P, N, ...); returns the new stack.
 
     ``at_steps(step, weights)``, if given, sees the weights before every step and after the last one (the live
-    tensor, updated in place afterwards: copy what you keep).
+    tensor, updated in place afterwards: copy what you keep). ``constraint``: a mask and/or a proximal pull.
     """
     weights = params.detach().clone()
     steps = cfg.steps if x.shape[1] > 0 else 0
     opt, work = _Optimizer(cfg, weights, steps), {}  # work: activation buffers reused across steps
+    free = constraint is FREE
     for step in range(steps):
         if at_steps is not None:
             at_steps(step, weights)
-        opt.step(loss_and_grad(weights, spec, x, y, loss_fn, work)[1])
+        grad = loss_and_grad(weights, spec, x, y, loss_fn, work)[1]
+        opt.step(grad if free else constraint.apply(grad, weights))
     if at_steps is not None:
         at_steps(steps, weights)
     return weights
 
 
-def _held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candidates) -> torch.Tensor:
+def _held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candidates, constraint) -> torch.Tensor:
     """Train G folds of every party as one batch (fold-major rows: g * P + party) on shots ``fit`` (G, n_fit);
     returns the held-out loss on shots ``val`` (G, n_val) summed over the folds, at each candidate step: (P, C)."""
     g, p = len(fit), len(params)
@@ -142,7 +179,7 @@ def _held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candi
             with torch.no_grad():
                 out[:, candidates.index(step)] = g_loss(forward(w, spec, x_val), y_val).view(g, p).sum(0)
 
-    train(params.repeat(g, 1), spec, rows(x, fit), rows(y, fit), g_loss, cfg, at_steps=record)
+    train(params.repeat(g, 1), spec, rows(x, fit), rows(y, fit), g_loss, cfg, record, constraint.repeat(g))
     return out
 
 
@@ -154,16 +191,18 @@ def finetune(
     loss: TaskLoss,
     descriptors: torch.Tensor,
     cfg: FinetuneConfig,
+    constraint: Constraint = FREE,
 ) -> torch.Tensor:
     """Fine-tune ``params`` (P, n_params) on shots ``x`` (P, N, in), ``y`` (P, N, ...) by ``cfg``'s recipe.
 
     Every party's choice uses only its own shots, and the optimizer is element-wise: a party's result
-    does not depend on which other parties share the batch.
+    does not depend on which other parties share the batch. ``constraint``: what may move (e.g. a head
+    only) and a proximal pull toward an anchor, for methods whose k-shot use says so.
     """
     task_loss = lambda pred, t: loss(pred, t, descriptors)  # noqa: E731
     folds = min(cfg.folds, x.shape[1])
     if folds < 2 or cfg.steps == 0:
-        return train(params, spec, x, y, task_loss, cfg)
+        return train(params, spec, x, y, task_loss, cfg, constraint=constraint)
     candidates = cfg.candidates()
     held_out = torch.zeros(len(params), len(candidates), dtype=torch.float64, device=params.device)
     fold_of = torch.arange(x.shape[1], device=x.device) % folds
@@ -172,7 +211,7 @@ def finetune(
         group = [f for f in range(folds) if int((fold_of == f).sum()) == size]
         val = torch.stack([torch.nonzero(fold_of == f).squeeze(1) for f in group])  # (G, size)
         fit = torch.stack([torch.nonzero(fold_of != f).squeeze(1) for f in group])  # (G, N - size)
-        held_out += _held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candidates)
+        held_out += _held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candidates, constraint)
     best = torch.as_tensor(candidates, device=params.device)[held_out.nan_to_num(float("inf")).argmin(dim=1)]
     chosen = params.detach().clone()
 
@@ -180,5 +219,5 @@ def finetune(
         chosen[best == step] = w[best == step]
 
     if int(best.max()) > 0:  # the same schedule as in the folds, so step t means the same thing
-        train(params, spec, x, y, task_loss, cfg, at_steps=keep)
+        train(params, spec, x, y, task_loss, cfg, keep, constraint)
     return chosen

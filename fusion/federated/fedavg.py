@@ -1,0 +1,63 @@
+"""``fedavg`` and ``fedavg_ft`` (McMahan et al. 2017): local training from the global model, weighted averaging.
+
+A novel party receives the global model: ``fedavg`` uses it as it is at every k, ``fedavg_ft`` fine-tunes it on
+its k shots by the run's recipe. Both are one training run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fusion.federated.base import (
+    FederatedAlgorithm,
+    FederatedStart,
+    LocalBatch,
+    State,
+    Tensors,
+    register,
+    weighted_mean,
+)
+from fusion.spec import MLPSpec
+from fusion.training import train
+
+
+class GlobalModel(FederatedStart):
+    """One model (n_params,) for every novel party; fine-tuned freely on its shots when ``finetune``."""
+
+    def __init__(self, params: np.ndarray, finetune: bool = True) -> None:
+        self.params = np.asarray(params, np.float32)
+        self.finetune = bool(finetune)
+
+    def predict(self, descriptors: np.ndarray) -> np.ndarray:
+        return np.tile(self.params, (len(descriptors), 1))
+
+    def export(self) -> dict:
+        return {"params": torch.tensor(self.params), "finetune": self.finetune}
+
+    @classmethod
+    def restore(cls, state: dict) -> GlobalModel:
+        return cls(state["params"].numpy(), bool(state["finetune"]))
+
+
+@register
+class FedAvg(FederatedAlgorithm):
+    name = "fedavg"
+    finetune_novel = False
+
+    def local_update(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> tuple[Tensors, None]:
+        start = down["w"].expand(len(batch), -1)
+        return {"w": train(start, batch.spec, batch.x, batch.y, batch.loss, batch.train)}, None
+
+    def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
+        return {**server, "w": weighted_mean(uploads["w"], weights)}
+
+    def novel(self, server: State, spec: MLPSpec) -> GlobalModel:
+        return GlobalModel(server["w"], finetune=self.finetune_novel)
+
+
+@register
+class FedAvgFT(FedAvg):
+    name = "fedavg_ft"
+    training = "fedavg"
+    finetune_novel = True

@@ -1,0 +1,184 @@
+"""The pieces of a round that every runner shares: a shard's step, the server's step, the cost count.
+
+:func:`run_rounds` runs a whole algorithm in one process on in-memory parties (tests, small studies); the Ray
+engine calls :func:`shard_round` in each party shard and :func:`server_round` in the server actor, with the
+same sampling and the same party-id order, so both give the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fusion.federated.base import (
+    FederatedAlgorithm,
+    FederatedConfig,
+    LocalBatch,
+    LossFn,
+    State,
+    Tensors,
+    local_rng,
+    sample,
+)
+from fusion.spec import MLPSpec
+
+
+class PartyStore:
+    """The personal states of the parties a shard hosts: party id -> {name: row tensor}."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Tensors] = {}
+
+    def stack(self, ids: np.ndarray) -> Tensors | None:
+        """The states of ``ids`` stacked (n, ...), or None when none of them has one yet."""
+        if not len(ids) or int(ids[0]) not in self.rows:
+            return None
+        keys = self.rows[int(ids[0])]
+        return {k: torch.stack([self.rows[int(i)][k] for i in ids]) for k in keys}
+
+    def has(self, ids: np.ndarray) -> np.ndarray:
+        return np.array([int(i) in self.rows for i in ids], bool)
+
+    def update(self, ids: np.ndarray, state: Tensors) -> None:
+        for row, i in enumerate(ids):
+            self.rows[int(i)] = {k: v[row].clone() for k, v in state.items()}
+
+    def export(self) -> dict[str, np.ndarray]:
+        """``{"party_id": (n,), name: (n, ...)}`` in party-id order (empty dict when no party has state)."""
+        if not self.rows:
+            return {}
+        ids = np.array(sorted(self.rows), np.int64)
+        return {"party_id": ids, **{k: v.cpu().numpy() for k, v in self.stack(ids).items()}}
+
+    @classmethod
+    def restore(cls, saved: dict[str, np.ndarray], device: torch.device | str = "cpu") -> PartyStore:
+        store = cls()
+        if saved:
+            ids = saved["party_id"]
+            store.update(
+                ids, {k: torch.as_tensor(np.array(v), device=device) for k, v in saved.items() if k != "party_id"}
+            )
+        return store
+
+
+def nbytes(state: State) -> int:
+    return int(sum(np.asarray(v).nbytes for v in state.values()))
+
+
+def shard_round(algo: FederatedAlgorithm, down: State, store: PartyStore | None, batch: LocalBatch) -> State:
+    """The local updates of one shard's sampled parties; personal states updated in ``store``. Uploads (n, ...)."""
+    device = batch.x.device
+    down_t = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in down.items()}
+    personal = None
+    if algo.personal:
+        fresh = ~store.has(batch.ids)
+        if fresh.any():
+            sub = batch.subset(np.flatnonzero(fresh))
+            store.update(sub.ids, algo.init_personal(down_t, sub))
+        personal = store.stack(batch.ids)
+    uploads, personal = algo.local_update(down_t, personal, batch)
+    if algo.personal:
+        store.update(batch.ids, personal)
+    return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in uploads.items()}
+
+
+def server_round(algo: FederatedAlgorithm, server: State, parts: list[tuple[np.ndarray, State, np.ndarray]]) -> State:
+    """Aggregate the shards' ``parts`` [(ids (n_s,), uploads (n_s, ...), weights (n_s,))] in party-id order."""
+    ids = np.concatenate([p[0] for p in parts])
+    order = np.argsort(ids, kind="stable")
+    uploads = {k: np.concatenate([p[1][k] for p in parts])[order] for k in parts[0][1]}
+    weights = np.concatenate([p[2] for p in parts])[order]
+    return algo.aggregate(server, uploads, weights, ids[order])
+
+
+@dataclass
+class Costs:
+    """Communication and compute of one algorithm's rounds (bytes of float32 payloads; local gradient steps)."""
+
+    rounds: int = 0
+    upload_bytes: int = 0
+    download_bytes: int = 0
+    party_steps: int = 0
+
+    def add(self, sampled: int, down: State, uploads: State, steps: int) -> None:
+        self.rounds += 1
+        self.download_bytes += sampled * nbytes(down)
+        self.upload_bytes += nbytes(uploads)
+        self.party_steps += sampled * steps
+
+
+@dataclass
+class Parties:
+    """Training parties held in one process: ``ids`` (n,), ``x`` (n, N, in), ``y`` (n, N, ...), ``descriptors``
+    (n, d), ``counts`` (n,) real samples; ``loss_of(descriptors (m, d)) -> LossFn`` binds the task loss."""
+
+    ids: np.ndarray
+    x: torch.Tensor
+    y: torch.Tensor
+    descriptors: torch.Tensor
+    counts: torch.Tensor
+    loss_of: Callable[[torch.Tensor], LossFn]
+
+    def batch(self, ids: np.ndarray, spec: MLPSpec, cfg: FederatedConfig, seed: int, round_: int) -> LocalBatch:
+        rows = torch.as_tensor(np.searchsorted(self.ids, ids))
+        return LocalBatch(
+            spec,
+            np.asarray(ids, np.int64),
+            self.x[rows],
+            self.y[rows],
+            self.loss_of,
+            self.descriptors[rows],
+            self.counts[rows],
+            [local_rng(seed, i, round_) for i in ids],
+            cfg.local(),
+            round_,
+        )
+
+
+@dataclass
+class RoundsResult:
+    server: State
+    store: PartyStore
+    costs: Costs
+
+
+def run_rounds(
+    algo: FederatedAlgorithm,
+    spec: MLPSpec,
+    parties: Parties,
+    init: np.ndarray,
+    seed: int,
+    rounds: int | None = None,
+    shards: int = 1,
+) -> RoundsResult:
+    """Run ``algo`` for ``rounds`` (default ``cfg.rounds``) in this process, the parties split into ``shards``
+    contiguous groups as a Ray run would split them (the result must not depend on ``shards``)."""
+    cfg = algo.cfg
+    ids = np.sort(parties.ids)
+    server = algo.init_server(spec, init, parties.descriptors.cpu().numpy(), seed)
+    groups = np.array_split(ids, shards)
+    stores = [PartyStore() for _ in groups]
+    costs = Costs()
+    for r in range(cfg.rounds if rounds is None else rounds):
+        chosen = sample(seed, r, ids, cfg.clients_per_round)
+        down = algo.broadcast(server)
+        parts, all_up = [], []
+        for group, store in zip(groups, stores):
+            mine = chosen[np.isin(chosen, group)]
+            if not len(mine):
+                continue
+            batch = parties.batch(mine, spec, cfg, seed, r)
+            up = shard_round(algo, down, store, batch)
+            parts.append((mine, up, batch.counts.cpu().numpy().astype(np.float64)))
+            all_up.append(up)
+        server = server_round(algo, server, parts)
+        costs.add(
+            len(chosen), down, {k: np.concatenate([u[k] for u in all_up]) for k in all_up[0]}, algo.steps_per_round()
+        )
+    merged = PartyStore()
+    for store in stores:
+        merged.rows.update(store.rows)
+    return RoundsResult(server, merged, costs)
