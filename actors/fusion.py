@@ -11,6 +11,7 @@ import torch
 from actors.assign import parallel_solve_rect, parallel_solver
 from fusion.methods import strategy_for
 from fusion.params import init_params
+from fusion.outliers import function_outliers
 from fusion.quarantine import finite_models
 from fusion.spec import MLPSpec
 from fusion.strategies import FitContext, FusionConfig
@@ -75,13 +76,29 @@ class FusionActor:
         ok = finite_models(models)
         if ok.sum() < 2:
             raise ValueError(f"only {int(ok.sum())} of {len(ids)} pretrained models are finite; fusion needs 2")
-        quarantined, ids, models, descriptors = ids[~ok], ids[ok], models[ok], descriptors[ok]
+        reasons = {int(i): "non-finite parameters" for i in ids[~ok]}
+        ids, models, descriptors = ids[ok], models[ok], descriptors[ok]
+        probe = self.probe if self.probe is not None or self.scenario is None else self.scenario.probe_inputs()
+        if probe is not None and self.cfg.outliers.enabled:
+            # (models of mixed widths travel embedded at the widest spec: the same functions)
+            bad, score = function_outliers(models, self.spec, probe, descriptors, self.outputs, self.cfg.outliers)
+            if len(ids) - bad.sum() < 2:
+                bad[:] = False  # never leave fewer than two models: the detector has nothing to compare with
+            reasons.update(
+                {
+                    int(i): f"function-space outlier (discrepancy {s:.3g} from its {self.cfg.outliers.neighbours} "
+                    "nearest tasks)"
+                    for i, s in zip(ids[bad], score[bad])
+                }
+            )
+            ids, models, descriptors = ids[~bad], models[~bad], descriptors[~bad]
+        quarantined = np.array(sorted(reasons), np.int64)
         ctx = FitContext(
             self.spec,
             self.seed,
             parallel_solver(self.n_chunks, run=self.run),
             self.cfg,
-            self.probe if self.probe is not None or self.scenario is None else self.scenario.probe_inputs(),
+            probe,
             tasks=(lambda: self._tasks(ids)) if self.scenario is not None else None,
             widths=party_widths(self.seed, ids, self.widths) if self.widths else None,
             solve_rect=parallel_solve_rect(self.n_chunks, run=self.run),
@@ -102,7 +119,13 @@ class FusionActor:
         self.summary = {"seconds": seconds, "parties": len(ids), **{m: f.summary() for m, f in fitted.items()}}
         self.summary["quarantined"] = quarantined.tolist()
         self.fitted = fitted
-        return {"fitted": fitted, "party_id": ids, "descriptor": descriptors, "quarantined": quarantined}
+        return {
+            "fitted": fitted,
+            "party_id": ids,
+            "descriptor": descriptors,
+            "quarantined": quarantined,
+            "reasons": [reasons[int(i)] for i in quarantined],
+        }
 
     def _tasks(self, ids: np.ndarray) -> tuple:
         """The training parties' data, for baselines that need it (MAML): a simulation privilege."""

@@ -19,6 +19,7 @@ from scenarios import (
     Scenario,
     Stream,
     party_descriptors,
+    party_rng,
     party_torch_generator,
     party_widths,
     training_data,
@@ -128,6 +129,9 @@ class PartyShard:
         start = time.perf_counter()
         ids, sc = self._subset(ids, self.train_ids, "training"), self.scenario
         desc, x, y = training_data(sc, self.seed, ids)
+        corrupt = self._corrupt(ids)
+        if self.faults.corrupt_kind == "shuffled":  # fault injection: these parties learn shuffled targets
+            y = self._shuffled_targets(ids, y, corrupt)
         x, y = torch.as_tensor(x, device=self.device), torch.as_tensor(y, device=self.device)
         d_t = torch.as_tensor(desc, device=self.device)
         params = np.zeros((len(ids), sc.spec.n_params), np.float32)
@@ -137,10 +141,39 @@ class PartyShard:
             trained = train(init, sub.spec, x[r], y[r], self._loss(d_t[r]), self.pretrain_cfg)
             params[rows] = self._embedded(trained, sub)
         params[np.isin(ids, self.faults.nan_parties)] = np.nan  # fault injection (off by default)
+        if corrupt.any() and self.faults.corrupt_kind != "shuffled":
+            params[corrupt] = self._garbage(ids[corrupt], params[corrupt])
         if self.faults.crash_shard == self.index and not ray.get_runtime_context().was_current_actor_reconstructed:
             os._exit(1)  # fault injection: the process dies with this call's work done but not returned
         metrics.parties_pretrained(self.run, len(ids), self.index)
         return {"party_id": ids, "descriptor": desc, "params": params, "seconds": time.perf_counter() - start}
+
+    def _corrupt(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` upload garbage ([faults] corrupt_share; a draw from (seed, party id)): (n,) bool."""
+        if not self.faults.corrupt_share:
+            return np.zeros(len(ids), bool)
+        return self.faults.corrupt(np.array([party_rng(self.seed, i, Stream.FAULTS).random() for i in ids]))
+
+    def _shuffled_targets(self, ids: np.ndarray, y: np.ndarray, corrupt: np.ndarray) -> np.ndarray:
+        y, real = y.copy(), self.scenario.real_rows(y)
+        for row in np.flatnonzero(corrupt):
+            rng = party_rng(self.seed, ids[row], Stream.FAULTS)
+            rng.random()  # the draw that chose this party
+            keep = np.flatnonzero(real[row])
+            y[row, keep] = y[row, rng.permutation(keep)]
+        return y
+
+    def _garbage(self, ids: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """The uploads of corrupt parties ``ids`` whose honest models would be ``params`` (n, n_params)."""
+        kind = self.faults.corrupt_kind
+        if kind == "scaled":
+            return params * 100
+        if kind == "flipped":
+            return -params
+        out = params.copy()  # random: an untrained model of the party's own width
+        for rows, sub in self._width_groups(ids):
+            out[rows] = self._embedded(self._inits(ids[rows], Stream.FAULTS, sub), sub)
+        return out
 
     def evaluate(self, fit: dict, methods: list[str], shots: list[int], ids=None) -> dict:
         """Warm start test parties ``ids`` (default: all hosted) with every method, fine-tune on k shots, evaluate.

@@ -13,6 +13,8 @@ Whatever cannot be read, or does not belong to this run, is a :class:`ConfigErro
 
 from __future__ import annotations
 
+import csv
+
 import os
 import pickle
 import tempfile
@@ -135,6 +137,19 @@ class Checkpoint:
     def save_fitted(self, fitted: dict[str, WarmStarter]) -> None:
         for method, starter in fitted.items():
             save_warm_starter(starter, self.scenario.spec, self.dir / f"fitted-{method}.pt")
+
+    def save_quarantine(self, reasons: dict[int, str]) -> None:
+        """The training parties left out of fusion and why (read back on resume)."""
+        from cluster.results import quarantine_csv
+
+        write_atomic(self.dir / "quarantined.csv", lambda tmp: tmp.write_text(quarantine_csv(reasons)))
+
+    def load_quarantine(self) -> dict[int, str]:
+        path = self.dir / "quarantined.csv"
+        if not path.exists():
+            return {}
+        with open(path, newline="") as fh:
+            return {int(row["party_id"]): row["reason"] for row in csv.DictReader(fh)}
 
     def load_fitted(self, methods: list[str]) -> dict[str, WarmStarter] | None:
         """The fitted warm starters of ``methods`` if every one is saved, else None (fit again)."""

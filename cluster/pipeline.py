@@ -163,9 +163,7 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
         weights = None if weights is None else dict(zip(test_ids.tolist(), weights.tolist()))
         summary = results.summarize(table, list(cfg.methods), weights)
         results.write_summary_csv(summary, tmp / "summary.csv")
-        (tmp / "quarantined.csv").write_text(
-            "party_id,reason\n" + "".join(f"{p},non-finite parameters\n" for p in res["quarantined"])
-        )
+        (tmp / "quarantined.csv").write_text(results.quarantine_csv(res["quarantined"]))
         if plan is not None:
             (tmp / "left_out.csv").write_text(left_out_csv(plan, cfg.party_classes))
             written.append("left_out.csv")
@@ -186,7 +184,9 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
             f"{cfg.system.deadline:g}); {len(plan.reporting)} of {cfg.parties} training parties fused (left_out.csv)"
         )
     log(f"wrote {out}/ ({', '.join(written)}; config.toml and checkpoint/ since the start)")
-    return RunResult(out, summary, stages, text, conn.dashboard_url, res["quarantined"], left_out, res["shards"])
+    return RunResult(
+        out, summary, stages, text, conn.dashboard_url, sorted(res["quarantined"]), left_out, res["shards"]
+    )
 
 
 class _Progress:
@@ -266,24 +266,28 @@ def _execute(
 
         ids = np.concatenate([p["party_id"] for p in parts])
         bad = np.sort(ids[~np.concatenate([finite_models(p["params"]) for p in parts])])
-        metrics.quarantined(run_id, len(bad))
-        if len(bad):
-            log(f"quarantined {len(bad)} training parties with non-finite parameters: {bad.tolist()[:20]}")
         if len(ids) - len(bad) < 2:
             raise ConfigError(f"only {len(ids) - len(bad)} pretrained models are finite; fusion needs at least 2")
 
         clock = time.perf_counter()
         if fitted is None:
             fit_ref = fusion.fit.remote(list(cfg.methods), *part_refs)
-            fitted = ray.get(fit_ref)["fitted"]
+            fit_out = ray.get(fit_ref)
+            fitted, quarantine = fit_out["fitted"], dict(zip(fit_out["quarantined"].tolist(), fit_out["reasons"]))
             ckpt.save_fitted(fitted)
+            ckpt.save_quarantine(quarantine)
             report = ray.get(fusion.report.remote())
             each = ", ".join(f"{m} ({s:.1f}s)" for m, s in report["seconds"].items())
             log(f"fusion: fitted {each} in {time.perf_counter() - clock:.1f}s")
         else:
             fit_ref = ray.put({"fitted": fitted})
+            quarantine = ckpt.load_quarantine()
             log(f"fusion: {', '.join(fitted)} loaded from the checkpoint")
         _stage(stages, run_id, "fusion", clock)
+        metrics.quarantined(run_id, len(quarantine))
+        for why in sorted({r.split(" (")[0] for r in quarantine.values()}):
+            which = [i for i, r in quarantine.items() if r.startswith(why)]
+            log(f"quarantined {len(which)} training parties ({why}): {which[:20]}{' ...' if len(which) > 20 else ''}")
         for method, starter in fitted.items():
             if starter.summary().get("objective") is not None:
                 metrics.meta_objective(run_id, method, float(starter.summary()["objective"]))
@@ -297,7 +301,7 @@ def _execute(
     finally:
         for actor in [*shards, fusion]:
             ray.kill(actor, no_restart=True)
-    return {"cols": cols, "fitted": fitted, "quarantined": bad.tolist(), "shards": infos}
+    return {"cols": cols, "fitted": fitted, "quarantined": quarantine, "shards": infos}
 
 
 def _pretrain(

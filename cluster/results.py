@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import os
 import shutil
 import tempfile
@@ -102,3 +105,12 @@ def format_summary(rows: list[dict], metric: str) -> str:
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
     fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])
+
+
+def quarantine_csv(reasons: dict[int, str]) -> str:
+    """``quarantined.csv``: one row per training party left out of fusion, with the reason."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["party_id", "reason"])
+    writer.writerows([p, reasons[p]] for p in sorted(reasons))
+    return buf.getvalue()

@@ -50,19 +50,23 @@ class FinetuneConfig(TrainConfig):
     With ``folds`` >= 2, every party runs k-fold cross-validation on its shots over the step counts
     0, ``every``, 2·``every``, …, ``steps`` and keeps the one with the lowest held-out loss (the smallest
     on ties), then trains on all its shots for that many steps. A warm start that the shots cannot
-    improve is kept as it is (0 steps); a random init trains as long as it helps. ``folds`` = 0 trains
-    every party for ``steps`` steps.
+    improve is kept as it is (0 steps); a random init trains as long as it helps. A step count is taken only
+    when its held-out loss decrease, fold by fold, is more than ``margin`` standard errors above zero
+    (:func:`choose_steps`; 0 = the lowest mean loss). ``folds`` = 0 trains every party for ``steps`` steps.
     """
 
     steps: int = 300
     lr: float = 0.01
     folds: int = 5
     every: int = 20
+    margin: float = 2.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.folds < 0 or self.folds == 1:
             raise ValueError(f"folds must be 0 (no selection) or >= 2, got {self.folds}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0 (standard errors), got {self.margin}")
         if self.every < 1:
             raise ValueError(f"every must be >= 1, got {self.every}")
 
@@ -166,21 +170,40 @@ def train(
 
 def _held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candidates, constraint) -> torch.Tensor:
     """Train G folds of every party as one batch (fold-major rows: g * P + party) on shots ``fit`` (G, n_fit);
-    returns the held-out loss on shots ``val`` (G, n_val) summed over the folds, at each candidate step: (P, C)."""
+    returns each fold's held-out loss on shots ``val`` (G, n_val) at each candidate step: (G, P, C)."""
     g, p = len(fit), len(params)
     rows = lambda t, idx: t[:, idx].movedim(1, 0).flatten(0, 1)  # noqa: E731  (P, N, ...) -> (G * P, n_idx, ...)
     d_g = descriptors.repeat(g, *([1] * (descriptors.dim() - 1)))
     g_loss = lambda pred, t: loss(pred, t, d_g)  # noqa: E731
     x_val, y_val = rows(x, val), rows(y, val)
-    out = torch.zeros(p, len(candidates), dtype=torch.float64, device=params.device)
+    out = torch.zeros(g, p, len(candidates), dtype=torch.float64, device=params.device)
 
     def record(step: int, w: torch.Tensor) -> None:
         if step in candidates:
             with torch.no_grad():
-                out[:, candidates.index(step)] = g_loss(forward(w, spec, x_val), y_val).view(g, p).sum(0)
+                out[:, :, candidates.index(step)] = g_loss(forward(w, spec, x_val), y_val).view(g, p)
 
     train(params.repeat(g, 1), spec, rows(x, fit), rows(y, fit), g_loss, cfg, record, constraint.repeat(g))
     return out
+
+
+def choose_steps(held_out: torch.Tensor, candidates: list[int], margin: float) -> torch.Tensor:
+    """Each party's step count from its per-fold held-out losses (F, P, C): (P,) among ``candidates`` (the first
+    is 0 steps: the start kept as it is).
+
+    A step count qualifies when its loss decrease against 0 steps, paired fold by fold, is more than ``margin``
+    standard errors above zero; the qualifying count with the lowest mean loss is chosen (0 steps when none
+    qualifies). ``margin`` 0 picks the lowest mean loss; larger margins keep a warm start unless the held-out
+    shots clearly prefer an update.
+    """
+    losses = held_out.nan_to_num(float("inf"))
+    mean = losses.mean(0)  # (P, C)
+    gain = (losses[:, :, :1] - losses).nan_to_num(float("-inf"))  # (F, P, C), fold by fold
+    se = gain.std(0) / len(losses) ** 0.5 if len(losses) > 1 else torch.zeros_like(mean)
+    sure = gain.mean(0) - margin * se.nan_to_num(0.0) > 0
+    sure[:, 0] = True
+    best = torch.where(sure, mean, torch.full_like(mean, float("inf"))).argmin(dim=1)
+    return torch.as_tensor(candidates, device=held_out.device)[best]
 
 
 def finetune(
@@ -204,15 +227,15 @@ def finetune(
     if folds < 2 or cfg.steps == 0:
         return train(params, spec, x, y, task_loss, cfg, constraint=constraint)
     candidates = cfg.candidates()
-    held_out = torch.zeros(len(params), len(candidates), dtype=torch.float64, device=params.device)
+    held_out = []
     fold_of = torch.arange(x.shape[1], device=x.device) % folds
     # Folds with the same number of held-out shots train as one batch (at most two groups).
     for size in sorted({int((fold_of == f).sum()) for f in range(folds)}):
         group = [f for f in range(folds) if int((fold_of == f).sum()) == size]
         val = torch.stack([torch.nonzero(fold_of == f).squeeze(1) for f in group])  # (G, size)
         fit = torch.stack([torch.nonzero(fold_of != f).squeeze(1) for f in group])  # (G, N - size)
-        held_out += _held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candidates, constraint)
-    best = torch.as_tensor(candidates, device=params.device)[held_out.nan_to_num(float("inf")).argmin(dim=1)]
+        held_out.append(_held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candidates, constraint))
+    best = choose_steps(torch.cat(held_out), candidates, cfg.margin)
     chosen = params.detach().clone()
 
     def keep(step: int, w: torch.Tensor) -> None:

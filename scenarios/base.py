@@ -25,6 +25,7 @@ class Stream(IntEnum):
     EVAL = 5
     SYSTEM = 6  # party class, straggler jitter, dropout (cluster.system)
     WIDTH = 7  # hidden width when a run mixes widths
+    FAULTS = 8  # injected faults ([faults] corrupt_share): whether the party uploads garbage, and which
 
 
 def party_rng(seed: int, party_id: int, stream: Stream) -> np.random.Generator:

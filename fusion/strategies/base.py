@@ -16,6 +16,7 @@ import numpy as np
 from fusion.matching import SolveMany, solve_many_serial
 from fusion.metamodel import GPConfig
 from fusion.mfpl import MFPLConfig
+from fusion.outliers import OutlierConfig
 from fusion.pfnm import PFNMConfig, SolveRect, solve_rect_serial
 from fusion.spec import MLPSpec
 
@@ -35,6 +36,7 @@ class FusionConfig:
     # the setting that opened separate atoms for trained sine units (README, Heterogeneity)
     pfnm: PFNMConfig = field(default_factory=lambda: PFNMConfig(sigma=0.05, empirical_bayes=True, normalizers=True))
     mfpl: MFPLConfig = field(default_factory=MFPLConfig)  # the ``mfpl`` strategies' meta-model
+    outliers: OutlierConfig = field(default_factory=OutlierConfig)  # garbage models left out before any fit
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
