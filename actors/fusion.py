@@ -10,8 +10,8 @@ import torch
 
 from actors.assign import parallel_solve_rect, parallel_solver
 from fusion.methods import strategy_for
-from fusion.params import init_params
 from fusion.outliers import function_outliers
+from fusion.params import init_params
 from fusion.quarantine import finite_models
 from fusion.spec import MLPSpec
 from fusion.strategies import FitContext, FusionConfig

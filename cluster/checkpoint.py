@@ -14,7 +14,6 @@ Whatever cannot be read, or does not belong to this run, is a :class:`ConfigErro
 from __future__ import annotations
 
 import csv
-
 import os
 import pickle
 import tempfile
