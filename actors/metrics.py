@@ -115,6 +115,6 @@ def warm_start_metric(run: str, method: str, shots: int, value: float) -> None:
 
 
 def quarantined(run: str, n: int) -> None:
-    """Training parties excluded from fusion because their parameters are not finite."""
-    gauge = _gauge(QUARANTINED, "training parties excluded from fusion (non-finite parameters)", ("run",))
+    """Training parties excluded from fusion (non-finite parameters or function-space outliers)."""
+    gauge = _gauge(QUARANTINED, "training parties excluded from fusion (non-finite or outlier models)", ("run",))
     _set(gauge, QUARANTINED, n, {"run": run})
