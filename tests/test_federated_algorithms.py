@@ -127,7 +127,7 @@ def test_every_algorithm_learns_something(name):
 @pytest.mark.parametrize("hessian_free", [False, True])
 def test_per_fedavg_without_inner_step_is_fedavg_with_sgd(hessian_free):
     cfg = FederatedConfig(rounds=3, clients_per_round=0.5, local_steps=4, lr=0.05, optimizer="sgd")
-    per, _ = _run(_algo("per_fedavg", cfg, alpha=0.0, split=False, hessian_free=hessian_free))
+    per, _ = _run(_algo("per_fedavg", cfg, alpha=0.0, inner="sgd", split=False, hessian_free=hessian_free))
     avg, _ = _run(_algo("fedavg", cfg))
     np.testing.assert_array_equal(per.server["w"], avg.server["w"])
 
@@ -145,7 +145,8 @@ def test_per_fedavg_hessian_free_step_follows_the_maml_gradient():
     # Execute
     steps = {}
     for hf in (False, True):
-        _, uploads = _run(_algo("per_fedavg", cfg, alpha=alpha, split=False, hessian_free=hf), parties=parties)
+        algo = _algo("per_fedavg", cfg, alpha=alpha, inner="sgd", split=False, hessian_free=hf)
+        _, uploads = _run(algo, parties=parties)
         steps[hf] = INIT - uploads[0]["w"]
 
     # Assert: the Hessian-free step is the exact MAML gradient up to the finite difference; first order is not.
@@ -254,6 +255,8 @@ def test_pfedhn_serves_a_784_100_10_mlp():
     [
         ("per_fedavg", {"alpha": -1.0}, "federated.per_fedavg.alpha"),
         ("per_fedavg", {"beta": 0.0}, "federated.per_fedavg.beta"),
+        ("per_fedavg", {"inner": "newton"}, "federated.per_fedavg.inner"),
+        ("per_fedavg", {"hessian_free": True}, "federated.per_fedavg.hessian_free"),
         ("ditto", {"lam": -0.1}, "federated.ditto.lam"),
         ("ditto", {"personal_steps": -1}, "federated.ditto.personal_steps"),
         ("fedrep", {"head_steps": -1}, "federated.fedrep.head_steps"),
@@ -275,7 +278,7 @@ def test_fedala_refuses_more_layers_than_the_mlp_has():
 
 def test_local_steps_are_counted_per_gradient_evaluation():
     assert _algo("per_fedavg").steps_per_round() == 2 * CFG.local_steps
-    assert _algo("per_fedavg", hessian_free=True).steps_per_round() == 4 * CFG.local_steps
+    assert _algo("per_fedavg", inner="sgd", hessian_free=True).steps_per_round() == 4 * CFG.local_steps
     assert _algo("ditto", personal_steps=3).steps_per_round() == CFG.local_steps + 3
     assert _algo("fedrep", head_steps=5).steps_per_round() == CFG.local_steps + 5
     assert _algo("fedala", weight_steps=2).steps_per_round() == CFG.local_steps + 2
