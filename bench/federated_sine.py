@@ -7,7 +7,8 @@
 Each algorithm runs :func:`fusion.federated.rounds.run_rounds` on the training parties' private data; a novel
 party then takes ``algorithm.novel(...)``'s 0-shot model, or fine-tunes it on k shots by the run's recipe
 (``FinetuneConfig()``) under the algorithm's ``constraint_for``. ``cold_start`` (a party's own random init,
-fine-tuned) is the reference. Prints one table: mean nRMSE ± std over the novel parties, and the costs.
+fine-tuned) is the reference. Prints one table: nRMSE mean ± std (median) over the novel parties (nRMSE is RMSE /
+amplitude: a few small-amplitude parties can dominate the mean), and the costs.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def main() -> None:
     print(f"| method | {shots_head} | upload MB | download MB | party steps | rounds time (s) |")
     print("|---" * (5 + len(args.shots)) + "|")
     for name, values, costs, seconds in rows:
-        cells = " | ".join(f"{v.mean():.3f} ± {v.std():.3f}" for v in values.values())
+        cells = " | ".join(f"{v.mean():.3f} ± {v.std():.3f} ({np.median(v):.3f})" for v in values.values())
         if costs is None:
             print(f"| {name} | {cells} | – | – | – | – |")
             continue

@@ -18,6 +18,13 @@ with its descriptor τ_i (d numbers, so that the server needs no map from party 
 takes one Adam step (lr ``server_lr``) on φ along Σ_i c_i J_i^T Δθ_i, c_i = n_i / Σ n, J_i = ∂θ_i/∂φ — the
 vector-Jacobian product of pFedHN's update, averaged over the round's parties instead of one step per party.
 
+``server_lr``: Adam moves every entry of φ by about the step size each round whatever its gradient's size, and the
+output layer alone has hidden · n_params entries, so the step must be small. On sine-domains (60 training parties,
+default [federated]) the novel parties' mean 0-shot nRMSE at server_lr 3·10⁻⁴ / 10⁻³ / 3·10⁻³ / 10⁻² / 3·10⁻²
+was – / 0.42 / 2.1 / 1.1 / 0.61 (seed 0), 0.73 / 0.58 / – / 2.2 / – (seed 1), 1.0 / 4.6 / – / 2.5 / – (seed 2):
+10⁻³ is the default, and the spread says the last iterate of φ is noisy (open: an average of φ over the last
+rounds, or a decaying server step).
+
 A novel party needs no training to get a model: θ = h(e(τ)) from its descriptor alone (:class:`HyperStart`);
 with k shots it fine-tunes that by the run's recipe.
 """
@@ -41,7 +48,7 @@ class PFedHNSettings:
 
     embed: int = 8  # encoder output e
     hidden: int = 100  # width of the encoder's and the hypernetwork's hidden layers
-    server_lr: float = 0.01  # Adam step size of the server on φ
+    server_lr: float = 0.001  # Adam step size of the server on φ (sine-domains, 100 rounds: see the module doc)
 
     def __post_init__(self) -> None:
         for key in ("embed", "hidden"):
