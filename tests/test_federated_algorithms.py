@@ -1,0 +1,285 @@
+"""The iterative federated algorithms (pure, no Ray): a contract every registered one keeps, and per algorithm the
+reductions to a simpler method that pin down its update rule. Tiny sine tasks through the in-process runner."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from fusion.federated import ALGORITHMS, FederatedConfig
+from fusion.federated.base import sample
+from fusion.federated.fedrep import body_size
+from fusion.federated.pfedhn import encoder_size, output_scale
+from fusion.federated.rounds import Parties, run_rounds
+from fusion.params import forward, init_params
+from fusion.spec import MLPSpec
+from fusion.training import FinetuneConfig, TrainConfig, finetune, train
+
+SPEC = MLPSpec((1, 8, 1))
+CFG = FederatedConfig(rounds=3, clients_per_round=0.5, local_steps=4, lr=0.01)
+INIT = init_params(SPEC, torch.Generator().manual_seed(1)).numpy()
+SEED = 7
+
+
+def _task_loss(pred, y, descriptors):
+    """Squared error over the real rows (NaN targets are padding) relative to the amplitude²: (P,)."""
+    real = ~torch.isnan(y)
+    sq = ((pred - y.nan_to_num()) * real) ** 2
+    return sq.sum(dim=(1, 2)) / real.sum(dim=(1, 2)).clamp_min(1) / descriptors[:, 0] ** 2
+
+
+def _loss_of(descriptors):
+    return lambda pred, y: _task_loss(pred, y, descriptors)
+
+
+def _sines(n: int, n_rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Descriptors (n, 2) = (amplitude, phase), x (n, n_rows, 1) in [-4, 4], y = a·sin(x + b)."""
+    g = torch.Generator().manual_seed(seed)
+    desc = torch.stack([torch.rand(n, generator=g) * 2 + 0.5, torch.rand(n, generator=g) * 3], dim=1)
+    x = torch.rand(n, n_rows, 1, generator=g) * 8 - 4
+    return desc, x, desc[:, :1, None] * torch.sin(x + desc[:, 1:, None])
+
+
+def _parties(n: int = 6, n_rows: int = 12) -> Parties:
+    desc, x, y = _sines(n, n_rows, seed=0)
+    y[0, -3:] = float("nan")  # party 0 holds 9 real rows, padded to 12
+    counts = torch.full((n,), float(n_rows))
+    counts[0] = n_rows - 3
+    return Parties(np.arange(n, dtype=np.int64), x, y, desc, counts, _loss_of)
+
+
+def _algo(name: str, cfg: FederatedConfig = CFG, **settings):
+    cls = ALGORITHMS[name]
+    return cls(cfg, cls.settings(**settings) if settings else None)
+
+
+def _run(algo, shards: int = 1, rounds: int | None = None, parties: Parties | None = None):
+    """run_rounds, also returning every round's uploads as the server received them."""
+    seen, aggregate = [], algo.aggregate
+
+    def recording(server, uploads, weights, ids):
+        seen.append(uploads)
+        return aggregate(server, uploads, weights, ids)
+
+    algo.aggregate = recording
+    return run_rounds(algo, SPEC, parties or _parties(), INIT, SEED, rounds=rounds, shards=shards), seen
+
+
+# -- the contract ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_keeps_the_contract(name):
+    # Prepare
+    algo = _algo(name)
+    novel_desc, x_shots, y_shots = _sines(4, 5, seed=3)
+
+    # Execute
+    result, uploads = _run(algo)
+    sharded, _ = _run(_algo(name), shards=3)
+    start = algo.novel(result.server, SPEC)
+    preds = start.predict(novel_desc.numpy())
+    buffer = io.BytesIO()
+    torch.save(start.export(), buffer)
+    buffer.seek(0)
+    restored = type(start).restore(torch.load(buffer, weights_only=True))
+    warm = torch.as_tensor(preds)
+    cfg = FinetuneConfig(steps=10, every=5)
+    tuned = finetune(warm, SPEC, x_shots, y_shots, _task_loss, novel_desc, cfg, start.constraint_for(warm))
+
+    # Assert
+    assert len(uploads) == 3 and result.costs.rounds == 3
+    assert all(np.isfinite(u).all() for up in uploads for u in up.values())
+    assert preds.shape == (4, SPEC.n_params) and preds.dtype == np.float32 and np.isfinite(preds).all()
+    np.testing.assert_array_equal(restored.predict(novel_desc.numpy()), preds)
+    assert torch.isfinite(tuned).all()
+    assert result.server.keys() == sharded.server.keys()
+    for key in result.server:
+        np.testing.assert_array_equal(result.server[key], sharded.server[key], err_msg=key)
+    mine, theirs = result.store.export(), sharded.store.export()
+    assert mine.keys() == theirs.keys() and (bool(mine) == algo.personal)
+    for key in mine:
+        np.testing.assert_array_equal(mine[key], theirs[key], err_msg=key)
+    sampled = sum(len(sample(SEED, r, np.arange(6), CFG.clients_per_round)) for r in range(3))
+    assert result.costs.party_steps == sampled * algo.steps_per_round()
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_learns_something(name):
+    parties = _parties()
+    cfg = FederatedConfig(rounds=10, clients_per_round=1.0, local_steps=10, lr=0.01)
+    algo = _algo(name, cfg)
+    result, _ = _run(algo, parties=parties)
+    start = algo.novel(result.server, SPEC)
+    fit = lambda params: _task_loss(forward(params, SPEC, parties.x), parties.y, parties.descriptors).mean()  # noqa: E731
+    before = fit(torch.as_tensor(INIT)[None].expand(6, -1))
+    after = fit(torch.as_tensor(start.predict(parties.descriptors.numpy())))
+    if name != "fedrep":  # FedRep's 0-shot head is the init head: its 0-shot model is not meant to fit
+        assert after < before
+
+
+# -- reductions ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hessian_free", [False, True])
+def test_per_fedavg_without_inner_step_is_fedavg_with_sgd(hessian_free):
+    cfg = FederatedConfig(rounds=3, clients_per_round=0.5, local_steps=4, lr=0.05, optimizer="sgd")
+    per, _ = _run(_algo("per_fedavg", cfg, alpha=0.0, inner="sgd", split=False, hessian_free=hessian_free))
+    avg, _ = _run(_algo("fedavg", cfg))
+    np.testing.assert_array_equal(per.server["w"], avg.server["w"])
+
+
+def test_per_fedavg_hessian_free_step_follows_the_maml_gradient():
+    # Prepare: one local step of SGD at lr 1 on all rows, so the party's upload is w − (its meta-gradient).
+    parties, alpha = _parties(), 0.05
+    cfg = FederatedConfig(rounds=1, clients_per_round=1.0, local_steps=1, lr=1.0, optimizer="sgd")
+    w = torch.as_tensor(INIT, dtype=torch.float64)[None].expand(6, -1).clone().requires_grad_(True)
+    x, y, d = parties.x.double(), parties.y.double(), parties.descriptors.double()
+    inner_grad = torch.autograd.grad(_task_loss(forward(w, SPEC, x), y, d).sum(), w, create_graph=True)[0]
+    outer = _task_loss(forward(w - alpha * inner_grad, SPEC, x), y, d).sum()
+    exact = torch.autograd.grad(outer, w)[0].float().numpy()
+
+    # Execute
+    steps = {}
+    for hf in (False, True):
+        algo = _algo("per_fedavg", cfg, alpha=alpha, inner="sgd", split=False, hessian_free=hf)
+        _, uploads = _run(algo, parties=parties)
+        steps[hf] = INIT - uploads[0]["w"]
+
+    # Assert: the Hessian-free step is the exact MAML gradient up to the finite difference; first order is not.
+    err = {hf: np.abs(step - exact).max() / np.abs(exact).max() for hf, step in steps.items()}
+    assert err[True] < 1e-2 < err[False]
+
+
+def test_ditto_without_pull_trains_the_personal_model_locally():
+    # Prepare: every party sampled every round, so its v trains `personal_steps` fresh steps per round from w_0.
+    cfg = FederatedConfig(rounds=3, clients_per_round=1.0, local_steps=4, lr=0.01)
+    parties = _parties()
+
+    # Execute
+    result, _ = _run(_algo("ditto", cfg, lam=0.0, personal_steps=6), parties=parties)
+    local = torch.as_tensor(INIT)[None].expand(6, -1)
+    for _ in range(3):
+        local = train(local, SPEC, parties.x, parties.y, _loss_of(parties.descriptors), cfg.local(6))
+
+    # Assert
+    np.testing.assert_array_equal(result.store.export()["v"], local.numpy())
+
+
+def test_ditto_pull_keeps_the_personal_model_nearer_the_global_one():
+    cfg = FederatedConfig(rounds=3, clients_per_round=1.0, local_steps=4, lr=0.05)
+    gaps = []
+    for lam in (0.0, 10.0):
+        result, _ = _run(_algo("ditto", cfg, lam=lam))
+        gaps.append(np.linalg.norm(result.store.export()["v"] - result.server["w"]))
+    assert gaps[1] < 0.5 * gaps[0]
+
+
+def test_fedrep_uploads_bodies_and_a_novel_party_moves_only_its_head():
+    # Prepare
+    algo, n_body = _algo("fedrep"), body_size(SPEC)
+    novel_desc, x_shots, y_shots = _sines(3, 6, seed=5)
+
+    # Execute
+    result, uploads = _run(algo)
+    start = algo.novel(result.server, SPEC)
+    warm = torch.as_tensor(start.predict(novel_desc.numpy()))
+    cfg = FinetuneConfig(steps=20, folds=0)
+    tuned = finetune(warm, SPEC, x_shots, y_shots, _task_loss, novel_desc, cfg, start.constraint_for(warm))
+
+    # Assert
+    assert n_body == 16 and all(up.keys() == {"body"} and up["body"].shape[1] == n_body for up in uploads)
+    assert result.costs.upload_bytes == sum(up["body"].nbytes for up in uploads)
+    np.testing.assert_array_equal(result.server["w"][n_body:], INIT[n_body:])  # the server never saw a head
+    assert result.store.export()["head"].shape[1] == SPEC.n_params - n_body
+    torch.testing.assert_close(tuned[:, :n_body], warm[:, :n_body], rtol=0, atol=0)
+    assert (tuned[:, n_body:] != warm[:, n_body:]).any(dim=1).all()
+
+
+def test_fedrep_shared_heads_give_the_average_head():
+    cfg = FederatedConfig(rounds=1, clients_per_round=1.0, local_steps=4, lr=0.01)
+    result, uploads = _run(_algo("fedrep", cfg, share_heads=True))
+    counts = _parties().counts.numpy().astype(np.float64)
+    expected = (counts / counts.sum()) @ uploads[0]["head"].astype(np.float64)
+    np.testing.assert_allclose(result.server["w"][body_size(SPEC) :], expected, rtol=1e-6)
+
+
+def test_fedala_with_all_weights_one_on_all_layers_is_fedavg():
+    ala, _ = _run(_algo("fedala", layers=SPEC.n_layers, weight_steps=0))
+    avg, _ = _run(_algo("fedavg"))
+    np.testing.assert_array_equal(ala.server["w"], avg.server["w"])
+
+
+def test_fedala_learns_weights_in_the_unit_interval_on_the_top_layer():
+    cfg = FederatedConfig(rounds=4, clients_per_round=1.0, local_steps=4, lr=0.05)
+    result, _ = _run(_algo("fedala", cfg, layers=1, weight_steps=5, weight_lr=10.0))
+    weights = result.store.export()["weights"]
+    assert weights.shape == (6, SPEC.n_params - SPEC.offsets[-1][0])
+    assert weights.min() >= 0 and weights.max() <= 1 and weights.min() < 1
+
+
+def test_pfedhn_generates_the_spec_and_trains_its_encoder():
+    # Prepare
+    algo = _algo("pfedhn", embed=4, hidden=16)
+    server0 = algo.init_server(SPEC, INIT, _parties().descriptors.numpy(), SEED)
+    n_enc = encoder_size(2, 16, 4)
+
+    # Execute
+    result, _ = _run(algo, rounds=1)
+    theta0 = algo.novel(server0, SPEC).predict(_parties().descriptors.numpy())
+
+    # Assert: round 0's models sit near the common init (offsets well under each layer's init scale); one round
+    # moves the encoder.
+    assert theta0.shape == (6, SPEC.n_params) and theta0.dtype == np.float32
+    assert (np.abs(theta0 - INIT) / output_scale(SPEC).numpy()).max() < 0.5
+    assert not np.array_equal(result.server["phi"][:n_enc], server0["phi"][:n_enc])
+    assert np.array_equal(result.server["mu"], server0["mu"])
+
+
+def test_pfedhn_serves_a_784_100_10_mlp():
+    spec = MLPSpec((784, 100, 10))
+    algo = _algo("pfedhn")
+    desc = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    server = algo.init_server(spec, np.zeros(spec.n_params, np.float32), desc, SEED)
+    delta = np.random.default_rng(1).normal(size=(2, spec.n_params)).astype(np.float32)
+    server = algo.aggregate(server, {"delta": delta, "descriptor": desc[:2]}, np.ones(2), np.arange(2))
+    theta = algo.novel(server, spec).predict(desc)
+    assert theta.shape == (5, 79_510) and theta.dtype == np.float32 and np.isfinite(theta).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "settings", "key"),
+    [
+        ("per_fedavg", {"alpha": -1.0}, "federated.per_fedavg.alpha"),
+        ("per_fedavg", {"beta": 0.0}, "federated.per_fedavg.beta"),
+        ("per_fedavg", {"inner": "newton"}, "federated.per_fedavg.inner"),
+        ("per_fedavg", {"hessian_free": True}, "federated.per_fedavg.hessian_free"),
+        ("ditto", {"lam": -0.1}, "federated.ditto.lam"),
+        ("ditto", {"personal_steps": -1}, "federated.ditto.personal_steps"),
+        ("fedrep", {"head_steps": -1}, "federated.fedrep.head_steps"),
+        ("fedala", {"share": 0.0}, "federated.fedala.share"),
+        ("fedala", {"layers": 0}, "federated.fedala.layers"),
+        ("pfedhn", {"embed": 0}, "federated.pfedhn.embed"),
+        ("pfedhn", {"server_lr": 0.0}, "federated.pfedhn.server_lr"),
+    ],
+)
+def test_bad_settings_name_their_key(name, settings, key):
+    with pytest.raises(ValueError, match=key):
+        ALGORITHMS[name].settings(**settings)
+
+
+def test_fedala_refuses_more_layers_than_the_mlp_has():
+    with pytest.raises(ValueError, match="federated.fedala.layers"):
+        _run(_algo("fedala", layers=3))
+
+
+def test_local_steps_are_counted_per_gradient_evaluation():
+    assert _algo("per_fedavg").steps_per_round() == 2 * CFG.local_steps
+    assert _algo("per_fedavg", inner="sgd", hessian_free=True).steps_per_round() == 4 * CFG.local_steps
+    assert _algo("ditto", personal_steps=3).steps_per_round() == CFG.local_steps + 3
+    assert _algo("fedrep", head_steps=5).steps_per_round() == CFG.local_steps + 5
+    assert _algo("fedala", weight_steps=2).steps_per_round() == CFG.local_steps + 2
+    assert TrainConfig(steps=CFG.local_steps).steps == _algo("pfedhn").steps_per_round()
