@@ -8,7 +8,7 @@ import numpy as np
 import ray
 import torch
 
-from actors.assign import parallel_solve_rect, parallel_solver
+from actors.assign import parallel_solvers
 from fusion.methods import strategy_for
 from fusion.params import init_params
 from fusion.quarantine import finite_models
@@ -76,15 +76,16 @@ class FusionActor:
         if ok.sum() < 2:
             raise ValueError(f"only {int(ok.sum())} of {len(ids)} pretrained models are finite; fusion needs 2")
         quarantined, ids, models, descriptors = ids[~ok], ids[ok], models[ok], descriptors[ok]
+        solve_many, solve_rect = parallel_solvers(self.n_chunks, run=self.run)
         ctx = FitContext(
             self.spec,
             self.seed,
-            parallel_solver(self.n_chunks, run=self.run),
+            solve_many,
             self.cfg,
             self.probe if self.probe is not None or self.scenario is None else self.scenario.probe_inputs(),
             tasks=(lambda: self._tasks(ids)) if self.scenario is not None else None,
             widths=party_widths(self.seed, ids, self.widths) if self.widths else None,
-            solve_rect=parallel_solve_rect(self.n_chunks, run=self.run),
+            solve_rect=solve_rect,
             outputs=self.outputs,
         )
         fitted, seconds = {}, {}
@@ -101,7 +102,6 @@ class FusionActor:
             seconds[method] = time.perf_counter() - start
         self.summary = {"seconds": seconds, "parties": len(ids), **{m: f.summary() for m, f in fitted.items()}}
         self.summary["quarantined"] = quarantined.tolist()
-        self.fitted = fitted
         return {"fitted": fitted, "party_id": ids, "descriptor": descriptors, "quarantined": quarantined}
 
     def _tasks(self, ids: np.ndarray) -> tuple:
@@ -119,7 +119,3 @@ class FusionActor:
         if self.summary is None:
             raise RuntimeError(f"the fusion fit failed ({self.error})" if self.error else "no fit has completed")
         return self.summary
-
-    def export(self, method: str) -> tuple[str, dict]:
-        """(kind, torch-saveable state) of one fitted method (loads with ``weights_only=True``)."""
-        return type(self.fitted[method]).__name__, self.fitted[method].export()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
     import ray
 
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     acc: dict = {m: {} for m in METHODS}
     walls = {}
     try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -69,7 +69,7 @@ def markdown(rmse: dict, methods: list[str], dims: list[int], shots: list[int], 
 def main(argv: list[str]) -> int:
     args = parse(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     if args.synthetic:
         data_dir, label = str(write_synthetic_ml100k(OUT / "synthetic-ml-100k", seed=args.seed)), "synthetic"
     else:

@@ -13,7 +13,7 @@ from fusion.strategies import STRATEGIES, FitContext
 from tests.test_params import random_stack
 from tests.test_strategies import FAST, SPEC, StrategyContract, ctx, outputs
 
-SMALL = FAST.mfpl
+SMALL = FAST.settings["mfpl"]
 
 
 class TestMFPL(StrategyContract):
@@ -102,7 +102,7 @@ def test_mfpl_refit_needs_probe_inputs():
 
 def test_mfpl_config_from_toml_and_errors_name_the_key():
     cfg = resolve({"fusion": {"strategy": "mfpl", "mfpl": {"task_dim": 8, "lr": 0.005}}})
-    assert cfg.fusion.mfpl == MFPLConfig(task_dim=8, lr=0.005) and cfg.fusion.strategy == "mfpl"
+    assert cfg.fusion.settings["mfpl"] == MFPLConfig(task_dim=8, lr=0.005) and cfg.fusion.strategy == "mfpl"
     with pytest.raises(ConfigError, match="fusion.mfpl.task_dim"):
         resolve({"fusion": {"mfpl": {"task_dim": 0}}})
     with pytest.raises(ConfigError, match="fusion.mfpl.bogus"):
