@@ -50,7 +50,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--methods", default="fusion,nearest_task,average,cold_start")
     p.add_argument("--pretrain-steps", type=int, default=1000)
     p.add_argument("--finetune-steps", type=int, default=100)
-    p.add_argument("--finetune-lr", type=float, default=0.001)  # the recipe of the README table
+    p.add_argument("--finetune-lr", type=float, default=0.001)  # the recipe of the docs/results.md table
     p.add_argument("--finetune-folds", type=int, default=0, help="0: no step selection; >= 2: k-fold selection")
     p.add_argument("--fusion", default="gp_refit")
     p.add_argument("--seed", type=int, default=0)

@@ -36,7 +36,7 @@ class FusionConfig:
     refit_steps: int = 2000  # function-space refit of a warm start (strategies that refit)
     refit_lr: float = 0.003
     # nonparametric matching of models of different widths (runs with ``widths``); small sigma + normalizers:
-    # the setting that opened separate atoms for trained sine units (README, Heterogeneity)
+    # the setting that opened separate atoms for trained sine units (docs/heterogeneity.md)
     pfnm: PFNMConfig = field(default_factory=lambda: PFNMConfig(sigma=0.05, empirical_bayes=True, normalizers=True))
     settings: Mapping[str, Any] = field(default_factory=dict)
 
