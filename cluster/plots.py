@@ -165,6 +165,8 @@ def plot_study(table, keys: list[str], metric: str, path: Path) -> None:
             if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
                 ax.set_xscale("log")
                 plain_log_ticks(ax.xaxis)
+            elif numeric and len(xs) <= 12:
+                ax.set_xticks(xs)  # the swept values themselves, not 4.25, 4.5, ...
             if not numeric:
                 ax.set_xticks(pos, [str(x) for x in xs])
             if log_scale_wanted([m for m in means_all if np.isfinite(m)]):

@@ -27,5 +27,5 @@ def test_readme_is_short_and_every_flag_is_documented():
 
 def test_local_links_resolve():
     for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
-        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+        for target in re.findall(r"\]\(([\w./-]+\.(?:md|png))(?:#[^)]*)?\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
