@@ -1,8 +1,15 @@
-"""Assignment problems solved in parallel as Ray tasks over chunks of models."""
+"""Assignment problems solved in parallel as Ray tasks over chunks of models.
+
+:func:`parallel_solvers` gives both solver kinds the fusion strategies take (:data:`fusion.matching.SolveMany`
+for square template assignments, :data:`fusion.pfnm.SolveRect` for nonparametric matching) on one code path:
+the problems are put in the object store once and ~``n_chunks`` slices of them are solved as tasks.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import ray
@@ -11,59 +18,48 @@ from actors import metrics
 from fusion.matching import SolveMany, solve_many_serial
 from fusion.pfnm import SolveRect, solve_rect_serial
 
+SliceSolve = Callable[[Any, int, int], Any]  # (problems, lo, hi) -> solutions of problems lo..hi-1
+
+
+def _many_slice(problems: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> np.ndarray:
+    units, template = problems  # template (units, features) shared, or (n, units, features) per model
+    return solve_many_serial(units[lo:hi], template if template.ndim == 2 else template[lo:hi])
+
+
+def _rect_slice(costs: list[np.ndarray], lo: int, hi: int) -> list[np.ndarray]:
+    return solve_rect_serial(costs[lo:hi])
+
+
+def _timed(solve: SliceSolve, problems: Any, lo: int, hi: int, run: str) -> Any:
+    start = time.perf_counter()
+    out = solve(problems, lo, hi)
+    metrics.assignment_seconds(run, time.perf_counter() - start)
+    return out
+
 
 # Zero logical CPUs: the party shards hold the cluster's CPUs for their lifetime but sit idle while
 # the fusion actor works, and the caller bounds the number of chunks by the CPU count.
-@ray.remote(num_cpus=0)
-def _solve_chunk(units: np.ndarray, template: np.ndarray, lo: int, hi: int, run: str = "") -> np.ndarray:
-    start = time.perf_counter()
-    tmpl = template if template.ndim == 2 else template[lo:hi]
-    perms = solve_many_serial(units[lo:hi], tmpl)
-    metrics.assignment_seconds(run, time.perf_counter() - start)
-    return perms
+_solve_chunk = ray.remote(num_cpus=0)(_timed)
 
 
-def parallel_solver(n_chunks: int, min_chunk: int = 16, run: str = "") -> SolveMany:
-    """A ``solve_many`` that puts the units once and solves ~``n_chunks`` slices of them as tasks."""
-
-    def solve_many(units: np.ndarray, template: np.ndarray) -> np.ndarray:
-        n = len(units)
+def _chunked(solve: SliceSolve, join: Callable[[list], Any], n_chunks: int, min_chunk: int, run: str):
+    def solve_all(problems: Any, n: int) -> Any:
         chunks = max(1, min(n_chunks, n // min_chunk))
         if chunks == 1:
-            start = time.perf_counter()
-            perms = solve_many_serial(units, template)
-            metrics.assignment_seconds(run, time.perf_counter() - start)
-            return perms
-        units_ref, template_ref = ray.put(units), ray.put(template)
+            return _timed(solve, problems, 0, n, run)
+        ref = ray.put(problems)
         bounds = np.linspace(0, n, chunks + 1).astype(int)
-        pairs = zip(bounds[:-1], bounds[1:])
-        refs = [_solve_chunk.remote(units_ref, template_ref, int(a), int(b), run) for a, b in pairs]
-        return np.concatenate(ray.get(refs))
+        return join(ray.get([_solve_chunk.remote(solve, ref, int(a), int(b), run) for a, b in zip(bounds, bounds[1:])]))
 
-    return solve_many
+    return solve_all
 
 
-@ray.remote(num_cpus=0)
-def _solve_rect_chunk(costs: list[np.ndarray], run: str = "") -> list[np.ndarray]:
-    start = time.perf_counter()
-    cols = solve_rect_serial(costs)
-    metrics.assignment_seconds(run, time.perf_counter() - start)
-    return cols
+def parallel_solvers(n_chunks: int, min_chunk: int = 16, run: str = "") -> tuple[SolveMany, SolveRect]:
+    """``(solve_many, solve_rect)`` that split their independent problems into ~``n_chunks`` Ray tasks.
 
-
-def parallel_solve_rect(n_chunks: int, min_chunk: int = 16, run: str = "") -> SolveRect:
-    """A ``solve_rect`` that solves ~``n_chunks`` slices of the list of independent cost matrices as tasks."""
-
-    def solve_rect(costs: list[np.ndarray]) -> list[np.ndarray]:
-        n = len(costs)
-        chunks = max(1, min(n_chunks, n // min_chunk))
-        if chunks == 1:
-            start = time.perf_counter()
-            cols = solve_rect_serial(costs)
-            metrics.assignment_seconds(run, time.perf_counter() - start)
-            return cols
-        bounds = np.linspace(0, n, chunks + 1).astype(int)
-        refs = [_solve_rect_chunk.remote(costs[a:b], run) for a, b in zip(bounds[:-1], bounds[1:])]
-        return [cols for part in ray.get(refs) for cols in part]
-
-    return solve_rect
+    >>> solve_many, solve_rect = parallel_solvers(2)  # doctest: +SKIP
+    >>> perms = solve_many(units, template)            # (n, units) as fusion.matching.solve_many_serial
+    """
+    many = _chunked(_many_slice, np.concatenate, n_chunks, min_chunk, run)
+    rect = _chunked(_rect_slice, lambda parts: [c for p in parts for c in p], n_chunks, min_chunk, run)
+    return (lambda units, template: many((units, template), len(units))), (lambda costs: rect(costs, len(costs)))

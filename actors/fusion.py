@@ -8,7 +8,7 @@ import numpy as np
 import ray
 import torch
 
-from actors.assign import parallel_solve_rect, parallel_solver
+from actors.assign import parallel_solvers
 from fusion.methods import strategy_for
 from fusion.outliers import function_outliers
 from fusion.params import init_params
@@ -93,15 +93,16 @@ class FusionActor:
             )
             ids, models, descriptors = ids[~bad], models[~bad], descriptors[~bad]
         quarantined = np.array(sorted(reasons), np.int64)
+        solve_many, solve_rect = parallel_solvers(self.n_chunks, run=self.run)
         ctx = FitContext(
             self.spec,
             self.seed,
-            parallel_solver(self.n_chunks, run=self.run),
+            solve_many,
             self.cfg,
             probe,
             tasks=(lambda: self._tasks(ids)) if self.scenario is not None else None,
             widths=party_widths(self.seed, ids, self.widths) if self.widths else None,
-            solve_rect=parallel_solve_rect(self.n_chunks, run=self.run),
+            solve_rect=solve_rect,
             outputs=self.outputs,
         )
         fitted, seconds = {}, {}
@@ -118,7 +119,6 @@ class FusionActor:
             seconds[method] = time.perf_counter() - start
         self.summary = {"seconds": seconds, "parties": len(ids), **{m: f.summary() for m, f in fitted.items()}}
         self.summary["quarantined"] = quarantined.tolist()
-        self.fitted = fitted
         return {
             "fitted": fitted,
             "party_id": ids,
@@ -142,7 +142,3 @@ class FusionActor:
         if self.summary is None:
             raise RuntimeError(f"the fusion fit failed ({self.error})" if self.error else "no fit has completed")
         return self.summary
-
-    def export(self, method: str) -> tuple[str, dict]:
-        """(kind, torch-saveable state) of one fitted method (loads with ``weights_only=True``)."""
-        return type(self.fitted[method]).__name__, self.fitted[method].export()

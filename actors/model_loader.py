@@ -6,7 +6,7 @@ import numpy as np
 import ray
 
 from fusion.spec import MLPSpec
-from fusion.state_dicts import load_model_file
+from fusion.state_dicts import ArchitectureMismatch, load_model_file
 
 
 @ray.remote(num_returns=2)
@@ -14,12 +14,13 @@ def load_chunk(paths: list[str], party_ids: np.ndarray, descriptors: np.ndarray,
     """Load ``paths`` (one per party), each checked against ``spec``, as flat models.
 
     Returns two objects: the shard dict ``{party_id (n,), descriptor (n, d), params (n, n_params)}``
-    that :class:`actors.fusion.FusionActor` takes, and a small report ``{"error"}`` for the driver
-    (the first problem of the chunk, naming its file, or None), so the driver never fetches weights.
+    that :class:`actors.fusion.FusionActor` takes, and a small report ``{"error", "architecture"}`` for the
+    driver (the first problem of the chunk, naming its file, or None; ``architecture``: the problem is an
+    :class:`~fusion.state_dicts.ArchitectureMismatch`), so the driver never fetches weights.
     """
     try:
         params = np.stack([load_model_file(path, spec)[0] for path in paths]).astype(np.float32)
     except ValueError as exc:
-        return {}, {"error": str(exc)}
+        return {}, {"error": str(exc), "architecture": isinstance(exc, ArchitectureMismatch)}
     shard = {"party_id": np.asarray(party_ids), "descriptor": np.asarray(descriptors, np.float32), "params": params}
-    return shard, {"error": None}
+    return shard, {"error": None, "architecture": False}

@@ -4,7 +4,7 @@
 
 The problems are the ones the fusion actor solves in one alignment iteration: N models' units
 (N, hidden, features) against a template. Each model is the template's units permuted and perturbed,
-drawn from a fixed seed. Times ``actors.assign.parallel_solver`` with 1 chunk (in process) and with one
+drawn from a fixed seed. Times ``actors.assign.parallel_solvers`` with 1 chunk (in process) and with one
 chunk per core (Ray tasks), best of ``--repeats``; efficiency = T1 / (cores x Tp). Ends with one JSON line.
 """
 
@@ -50,12 +50,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
-    from actors.assign import parallel_solver
+    from actors.assign import parallel_solvers
 
     units, template = problems(args.models, args.hidden, args.features, seed=0)
     ray.init(num_cpus=args.cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
-        serial, parallel = parallel_solver(1), parallel_solver(args.cores, min_chunk=1)
+        serial, parallel = parallel_solvers(1)[0], parallel_solvers(args.cores, min_chunk=1)[0]
         parallel(units[: 2 * args.cores], template)  # start the workers before timing
         expected = serial(units, template)
         if not np.array_equal(parallel(units, template), expected):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,7 +41,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--train-per-class", type=int, default=0, help="0 = each party's whole disjoint share")
     p.add_argument("--eval-per-class", type=int, default=30)
     p.add_argument("--pretrain-steps", type=int, default=1000)
-    # the recipe of the README table: 100 Adam steps at lr 1e-3 for every method, no step selection (the run's
+    # the recipe of the docs/results.md table: 100 Adam steps at lr 1e-3 for every method, no step selection (the run's
     # default, 5-fold selection over 300 steps, is far slower on [784-100-10] nets: 7 of 15 K=2 test parties in
     # 10 min on the 2-core machine shared with another benchmark)
     p.add_argument("--finetune-steps", type=int, default=100)
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
     import ray
 
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     acc: dict = {m: {} for m in METHODS}
     walls = {}
     try:

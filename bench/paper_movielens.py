@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -50,7 +50,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--methods", default="fusion,nearest_task,average,cold_start")
     p.add_argument("--pretrain-steps", type=int, default=1000)
     p.add_argument("--finetune-steps", type=int, default=100)
-    p.add_argument("--finetune-lr", type=float, default=0.001)  # the recipe of the README table
+    p.add_argument("--finetune-lr", type=float, default=0.001)  # the recipe of the docs/results.md table
     p.add_argument("--finetune-folds", type=int, default=0, help="0: no step selection; >= 2: k-fold selection")
     p.add_argument("--fusion", default="gp_refit")
     p.add_argument("--seed", type=int, default=0)
@@ -69,7 +69,7 @@ def markdown(rmse: dict, methods: list[str], dims: list[int], shots: list[int], 
 def main(argv: list[str]) -> int:
     args = parse(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     if args.synthetic:
         data_dir, label = str(write_synthetic_ml100k(OUT / "synthetic-ml-100k", seed=args.seed)), "synthetic"
     else:

@@ -14,9 +14,7 @@ Whatever cannot be read, or does not belong to this run, is a :class:`ConfigErro
 from __future__ import annotations
 
 import csv
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from cluster.config import ConfigError, load_toml
-from fusion.io import load_warm_starter, save_warm_starter
+from fusion.io import load_warm_starter, save_warm_starter, write_atomic
 from fusion.strategies import WarmStarter
 from scenarios import Scenario
 
@@ -33,18 +31,6 @@ FOLDER = "checkpoint"
 FINISHED_MARKER = "results.parquet"
 # What torch.load(weights_only=True) and our loader raise on truncated, corrupted or non-weights files.
 _UNREADABLE = (RuntimeError, ValueError, KeyError, IndexError, TypeError, EOFError, OSError, pickle.UnpicklingError)
-
-
-def write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def resume_tree(folder: str | Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The command line: ``fusion-cluster run SCENARIO_OR_TOML [flags]`` and ``fusion-cluster fuse [flags]``."""
+"""The command line: ``fusion-cluster run SCENARIO_OR_TOML [flags]``, ``fusion-cluster fuse [flags]`` and
+``fusion-cluster study STUDY.toml [flags]``."""
 
 from __future__ import annotations
 
@@ -71,6 +72,11 @@ def parser() -> argparse.ArgumentParser:
         "combine class probabilities)",
     )
     f.add_argument("--address", default="", help="Ray cluster address (else RAY_ADDRESS, else an embedded local Ray)")
+    s = sub.add_parser("study", help="a grid of runs ([base] run keys x [grid] values) on one Ray connection")
+    s.add_argument("study", metavar="STUDY.toml", help="a study file: [base] run keys and [grid] key = [values]")
+    s.add_argument("--out", help="study folder (default studies/<file name>-<time>); must not exist or be empty")
+    s.add_argument("--address", default="", help="Ray cluster address (else RAY_ADDRESS, else an embedded local Ray)")
+    s.add_argument("--resume", action="store_true", help="continue the study in --out: finished points are skipped")
     return p
 
 
@@ -137,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             from cluster.fuse import FuseConfig, fuse
 
             fuse(FuseConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FuseConfig)}))
+            return 0
+        if args.command == "study":
+            from cluster.study import run_study
+
+            run_study(args.study, args.out, args.address, args.resume)
             return 0
         cfg = resolve(config_tree(args))
         from cluster.pipeline import run  # Ray is imported only when a run starts

@@ -7,17 +7,17 @@ exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from actors.faults import FaultConfig
 from cluster.system import PartyClass, SystemConfig, check_classes
 from fusion.metamodel import GPConfig
 from fusion.methods import COLD_START, DEFAULT_METHODS, default_methods, known_methods, strategy_for
 from fusion.strategies import FusionConfig
+from fusion.strategies.base import settings_classes
 from fusion.training import FinetuneConfig, TrainConfig
 from scenarios import canonical_name, make_options
 
@@ -182,6 +182,30 @@ def _party_classes(tables: Any) -> tuple[PartyClass, ...]:
     return tuple(out)
 
 
+def _fusion(table: Any) -> FusionConfig:
+    """``[fusion]``: shared keys, ``[fusion.gp]``, and each strategy's own ``[fusion.<settings_key>]`` table."""
+    if not isinstance(table, dict):
+        raise ConfigError("fusion must be a table")
+    fus, classes = dict(table), settings_classes()
+    allowed = ({f.name for f in fields(FusionConfig)} - {"settings"}) | set(classes)
+    unknown = sorted(set(fus) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join('fusion.' + k for k in unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    settings = {}
+    for key in [k for k in fus if k in classes]:
+        if not isinstance(fus[key], dict):
+            raise ConfigError(f"fusion.{key} must be a table")
+        settings[key] = _build(classes[key], fus.pop(key), f"fusion.{key}.")
+    gp = fus.pop("gp", {})
+    base = _build(FusionConfig, fus, "fusion.")
+    try:
+        return dataclasses.replace(base, gp=_build(GPConfig, gp, "fusion.gp."), settings=settings)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
@@ -215,10 +239,7 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
         if key in raw:
             kwargs[key] = _build(cls, raw.pop(key), f"{key}.", defaults[key].default_factory())
     if "fusion" in raw:
-        fus = dict(raw.pop("fusion"))
-        gp = fus.pop("gp", {})
-        base = _build(FusionConfig, fus, "fusion.")
-        kwargs["fusion"] = dataclasses.replace(base, gp=_build(GPConfig, gp, "fusion.gp."))
+        kwargs["fusion"] = _fusion(raw.pop("fusion"))
     for key in ("parties", "test_parties", "seed"):
         if key in raw:
             kwargs[key] = _typed(key, raw.pop(key), int)
@@ -261,6 +282,7 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     out["pretrain"] = dataclasses.asdict(cfg.pretrain)
     out["finetune"] = dataclasses.asdict(cfg.finetune)
     out["fusion"] = dataclasses.asdict(cfg.fusion)
+    out["fusion"].update(out["fusion"].pop("settings"))  # each strategy's settings as its own [fusion.<key>]
     if cfg.faults != FaultConfig():
         out["faults"] = dataclasses.asdict(cfg.faults)
     if cfg.widths:

@@ -223,7 +223,7 @@ def fuse(cfg: FuseConfig, log: Log = print) -> Path:
         ]
         for report in ray.get([meta for _, meta in pairs]):
             if report["error"]:
-                raise ConfigError(report["error"] + (f" ({origin})" if "architecture" in report["error"] else ""))
+                raise ConfigError(report["error"] + (f" ({origin})" if report["architecture"] else ""))
         log(
             f"loaded {len(paths)} models ({spec}, {origin}) in {len(pairs)} chunks ({time.perf_counter() - clock:.1f}s)"
         )

@@ -8,10 +8,11 @@ retried on the restarted shard. ``resume=True`` continues a run from its checkpo
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,7 @@ def chunks(ids: np.ndarray, size: int) -> list[np.ndarray]:
 
 
 def default_out(cfg: RunConfig) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.scenario}-s{cfg.seed}-{stamp}"
 
 
@@ -189,19 +190,47 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
     )
 
 
-class _Progress:
-    """Progress lines for a stage, in parties: the first, then at most one a second, and always the last."""
+def _bar(stage: str, done: int, total: int, unit: str, seconds: float, width: int = 30) -> str:
+    """One tqdm-style line: ``stage: 40%|############        | 20/50 parties [3.1s<4.6s]``."""
+    frac = done / total if total else 1.0
+    eta = f"<{seconds / done * (total - done):.1f}s" if 0 < done < total else ""
+    filled = int(round(width * frac))
+    bar = "#" * filled + " " * (width - filled)
+    return f"{stage}: {100 * frac:3.0f}%|{bar}| {done}/{total} {unit} [{seconds:.1f}s{eta}]"
 
-    def __init__(self, stage: str, total: int, log: Log) -> None:
-        self.stage, self.total, self.log, self.done = stage, total, log, 0
+
+class _Progress:
+    """A stage's progress in ``unit``: on a terminal (``log`` is ``print`` and stdout a TTY) one bar redrawn in place;
+    otherwise lines: the first, then at most one a second, and always the last (``lines=False``: none)."""
+
+    def __init__(self, stage: str, total: int, log: Log, unit: str = "parties", lines: bool = True) -> None:
+        self.stage, self.total, self.log, self.done, self.unit, self.lines = stage, total, log, 0, unit, lines
         self.start = self.last = time.perf_counter()
+        self.tty = log is print and sys.stdout.isatty()
+        if self.tty and total:
+            self._draw(0.0)
+
+    def _draw(self, seconds: float) -> None:
+        end = "\n" if self.done >= self.total else ""
+        sys.stdout.write("\r" + _bar(self.stage, self.done, self.total, self.unit, seconds) + end)
+        sys.stdout.flush()
 
     def add(self, n: int) -> None:
         self.done += n
         now = time.perf_counter()
-        if now - self.last >= 1.0 or self.done == self.total or self.last == self.start:
+        if self.tty:
+            self._draw(now - self.start)
+        elif self.lines and (now - self.last >= 1.0 or self.done == self.total or self.last == self.start):
             self.last = now
-            self.log(f"{self.stage}: {self.done}/{self.total} parties ({now - self.start:.1f}s)")
+            self.log(f"{self.stage}: {self.done}/{self.total} {self.unit} ({now - self.start:.1f}s)")
+
+
+def _as_done(refs):
+    """``(ref, result)`` of each of ``refs`` in the order they finish."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        yield ready[0], ray.get(ready[0])
 
 
 def _stage(stages: dict[str, float], run_id: str, name: str, start: float) -> None:
@@ -272,8 +301,11 @@ def _execute(
         clock = time.perf_counter()
         if fitted is None:
             fit_ref = fusion.fit.remote(list(cfg.methods), *part_refs)
+            n_fit = sum(strategy_for(m, cfg.fusion) is not None for m in cfg.methods)
+            progress = _Progress("fusion", n_fit, log, "methods", lines=False)  # a bar on a terminal
             fit_out = ray.get(fit_ref)
             fitted, quarantine = fit_out["fitted"], dict(zip(fit_out["quarantined"].tolist(), fit_out["reasons"]))
+            progress.add(len(fitted))
             ckpt.save_fitted(fitted)
             ckpt.save_quarantine(quarantine)
             report = ray.get(fusion.report.remote())
@@ -323,13 +355,11 @@ def _pretrain(
     if saved:
         left = sum(jobs.values())
         log(f"checkpoint: {len(saved_ids)} of {cfg.parties} training parties pretrained already, {left} to go")
-    parts, progress, pending = list(saved), _Progress("pretrain", sum(jobs.values()), log), list(jobs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        part = ray.get(ready[0])
+    parts, progress = list(saved), _Progress("pretrain", sum(jobs.values()), log)
+    for ref, part in _as_done(jobs):
         ckpt.save_pretrained(part)
         parts.append(part)
-        progress.add(jobs[ready[0]])
+        progress.add(jobs[ref])
     return parts, [ray.put(p) for p in saved] + list(jobs)
 
 
@@ -339,18 +369,16 @@ def _evaluate(cfg: RunConfig, shards, slices, fit_ref, run_id: str, log: Log) ->
     for shard, (_, test_ids) in zip(shards, slices):
         for chunk in chunks(test_ids, cfg.cluster.chunk_parties):
             jobs[shard.evaluate.remote(fit_ref, list(cfg.methods), list(cfg.shots), chunk)] = len(chunk)
-    progress, pending, parts = _Progress("fine-tune + evaluate", cfg.test_parties, log), list(jobs), []
+    progress, parts = _Progress("fine-tune + evaluate", cfg.test_parties, log), []
     sums: dict[tuple[str, int], list[float]] = {}
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        part = ray.get(ready[0])
+    for ref, part in _as_done(jobs):
         parts.append(part)
         for m, k, v in zip(part["method"], part["shots"], part["value"]):
             acc = sums.setdefault((m, k), [0.0, 0])
             acc[0], acc[1] = acc[0] + v, acc[1] + 1
         for (m, k), (total, n) in sums.items():
             metrics.warm_start_metric(run_id, m, k, total / n)
-        progress.add(jobs[ready[0]])
+        progress.add(jobs[ref])
     cols = {k: [v for p in parts for v in p[k]] for k in ("method", "shots", "party_id", "value")}
     rank = {m: i for i, m in enumerate(cfg.methods)}
     order = np.lexsort((cols["party_id"], cols["shots"], [rank[m] for m in cols["method"]]))

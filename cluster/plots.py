@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -22,24 +23,63 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
+# axis labels with units; a metric not listed is shown by its name
+METRIC_LABELS = {
+    "nrmse": "nRMSE (RMSE / task amplitude, lower is better)",
+    "rmse": "RMSE (rating points, lower is better)",
+    "accuracy": "accuracy (fraction of test samples, higher is better)",
+}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def log_scale_wanted(means: list[float], decades: float = 1.0) -> bool:
+    """True when the positive ``means`` span more than ``decades`` decades (a linear axis would flatten some)."""
+    pos = [m for m in means if m > 0]
+    return len(pos) == len(means) and len(pos) > 1 and np.log10(max(pos) / min(pos)) > decades
+
+
+def plain_log_ticks(axis) -> None:
+    """Label a log axis with plain numbers (0.03, 0.1, 2), the 2s and 5s between powers of ten included."""
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+
+
 def plot_metric_vs_shots(summary: list[dict], metric: str, path: Path) -> None:
-    """One line per method: the mean metric against the shots, error bars = std over the test parties."""
-    fig = Figure(figsize=(6, 4))
+    """One line per method (own marker and dash), mean metric against the shots, error bars = standard error of
+    the mean over the test parties. A log y axis when the means span more than a decade (lower whiskers that
+    would reach 0 stop at a fifth of the mean); the legend sits outside the axes."""
+    methods = list(dict.fromkeys(r["method"] for r in summary))
+    shots = sorted({r["shots"] for r in summary})
+    log = log_scale_wanted([r["mean"] for r in summary])
+    fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
-    for method in dict.fromkeys(r["method"] for r in summary):
+    step = (max(shots) - min(shots) or 1) * 0.012  # dodge: methods at one shots value do not cover each other
+    for i, method in enumerate(methods):
         rows = sorted((r for r in summary if r["method"] == method), key=lambda r: r["shots"])
+        mean = np.array([r["mean"] for r in rows])
+        sem = np.array([r["std"] / np.sqrt(max(r["n"], 1)) for r in rows])
+        lower = np.minimum(sem, 0.8 * mean) if log else sem
         ax.errorbar(
-            [r["shots"] for r in rows],
-            [r["mean"] for r in rows],
-            yerr=[r["std"] for r in rows],
+            [r["shots"] + (i - (len(methods) - 1) / 2) * step for r in rows],
+            mean,
+            yerr=[lower, sem],
             label=method,
-            marker="o",
+            marker=MARKERS[i % len(MARKERS)],
+            linestyle=LINESTYLES[(i // len(MARKERS)) % len(LINESTYLES)],
+            markersize=6,
             capsize=3,
         )
-    ax.set_xlabel("fine-tuning shots")
-    ax.set_ylabel(f"{metric} (mean ± std over test parties)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    if log:
+        ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
+    n = max((r["n"] for r in summary), default=0)
+    ax.set_xticks(shots)
+    ax.set_xlabel("fine-tuning shots per test party")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_title(f"mean ± standard error over {n} test parties" + (" (log scale)" if log else ""), fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title="method", fontsize=9)
+    ax.grid(alpha=0.3, which="both" if log else "major")
     _save(fig, path)
 
 
@@ -55,15 +95,89 @@ def plot_warm_starts(
     if not party_ids or any(c is None for c in curves):
         return False
     fig = Figure(figsize=(4 * len(party_ids), 3.5))
+    warm = {m: torch.as_tensor(s.predict(np.asarray(descs))) for m, s in fitted.items()}  # one call per method
     for col, (pid, desc, (x, y)) in enumerate(zip(party_ids, descs, curves)):
         ax = fig.add_subplot(1, len(party_ids), col + 1)
         ax.plot(x[:, 0], y[:, 0], color="black", lw=2.5, label="truth")
-        for method, starter in fitted.items():
-            params = torch.as_tensor(starter.predict(np.asarray([desc])))
-            pred = forward(params, scenario.spec, torch.as_tensor(x)).detach().numpy()[0, :, 0]
+        for method, params in warm.items():
+            pred = forward(params[col : col + 1], scenario.spec, torch.as_tensor(x)).detach().numpy()[0, :, 0]
             ax.plot(x[:, 0], pred, lw=1.2, label=method)
         ax.set_title(f"party {pid}: descriptor {np.round(desc, 2).tolist()}")
         ax.set_xlabel("x")
     fig.axes[0].legend(fontsize=7)
     _save(fig, path)
     return True
+
+
+def _numeric(values: list) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def plot_study(table, keys: list[str], metric: str, path: Path) -> None:
+    """``study.png``: the mean metric against each swept key (columns) for each shots value (rows), one line per
+    method. Each point's mean is over its test parties and, for the other swept keys, over their values; with
+    ``seed`` among the keys the error bars are the std over seeds. A key of numbers spanning >= 1 decade gets a
+    log x axis; the y axis is log when the means span more than a decade. Written to a temp file, then renamed.
+    """
+    from fusion.io import write_atomic
+
+    cols = {k: table[k].to_pylist() for k in ("method", "shots", "value", *keys)}
+    value = np.asarray(cols["value"], np.float64)
+    methods = list(dict.fromkeys(cols["method"]))
+    shots = sorted(set(cols["shots"]))
+    swept = [k for k in keys if k != "seed"] or keys
+    by_seed = "seed" in keys and swept != ["seed"]
+    fig = Figure(figsize=(4.2 * len(swept) + 1.8, 3.2 * len(shots)))
+    for r, k_shots in enumerate(shots):
+        for c, key in enumerate(swept):
+            ax = fig.add_subplot(len(shots), len(swept), r * len(swept) + c + 1)
+            xs = list(dict.fromkeys(cols[key]))
+            numeric = _numeric(xs)
+            xs = sorted(xs) if numeric else xs
+            pos = xs if numeric else list(range(len(xs)))
+            means_all = []
+            for i, method in enumerate(methods):
+                mean, err = [], []
+                for x in xs:
+                    sel = [
+                        j
+                        for j in range(len(value))
+                        if cols["method"][j] == method and cols["shots"][j] == k_shots and cols[key][j] == x
+                    ]
+                    if by_seed:
+                        seeds = sorted({cols["seed"][j] for j in sel})
+                        per = [value[[j for j in sel if cols["seed"][j] == s]].mean() for s in seeds]
+                        mean.append(float(np.mean(per)))
+                        err.append(float(np.std(per)))
+                    else:
+                        mean.append(float(value[sel].mean()) if sel else np.nan)
+                        err.append(0.0)
+                means_all += mean
+                ax.errorbar(
+                    pos,
+                    mean,
+                    yerr=err if by_seed else None,
+                    label=method,
+                    marker=MARKERS[i % len(MARKERS)],
+                    linestyle=LINESTYLES[(i // len(MARKERS)) % len(LINESTYLES)],
+                    capsize=3,
+                )
+            if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
+                ax.set_xscale("log")
+                plain_log_ticks(ax.xaxis)
+            elif numeric and len(xs) <= 12:
+                ax.set_xticks(xs)  # the swept values themselves, not 4.25, 4.5, ...
+            if not numeric:
+                ax.set_xticks(pos, [str(x) for x in xs])
+            if log_scale_wanted([m for m in means_all if np.isfinite(m)]):
+                ax.set_yscale("log")
+                plain_log_ticks(ax.yaxis)
+            ax.set_xlabel(key)
+            ax.set_ylabel(METRIC_LABELS.get(metric, metric), fontsize=8)
+            what = "mean ± std over seeds" if by_seed else "mean over test parties"
+            ax.set_title(f"{k_shots}-shot ({what})", fontsize=9)
+            ax.grid(alpha=0.3)
+    fig.axes[len(swept) - 1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))

@@ -14,7 +14,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scenarios.splits import weighted_mean_std
+
+def weighted_mean_std(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """PFLlib's report of per-party metrics ``values`` (P,) with sample counts ``weights`` (P,).
+
+    The mean is sample-weighted (e.g. total correct / total samples); the std is the plain std over parties.
+    """
+    values, weights = np.asarray(values, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    if values.shape != weights.shape or values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"values and weights must be non-empty (P,) arrays, got {values.shape} and {weights.shape}")
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError("weights must be non-negative with a positive sum")
+    return float((values * weights).sum() / weights.sum()), float(values.std())
 
 
 @contextmanager

@@ -27,20 +27,24 @@ def default_methods(strategy: str) -> tuple[str, ...]:
     return tuple(m for m in DEFAULT_METHODS if m != "fusion_noalign")
 
 
+def make_strategy(name: str, cfg: FusionConfig, aligned: bool = True) -> Strategy:
+    """The one way to build a strategy: its own settings from ``cfg.settings[<settings_key>]``, and
+    ``aligned=False`` only for strategies that align (:attr:`Strategy.alignable`)."""
+    cls = STRATEGIES[name]
+    if not aligned and not cls.alignable:
+        raise ValueError(
+            f"method fusion_noalign needs a fusion strategy that aligns ({', '.join(alignable_strategies())}); "
+            f"strategy {name!r} does not: drop fusion_noalign from the methods"
+        )
+    return cls(cfg.settings.get(cls.settings_key) if cls.settings_key else None, aligned=aligned)
+
+
 def strategy_for(method: str, cfg: FusionConfig) -> Strategy | None:
     """The strategy that produces ``method``'s warm starts (None for ``cold_start``)."""
     if method == COLD_START:
         return None
-    if method == "fusion":
-        return STRATEGIES[cfg.strategy]()
-    if method == "fusion_noalign":
-        cls = STRATEGIES[cfg.strategy]
-        if not cls.alignable:
-            raise ValueError(
-                f"method fusion_noalign needs a fusion strategy that aligns ({', '.join(alignable_strategies())}); "
-                f"strategy {cfg.strategy!r} does not: drop fusion_noalign from the methods"
-            )
-        return cls(aligned=False)
+    if method in ("fusion", "fusion_noalign"):
+        return make_strategy(cfg.strategy, cfg, aligned=method == "fusion")
     if method in STRATEGIES:
-        return STRATEGIES[method]()
+        return make_strategy(method, cfg)
     raise ValueError(f"unknown method {method!r}; known: {', '.join(known_methods())}")

@@ -16,6 +16,10 @@ import torch
 from fusion.spec import MLPSpec
 
 
+class ArchitectureMismatch(ValueError):
+    """A state dict whose layer shapes describe another architecture than the one expected."""
+
+
 def _n_layers(keys: list[str], name: str) -> int:
     n = len(keys) // 2
     expected = [f"{2 * i}.{kind}" for i in range(n) for kind in ("weight", "bias")]
@@ -56,7 +60,7 @@ def flat_from_state(state: Mapping, spec: MLPSpec, name: str = "state dict") -> 
         raise ValueError(f"{name}: holds a {type(state).__name__}, not a state dict")
     found = infer_spec(state, name, spec.activation)
     if found.widths != spec.widths:
-        raise ValueError(f"{name}: architecture {found} does not match the expected {spec}")
+        raise ArchitectureMismatch(f"{name}: architecture {found} does not match the expected {spec}")
     parts = []
     for key in spec.state_dict_keys():
         tensor = state[key]

@@ -137,10 +137,6 @@ class Scenario(ABC):
         test samples); None (the default): parties count alike and the summary has no weighted mean."""
         return None
 
-    def descriptor_distance_scale(self) -> np.ndarray | None:
-        """Per-dimension scale for nearest-task look-ups (None: standardize on the training descriptors)."""
-        return None
-
 
 def party_descriptors(scenario: Scenario, seed: int, ids: np.ndarray) -> np.ndarray:
     """Descriptors (n, d) float32 of parties ``ids``."""

@@ -23,7 +23,6 @@ Entry points::
 
     parts = split_labels(labels, SplitConfig("dirichlet", parties=20, alpha=0.1), seed=1)
     parts[i].train, parts[i].test          # int64 indices into the pool
-    mean, std = weighted_mean_std(acc, n_test)   # sample-weighted mean, std over parties (PFLlib's report)
 """
 
 from __future__ import annotations
@@ -180,16 +179,3 @@ def split_labels(labels: np.ndarray, cfg: SplitConfig, seed: int) -> list[PartyS
         raise ValueError(f"labels must be 1-d (N,), got shape {labels.shape}")
     parts = PARTITIONS[cfg.kind](labels, cfg, np.random.default_rng([int(seed), PARTITION]))
     return [train_test(p, i, seed, cfg.train_fraction) for i, p in enumerate(parts)]
-
-
-def weighted_mean_std(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
-    """PFLlib's report of per-party metrics ``values`` (P,) with sample counts ``weights`` (P,).
-
-    The mean is sample-weighted (e.g. total correct / total samples); the std is the plain std over parties.
-    """
-    values, weights = np.asarray(values, dtype=np.float64), np.asarray(weights, dtype=np.float64)
-    if values.shape != weights.shape or values.ndim != 1 or len(values) == 0:
-        raise ValueError(f"values and weights must be non-empty (P,) arrays, got {values.shape} and {weights.shape}")
-    if (weights < 0).any() or weights.sum() <= 0:
-        raise ValueError("weights must be non-negative with a positive sum")
-    return float((values * weights).sum() / weights.sum()), float(values.std())

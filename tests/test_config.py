@@ -1,5 +1,6 @@
-import pytest
 import tomllib
+
+import pytest
 
 from cluster.cli import main
 from cluster.config import ConfigError, dumps_toml, load_toml, resolve, to_dict

@@ -6,25 +6,26 @@ import torch
 
 from cluster.config import ConfigError, resolve
 from fusion.matching import identity_perms
+from fusion.methods import make_strategy
 from fusion.mfpl import MFPLConfig, MFPLModel, fit_elbo, fit_mfpl, reassign
 from fusion.params import forward, permute, unit_features
 from fusion.spec import MLPSpec
-from fusion.strategies import STRATEGIES, FitContext
+from fusion.strategies import FitContext
 from tests.test_params import random_stack
 from tests.test_strategies import FAST, SPEC, StrategyContract, ctx, outputs
 
-SMALL = FAST.mfpl
+SMALL = FAST.settings["mfpl"]
 
 
 class TestMFPL(StrategyContract):
     def make_strategy(self):
-        return STRATEGIES["mfpl"]()
+        return make_strategy("mfpl", FAST)
 
 
 @pytest.mark.slow  # two fits per check; the refit wrapper's contract is already run by TestGPRefit
 class TestMFPLRefit(StrategyContract):
     def make_strategy(self):
-        return STRATEGIES["mfpl_refit"]()
+        return make_strategy("mfpl_refit", FAST)
 
     permuted_atol = 0.05  # the refit trains to the predicted outputs: close, not exact
 
@@ -78,15 +79,15 @@ def test_noalign_mfpl_does_not_recover_permuted_copies():
     rng = np.random.default_rng(8)
     copies = permute(np.repeat(base, 8, 0), SPEC, [np.stack([rng.permutation(12) for _ in range(8)])])
     desc = rng.uniform(size=(8, 2))
-    aligned = STRATEGIES["mfpl"]().fit(copies, desc, ctx()).predict(desc[:1])
-    unaligned = STRATEGIES["mfpl"](aligned=False).fit(copies, desc, ctx()).predict(desc[:1])
+    aligned = make_strategy("mfpl", FAST).fit(copies, desc, ctx()).predict(desc[:1])
+    unaligned = make_strategy("mfpl", FAST, aligned=False).fit(copies, desc, ctx()).predict(desc[:1])
     truth = outputs(base)
     assert (outputs(unaligned) - truth).abs().mean() > 10 * (outputs(aligned) - truth).abs().mean()
 
 
 def test_warm_start_is_the_decoder_at_the_gp_mean():
     models, desc = family(SPEC, 16, seed=5)
-    fitted = STRATEGIES["mfpl"]().fit(models, desc, ctx())
+    fitted = make_strategy("mfpl", FAST).fit(models, desc, ctx())
     summary = fitted.summary()
     assert summary["elbo_steps"][0] >= 2 * SMALL.window and np.isfinite(summary["elbo"])
     x = torch.linspace(-2, 2, 25)[:, None]
@@ -97,12 +98,12 @@ def test_warm_start_is_the_decoder_at_the_gp_mean():
 
 def test_mfpl_refit_needs_probe_inputs():
     with pytest.raises(ValueError, match="probe inputs"):
-        STRATEGIES["mfpl_refit"]().fit(random_stack(SPEC, 4), np.zeros((4, 2)), FitContext(SPEC, config=FAST))
+        make_strategy("mfpl_refit", FAST).fit(random_stack(SPEC, 4), np.zeros((4, 2)), FitContext(SPEC, config=FAST))
 
 
 def test_mfpl_config_from_toml_and_errors_name_the_key():
     cfg = resolve({"fusion": {"strategy": "mfpl", "mfpl": {"task_dim": 8, "lr": 0.005}}})
-    assert cfg.fusion.mfpl == MFPLConfig(task_dim=8, lr=0.005) and cfg.fusion.strategy == "mfpl"
+    assert cfg.fusion.settings["mfpl"] == MFPLConfig(task_dim=8, lr=0.005) and cfg.fusion.strategy == "mfpl"
     with pytest.raises(ConfigError, match="fusion.mfpl.task_dim"):
         resolve({"fusion": {"mfpl": {"task_dim": 0}}})
     with pytest.raises(ConfigError, match="fusion.mfpl.bogus"):

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from scenarios.splits import SplitConfig, split_labels, train_test, weighted_mean_std
+from cluster.results import weighted_mean_std
+from scenarios.splits import SplitConfig, split_labels, train_test
 
 
 def pool(n_per_class=60, classes=10):

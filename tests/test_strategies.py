@@ -16,7 +16,11 @@ SPEC = MLPSpec((1, 12, 1))
 FAST = FusionConfig(
     gp=GPConfig(max_steps=30, inducing=16),
     refit_steps=300,
-    mfpl=MFPLConfig(base_dim=2, task_dim=4, hidden=16, inducing=8, max_steps=200, window=25, lr=0.02, alternations=2),
+    settings={
+        "mfpl": MFPLConfig(
+            base_dim=2, task_dim=4, hidden=16, inducing=8, max_steps=200, window=25, lr=0.02, alternations=2
+        )
+    },
 )
 
 

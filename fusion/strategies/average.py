@@ -16,6 +16,8 @@ from fusion.strategies.mixed_widths import fit_width_average
 class Constant(WarmStarter):
     """The same model for every descriptor."""
 
+    kind = "constant"
+
     def __init__(self, params: np.ndarray) -> None:
         self.params = np.asarray(params, dtype=np.float32)
 

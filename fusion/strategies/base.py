@@ -8,14 +8,14 @@ and one ``@register`` line.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from fusion.matching import SolveMany, solve_many_serial
 from fusion.metamodel import GPConfig
-from fusion.mfpl import MFPLConfig
 from fusion.outliers import OutlierConfig
 from fusion.pfnm import PFNMConfig, SolveRect, solve_rect_serial
 from fusion.spec import MLPSpec
@@ -25,7 +25,11 @@ OUTPUT_KINDS = ("values", "logits")
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """``[fusion]`` keys: the strategy used for the ``fusion`` method and its settings."""
+    """``[fusion]`` keys: the strategy used for the ``fusion`` method and the settings shared by strategies.
+
+    ``settings``: each strategy's own settings dataclass by its table name (``[fusion.<settings_key>]``, e.g.
+    ``[fusion.mfpl]``, ``[fusion.maml]``); a key left out gets that strategy's defaults.
+    """
 
     strategy: str = "gp_refit"
     align_iters: int = 20
@@ -33,12 +37,20 @@ class FusionConfig:
     refit_steps: int = 2000  # function-space refit of a warm start (strategies that refit)
     refit_lr: float = 0.003
     # nonparametric matching of models of different widths (runs with ``widths``); small sigma + normalizers:
-    # the setting that opened separate atoms for trained sine units (README, Heterogeneity)
+    # the setting that opened separate atoms for trained sine units (docs/heterogeneity.md)
     pfnm: PFNMConfig = field(default_factory=lambda: PFNMConfig(sigma=0.05, empirical_bayes=True, normalizers=True))
-    mfpl: MFPLConfig = field(default_factory=MFPLConfig)  # the ``mfpl`` strategies' meta-model
+    settings: Mapping[str, Any] = field(default_factory=dict)
     outliers: OutlierConfig = field(default_factory=OutlierConfig)  # garbage models left out before any fit
 
     def __post_init__(self) -> None:
+        classes = settings_classes()
+        unknown = sorted(set(self.settings) - set(classes))
+        if unknown:
+            raise ValueError(f"unknown strategy settings fusion.{unknown[0]}; known: {', '.join(sorted(classes))}")
+        for key, value in self.settings.items():
+            if not isinstance(value, classes[key]):
+                raise ValueError(f"fusion.{key} must be a {classes[key].__name__}, got {type(value).__name__}")
+        object.__setattr__(self, "settings", {k: self.settings.get(k) or c() for k, c in sorted(classes.items())})
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown fusion strategy {self.strategy!r}; known: {', '.join(sorted(STRATEGIES))}")
         if self.align_iters < 1:
@@ -84,8 +96,11 @@ class WarmStarter(ABC):
     """A fitted fusion model: descriptors (m, d) -> parameters (m, n_params) float32.
 
     ``export`` gives a state of tensors, numbers, strings and lists (loadable with
-    ``torch.load(weights_only=True)``); ``restore`` rebuilds the object from it.
+    ``torch.load(weights_only=True)``); ``restore`` rebuilds the object from it. ``kind`` is the stable name
+    that saved files carry (:mod:`fusion.io`); every concrete class sets its own.
     """
+
+    kind: str
 
     @abstractmethod
     def predict(self, descriptors: np.ndarray) -> np.ndarray: ...
@@ -110,19 +125,52 @@ class WarmStarter(ABC):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        WARM_STARTERS[cls.__name__] = cls
+        if "kind" not in cls.__dict__:
+            raise TypeError(f"{cls.__name__} must set its own stable `kind` string (the key of saved files)")
+        WARM_STARTERS[cls.kind] = cls
+        LEGACY_KINDS[cls.__name__] = cls.kind
 
 
-WARM_STARTERS: dict[str, type[WarmStarter]] = {}
+def spec_state(spec: MLPSpec, widths_key: str = "widths") -> dict:
+    """An architecture as the plain values a saved state holds (merge it into an ``export``)."""
+    return {widths_key: list(spec.widths), "activation": spec.activation}
+
+
+def spec_from_state(state: dict, widths_key: str = "widths") -> MLPSpec:
+    """The architecture :func:`spec_state` wrote into ``state``."""
+    return MLPSpec(tuple(state[widths_key]), state["activation"])
+
+
+WARM_STARTERS: dict[str, type[WarmStarter]] = {}  # kind -> class
+LEGACY_KINDS: dict[str, str] = {}  # class name (the key of files saved before kinds) -> kind
+
+
+def warm_starter_class(kind: str) -> type[WarmStarter]:
+    """The class saved under ``kind``: a stable kind string, or a class name from files saved before kinds."""
+    return WARM_STARTERS[kind] if kind in WARM_STARTERS else WARM_STARTERS[LEGACY_KINDS[kind]]
 
 
 class Strategy(ABC):
-    """Fits a :class:`WarmStarter` from pretrained ``models`` (n, n_params) and ``descriptors`` (n, d)."""
+    """Fits a :class:`WarmStarter` from pretrained ``models`` (n, n_params) and ``descriptors`` (n, d).
+
+    ``settings``: an instance of ``settings_class`` (its defaults when None), read from ``[fusion.<settings_key>]``;
+    ``aligned=False`` (only where ``alignable``): the no-alignment ablation (``fusion_noalign``). Build strategies
+    through :func:`fusion.methods.make_strategy`, which passes both.
+    """
 
     name: str
     mixed_widths = False  # accepts models of different widths (FitContext.widths)
-    alignable = False  # True: ``__init__(aligned=False)`` gives the no-alignment ablation (``fusion_noalign``)
+    alignable = False  # True: ``aligned=False`` gives the no-alignment ablation (``fusion_noalign``)
     needs_probe: bool = False  # True: ``fit`` needs ``FitContext.probe`` (unlabeled inputs)
+    settings_key: str | None = None  # the ``[fusion.<key>]`` table of this strategy's own settings
+    settings_class: type | None = None  # a frozen dataclass of those settings
+
+    def __init__(self, settings: Any = None, aligned: bool = True) -> None:
+        if not aligned and not self.alignable:
+            raise ValueError(f"strategy {self.name} does not align, so it has no aligned=False variant")
+        if settings is None and self.settings_class is not None:
+            settings = self.settings_class()
+        self.settings, self.aligned = settings, aligned
 
     @abstractmethod
     def fit(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter: ...
@@ -139,3 +187,8 @@ STRATEGIES: dict[str, type[Strategy]] = {}
 def register(cls: type[Strategy]) -> type[Strategy]:
     STRATEGIES[cls.name] = cls
     return cls
+
+
+def settings_classes() -> dict[str, type]:
+    """``[fusion.<key>]`` table name -> the settings dataclass of the strategies that read it."""
+    return {c.settings_key: c.settings_class for c in STRATEGIES.values() if c.settings_key and c.settings_class}

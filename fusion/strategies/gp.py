@@ -10,6 +10,8 @@ from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
 
 
 class GPWarmStarter(WarmStarter):
+    kind = "gp"
+
     def __init__(self, meta: GPMetaModel, align_iterations: int) -> None:
         self.meta = meta
         self.align_iterations = align_iterations
@@ -38,9 +40,6 @@ class GPFusion(Strategy):
 
     name = "gp"
     alignable = True
-
-    def __init__(self, aligned: bool = True) -> None:
-        self.aligned = aligned
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         iterations = 0

@@ -20,7 +20,15 @@ import torch
 from fusion.metamodel import GPMetaModel
 from fusion.params import forward
 from fusion.spec import MLPSpec
-from fusion.strategies.base import WARM_STARTERS, FitContext, Strategy, WarmStarter, register
+from fusion.strategies.base import (
+    FitContext,
+    Strategy,
+    WarmStarter,
+    register,
+    spec_from_state,
+    spec_state,
+    warm_starter_class,
+)
 from fusion.strategies.gp import GPFusion
 from fusion.strategies.mixed_widths import fit_width_gp
 from fusion.training import TrainConfig, relative_mse, train
@@ -45,6 +53,8 @@ class RefitWarmStarter(WarmStarter):
     ``output_kind`` ``"values"``: trained to the predicted outputs (squared error relative to their power);
     ``"logits"``: to the predicted class probabilities (KL divergence; the GP's mean clipped at 0 and renormalized).
     """
+
+    kind = "refit"
 
     def __init__(
         self,
@@ -88,11 +98,10 @@ class RefitWarmStarter(WarmStarter):
 
     def export(self) -> dict:
         return {
-            "init_kind": type(self.init).__name__,
+            "init_kind": self.init.kind,
             "init": self.init.export(),
             "outputs": self.outputs.state,
-            "widths": list(self.spec.widths),
-            "activation": self.spec.activation,
+            **spec_state(self.spec),
             "probe": torch.tensor(self.probe),
             "refit": [self.refit.steps, self.refit.lr],
             "output_kind": self.output_kind,
@@ -100,9 +109,9 @@ class RefitWarmStarter(WarmStarter):
 
     @classmethod
     def restore(cls, state: dict) -> RefitWarmStarter:
-        spec = MLPSpec(tuple(state["widths"]), state["activation"])
+        spec = spec_from_state(state)
         refit = TrainConfig(int(state["refit"][0]), float(state["refit"][1]))
-        init = WARM_STARTERS[state["init_kind"]].restore(state["init"])
+        init = warm_starter_class(state["init_kind"]).restore(state["init"])
         kind = state.get("output_kind", "values")
         return cls(init, GPMetaModel(state["outputs"]), spec, state["probe"].numpy(), refit, kind)
 
@@ -133,13 +142,10 @@ class GPRefit(Strategy):
     mixed_widths = True
     needs_probe = True
 
-    def __init__(self, aligned: bool = True) -> None:
-        self.aligned = aligned
-
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         self.require(ctx)  # before the (long) init fit
         if ctx.widths is not None:  # PFNM-matched units + parameter-space GP, cut to each party's width
             init = fit_width_gp(models, descriptors, ctx, self.aligned)
         else:  # aligned units + parameter-space GP
-            init = GPFusion(self.aligned).fit(models, descriptors, ctx)
+            init = GPFusion(aligned=self.aligned).fit(models, descriptors, ctx)
         return refit_warm_starter(init, models, descriptors, ctx)

@@ -18,11 +18,13 @@ from torch.func import grad, vmap
 from fusion.params import forward
 from fusion.spec import MLPSpec
 from fusion.strategies.average import Constant
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.base import FitContext, Strategy, WarmStarter, register, spec_from_state, spec_state
 
 
 @dataclass(frozen=True)
 class MAMLConfig:
+    """``[fusion.maml]`` keys (``maml`` and ``maml_40_40``): the meta-training schedule."""
+
     meta_steps: int = 3000
     meta_batch: int = 25
     support: int = 10
@@ -31,20 +33,29 @@ class MAMLConfig:
     inner_steps: int = 1
     outer_lr: float = 0.001
 
+    def __post_init__(self) -> None:
+        for key in ("meta_steps", "meta_batch", "support", "query", "inner_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"fusion.maml.{key} must be >= 1, got {getattr(self, key)}")
+        if not (self.inner_lr > 0 and self.outer_lr > 0):
+            raise ValueError(f"fusion.maml.inner_lr and outer_lr must be > 0, got {self.inner_lr}, {self.outer_lr}")
+
 
 class MAMLInit(Constant):
     """The meta-learned init, for every descriptor; carries its own architecture."""
+
+    kind = "maml_init"
 
     def __init__(self, params: np.ndarray, spec: MLPSpec) -> None:
         super().__init__(params)
         self.spec = spec
 
     def export(self) -> dict:
-        return {**super().export(), "widths": list(self.spec.widths), "activation": self.spec.activation}
+        return {**super().export(), **spec_state(self.spec)}
 
     @classmethod
     def restore(cls, state: dict) -> MAMLInit:
-        return cls(state["params"].numpy(), MLPSpec(tuple(state["widths"]), state["activation"]))
+        return cls(state["params"].numpy(), spec_from_state(state))
 
 
 def first_points(keys: torch.Tensor, real: torch.Tensor | None, k: int) -> torch.Tensor:
@@ -99,9 +110,7 @@ def meta_train(
 
 class _MAML(Strategy):
     hidden: tuple[int, ...] | None = None  # None: the parties' own architecture
-
-    def __init__(self, cfg: MAMLConfig = MAMLConfig()) -> None:
-        self.cfg = cfg
+    settings_key, settings_class = "maml", MAMLConfig
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         if ctx.tasks is None:
@@ -111,7 +120,7 @@ class _MAML(Strategy):
         init = init_fn(spec, torch.Generator().manual_seed(ctx.seed))
         d = torch.as_tensor(np.asarray(descriptors, np.float32))
         x, y, real = torch.as_tensor(x), torch.as_tensor(y), torch.as_tensor(real)
-        theta = meta_train(spec, x, y, d, loss_fn, init, self.cfg, ctx.seed, real)
+        theta = meta_train(spec, x, y, d, loss_fn, init, self.settings, ctx.seed, real)
         return MAMLInit(theta.numpy(), spec)
 
 

@@ -15,16 +15,15 @@ from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
 
 @register
 class MatchedAverage(Strategy):
-    """``cfg`` sets the matching (paper defaults sigma = sigma0 = gamma = 1, 5 sweeps); single hidden layer only."""
+    """``[fusion.matched_average]`` sets the matching (paper defaults sigma = sigma0 = gamma = 1, 5 sweeps);
+    single hidden layer only."""
 
     name = "matched_average"
-
-    def __init__(self, cfg: PFNMConfig | None = None) -> None:
-        self.cfg = cfg or PFNMConfig()
+    settings_key, settings_class = "matched_average", PFNMConfig
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         specs = [ctx.spec] * len(models)
-        matching = match_models(list(models), specs, self.cfg, ctx.solve_rect)
+        matching = match_models(list(models), specs, self.settings, ctx.solve_rect)
         fused = matched_average(list(models), specs, matching)[None]
         width = ctx.spec.widths[1]
         return Constant(to_width(fused, matching.global_spec, width, importance=matching.popularity)[0])

@@ -18,11 +18,13 @@ import torch
 from fusion.metamodel import GPConfig, GPMetaModel
 from fusion.pfnm import PFNMConfig, SolveRect, expand, match_models, solve_rect_serial, to_width
 from fusion.spec import MLPSpec
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.base import FitContext, Strategy, WarmStarter, register, spec_from_state, spec_state
 
 
 class MatchedGPWarmStarter(WarmStarter):
     """Descriptors (m, d) -> models at ``width`` (default: the parties' width) via the global-width GP."""
+
+    kind = "matched_gp"
 
     def __init__(
         self,
@@ -53,8 +55,7 @@ class MatchedGPWarmStarter(WarmStarter):
         refit = np.zeros((0, self.global_spec.widths[0])) if self.refit_x is None else self.refit_x
         return {
             "meta": self.meta.state,
-            "global_widths": list(self.global_spec.widths),
-            "activation": self.global_spec.activation,
+            **spec_state(self.global_spec, "global_widths"),
             "popularity": torch.tensor(self.popularity),
             "width": self.width,
             "refit_x": torch.tensor(np.asarray(refit, dtype=np.float64)),
@@ -62,7 +63,7 @@ class MatchedGPWarmStarter(WarmStarter):
 
     @classmethod
     def restore(cls, state: dict) -> MatchedGPWarmStarter:
-        spec = MLPSpec(tuple(state["global_widths"]), state["activation"])
+        spec = spec_from_state(state, "global_widths")
         return cls(
             GPMetaModel(state["meta"]), spec, state["popularity"].numpy(), state["width"], state["refit_x"].numpy()
         )
@@ -94,10 +95,11 @@ def fit_matched_gp(
 
 @register
 class MatchedGP(Strategy):
-    name = "matched_gp"
+    """``[fusion.matched_gp]`` sets the matching (paper defaults); warm starts at the parties' width, cut without
+    a refit (:func:`fit_matched_gp` takes ``refit_x`` for that)."""
 
-    def __init__(self, pfnm: PFNMConfig | None = None, refit_x: np.ndarray | None = None) -> None:
-        self.pfnm, self.refit_x = pfnm, refit_x
+    name = "matched_gp"
+    settings_key, settings_class = "matched_gp", PFNMConfig
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         specs = [ctx.spec] * len(models)
@@ -106,9 +108,8 @@ class MatchedGP(Strategy):
             specs,
             descriptors,
             ctx.spec.widths[1],
-            self.pfnm,
+            self.settings,
             ctx.config.gp,
             ctx.seed,
             ctx.solve_rect,
-            self.refit_x,
         )

@@ -13,6 +13,8 @@ from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
 class MFPLWarmStarter(WarmStarter):
     """Descriptors (k, d) -> m_lambda([E_q w_0; GP predictive mean]) (k, D) in canonical unit order."""
 
+    kind = "mfpl"
+
     def __init__(self, model: MFPLModel, info: dict) -> None:
         self.model, self.info = model, info
 
@@ -45,9 +47,7 @@ class MFPLFusion(Strategy):
 
     name = "mfpl"
     alignable = True
-
-    def __init__(self, aligned: bool = True) -> None:
-        self.aligned = aligned
+    settings_key, settings_class = "mfpl", MFPLConfig
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         cfg = ctx.config
@@ -55,7 +55,7 @@ class MFPLFusion(Strategy):
             models,
             descriptors,
             ctx.spec,
-            cfg.mfpl,
+            self.settings,
             seed=ctx.seed,
             aligned=self.aligned,
             align_iters=cfg.align_iters,

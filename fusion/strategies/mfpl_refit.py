@@ -14,11 +14,9 @@ class MFPLRefit(Strategy):
     name = "mfpl_refit"
     alignable = True
     needs_probe = True
-
-    def __init__(self, aligned: bool = True) -> None:
-        self.aligned = aligned
+    settings_key, settings_class = MFPLFusion.settings_key, MFPLFusion.settings_class
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         self.require(ctx)  # before the (long) MFPL fit
-        init = MFPLFusion(self.aligned).fit(models, descriptors, ctx)
+        init = MFPLFusion(self.settings, self.aligned).fit(models, descriptors, ctx)
         return refit_warm_starter(init, models, descriptors, ctx)

@@ -13,6 +13,8 @@ from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
 
 
 class Lookup(WarmStarter):
+    kind = "nearest_task"
+
     def __init__(self, models: np.ndarray, descriptors: np.ndarray) -> None:
         self.models = np.asarray(models, dtype=np.float32)
         self.descriptors = np.asarray(descriptors, dtype=np.float64)
