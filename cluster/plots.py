@@ -53,17 +53,21 @@ def plot_metric_vs_upload(summary: list[dict], costs: dict[str, dict], metric: s
     k_max = max(r["shots"] for r in summary)
     sent = [c["upload_bytes"] for c in costs.values() if c["upload_bytes"] > 0]
     floor = min(sent) / 10 if sent else 1.0
+    stacked: dict[float, int] = {}  # labels of methods with the same upload are stacked, not overprinted
     for i, method in enumerate(dict.fromkeys(r["method"] for r in summary)):
         mean = {r["shots"]: r["mean"] for r in summary if r["method"] == method}
         up = costs[method]["upload_bytes"]
         x = up if up > 0 else floor
+        j = stacked[x] = stacked.get(x, -1) + 1
         ks = sorted({0, k_max} & set(mean))
         color = f"C{i % 10}"
         ax.plot([x] * len(ks), [mean[k] for k in ks], color=color, lw=1, alpha=0.6)
         for k in ks:
             ax.plot(x, mean[k], marker="o" if k == 0 else "s", color=color, ls="none")
         label = method + ("" if up > 0 else " (0 B)")
-        ax.annotate(label, (x, mean[ks[-1]]), textcoords="offset points", xytext=(5, 3), fontsize=7, color=color)
+        ax.annotate(
+            label, (x, mean[ks[-1]]), textcoords="offset points", xytext=(5, 3 + 9 * j), fontsize=7, color=color
+        )
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("total upload (bytes, log scale)")
