@@ -26,6 +26,9 @@ ASSIGNMENT_SECONDS = PREFIX + "assignment_seconds"
 META_OBJECTIVE = PREFIX + "meta_objective"
 WARM_START_METRIC = PREFIX + "warm_start_metric"
 QUARANTINED = PREFIX + "parties_quarantined"
+FEDERATED_ROUND = PREFIX + "federated_round"
+FEDERATED_PARTIES = PREFIX + "federated_parties_sampled"
+FEDERATED_UPLOAD = PREFIX + "federated_upload_bytes"
 
 # Seconds for one chunk of assignment problems (tens of models of ~100 units: milliseconds to seconds).
 _ASSIGNMENT_BOUNDARIES = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
@@ -118,3 +121,16 @@ def quarantined(run: str, n: int) -> None:
     """Training parties excluded from fusion (non-finite parameters or function-space outliers)."""
     gauge = _gauge(QUARANTINED, "training parties excluded from fusion (non-finite or outlier models)", ("run",))
     _set(gauge, QUARANTINED, n, {"run": run})
+
+
+def federated_round(run: str, methods: list[str], round_: int, sampled: int, upload_bytes: int) -> None:
+    """A federated round finished: its number (1-based), the parties it sampled and the bytes they uploaded,
+    once per method trained by these rounds (e.g. ``fedavg`` and ``fedavg_ft`` share them)."""
+    gauge = _gauge(FEDERATED_ROUND, "last finished federated round", ("run", "method"))
+    parties = _counter(FEDERATED_PARTIES, "parties sampled in federated rounds", ("run", "method"))
+    upload = _counter(FEDERATED_UPLOAD, "bytes uploaded by parties in federated rounds", ("run", "method"))
+    for method in methods:
+        tags = {"run": run, "method": method}
+        _set(gauge, FEDERATED_ROUND, round_, tags)
+        parties.inc(sampled, tags=tags)
+        upload.inc(upload_bytes, tags=tags)

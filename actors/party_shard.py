@@ -11,9 +11,11 @@ import torch
 
 from actors import metrics
 from actors.faults import FaultConfig
+from fusion.federated.base import FederatedStart
+from fusion.federated.rounds import Parties, PartyStore, shard_round
 from fusion.methods import COLD_START
 from fusion.params import forward
-from fusion.training import FinetuneConfig, TrainConfig, finetune, train
+from fusion.training import FREE, Constraint, FinetuneConfig, TrainConfig, finetune, train
 from fusion.widths import embed
 from scenarios import (
     Scenario,
@@ -29,6 +31,22 @@ from scenarios import (
 
 def _stack(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.stack(arrays), device=device)
+
+
+def training_parties(scenario: Scenario, seed: int, ids: np.ndarray, device: torch.device | str = "cpu") -> Parties:
+    """The private data of training parties ``ids`` as the federated rounds use it (the draw of pretraining)."""
+    desc, x, y = training_data(scenario, seed, ids)
+    counts = scenario.real_rows(y).sum(axis=1)
+
+    def loss_of(descriptors: torch.Tensor):
+        return lambda pred, t: scenario.loss(pred, t, descriptors)
+
+    as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+    return Parties(np.asarray(ids, np.int64), as_t(x), as_t(y), as_t(desc), as_t(counts), loss_of)
+
+
+def _is_free(constraint: Constraint) -> bool:
+    return constraint.mask is None and constraint.prox == 0
 
 
 class PartyShard:
@@ -66,6 +84,8 @@ class PartyShard:
         self.device = torch.device("cuda" if gpu_ids and torch.cuda.is_available() else "cpu")
         self.gpu_ids = [str(g) for g in gpu_ids]
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self._parties: Parties | None = None  # the training parties' data, drawn on the first federated round
+        self._rounds: dict[str, dict] = {}  # federated training key -> {"algo", "store", "last" round run here}
         self._warm_up()
 
     def __repr__(self) -> str:
@@ -189,9 +209,11 @@ class PartyShard:
         ex, ey = _stack([e[0] for e in evals], self.device), _stack([e[1] for e in evals], self.device)
         k_max = max(shots)
         shot_sets = [sc.party_shot_data(self.seed, i, d, k_max) for i, d in zip(ids, desc)]
-        # Methods whose warm starts share an architecture are fine-tuned together as one batch.
+        # Methods whose warm starts share an architecture and a fine-tuning rule are fine-tuned as one batch;
+        # a federated method with its own constraint (a head only, a pull to an anchor) or none is a group of its own.
         groups: dict = {}
         for method in methods:
+            rule = None  # None: the run's free fine-tuning; else (constraint, finetune) of a federated method
             if method == COLD_START:
                 spec, start = sc.spec, torch.zeros(len(ids), sc.spec.n_params)
                 for rows, sub in self._width_groups(ids):
@@ -205,32 +227,85 @@ class PartyShard:
                 fitted = fit["fitted"][method]
                 spec = getattr(fitted, "spec", sc.spec)
                 start = torch.as_tensor(fitted.predict(desc), device=self.device)
-            groups.setdefault(spec, []).append((method, start))
-        for spec, members in groups.items():
-            self._finetune_and_score(spec, members, ids, desc, ex, ey, shot_sets, shots, cols)
+                if isinstance(fitted, FederatedStart):
+                    constraint = fitted.constraint_for(start) if fitted.finetune else FREE
+                    if not (fitted.finetune and _is_free(constraint)):
+                        rule = (constraint, fitted.finetune)
+            key = (spec, None if rule is None else method)
+            groups.setdefault(key, (rule or (FREE, True), []))[1].append((method, start))
+        for (spec, _), (rule, members) in groups.items():
+            self._finetune_and_score(spec, members, ids, desc, ex, ey, shot_sets, shots, cols, *rule)
         return cols
 
-    def _finetune_and_score(self, spec, members, ids, desc, ex, ey, shot_sets, shots, cols) -> None:
-        """Fine-tune the warm starts of ``members`` [(method, (parties, n_params))] on k shots and score them."""
+    def _finetune_and_score(
+        self, spec, members, ids, desc, ex, ey, shot_sets, shots, cols, constraint=FREE, tune=True
+    ) -> None:
+        """Fine-tune the warm starts of ``members`` [(method, (parties, n_params))] on k shots and score them.
+
+        ``constraint``: how fine-tuning may move them (one method's own rule); ``tune`` False: the warm starts are
+        scored as they are at every k.
+        """
         sc = self.scenario
         n_m, n_p = len(members), len(ids)
         warm = torch.cat([start for _, start in members])  # (methods * parties, n_params), method-major
         d_all = torch.as_tensor(np.tile(desc, (n_m, 1)), device=self.device)
         rep = lambda t: t.repeat(n_m, *([1] * (t.dim() - 1)))  # noqa: E731
         for k in shots:
-            if k == 0:
+            if k == 0 or not tune:
                 tuned = warm
             else:
                 n = sc.shot_examples(k)
                 sx = rep(_stack([s[0][:n] for s in shot_sets], self.device))
                 sy = rep(_stack([s[1][:n] for s in shot_sets], self.device))
-                tuned = finetune(warm, spec, sx, sy, sc.loss, d_all, self.finetune_cfg)
+                tuned = finetune(warm, spec, sx, sy, sc.loss, d_all, self.finetune_cfg, constraint)
             with torch.no_grad():
                 values = sc.metric(forward(tuned, spec, rep(ex)), rep(ey), d_all).cpu().numpy()
             cols["method"] += [m for m, _ in members for _ in range(n_p)]
             cols["shots"] += [k] * (n_m * n_p)
             cols["party_id"] += list(ids) * n_m
             cols["value"] += values.tolist()
+
+    # -- federated rounds (fusion.federated; driven by cluster/rounds.py) ------------------------
+
+    def _training_parties(self) -> Parties:
+        """The hosted training parties' data, drawn on the first federated round and kept (a restart redraws it)."""
+        if self._parties is None:
+            self._parties = training_parties(self.scenario, self.seed, self.train_ids, self.device)
+        return self._parties
+
+    def fed_start(self, job, round_: int, saved: dict[str, np.ndarray]) -> None:
+        """Begin ``job`` (:class:`actors.federated_server.RoundsJob`) before round ``round_`` with the saved personal
+        states ``saved`` (:meth:`PartyStore.export` rows of hosted parties; empty: none yet). Also a roll-back."""
+        store = PartyStore.restore(saved, self.device) if job.algorithm.personal else None
+        self._rounds[job.key] = {"algo": job.build(), "store": store, "last": round_ - 1}
+
+    def fed_round(self, job, round_: int, down: dict | None, ids: np.ndarray) -> dict:
+        """One round of the sampled hosted parties ``ids`` (one call per shard and round): their local updates from
+        the broadcast ``down``, personal states kept here. Returns ``party_id`` (n,), ``uploads`` {name: (n, ...)},
+        ``weights`` (n,) real sample counts; or ``{"lost": shard index}`` when this process lost the state the
+        round needs (a restarted shard, a restarted server): the driver then rolls back to the last save."""
+        state = self._rounds.get(job.key)
+        if state is None and not job.algorithm.personal:  # nothing kept between rounds: a restart loses nothing
+            self.fed_start(job, round_, {})
+            state = self._rounds[job.key]
+        if down is None or state is None or round_ <= state["last"]:
+            return {"lost": self.index}
+        ids = self._subset(ids, self.train_ids, "training")
+        batch = self._training_parties().batch(ids, self.scenario.spec, job.cfg, self.seed, round_)
+        uploads = shard_round(state["algo"], down, state["store"], batch)
+        state["last"] = round_
+        return {"party_id": ids, "uploads": uploads, "weights": batch.counts.cpu().numpy().astype(np.float64)}
+
+    def fed_export(self, key: str) -> dict:
+        """The personal states of hosted parties (``PartyStore.export``), or ``{"lost": index}`` after a restart."""
+        state = self._rounds.get(key)
+        if state is None:
+            return {"lost": self.index}
+        return state["store"].export() if state["store"] is not None else {}
+
+    def fed_end(self, key: str) -> None:
+        """Forget ``key``'s personal states (the rounds are over and saved)."""
+        self._rounds.pop(key, None)
 
 
 PartyShardActor = ray.remote(max_restarts=-1, max_task_retries=-1)(PartyShard)

@@ -5,6 +5,9 @@ Layout of ``DIR`` while a run is under way (every file written atomically: temp 
     config.toml                              the resolved config, written before any work starts
     checkpoint/pretrained-<first>-<last>.npz one per finished pretraining call: party_id, descriptor, params
     checkpoint/fitted-<method>.pt            each method's fitted warm starter (loads with weights_only=True)
+    checkpoint/federated-<key>.npz           a federated training run at its last saved round: round, costs,
+                                             wall_s, server.<name> (server state), personal.<name> (party_id and
+                                             the personal states of every party that has one, in party-id order)
 
 A finished run also has ``results.parquet`` (moved in last). Nothing here is unpickled: ``.npz``
 files load with ``allow_pickle=False`` and ``.pt`` files with ``torch.load(weights_only=True)``.
@@ -153,3 +156,52 @@ class Checkpoint:
                 raise ConfigError(f"checkpoint {path}: model {spec} does not match the scenario's {self.scenario.spec}")
             fitted[method] = starter
         return fitted
+
+    # -- federated rounds ------------------------------------------------------------------
+
+    def federated_path(self, key: str) -> Path:
+        return self.dir / f"federated-{key}.npz"
+
+    def save_federated(self, key: str, saved: dict) -> None:
+        """``saved``: ``round`` (the next round), ``costs`` {rounds, upload_bytes, download_bytes, party_steps},
+        ``wall_s``, ``server`` (name -> array) and ``personal`` (:meth:`PartyStore.export`, may be empty)."""
+        c = saved["costs"]
+        arrays = {
+            "round": np.int64(saved["round"]),
+            "costs": np.array([c["rounds"], c["upload_bytes"], c["download_bytes"], c["party_steps"]], np.int64),
+            "wall_s": np.float64(saved["wall_s"]),
+            **{f"server.{k}": np.asarray(v) for k, v in saved["server"].items()},
+            **{f"personal.{k}": np.asarray(v) for k, v in saved["personal"].items()},
+        }
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+
+        write_atomic(self.federated_path(key), write)
+
+    def load_federated(self, key: str, rounds: int) -> dict | None:
+        """The saved state of federated training ``key`` (as :meth:`save_federated` takes it), or None if none."""
+        path = self.federated_path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: np.array(z[k]) for k in z.files}
+            round_, costs, wall = int(arrays.pop("round")), arrays.pop("costs"), float(arrays.pop("wall_s"))
+        except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as exc:
+            raise ConfigError(
+                f"checkpoint {path} is corrupted or not a federated checkpoint: {_first_line(exc)}"
+            ) from None
+        personal = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("personal.")}
+        ids = personal.get("party_id", np.zeros(0, np.int64))
+        if not 0 <= round_ <= rounds or costs.shape != (4,) or ((ids < 0) | (ids >= self.parties)).any():
+            raise ConfigError(f"checkpoint {path}: round, costs or party ids do not belong to this run")
+        names = ("rounds", "upload_bytes", "download_bytes", "party_steps")
+        return {
+            "round": round_,
+            "costs": {n: int(v) for n, v in zip(names, costs)},
+            "wall_s": wall,
+            "server": {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("server.")},
+            "personal": personal,
+        }

@@ -14,8 +14,16 @@ from typing import Any
 
 from actors.faults import FaultConfig
 from cluster.system import PartyClass, SystemConfig, check_classes
+from fusion.federated import ALGORITHMS, FederatedConfig
 from fusion.metamodel import GPConfig
-from fusion.methods import COLD_START, DEFAULT_METHODS, default_methods, known_methods, strategy_for
+from fusion.methods import (
+    COLD_START,
+    DEFAULT_METHODS,
+    default_methods,
+    is_federated,
+    known_methods,
+    strategy_for,
+)
 from fusion.strategies import FusionConfig
 from fusion.strategies.base import settings_classes
 from fusion.training import FinetuneConfig, TrainConfig
@@ -69,6 +77,7 @@ class RunConfig:
     party_classes: tuple[PartyClass, ...] = ()  # system heterogeneity (cluster/system.py); () = one class
     system: SystemConfig = field(default_factory=SystemConfig)
     widths: tuple[int, ...] = ()  # mixed hidden widths: each party's drawn from (seed, id); () = the scenario's
+    federated: FederatedConfig = field(default_factory=FederatedConfig)  # rounds of the federated methods
 
     def __post_init__(self) -> None:
         if self.parties < 2:
@@ -102,6 +111,12 @@ class RunConfig:
         if self.party_classes and self.cluster.party_actors:
             raise ConfigError("party_actors cannot be combined with [[party_classes]]: set actors per class instead")
         self._check_widths()
+        federated = [m for m in self.methods if is_federated(m)]
+        if federated and self.party_classes:
+            raise ConfigError(
+                f"federated method(s) {federated} do not model [[party_classes]] (drop-outs, deadlines) yet; "
+                "run them without party classes"
+            )
         if self.system != SystemConfig() and not self.party_classes:
             raise ConfigError("[system] needs [[party_classes]] (speed factors and drop probabilities live there)")
 
@@ -124,6 +139,7 @@ class RunConfig:
 _TOP = {"parties", "test_parties", "shots", "seed", "methods", "out", "widths"}
 _CLUSTER = {f.name for f in fields(ClusterConfig)}
 _TABLES = {"pretrain": TrainConfig, "finetune": FinetuneConfig, "faults": FaultConfig, "system": SystemConfig}
+_FEDERATED = {f.name for f in fields(FederatedConfig)} - {"algorithms"}  # plus one sub-table per algorithm
 
 
 def _typed(key: str, value: Any, kind: type) -> Any:
@@ -206,6 +222,35 @@ def _fusion(table: Any) -> FusionConfig:
         raise ConfigError(str(exc)) from None
 
 
+def _federated(table: Any) -> FederatedConfig:
+    """``[federated]``: the shared keys, and ``[federated.<name>]`` sub-tables built from each algorithm's settings."""
+    if not isinstance(table, dict):
+        raise ConfigError("federated must be a table")
+    table = dict(table)
+    subs = {k: table.pop(k) for k in list(table) if isinstance(table[k], dict)}
+    unknown = sorted(set(table) - _FEDERATED)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join('federated.' + k for k in unknown)}; allowed: {', '.join(sorted(_FEDERATED))}"
+            f" and one [federated.<name>] table per algorithm ({', '.join(sorted(ALGORITHMS))})"
+        )
+    settings = {}
+    for name, values in subs.items():
+        if name not in ALGORITHMS:
+            raise ConfigError(
+                f"unknown table [federated.{name}]; federated algorithms: {', '.join(sorted(ALGORITHMS))}"
+            )
+        cls = ALGORITHMS[name].settings
+        if cls is None:
+            if values:
+                keys = ", ".join(f"federated.{name}.{k}" for k in sorted(values))
+                raise ConfigError(f"unknown key(s) {keys}: algorithm {name} has no settings of its own")
+            continue
+        settings[name] = _build(cls, values, f"federated.{name}.")
+    base = _build(FederatedConfig, table, "federated.")
+    return dataclasses.replace(base, algorithms=settings)
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
@@ -219,7 +264,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 def resolve(raw: dict[str, Any]) -> RunConfig:
     """Build a validated :class:`RunConfig` from a nested dict (the TOML tree, flags merged in)."""
     raw = dict(raw)
-    allowed = _TOP | _CLUSTER | set(_TABLES) | {"scenario", "fusion", "party_classes"}
+    allowed = _TOP | _CLUSTER | set(_TABLES) | {"scenario", "fusion", "party_classes", "federated"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
@@ -240,6 +285,8 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
             kwargs[key] = _build(cls, raw.pop(key), f"{key}.", defaults[key].default_factory())
     if "fusion" in raw:
         kwargs["fusion"] = _fusion(raw.pop("fusion"))
+    if "federated" in raw:
+        kwargs["federated"] = _federated(raw.pop("federated"))
     for key in ("parties", "test_parties", "seed"):
         if key in raw:
             kwargs[key] = _typed(key, raw.pop(key), int)
@@ -287,6 +334,10 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
         out["faults"] = dataclasses.asdict(cfg.faults)
     if cfg.widths:
         out["widths"] = list(cfg.widths)
+    if cfg.federated != FederatedConfig() or any(is_federated(m) for m in cfg.methods):
+        fed = dataclasses.asdict(cfg.federated)
+        settings = fed.pop("algorithms")
+        out["federated"] = {**fed, **settings}
     if cfg.party_classes:
         out["party_classes"] = [dataclasses.asdict(c) for c in cfg.party_classes]
         out["system"] = dataclasses.asdict(cfg.system)

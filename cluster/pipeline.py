@@ -24,10 +24,11 @@ from actors.party_shard import PartyShardActor
 from cluster import plots, results
 from cluster.checkpoint import Checkpoint
 from cluster.config import ConfigError, RunConfig, dumps_toml, to_dict
+from cluster.rounds import model_bytes, train_federated
 from cluster.runtime import check_class_resources, check_resources, connect, metrics_url, party_actor_count
 from cluster.system import Schedule, left_out_csv, party_classes_of, schedule
 from fusion.io import save_warm_starter
-from fusion.methods import strategy_for
+from fusion.methods import is_federated, strategy_for
 from fusion.quarantine import finite_models
 from scenarios import build, with_hidden_width
 
@@ -44,6 +45,7 @@ class RunResult:
     quarantined: list[int] = field(default_factory=list)
     left_out: dict[str, int] = field(default_factory=dict)  # dropped / late parties (with [[party_classes]])
     shards: list[dict] = field(default_factory=list)  # each party shard's info(): name, resources, node
+    costs: dict[str, dict] = field(default_factory=dict)  # method -> its costs.csv row
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
     finally:
         if conn.owned:
             ray.shutdown()
-    written = ["results.parquet", "summary.csv", "quarantined.csv", plots.SHOTS_PNG]
+    written = ["results.parquet", "summary.csv", "costs.csv", "quarantined.csv", plots.SHOTS_PNG, plots.UPLOAD_PNG]
     with results.staged_dir(out) as tmp:
         table = results.results_table(res["cols"], run_id, cfg.scenario, cfg.seed, scenario.metric_name)
         results.write_parquet(table, tmp / "results.parquet")
@@ -164,6 +166,8 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
         weights = None if weights is None else dict(zip(test_ids.tolist(), weights.tolist()))
         summary = results.summarize(table, list(cfg.methods), weights)
         results.write_summary_csv(summary, tmp / "summary.csv")
+        results.write_costs_csv(res["costs"], list(cfg.methods), tmp / "costs.csv")
+        plots.plot_metric_vs_upload(summary, res["costs"], scenario.metric_name, tmp / plots.UPLOAD_PNG)
         (tmp / "quarantined.csv").write_text(results.quarantine_csv(res["quarantined"]))
         if plan is not None:
             (tmp / "left_out.csv").write_text(left_out_csv(plan, cfg.party_classes))
@@ -186,7 +190,15 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
         )
     log(f"wrote {out}/ ({', '.join(written)}; config.toml and checkpoint/ since the start)")
     return RunResult(
-        out, summary, stages, text, conn.dashboard_url, sorted(res["quarantined"]), left_out, res["shards"]
+        out,
+        summary,
+        stages,
+        text,
+        conn.dashboard_url,
+        sorted(res["quarantined"]),
+        left_out,
+        res["shards"],
+        res["costs"],
     )
 
 
@@ -247,7 +259,7 @@ def _execute(
     log: Log,
     ckpt,
     saved,
-    fitted,
+    fitted_saved,
     plan: Schedule | None,
 ) -> dict:
     namespace = f"fusion-cluster-{run_id}"
@@ -272,9 +284,13 @@ def _execute(
         )
         for i, p in enumerate(shard_plans)
     ]
-    fusion = FusionActor.options(name="fusion", namespace=namespace).remote(
-        scenario.spec, cfg.fusion, cfg.seed, n_cpus, run=run_id, scenario=scenario, widths=cfg.widths
-    )
+    one_shot = [m for m in cfg.methods if strategy_for(m, cfg.fusion) is not None]  # fitted on pretrained models
+    federated = [m for m in cfg.methods if is_federated(m)]
+    fusion = None
+    if one_shot:
+        fusion = FusionActor.options(name="fusion", namespace=namespace).remote(
+            scenario.spec, cfg.fusion, cfg.seed, n_cpus, run=run_id, scenario=scenario, widths=cfg.widths
+        )
     try:
         infos = ray.get([s.info.remote() for s in shards])
         _stage(stages, run_id, "actors", clock)
@@ -284,45 +300,32 @@ def _execute(
             f"{len(shards)} party shards on {nodes} node(s) ({', '.join(devices)}): "
             f"{cfg.parties} training, {cfg.test_parties} test parties; actors in namespace {namespace}"
         )
-
-        clock = time.perf_counter()
-        reporting = None if plan is None else plan.reporting
-        if plan is not None:
-            n_drop, n_late = ((plan.left_out_reason == w).sum() for w in ("dropped", "late"))
-            log(f"system: {n_drop} training parties drop out, {n_late} miss the deadline; {len(reporting)} report")
-        parts, part_refs = _pretrain(cfg, shards, slices, saved, ckpt, log, reporting)
-        _stage(stages, run_id, "pretrain", clock)
-
-        ids = np.concatenate([p["party_id"] for p in parts])
-        bad = np.sort(ids[~np.concatenate([finite_models(p["params"]) for p in parts])])
-        if len(ids) - len(bad) < 2:
-            raise ConfigError(f"only {len(ids) - len(bad)} pretrained models are finite; fusion needs at least 2")
-
-        clock = time.perf_counter()
-        if fitted is None:
-            fit_ref = fusion.fit.remote(list(cfg.methods), *part_refs)
-            n_fit = sum(strategy_for(m, cfg.fusion) is not None for m in cfg.methods)
-            progress = _Progress("fusion", n_fit, log, "methods", lines=False)  # a bar on a terminal
-            fit_out = ray.get(fit_ref)
-            fitted, quarantine = fit_out["fitted"], dict(zip(fit_out["quarantined"].tolist(), fit_out["reasons"]))
-            progress.add(len(fitted))
-            ckpt.save_fitted(fitted)
-            ckpt.save_quarantine(quarantine)
-            report = ray.get(fusion.report.remote())
-            each = ", ".join(f"{m} ({s:.1f}s)" for m, s in report["seconds"].items())
-            log(f"fusion: fitted {each} in {time.perf_counter() - clock:.1f}s")
-        else:
-            fit_ref = ray.put({"fitted": fitted})
-            quarantine = ckpt.load_quarantine()
-            log(f"fusion: {', '.join(fitted)} loaded from the checkpoint")
-        _stage(stages, run_id, "fusion", clock)
-        metrics.quarantined(run_id, len(quarantine))
-        for why in sorted({r.split(" (")[0] for r in quarantine.values()}):
-            which = [i for i, r in quarantine.items() if r.startswith(why)]
-            log(f"quarantined {len(which)} training parties ({why}): {which[:20]}{' ...' if len(which) > 20 else ''}")
-        for method, starter in fitted.items():
-            if starter.summary().get("objective") is not None:
-                metrics.meta_objective(run_id, method, float(starter.summary()["objective"]))
+        fit_ref, fitted, quarantine, uploaded, fit_seconds = None, {}, {}, 0, {}
+        if one_shot:  # pretraining and fusion, as a run without federated methods has them
+            fit_ref, fitted, quarantine, uploaded, fit_seconds = _pretrain_and_fuse(
+                cfg, shards, slices, fusion, stages, run_id, log, ckpt, saved, fitted_saved, plan
+            )
+        fed = None
+        if federated:
+            clock = time.perf_counter()
+            train_slices = [tr for tr, _ in slices]
+            fed = train_federated(
+                federated,
+                cfg.federated,
+                scenario,
+                cfg.seed,
+                shards,
+                train_slices,
+                namespace,
+                run_id,
+                ckpt,
+                cfg.test_parties,
+                log,
+            )
+            _stage(stages, run_id, "federated", clock)
+            fit_ref = ray.put({"fitted": {**fitted, **fed.starts}})
+        elif fit_ref is None:  # cold_start alone
+            fit_ref = ray.put({"fitted": {}})
 
         clock = time.perf_counter()
         cols = _evaluate(cfg, shards, slices, fit_ref, run_id, log)
@@ -331,9 +334,85 @@ def _execute(
         if restarted:
             log(f"party shards restarted during the run (their calls were retried): {restarted}")
     finally:
-        for actor in [*shards, fusion]:
+        for actor in [*shards, *([fusion] if fusion is not None else [])]:
             ray.kill(actor, no_restart=True)
-    return {"cols": cols, "fitted": fitted, "quarantined": quarantine, "shards": infos}
+    costs = oneshot_costs(cfg, scenario.spec, uploaded, stages.get("pretrain", 0.0), fit_seconds)
+    if fed is not None:
+        costs.update(fed.costs)
+    starts = {**fitted, **(fed.starts if fed is not None else {})}
+    return {"cols": cols, "fitted": starts, "quarantined": quarantine, "shards": infos, "costs": costs}
+
+
+def _pretrain_and_fuse(cfg, shards, slices, fusion, stages, run_id, log, ckpt, saved, fitted, plan) -> tuple:
+    """Pretrain every training party (but those ``saved``) and fit the one-shot methods (unless ``fitted``).
+
+    Returns (ref of ``{"fitted": ...}``, fitted starters, {quarantined id: reason}, models uploaded, fit seconds by
+    method).
+    """
+    clock = time.perf_counter()
+    reporting = None if plan is None else plan.reporting
+    if plan is not None:
+        n_drop, n_late = ((plan.left_out_reason == w).sum() for w in ("dropped", "late"))
+        log(f"system: {n_drop} training parties drop out, {n_late} miss the deadline; {len(reporting)} report")
+    parts, part_refs = _pretrain(cfg, shards, slices, saved, ckpt, log, reporting)
+    _stage(stages, run_id, "pretrain", clock)
+
+    ids = np.concatenate([p["party_id"] for p in parts])
+    bad = np.sort(ids[~np.concatenate([finite_models(p["params"]) for p in parts])])
+    if len(ids) - len(bad) < 2:
+        raise ConfigError(f"only {len(ids) - len(bad)} pretrained models are finite; fusion needs at least 2")
+
+    clock, seconds = time.perf_counter(), {}
+    if fitted is None:
+        one_shot = [m for m in cfg.methods if not is_federated(m)]
+        fit_ref = fusion.fit.remote(one_shot, *part_refs)
+        progress = _Progress(
+            "fusion", sum(strategy_for(m, cfg.fusion) is not None for m in one_shot), log, "methods", lines=False
+        )  # a bar on a terminal
+        fit_out = ray.get(fit_ref)
+        fitted, quarantine = fit_out["fitted"], dict(zip(fit_out["quarantined"].tolist(), fit_out["reasons"]))
+        progress.add(len(fitted))
+        ckpt.save_fitted(fitted)
+        ckpt.save_quarantine(quarantine)
+        seconds = ray.get(fusion.report.remote())["seconds"]
+        each = ", ".join(f"{m} ({s:.1f}s)" for m, s in seconds.items())
+        log(f"fusion: fitted {each} in {time.perf_counter() - clock:.1f}s")
+    else:
+        fit_ref = ray.put({"fitted": fitted})
+        quarantine = ckpt.load_quarantine()
+        log(f"fusion: {', '.join(fitted)} loaded from the checkpoint")
+    _stage(stages, run_id, "fusion", clock)
+    metrics.quarantined(run_id, len(quarantine))
+    for why in sorted({r.split(" (")[0] for r in quarantine.values()}):
+        which = [i for i, r in quarantine.items() if r.startswith(why)]
+        log(f"quarantined {len(which)} training parties ({why}): {which[:20]}{' ...' if len(which) > 20 else ''}")
+    for method, starter in fitted.items():
+        if starter.summary().get("objective") is not None:
+            metrics.meta_objective(run_id, method, float(starter.summary()["objective"]))
+    return fit_ref, fitted, quarantine, len(ids), seconds
+
+
+def oneshot_costs(cfg: RunConfig, spec, uploaded: int, pretrain_s: float, fit_seconds: dict) -> dict[str, dict]:
+    """The costs row of every one-shot method: one upload of each pretrained model (``uploaded`` models), one
+    warm-start download per novel party, the pretraining's steps, one round; ``cold_start`` costs nothing.
+
+    ``wall_s``: the pretraining stage (shared by every one-shot method, as its compute is) plus the method's own fit.
+    """
+    out = {}
+    for m in cfg.methods:
+        if is_federated(m):
+            continue
+        if strategy_for(m, cfg.fusion) is None:  # cold_start: a random init, nothing sent
+            out[m] = dict(rounds=0, upload_bytes=0, download_bytes=0, party_steps=0, wall_s=0.0)
+            continue
+        out[m] = dict(
+            rounds=1,
+            upload_bytes=uploaded * model_bytes(spec),
+            download_bytes=cfg.test_parties * model_bytes(spec),
+            party_steps=uploaded * cfg.pretrain.steps,
+            wall_s=pretrain_s + fit_seconds.get(m, 0.0),
+        )
+    return out
 
 
 def _pretrain(

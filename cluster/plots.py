@@ -9,6 +9,7 @@ import torch
 from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from fusion.params import forward
 from fusion.strategies import WarmStarter
@@ -16,6 +17,7 @@ from scenarios import Scenario
 
 SHOTS_PNG = "metric_vs_shots.png"
 WARM_STARTS_PNG = "warm_starts.png"
+UPLOAD_PNG = "metric_vs_upload.png"
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -80,6 +82,38 @@ def plot_metric_vs_shots(summary: list[dict], metric: str, path: Path) -> None:
     ax.set_title(f"mean ± standard error over {n} test parties" + (" (log scale)" if log else ""), fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title="method", fontsize=9)
     ax.grid(alpha=0.3, which="both" if log else "major")
+    _save(fig, path)
+
+
+def plot_metric_vs_upload(summary: list[dict], costs: dict[str, dict], metric: str, path: Path) -> None:
+    """Each method's mean metric at 0 shots (circle) and at the largest k (square) against its total upload bytes
+    (log x), joined and labelled. Methods that upload nothing (cold_start) sit at the left edge, marked "0 B"."""
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    k_max = max(r["shots"] for r in summary)
+    sent = [c["upload_bytes"] for c in costs.values() if c["upload_bytes"] > 0]
+    floor = min(sent) / 10 if sent else 1.0
+    stacked: dict[float, int] = {}  # labels of methods with the same upload are stacked, not overprinted
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in summary)):
+        mean = {r["shots"]: r["mean"] for r in summary if r["method"] == method}
+        up = costs[method]["upload_bytes"]
+        x = up if up > 0 else floor
+        j = stacked[x] = stacked.get(x, -1) + 1
+        ks = sorted({0, k_max} & set(mean))
+        color = f"C{i % 10}"
+        ax.plot([x] * len(ks), [mean[k] for k in ks], color=color, lw=1, alpha=0.6)
+        for k in ks:
+            ax.plot(x, mean[k], marker="o" if k == 0 else "s", color=color, ls="none")
+        label = method + ("" if up > 0 else " (0 B)")
+        ax.annotate(
+            label, (x, mean[ks[-1]]), textcoords="offset points", xytext=(5, 3 + 9 * j), fontsize=7, color=color
+        )
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("total upload (bytes, log scale)")
+    ax.set_ylabel(f"{metric} (mean over test parties)")
+    ax.set_title(f"circles: 0 shots, squares: {k_max} shots", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
     _save(fig, path)
 
 

@@ -99,6 +99,20 @@ def write_summary_csv(rows: list[dict], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+COSTS_HEAD = ("method", "rounds", "upload_bytes", "download_bytes", "party_steps", "wall_s")
+
+
+def write_costs_csv(costs: dict[str, dict], methods: list[str], path: Path) -> None:
+    """One row per method (in ``methods`` order): communication in bytes, party-side gradient steps, wall seconds."""
+    lines = [",".join(COSTS_HEAD)]
+    for m in methods:
+        c = costs[m]
+        lines.append(
+            f"{m},{c['rounds']},{c['upload_bytes']},{c['download_bytes']},{c['party_steps']},{c['wall_s']:.3f}"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
 def write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path)
 

@@ -1,11 +1,13 @@
-"""The methods compared in a run: each is a fusion strategy (or ``cold_start``, a random init).
+"""The methods compared in a run: a fusion strategy (or ``cold_start``, a random init), or a federated algorithm.
 
 ``fusion`` is the configured strategy, ``fusion_noalign`` the same strategy with alignment off;
-the baselines are strategies of their own name.
+the baselines are strategies of their own name. "One-shot" methods warm start from the pretrained models;
+federated methods (:data:`fusion.federated.ALGORITHMS`, e.g. ``fedavg_ft``) train in rounds on the same parties.
 """
 
 from __future__ import annotations
 
+from fusion.federated import ALGORITHMS
 from fusion.strategies import STRATEGIES, FusionConfig, Strategy
 
 DEFAULT_METHODS = ("fusion", "fusion_noalign", "nearest_task", "average", "cold_start")
@@ -13,7 +15,12 @@ COLD_START = "cold_start"
 
 
 def known_methods() -> list[str]:
-    return sorted({"fusion", "fusion_noalign", COLD_START, *STRATEGIES})
+    return sorted({"fusion", "fusion_noalign", COLD_START, *STRATEGIES, *ALGORITHMS})
+
+
+def is_federated(method: str) -> bool:
+    """Whether ``method`` is an iterative federated algorithm (trained in rounds, not fused from pretraining)."""
+    return method in ALGORITHMS
 
 
 def alignable_strategies() -> list[str]:
@@ -40,8 +47,8 @@ def make_strategy(name: str, cfg: FusionConfig, aligned: bool = True) -> Strateg
 
 
 def strategy_for(method: str, cfg: FusionConfig) -> Strategy | None:
-    """The strategy that produces ``method``'s warm starts (None for ``cold_start``)."""
-    if method == COLD_START:
+    """The strategy that produces ``method``'s warm starts (None for ``cold_start`` and federated methods)."""
+    if method == COLD_START or is_federated(method):
         return None
     if method in ("fusion", "fusion_noalign"):
         return make_strategy(cfg.strategy, cfg, aligned=method == "fusion")

@@ -67,8 +67,10 @@ def test_cli_run_writes_every_file(ray_session, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint",
         "config.toml",
+        "costs.csv",
         "fusion_model.pt",
         "metric_vs_shots.png",
+        "metric_vs_upload.png",
         "quarantined.csv",
         "results.parquet",
         "summary.csv",

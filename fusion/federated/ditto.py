@@ -46,6 +46,8 @@ class DittoSettings:
 class ProximalStart(FederatedStart):
     """One model (n_params,) for every novel party, fine-tuned under a pull λ/2 ‖v − start‖² toward it."""
 
+    kind = "proximal_start"
+
     def __init__(self, params: np.ndarray, lam: float) -> None:
         self.params, self.lam = np.asarray(params, np.float32), float(lam)
 

@@ -25,6 +25,8 @@ from fusion.training import train
 class GlobalModel(FederatedStart):
     """One model (n_params,) for every novel party; fine-tuned freely on its shots when ``finetune``."""
 
+    kind = "global_model"
+
     def __init__(self, params: np.ndarray, finetune: bool = True) -> None:
         self.params = np.asarray(params, np.float32)
         self.finetune = bool(finetune)

@@ -62,6 +62,8 @@ def head_mask(spec: MLPSpec, device: torch.device | str = "cpu") -> torch.Tensor
 class HeadStart(FederatedStart):
     """The global body with a 0-shot head (n_params,) for every novel party; its shots fit the head only."""
 
+    kind = "head_start"
+
     def __init__(self, params: np.ndarray, n_body: int) -> None:
         self.params, self.n_body = np.asarray(params, np.float32), int(n_body)
 

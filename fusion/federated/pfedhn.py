@@ -107,6 +107,8 @@ def init_phi(spec: MLPSpec, init: np.ndarray, d: int, embed: int, hidden: int, s
 class HyperStart(FederatedStart):
     """θ = h(e((τ − μ)/σ); φ) for any descriptor τ; fine-tuned freely by the run's k-shot recipe."""
 
+    kind = "hyper_start"
+
     def __init__(self, phi, mu, sd, scale, embed: int, hidden: int) -> None:
         as_tensor = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
         self.phi, self.mu, self.sd, self.scale = map(as_tensor, (phi, mu, sd, scale))

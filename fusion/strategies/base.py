@@ -7,6 +7,7 @@ and one ``@register`` line.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -125,6 +126,8 @@ class WarmStarter(ABC):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
+        if inspect.isabstract(cls):  # an intermediate interface (e.g. FederatedStart): nothing is saved as it
+            return
         if "kind" not in cls.__dict__:
             raise TypeError(f"{cls.__name__} must set its own stable `kind` string (the key of saved files)")
         WARM_STARTERS[cls.kind] = cls

@@ -1,0 +1,109 @@
+"""The federated server: one actor that owns the server state of the rounds under way and publishes each broadcast.
+
+Thin: the round's arithmetic is :func:`fusion.federated.rounds.server_round`, the same function the in-process
+runner calls. The driver (:mod:`cluster.rounds`) asks for ``broadcast`` once per round (its result is one object in
+the store, which every sampled shard reads) and hands the shards' result refs to ``aggregate``, so uploads go from
+the shards to the server without passing through the driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+
+from fusion.federated.base import FederatedAlgorithm, FederatedConfig, State
+from fusion.federated.rounds import Costs, server_round
+from fusion.spec import MLPSpec
+
+
+@dataclass(frozen=True)
+class RoundsJob:
+    """One training run of rounds: its key (``training_key()``), the algorithm class, the shared ``[federated]``
+    settings and the algorithm's own. Small: it travels with every shard call."""
+
+    key: str
+    algorithm: type[FederatedAlgorithm]
+    cfg: FederatedConfig
+    settings: Any = None
+
+    def build(self) -> FederatedAlgorithm:
+        return self.algorithm(self.cfg, self.settings)
+
+
+class FederatedServer:
+    """Server states by training key. After a restart it holds none: every call then answers "lost" (None or
+    ``{"lost": ["server"]}``) and the driver rolls the run back to its last save."""
+
+    def __init__(self, run: str = "") -> None:
+        self.run = run
+        self.jobs: dict[str, dict] = {}
+
+    def __repr__(self) -> str:
+        return f"FederatedServer({', '.join(self.jobs) or 'idle'})"
+
+    def start(
+        self,
+        job: RoundsJob,
+        spec: MLPSpec,
+        init: np.ndarray,
+        descriptors: np.ndarray,
+        seed: int,
+        saved: dict | None = None,
+    ) -> int:
+        """Begin ``job`` from the common ``init`` (n_params,) and the training descriptors (n, d), or from a saved
+        ``{"round", "server", "costs"}``; returns the next round."""
+        algo = job.build()
+        if saved:
+            server, costs, round_ = dict(saved["server"]), Costs(**saved["costs"]), int(saved["round"])
+        else:
+            server, costs, round_ = algo.init_server(spec, init, descriptors, seed), Costs(), 0
+        self.jobs[job.key] = {"algo": algo, "server": server, "costs": costs, "next": round_, "down": None}
+        return round_
+
+    def broadcast(self, key: str, round_: int) -> State | None:
+        """What the sampled parties of ``round_`` download (None when this process lost the state)."""
+        job = self.jobs.get(key)
+        if job is None or job["next"] != round_:
+            return None
+        job["down"] = job["algo"].broadcast(job["server"])
+        return job["down"]
+
+    def aggregate(self, key: str, round_: int, sampled: int, *parts: dict) -> dict:
+        """The server's step on the shards' ``parts`` (resolved refs, in any order: aggregated in party-id order).
+
+        Returns ``{"round", "costs", "upload_bytes"}`` (this round's upload) or ``{"lost": [...]}``.
+        """
+        job = self.jobs.get(key)
+        lost = [p["lost"] for p in parts if "lost" in p]
+        if job is None or job["next"] != round_ or job["down"] is None:
+            lost.append("server")
+        if lost:
+            return {"lost": lost}
+        algo = job["algo"]
+        job["server"] = server_round(algo, job["server"], [(p["party_id"], p["uploads"], p["weights"]) for p in parts])
+        uploads = {(i, k): v for i, p in enumerate(parts) for k, v in p["uploads"].items()}
+        before = job["costs"].upload_bytes
+        job["costs"].add(sampled, job["down"], uploads, algo.steps_per_round())
+        job["next"], job["down"] = round_ + 1, None
+        return {
+            "round": round_,
+            "costs": dataclasses.asdict(job["costs"]),
+            "upload_bytes": job["costs"].upload_bytes - before,
+        }
+
+    def state(self, key: str) -> dict | None:
+        """``{"round": next round, "server": State, "costs": {...}}`` to save, or None after a restart."""
+        job = self.jobs.get(key)
+        if job is None:
+            return None
+        return {"round": job["next"], "server": job["server"], "costs": dataclasses.asdict(job["costs"])}
+
+    def end(self, key: str) -> None:
+        self.jobs.pop(key, None)
+
+
+FederatedServerActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(FederatedServer)

@@ -1,0 +1,222 @@
+"""Federated rounds on the party shards: the driver's loop, its checkpoints and restarts.
+
+One training run per ``training_key()`` (``fedavg`` and ``fedavg_ft`` train once). A round:
+
+1. the driver samples the training parties from (seed, round) (:func:`fusion.federated.base.sample`) and groups
+   them by the shard that hosts them;
+2. the server actor computes ``broadcast(server)``: one object in the store, read by every sampled shard;
+3. each shard with sampled parties gets ONE call (``fed_round``): a :class:`LocalBatch` of its parties from data
+   it drew once, :func:`fusion.federated.rounds.shard_round` with its :class:`PartyStore`; it returns the uploads
+   stacked and the real sample counts;
+4. the server actor receives the shards' result refs and runs ``server_round`` in party-id order.
+
+Every ``checkpoint_every`` rounds (and after the last) the server state, the costs so far and every party's
+personal state are saved into ``checkpoint/federated-<key>.npz``. A shard or server that restarts holds no state
+and answers "lost"; the driver then rolls everyone back to the last save and replays: sampling and every
+party's randomness derive from (seed, round, party id), so the replay gives the same bits. ``--resume`` starts
+from the same file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+
+from actors import metrics
+from actors.federated_server import FederatedServerActor, RoundsJob
+from cluster.checkpoint import Checkpoint
+from fusion.federated import ALGORITHMS, FederatedConfig, FederatedStart
+from fusion.federated.base import State, sample
+from fusion.spec import MLPSpec
+from scenarios import Scenario, party_descriptors
+
+Log = Callable[[str], None]
+_INIT_TAG = 0xF1D  # the common init's stream: (seed, tag), no party's
+
+COST_COLUMNS = ("rounds", "upload_bytes", "download_bytes", "party_steps")
+
+
+def common_init(scenario: Scenario, seed: int) -> np.ndarray:
+    """The model (n_params,) every federated training starts from: the scenario's init on a stream of the run."""
+    import torch
+
+    gen = torch.Generator().manual_seed(int(np.random.default_rng([int(seed), _INIT_TAG]).integers(2**62)))
+    return scenario.init_params(gen).numpy().astype(np.float32)
+
+
+def jobs_of(methods: list[str], cfg: FederatedConfig) -> dict[str, tuple[RoundsJob, list[str]]]:
+    """One :class:`RoundsJob` per training key of the federated ``methods``, with the methods it serves (the first
+    method's settings train it)."""
+    out: dict[str, tuple[RoundsJob, list[str]]] = {}
+    for m in methods:
+        cls = ALGORITHMS[m]
+        key = cls.training_key()
+        if key not in out:
+            out[key] = (RoundsJob(key, cls, cfg, cfg.settings_of(m)), [])
+        out[key][1].append(m)
+    return out
+
+
+@dataclass
+class Trained:
+    """One finished training run: the final server state, its costs and the wall seconds of its rounds."""
+
+    server: State
+    costs: dict[str, int]
+    wall_s: float
+    restarts: int = 0
+
+
+@dataclass
+class RoundsEngine:
+    """Runs :class:`RoundsJob` s on the party ``shards`` (hosting the training ids ``slices``) with ``server``.
+
+    ``hook(round)`` (tests) runs after a round's shard calls are sent, before its result is awaited.
+    """
+
+    shards: list
+    slices: list[np.ndarray]
+    server: object
+    scenario: Scenario
+    seed: int
+    ckpt: Checkpoint
+    run_id: str = ""
+    log: Log = print
+    hook: Callable[[int], None] | None = None
+    train_ids: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slices = [np.asarray(s, np.int64) for s in self.slices]
+        self.train_ids = np.sort(np.concatenate(self.slices))
+
+    def _start(self, job: RoundsJob, init: np.ndarray, desc: np.ndarray, saved: dict | None) -> int:
+        """Server and shards at the saved round (or at round 0): the start of a run, a resume, a roll-back."""
+        personal = saved["personal"] if saved else {}
+        ids = personal.get("party_id", np.zeros(0, np.int64))
+        at = {k: saved[k] for k in ("round", "server", "costs")} if saved else None
+        calls = [self.server.start.remote(job, self.scenario.spec, init, desc, self.seed, at)]
+        for shard, hosted in zip(self.shards, self.slices):
+            mine = np.isin(ids, hosted)
+            rows = {k: v[mine] for k, v in personal.items()}
+            calls.append(shard.fed_start.remote(job, saved["round"] if saved else 0, rows))
+        return ray.get(calls)[0]
+
+    def _save(self, job: RoundsJob, wall_s: float) -> dict | None:
+        """Save the server state, costs and personal states; None when a shard or the server lost its state."""
+        state = ray.get(self.server.state.remote(job.key))
+        exports = ray.get([s.fed_export.remote(job.key) for s in self.shards]) if job.algorithm.personal else []
+        if state is None or any("lost" in e for e in exports):
+            return None
+        exports = [e for e in exports if e]
+        personal = {}
+        if exports:
+            ids = np.concatenate([e["party_id"] for e in exports])
+            order = np.argsort(ids, kind="stable")
+            personal = {k: np.concatenate([e[k] for e in exports])[order] for k in exports[0]}
+        saved = {**state, "wall_s": wall_s, "personal": personal}
+        self.ckpt.save_federated(job.key, saved)
+        return saved
+
+    def train(self, job: RoundsJob, methods: list[str]) -> Trained:
+        """Run ``job``'s rounds (from its checkpoint, if one is saved) and return the final server state."""
+        cfg, key = job.cfg, job.key
+        init = common_init(self.scenario, self.seed)
+        desc = party_descriptors(self.scenario, self.seed, self.train_ids)
+        saved = self.ckpt.load_federated(key, cfg.rounds)
+        r = self._start(job, init, desc, saved)
+        wall0, t0 = (saved["wall_s"] if saved else 0.0), time.perf_counter()
+        if saved:
+            self.log(f"{key}: round {r}/{cfg.rounds} loaded from the checkpoint")
+        every, restarts, mark, mark_r = max(1, cfg.rounds // 10), 0, time.perf_counter(), r
+        while r < cfg.rounds:
+            chosen = sample(self.seed, r, self.train_ids, cfg.clients_per_round)
+            down = self.server.broadcast.remote(key, r)
+            parts = []
+            for shard, hosted in zip(self.shards, self.slices):
+                mine = chosen[np.isin(chosen, hosted)]
+                if len(mine):
+                    parts.append(shard.fed_round.remote(job, r, down, mine))
+            if self.hook is not None:
+                self.hook(r)
+            done = ray.get(self.server.aggregate.remote(key, r, len(chosen), *parts))
+            if "lost" not in done:
+                r += 1
+                metrics.federated_round(self.run_id, methods, r, len(chosen), done["upload_bytes"])
+                if r % every == 0 or r == cfg.rounds:
+                    now = time.perf_counter()
+                    self.log(
+                        f"{key}: round {r}/{cfg.rounds}, {len(chosen)} parties sampled, "
+                        f"{(now - mark) / max(1, r - mark_r):.3f} s/round"
+                    )
+                    mark, mark_r = now, r
+                if r % cfg.checkpoint_every and r != cfg.rounds:
+                    continue
+                saved_now = self._save(job, wall0 + time.perf_counter() - t0)
+                if saved_now is not None:
+                    saved = saved_now
+                    continue
+                done = {"lost": ["at the save"]}
+            restarts += 1
+            saved = self.ckpt.load_federated(key, cfg.rounds)
+            back = saved["round"] if saved else 0
+            self.log(f"{key}: state lost ({', '.join(map(str, done['lost']))} restarted); rolled back to round {back}")
+            r = mark_r = self._start(job, init, desc, saved)
+            mark = time.perf_counter()
+        ray.get([self.server.end.remote(key), *[s.fed_end.remote(key) for s in self.shards]])
+        return Trained(saved["server"], saved["costs"], saved["wall_s"], restarts)
+
+
+@dataclass
+class FederatedOutcome:
+    """What the pipeline needs from the rounds: each method's novel-party start and its costs row."""
+
+    starts: dict[str, FederatedStart]
+    costs: dict[str, dict]
+    restarts: int = 0
+
+
+def train_federated(
+    methods: list[str],
+    cfg: FederatedConfig,
+    scenario: Scenario,
+    seed: int,
+    shards: list,
+    slices: list[np.ndarray],
+    namespace: str,
+    run_id: str,
+    ckpt: Checkpoint,
+    n_novel: int,
+    log: Log = print,
+) -> FederatedOutcome:
+    """Train every federated method of a run (one training per key) and give each method's novel-party start.
+
+    Costs per method: the rounds' (:class:`fusion.federated.rounds.Costs`) plus one model download per novel party;
+    ``wall_s`` the rounds' wall time (replays after restarts included) plus ``novel()``.
+    """
+    server = FederatedServerActor.options(name="federated-server", namespace=namespace, lifetime=None).remote(run_id)
+    engine = RoundsEngine(shards, slices, server, scenario, seed, ckpt, run_id, log)
+    out = FederatedOutcome({}, {})
+    try:
+        for job, served in jobs_of(methods, cfg).values():
+            trained = engine.train(job, served)
+            out.restarts += trained.restarts
+            for m in served:
+                clock = time.perf_counter()
+                start = ALGORITHMS[m](cfg, cfg.settings_of(m)).novel(trained.server, scenario.spec)
+                out.starts[m] = start
+                row = dict(trained.costs)
+                row["download_bytes"] += n_novel * model_bytes(scenario.spec)
+                row["wall_s"] = trained.wall_s + time.perf_counter() - clock
+                out.costs[m] = row
+    finally:
+        ray.kill(server, no_restart=True)
+    return out
+
+
+def model_bytes(spec: MLPSpec) -> int:
+    """Bytes of one float32 model."""
+    return 4 * spec.n_params

@@ -1,0 +1,95 @@
+"""Federated methods in a whole run: beside one-shot fusion, costs.csv, the upload plot, and --resume mid-rounds."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.cli import main
+from cluster.pipeline import run
+from tests.test_operations import SMALL, small, values
+
+FEDERATED = {
+    "methods": ["fusion", "nearest_task", "cold_start", "fedavg", "fedavg_ft"],
+    "federated": {"rounds": 6, "clients_per_round": 0.5, "local_steps": 20, "checkpoint_every": 2},
+}
+
+
+def costs(out) -> dict[str, dict]:
+    with open(out / "costs.csv") as fh:
+        return {row.pop("method"): row for row in csv.DictReader(fh)}
+
+
+@pytest.fixture(scope="module")
+def federated_run(tmp_path_factory):
+    import os
+
+    import ray
+
+    from tests.conftest import SESSION_RAY
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(**SESSION_RAY)
+    out = tmp_path_factory.mktemp("fed") / "reference"
+    lines = []
+    result = run(small(out, **FEDERATED), log=lines.append)
+    return {"out": out, "values": values(out), "lines": lines, "result": result}
+
+
+def test_federated_methods_run_beside_fusion_and_costs_are_written(federated_run):
+    out = federated_run["out"]
+    table = pq.read_table(out / "results.parquet")
+    got = {(m, k) for m, k in zip(table["method"].to_pylist(), table["shots"].to_pylist())}
+    assert got == {(m, k) for m in FEDERATED["methods"] for k in SMALL["shots"]}
+    assert (out / "metric_vs_upload.png").stat().st_size > 0
+    rows = costs(out)
+    assert list(rows) == FEDERATED["methods"]
+    n_bytes = 4 * (1 * 16 + 16 + 16 * 1 + 1)  # sine 1-16-1
+    assert rows["fusion"] == rows["nearest_task"] | {"wall_s": rows["fusion"]["wall_s"]}
+    assert int(rows["fusion"]["upload_bytes"]) == 12 * n_bytes and int(rows["fusion"]["rounds"]) == 1
+    assert int(rows["fusion"]["download_bytes"]) == 4 * n_bytes
+    assert int(rows["fusion"]["party_steps"]) == 12 * 150
+    assert rows["cold_start"] == {k: "0" for k in ("rounds", "upload_bytes", "download_bytes", "party_steps")} | {
+        "wall_s": "0.000"
+    }
+    fed = rows["fedavg"]  # 6 rounds of 6 sampled parties, each 20 local steps; + the 4 novel parties' download
+    assert (int(fed["rounds"]), int(fed["upload_bytes"]), int(fed["party_steps"])) == (6, 36 * n_bytes, 36 * 20)
+    assert int(fed["download_bytes"]) == (36 + 4) * n_bytes
+    assert rows["fedavg_ft"] == fed  # one training serves both
+    assert int(rows["fusion"]["upload_bytes"]) < int(fed["upload_bytes"])
+    assert any(line.startswith("fedavg: round 6/6, 6 parties sampled") for line in federated_run["lines"])
+
+
+def test_fedavg_without_fine_tuning_scores_its_global_model_at_every_k(federated_run):
+    table = pq.read_table(federated_run["out"] / "results.parquet").sort_by([("party_id", "ascending")])
+    cols = {k: np.asarray(table[k].to_pylist()) for k in ("method", "shots", "value")}
+    at = lambda m, k: cols["value"][(cols["method"] == m) & (cols["shots"] == k)]  # noqa: E731
+    np.testing.assert_array_equal(at("fedavg", 0), at("fedavg", 5))
+    np.testing.assert_array_equal(at("fedavg_ft", 0), at("fedavg", 0))  # the same global model at 0 shots
+    assert not np.array_equal(at("fedavg_ft", 5), at("fedavg", 5))  # fedavg_ft fine-tunes it
+
+
+def test_a_run_interrupted_mid_rounds_resumes_from_the_last_saved_round(ray_session, federated_run, tmp_path, capsys):
+    out = tmp_path / "interrupted"
+
+    def interrupt(line: str) -> None:
+        if line.startswith("fedavg: round 3/6"):
+            raise KeyboardInterrupt  # Ctrl-C after round 3: the last save is after round 2
+
+    with pytest.raises(KeyboardInterrupt):
+        run(small(out, **FEDERATED), log=interrupt)
+    assert (out / "checkpoint" / "federated-fedavg.npz").is_file()
+    assert main(["run", "--resume", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fedavg: round 2/6 loaded from the checkpoint" in printed and "pretrain:" not in printed
+    assert "fedavg: round 3/6" in printed
+    np.testing.assert_array_equal(values(out), federated_run["values"])
+    ref = costs(federated_run["out"])
+    for method, row in costs(out).items():
+        assert {k: v for k, v in row.items() if k != "wall_s"} == {
+            k: v for k, v in ref[method].items() if k != "wall_s"
+        }
