@@ -195,13 +195,16 @@ class PartyShard:
             out[rows] = self._embedded(self._inits(ids[rows], Stream.FAULTS, sub), sub)
         return out
 
-    def evaluate(self, fit: dict, methods: list[str], shots: list[int], ids=None) -> dict:
+    def evaluate(self, fit: dict, methods: list[str], shots: list[int], ids=None, show=()) -> dict:
         """Warm start test parties ``ids`` (default: all hosted) with every method, fine-tune on k shots, evaluate.
 
-        Returns long-form columns: method, shots, party_id, value.
+        Returns long-form columns: method, shots, party_id, value; and ``shown``: for the parties of ``ids`` in
+        ``show``, each method's 0-shot model as ``{method: (spec, party ids (m,), params (m, n_params))}`` (for
+        plots: the driver need not compute a warm start again).
         """
         ids, sc = self._subset(ids, self.test_ids, "test"), self.scenario
-        cols: dict[str, list] = {"method": [], "shots": [], "party_id": [], "value": []}
+        cols: dict = {"method": [], "shots": [], "party_id": [], "value": [], "shown": {}}
+        rows_shown = np.flatnonzero(np.isin(ids, np.asarray(show, np.int64)))
         if len(ids) == 0:
             return cols
         desc = self.descriptors(ids)
@@ -231,6 +234,8 @@ class PartyShard:
                     constraint = fitted.constraint_for(start) if fitted.finetune else FREE
                     if not (fitted.finetune and _is_free(constraint)):
                         rule = (constraint, fitted.finetune)
+            if len(rows_shown):
+                cols["shown"][method] = (spec, ids[rows_shown], start[rows_shown].cpu().numpy())
             key = (spec, None if rule is None else method)
             groups.setdefault(key, (rule or (FREE, True), []))[1].append((method, start))
         for (spec, _), (rule, members) in groups.items():

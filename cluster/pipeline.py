@@ -173,8 +173,9 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
             (tmp / "left_out.csv").write_text(left_out_csv(plan, cfg.party_classes))
             written.append("left_out.csv")
         plots.plot_metric_vs_shots(summary, scenario.metric_name, tmp / plots.SHOTS_PNG)
-        shown = list(range(cfg.parties, cfg.parties + min(3, cfg.test_parties)))
-        if plots.plot_warm_starts(scenario, res["fitted"], cfg.seed, shown, tmp / plots.WARM_STARTS_PNG):
+        if plots.plot_warm_starts(
+            scenario, res["cols"]["shown"], cfg.seed, shown_parties(cfg), tmp / plots.WARM_STARTS_PNG
+        ):
             written.append(plots.WARM_STARTS_PNG)
         if "fusion" in res["fitted"]:
             save_warm_starter(res["fitted"]["fusion"], scenario.spec, tmp / "fusion_model.pt")
@@ -447,7 +448,9 @@ def _evaluate(cfg: RunConfig, shards, slices, fit_ref, run_id: str, log: Log) ->
     jobs = {}
     for shard, (_, test_ids) in zip(shards, slices):
         for chunk in chunks(test_ids, cfg.cluster.chunk_parties):
-            jobs[shard.evaluate.remote(fit_ref, list(cfg.methods), list(cfg.shots), chunk)] = len(chunk)
+            jobs[shard.evaluate.remote(fit_ref, list(cfg.methods), list(cfg.shots), chunk, shown_parties(cfg))] = len(
+                chunk
+            )
     progress, parts = _Progress("fine-tune + evaluate", cfg.test_parties, log), []
     sums: dict[tuple[str, int], list[float]] = {}
     for ref, part in _as_done(jobs):
@@ -461,4 +464,15 @@ def _evaluate(cfg: RunConfig, shards, slices, fit_ref, run_id: str, log: Log) ->
     cols = {k: [v for p in parts for v in p[k]] for k in ("method", "shots", "party_id", "value")}
     rank = {m: i for i, m in enumerate(cfg.methods)}
     order = np.lexsort((cols["party_id"], cols["shots"], [rank[m] for m in cols["method"]]))
-    return {k: [v[i] for i in order] for k, v in cols.items()}
+    out = {k: [v[i] for i in order] for k, v in cols.items()}
+    shown: dict[str, dict[int, tuple]] = {}  # method -> party id -> (spec, params (n_params,))
+    for part in parts:
+        for method, (spec, pids, params) in part["shown"].items():
+            shown.setdefault(method, {}).update({int(p): (spec, row) for p, row in zip(pids, params)})
+    out["shown"] = shown
+    return out
+
+
+def shown_parties(cfg: RunConfig) -> list[int]:
+    """The test parties whose 0-shot models ``warm_starts.png`` draws."""
+    return list(range(cfg.parties, cfg.parties + min(3, cfg.test_parties)))

@@ -12,7 +12,6 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from fusion.params import forward
-from fusion.strategies import WarmStarter
 from scenarios import Scenario
 
 SHOTS_PNG = "metric_vs_shots.png"
@@ -118,10 +117,11 @@ def plot_metric_vs_upload(summary: list[dict], costs: dict[str, dict], metric: s
 
 
 def plot_warm_starts(
-    scenario: Scenario, fitted: dict[str, WarmStarter], seed: int, party_ids: list[int], path: Path
+    scenario: Scenario, shown: dict[str, dict[int, tuple]], seed: int, party_ids: list[int], path: Path
 ) -> bool:
     """The zero-shot warm start of each method against the true curve, one panel per test party.
 
+    ``shown``: method -> party id -> (spec, params (n_params,)), the 0-shot models the shards evaluated.
     Returns False (and writes nothing) when the scenario has no 1-D truth curve.
     """
     descs = [scenario.party_descriptor(seed, i) for i in party_ids]
@@ -129,12 +129,14 @@ def plot_warm_starts(
     if not party_ids or any(c is None for c in curves):
         return False
     fig = Figure(figsize=(4 * len(party_ids), 3.5))
-    warm = {m: torch.as_tensor(s.predict(np.asarray(descs))) for m, s in fitted.items()}  # one call per method
     for col, (pid, desc, (x, y)) in enumerate(zip(party_ids, descs, curves)):
         ax = fig.add_subplot(1, len(party_ids), col + 1)
         ax.plot(x[:, 0], y[:, 0], color="black", lw=2.5, label="truth")
-        for method, params in warm.items():
-            pred = forward(params[col : col + 1], scenario.spec, torch.as_tensor(x)).detach().numpy()[0, :, 0]
+        for method, by_party in shown.items():
+            if pid not in by_party:
+                continue
+            spec, params = by_party[pid]
+            pred = forward(torch.as_tensor(params)[None], spec, torch.as_tensor(x)).detach().numpy()[0, :, 0]
             ax.plot(x[:, 0], pred, lw=1.2, label=method)
         ax.set_title(f"party {pid}: descriptor {np.round(desc, 2).tolist()}")
         ax.set_xlabel("x")

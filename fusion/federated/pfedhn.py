@@ -110,7 +110,7 @@ class HyperStart(FederatedStart):
     kind = "hyper_start"
 
     def __init__(self, phi, mu, sd, scale, embed: int, hidden: int) -> None:
-        as_tensor = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
+        as_tensor = lambda a: torch.as_tensor(np.array(a, np.float32))  # noqa: E731  (a copy: refs are read-only)
         self.phi, self.mu, self.sd, self.scale = map(as_tensor, (phi, mu, sd, scale))
         self.embed, self.hidden = int(embed), int(hidden)
 
