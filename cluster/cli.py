@@ -63,7 +63,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--arch", default="", help="architecture like 1-100-1 (default: inferred from the state dicts)")
     f.add_argument("--out", required=True, help="output folder; must not exist or be empty")
     f.add_argument("--seed", type=int, default=0, help="seed of the fusion fit (default 0)")
-    f.add_argument("--fusion", dest="strategy", default="gp", help="fusion strategy (default gp)")
+    f.add_argument(
+        "--fusion", dest="strategy", default="", help="fusion strategy (default gp_refit, which needs --probe)"
+    )
     f.add_argument("--probe", default="", help=".npy or CSV of unlabeled inputs (N, fan_in); needed by gp_refit")
     f.add_argument(
         "--outputs",

@@ -31,6 +31,7 @@ from fusion.strategies.base import OUTPUT_KINDS
 
 Log = Callable[[str], None]
 ID = "party_id"
+DEFAULT_STRATEGY = "gp_refit"  # with a probe; bench/foreign.py measures it on models trained elsewhere
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,21 @@ class FuseConfig:
     out: str
     arch: str = ""  # "" -> inferred from the state dicts
     seed: int = 0
-    strategy: str = "gp"
+    strategy: str = ""  # "" -> gp_refit (function space: works on models trained anywhere); needs --probe
     address: str = ""
     probe: str = ""  # .npy or CSV of unlabeled inputs (N, fan_in), for strategies that need them
     outputs: str = "values"  # "logits": classifiers over all outputs (refits combine class probabilities)
 
     def __post_init__(self) -> None:
+        if not self.strategy:
+            if not self.probe:
+                raise ConfigError(
+                    "fuse needs --probe FILE: unlabeled inputs where the targets' tasks live (a .npy or CSV, one row "
+                    "of fan_in values per input, e.g. 256 points spread over the input range; no labels), so the "
+                    "default strategy gp_refit can fuse the models' functions; or name a parameter-space strategy "
+                    "with --fusion (e.g. gp), which suits only models aligned and trained alike"
+                )
+            object.__setattr__(self, "strategy", DEFAULT_STRATEGY)
         if not Path(self.models).is_dir():
             raise ConfigError(f"--models {self.models}: not a folder")
         for flag, path in (("--descriptors", self.descriptors), ("--targets", self.targets)):

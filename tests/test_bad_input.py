@@ -131,7 +131,8 @@ def _fuse(strategy: str = "gp_refit", probe=None, probe_name: str = "probe.npy")
         (tmp_path / "parties.csv").write_text("party_id,a\n0,0.1\n1,0.5\n2,0.9\n")
         (tmp_path / "targets.csv").write_text("party_id,a\n7,0.3\n")
         argv = ["fuse", "--models", str(tmp_path / "models"), "--descriptors", str(tmp_path / "parties.csv")]
-        argv += ["--targets", str(tmp_path / "targets.csv"), "--out", str(tmp_path / "out"), "--fusion", strategy]
+        argv += ["--targets", str(tmp_path / "targets.csv"), "--out", str(tmp_path / "out")]
+        argv += ["--fusion", strategy] if strategy else []
         if probe is not None:
             path = tmp_path / probe_name
             if isinstance(probe, bytes):
@@ -191,6 +192,7 @@ CASES = {
         "not a fusion-cluster model",
     ),
     "fuse: gp_refit without --probe": (_fuse(), "--fusion gp_refit needs probe inputs: pass --probe FILE"),
+    "fuse: defaults without --probe": (_fuse(""), "fuse needs --probe FILE: unlabeled inputs"),
     "fuse: --probe with a strategy that does not use it": (
         _fuse("gp", probe=np.zeros((4, 2))),
         "--probe is only used by strategies that refit on inputs; --fusion gp does not",

@@ -74,7 +74,7 @@ def test_fuse_round_trips_the_in_process_fusion(ray_session, tmp_path, pretraine
     spec, ids, desc, params, targets = pretrained
     models, descriptors, target_file = write_inputs(tmp_path, spec, ids, desc, params, targets, fmt="parquet")
     out = tmp_path / "out"
-    assert main(fuse_args(models, descriptors, target_file, out, "--seed", str(SEED))) == 0
+    assert main(fuse_args(models, descriptors, target_file, out, "--seed", str(SEED), "--fusion", "gp")) == 0
     expected = STRATEGIES["gp"]().fit(params, desc, FitContext(spec, SEED, config=FusionConfig())).predict(targets)
     for j, pid in enumerate(range(100, 106)):
         net = sequential(*spec.widths)
@@ -197,7 +197,7 @@ def test_bad_inputs_exit_2_naming_the_file_and_write_nothing(
     models, descriptors, target_file = write_inputs(tmp_path, spec, ids[:12], desc[:12], params[:12], targets)
     break_it(tmp_path, spec)
     out = tmp_path / "out"
-    assert main(fuse_args(models, descriptors, target_file, out, *extra)) == 2
+    assert main(fuse_args(models, descriptors, target_file, out, "--fusion", "gp", *extra)) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert any(m in err for m in message.split("|")), err
