@@ -8,15 +8,15 @@ from pathlib import Path
 
 import torch
 
-from fusion.spec import MLPSpec
+from fusion.spec import Spec, spec_from_state, spec_state
 from fusion.strategies.base import WARM_STARTERS, WarmStarter
 
 
-def save_warm_starter(starter: WarmStarter | dict, spec: MLPSpec, path: str | Path, kind: str | None = None) -> None:
+def save_warm_starter(starter: WarmStarter | dict, spec: Spec, path: str | Path, kind: str | None = None) -> None:
     """Write atomically (temp file, then rename). ``starter`` may be an already exported state."""
     state = starter.export() if isinstance(starter, WarmStarter) else starter
     kind = kind or type(starter).__name__
-    payload = {"kind": kind, "widths": list(spec.widths), "activation": spec.activation, "state": state}
+    payload = {"kind": kind, **spec_state(spec), "state": state}
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -28,7 +28,7 @@ def save_warm_starter(starter: WarmStarter | dict, spec: MLPSpec, path: str | Pa
         raise
 
 
-def load_warm_starter(path: str | Path) -> tuple[WarmStarter, MLPSpec]:
+def load_warm_starter(path: str | Path) -> tuple[WarmStarter, Spec]:
     """Load a fitted fusion model written by :func:`save_warm_starter` (never unpickles code)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     kind = payload.get("kind") if isinstance(payload, dict) else None
@@ -39,7 +39,7 @@ def load_warm_starter(path: str | Path) -> tuple[WarmStarter, MLPSpec]:
         )
     try:
         cls = WARM_STARTERS[payload["kind"]]
-        spec = MLPSpec(tuple(payload["widths"]), payload["activation"])
+        spec = spec_from_state(payload)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: not a fusion-cluster model file ({exc})") from None
     return cls.restore(payload["state"]), spec

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fusion.params import init_params
-from fusion.spec import MLPSpec
+from fusion.spec import MLPSpec, Spec, spec_for_family
 from fusion.widths import at_width
 
 
@@ -156,6 +156,35 @@ def training_data(scenario: Scenario, seed: int, ids: np.ndarray) -> tuple[np.nd
 def party_widths(seed: int, ids: np.ndarray, widths: tuple[int, ...]) -> np.ndarray:
     """Hidden width of each party in ``ids`` when a run mixes ``widths``: (n,) int64, uniform from (seed, id)."""
     return np.array([widths[party_rng(seed, i, Stream.WIDTH).integers(len(widths))] for i in ids], np.int64)
+
+
+def model_spec(archs: tuple[str, ...], target_arch: str, hidden: tuple[int, ...], fan_in: int, fan_out: int) -> Spec:
+    """The model of a scenario with ``[scenario] archs`` / ``target_arch`` keys (:func:`fusion.spec.spec_for_family`
+    names: ``mlp-100``, ``cnn-s``, ``cnn-m``), or without them an MLP ``[fan_in, *hidden, fan_out]``.
+
+    Raises ``ValueError`` naming the key for unknown or unusable families. A run has one family for now: a list of
+    several, or a ``target_arch`` other than the parties' family, is refused (not wired through the run yet).
+    """
+    specs = []
+    for key, names in (("archs", archs), ("target_arch", (target_arch,) if target_arch else ())):
+        for name in names:
+            try:
+                specs.append(spec_for_family(name, fan_in, fan_out))
+            except ValueError as exc:
+                raise ValueError(f"scenario.{key}: {exc}") from None
+    if len(set(archs)) != len(archs):
+        raise ValueError(f"scenario.archs must name distinct families, got {list(archs)}")
+    if len(archs) > 1:
+        raise ValueError(
+            f"scenario.archs = {list(archs)}: runs that mix architecture families are not supported yet; give one"
+        )
+    own = specs[0] if archs else MLPSpec((fan_in, *hidden, fan_out))
+    if target_arch and specs[-1] != own:
+        raise ValueError(
+            f"scenario.target_arch = {target_arch!r} differs from the parties' family {own.family!r}: warm starts of "
+            "another family are not supported in runs yet (fusion-cluster fuse --target-arch makes them)"
+        )
+    return own
 
 
 def with_hidden_width(scenario: Scenario, width: int) -> Scenario:

@@ -161,3 +161,28 @@ def test_permuted_copies_of_one_cnn_align_back_to_it():
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+TINY = CNNSpec(8, (4, 6), 3, 1, (8,), 3, name="tiny")  # 8x8 images, 3 classes: fast fusion tests
+
+
+@pytest.mark.parametrize("strategy", ["gp", "gp_refit", "matched_average", "nearest_task"])
+def test_permuted_copies_of_one_cnn_fuse_to_it(strategy, tmp_path):
+    from fusion.io import load_warm_starter, save_warm_starter
+    from fusion.metamodel import GPConfig
+    from fusion.strategies import STRATEGIES, FitContext, FusionConfig
+
+    base = random_stack(TINY, 1, seed=12) * 2
+    rng = np.random.default_rng(13)
+    perms = [np.stack([rng.permutation(h) for _ in range(6)]) for h in TINY.hidden]
+    copies, desc = permute(np.repeat(base, 6, 0), TINY, perms), rng.uniform(size=(6, 2))
+    probe = rng.uniform(size=(32, TINY.fan_in)).astype(np.float32)
+    cfg = FusionConfig(gp=GPConfig(max_steps=30, inducing=8), refit_steps=200)
+    ctx = FitContext(TINY, config=cfg, probe=probe, outputs="logits")
+    fitted = STRATEGIES[strategy]().fit(copies, desc, ctx)
+    save_warm_starter(fitted, TINY, tmp_path / "m.pt")
+    loaded, spec = load_warm_starter(tmp_path / "m.pt")
+    assert spec == TINY
+    probs = lambda p: torch.softmax(forward(torch.as_tensor(p), TINY, torch.as_tensor(probe)), -1)  # noqa: E731
+    got, want = probs(loaded.predict(desc[:2])), probs(np.repeat(base, 2, 0))
+    assert (got - want).abs().max() < (0.05 if strategy == "gp_refit" else 1e-3)

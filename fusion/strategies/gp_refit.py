@@ -19,7 +19,7 @@ import torch
 
 from fusion.metamodel import GPMetaModel
 from fusion.params import forward
-from fusion.spec import MLPSpec
+from fusion.spec import Spec, spec_from_state, spec_state
 from fusion.strategies.base import WARM_STARTERS, FitContext, Strategy, WarmStarter, register
 from fusion.strategies.gp import GPFusion
 from fusion.strategies.mixed_widths import fit_width_gp
@@ -50,7 +50,7 @@ class RefitWarmStarter(WarmStarter):
         self,
         init: WarmStarter,
         outputs: GPMetaModel,
-        spec: MLPSpec,
+        spec: Spec,
         probe: np.ndarray,
         refit: TrainConfig,
         output_kind: str = "values",
@@ -58,15 +58,15 @@ class RefitWarmStarter(WarmStarter):
         self.init, self.outputs, self.spec = init, outputs, spec
         self.probe, self.refit, self.output_kind = np.array(probe, np.float32), refit, output_kind
 
-    def _refit(self, init: np.ndarray, target: torch.Tensor, spec: MLPSpec) -> np.ndarray:
+    def _refit(self, init: np.ndarray, target: torch.Tensor, spec: Spec) -> np.ndarray:
         m, n_probe = len(init), len(self.probe)
-        x = torch.tensor(self.probe).expand(m, n_probe, spec.widths[0])  # copy: object-store arrays are read-only
+        x = torch.tensor(self.probe).expand(m, n_probe, spec.fan_in)  # copy: object-store arrays are read-only
         loss = kl_to_probabilities if self.output_kind == "logits" else relative_mse
         return train(torch.as_tensor(init), spec, x, target, loss, self.refit).numpy()
 
     def _targets(self, descriptors: np.ndarray) -> torch.Tensor:
         out = torch.as_tensor(self.outputs.predict(descriptors))
-        out = out.reshape(len(descriptors), len(self.probe), self.spec.widths[-1])
+        out = out.reshape(len(descriptors), len(self.probe), self.spec.fan_out)
         if self.output_kind == "logits":
             out = out.clamp_min(0) + 1e-6
             out = out / out.sum(-1, keepdim=True)
@@ -91,8 +91,7 @@ class RefitWarmStarter(WarmStarter):
             "init_kind": type(self.init).__name__,
             "init": self.init.export(),
             "outputs": self.outputs.state,
-            "widths": list(self.spec.widths),
-            "activation": self.spec.activation,
+            **spec_state(self.spec),
             "probe": torch.tensor(self.probe),
             "refit": [self.refit.steps, self.refit.lr],
             "output_kind": self.output_kind,
@@ -100,7 +99,7 @@ class RefitWarmStarter(WarmStarter):
 
     @classmethod
     def restore(cls, state: dict) -> RefitWarmStarter:
-        spec = MLPSpec(tuple(state["widths"]), state["activation"])
+        spec = spec_from_state(state)
         refit = TrainConfig(int(state["refit"][0]), float(state["refit"][1]))
         init = WARM_STARTERS[state["init_kind"]].restore(state["init"])
         kind = state.get("output_kind", "values")

@@ -16,7 +16,7 @@ import torch
 from torch.func import grad, vmap
 
 from fusion.params import forward
-from fusion.spec import MLPSpec
+from fusion.spec import MLPSpec, Spec, spec_from_state, spec_state
 from fusion.strategies.average import Constant
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
 
@@ -35,16 +35,16 @@ class MAMLConfig:
 class MAMLInit(Constant):
     """The meta-learned init, for every descriptor; carries its own architecture."""
 
-    def __init__(self, params: np.ndarray, spec: MLPSpec) -> None:
+    def __init__(self, params: np.ndarray, spec: Spec) -> None:
         super().__init__(params)
         self.spec = spec
 
     def export(self) -> dict:
-        return {**super().export(), "widths": list(self.spec.widths), "activation": self.spec.activation}
+        return {**super().export(), **spec_state(self.spec)}
 
     @classmethod
     def restore(cls, state: dict) -> MAMLInit:
-        return cls(state["params"].numpy(), MLPSpec(tuple(state["widths"]), state["activation"]))
+        return cls(state["params"].numpy(), spec_from_state(state))
 
 
 def first_points(keys: torch.Tensor, real: torch.Tensor | None, k: int) -> torch.Tensor:
@@ -55,7 +55,7 @@ def first_points(keys: torch.Tensor, real: torch.Tensor | None, k: int) -> torch
 
 
 def meta_train(
-    spec: MLPSpec,
+    spec: Spec,
     x: torch.Tensor,
     y: torch.Tensor,
     d: torch.Tensor,
@@ -107,7 +107,7 @@ class _MAML(Strategy):
         if ctx.tasks is None:
             raise ValueError(f"strategy {self.name} needs the training parties' data (FitContext.tasks)")
         x, y, loss_fn, init_fn, real = ctx.tasks()
-        spec = ctx.spec if self.hidden is None else MLPSpec((ctx.spec.widths[0], *self.hidden, ctx.spec.widths[-1]))
+        spec = ctx.spec if self.hidden is None else MLPSpec((ctx.spec.fan_in, *self.hidden, ctx.spec.fan_out))
         init = init_fn(spec, torch.Generator().manual_seed(ctx.seed))
         d = torch.as_tensor(np.asarray(descriptors, np.float32))
         x, y, real = torch.as_tensor(x), torch.as_tensor(y), torch.as_tensor(real)
