@@ -186,3 +186,55 @@ def test_permuted_copies_of_one_cnn_fuse_to_it(strategy, tmp_path):
     probs = lambda p: torch.softmax(forward(torch.as_tensor(p), TINY, torch.as_tensor(probe)), -1)  # noqa: E731
     got, want = probs(loaded.predict(desc[:2])), probs(np.repeat(base, 2, 0))
     assert (got - want).abs().max() < (0.05 if strategy == "gp_refit" else 1e-3)
+
+
+@pytest.mark.parametrize("family, side", [("cnn-s", 28), ("cnn-m", 28), ("cnn-s", 8)])
+def test_cnn_state_dicts_round_trip_with_the_architecture_inferred(family, side, tmp_path):
+    from fusion.state_dicts import load_model_file, state_from_flat
+
+    spec = spec_for_family(family, side * side, 10)
+    net = sequential(spec)
+    torch.save(net.state_dict(), tmp_path / "m.pt")
+    flat, found = load_model_file(tmp_path / "m.pt")
+    assert found == spec and str(found) == family
+    again = sequential(spec)
+    again.load_state_dict(state_from_flat(flat, spec), strict=True)
+    x = torch.rand(3, 1, side, side)
+    assert torch.equal(again(x), net(x))
+
+
+def test_bad_cnn_state_dicts_are_refused_with_the_file_named(tmp_path):
+    from fusion.state_dicts import load_model_file
+
+    spec = spec_for_family("cnn-s", 784, 10)
+    state = sequential(spec).state_dict()
+    state["7.weight"] = torch.zeros(128, 1000)  # the first Linear does not read the conv stack's features
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad.pt: keys and shapes .* are not those of"):
+        load_model_file(tmp_path / "bad.pt")
+    torch.save(sequential(spec_for_family("cnn-m", 784, 10)).state_dict(), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"m.pt: architecture cnn-m does not match the expected cnn-s"):
+        load_model_file(tmp_path / "m.pt", spec)
+
+
+def test_gp_refit_makes_warm_starts_of_another_family_in_function_space(tmp_path):
+    from fusion.io import load_warm_starter, save_warm_starter
+    from fusion.metamodel import GPConfig
+    from fusion.strategies import STRATEGIES, FitContext, FusionConfig
+
+    model = random_stack(TINY, 1, seed=14) * 3  # confident: probabilities far from uniform
+    probe = np.random.default_rng(15).uniform(size=(32, TINY.fan_in)).astype(np.float32)
+    target = spec_for_family("mlp-32", TINY.fan_in, TINY.fan_out)
+    cfg = FusionConfig(gp=GPConfig(max_steps=30, inducing=4), refit_steps=400)
+    ctx = FitContext(TINY, config=cfg, probe=probe, outputs="logits", target=target)
+    fitted = STRATEGIES["gp_refit"]().fit(model, np.array([[0.2, 0.4]]), ctx)
+    save_warm_starter(fitted, target, tmp_path / "m.pt")
+    loaded, spec = load_warm_starter(tmp_path / "m.pt")
+    warm = loaded.predict(np.array([[0.2, 0.4]]))
+    assert spec == target and warm.shape == (1, target.n_params)
+    x = torch.as_tensor(probe)
+    want = torch.softmax(forward(torch.as_tensor(model), TINY, x), -1)
+    got = torch.softmax(forward(torch.as_tensor(warm), target, x), -1)
+    assert (got - want).abs().max() < 0.1 and (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
+    with pytest.raises(ValueError, match="cannot make warm starts of another architecture"):
+        STRATEGIES["gp"]().require(ctx)

@@ -17,7 +17,7 @@ from fusion.matching import SolveMany, solve_many_serial
 from fusion.metamodel import GPConfig
 from fusion.mfpl import MFPLConfig
 from fusion.pfnm import PFNMConfig, SolveRect, solve_rect_serial
-from fusion.spec import MLPSpec
+from fusion.spec import Spec
 
 OUTPUT_KINDS = ("values", "logits")
 
@@ -60,9 +60,11 @@ class FitContext:
     ``spec`` (the widest, :mod:`fusion.widths`), and only strategies with ``mixed_widths = True`` accept them.
     ``outputs``: what the models' outputs are, for strategies that combine them: ``"values"`` (regression:
     averaged as they are) or ``"logits"`` (classification over all outputs: combined as class probabilities).
+    ``target``: the architecture the warm starts must have when it is not the models' own ``spec`` (another
+    family); only strategies with ``cross_family = True`` accept it.
     """
 
-    spec: MLPSpec
+    spec: Spec
     seed: int = 0
     solve_many: SolveMany = solve_many_serial
     config: FusionConfig = field(default_factory=FusionConfig)
@@ -72,6 +74,12 @@ class FitContext:
     widths: np.ndarray | None = None
     cache: dict = field(default_factory=dict)  # work shared by strategies of one fit (e.g. the PFNM matching)
     outputs: str = "values"
+    target: Spec | None = None
+
+    @property
+    def target_spec(self) -> Spec:
+        """The architecture of the warm starts: ``target``, or the models' own ``spec``."""
+        return self.spec if self.target is None else self.target
 
     def __post_init__(self) -> None:
         if self.outputs not in OUTPUT_KINDS:
@@ -121,6 +129,7 @@ class Strategy(ABC):
     mixed_widths = False  # accepts models of different widths (FitContext.widths)
     alignable = False  # True: ``__init__(aligned=False)`` gives the no-alignment ablation (``fusion_noalign``)
     needs_probe: bool = False  # True: ``fit`` needs ``FitContext.probe`` (unlabeled inputs)
+    cross_family = False  # makes warm starts of another architecture than the models' (FitContext.target)
 
     @abstractmethod
     def fit(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter: ...
@@ -129,6 +138,8 @@ class Strategy(ABC):
         """Raise, before any long work, when ``ctx`` lacks what this strategy declares it needs."""
         if self.needs_probe and ctx.probe is None:
             raise ValueError(f"strategy {self.name} needs probe inputs from the scenario (FitContext.probe)")
+        if ctx.target_spec != ctx.spec and not self.cross_family:
+            raise ValueError(f"strategy {self.name} cannot make warm starts of another architecture ({ctx.target})")
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}
