@@ -6,7 +6,8 @@ a CNN (:mod:`fusion.state_dicts`; read with ``weights_only=True``), a descriptor
 columns; for strategies that refit on unlabeled inputs (``gp_refit``) a probe file (``.npy`` or CSV,
 (N, fan_in)). The files are loaded and validated by Ray tasks, one per chunk of files; the fusion actor fits
 the strategy. Output (staged in a temp folder, renamed at the end): ``OUT/warm_starts/<party_id>.pt`` and
-``OUT/fusion_model.pt``, in the models' layout, or with ``--target-arch`` in that family's (the function-space refit of ``gp_refit``).
+``OUT/fusion_model.pt``, in the models' layout, or with ``--target-arch`` in that family's (the function-space
+refit of ``gp_refit``).
 """
 
 from __future__ import annotations
