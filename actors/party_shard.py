@@ -12,7 +12,7 @@ import torch
 from actors import metrics
 from actors.faults import FaultConfig
 from fusion.methods import COLD_START
-from fusion.params import forward
+from fusion.params import forward, init_params
 from fusion.training import FinetuneConfig, TrainConfig, finetune, train
 from fusion.widths import embed
 from scenarios import (
@@ -159,7 +159,13 @@ class PartyShard:
         # Methods whose warm starts share an architecture are fine-tuned together as one batch.
         groups: dict = {}
         for method in methods:
-            if method == COLD_START:
+            if method == COLD_START and sc.target_spec != sc.spec:  # novel parties of another family
+                spec = sc.target_spec
+                start = torch.stack(
+                    [init_params(spec, party_torch_generator(self.seed, i, Stream.COLD_START)) for i in ids]
+                )
+                start = start.to(self.device)
+            elif method == COLD_START:
                 spec, start = sc.spec, torch.zeros(len(ids), sc.spec.n_params)
                 for rows, sub in self._width_groups(ids):
                     start[rows] = torch.as_tensor(self._embedded(self._inits(ids[rows], Stream.COLD_START, sub), sub))

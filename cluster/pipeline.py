@@ -174,7 +174,7 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
         if plots.plot_warm_starts(scenario, res["fitted"], cfg.seed, shown, tmp / plots.WARM_STARTS_PNG):
             written.append(plots.WARM_STARTS_PNG)
         if "fusion" in res["fitted"]:
-            save_warm_starter(res["fitted"]["fusion"], scenario.spec, tmp / "fusion_model.pt")
+            save_warm_starter(res["fitted"]["fusion"], scenario.target_spec, tmp / "fusion_model.pt")
             written.append("fusion_model.pt")
     text = results.format_summary(summary, scenario.metric_name)
     log(text)
@@ -244,7 +244,14 @@ def _execute(
         for i, p in enumerate(shard_plans)
     ]
     fusion = FusionActor.options(name="fusion", namespace=namespace).remote(
-        scenario.spec, cfg.fusion, cfg.seed, n_cpus, run=run_id, scenario=scenario, widths=cfg.widths
+        scenario.spec,
+        cfg.fusion,
+        cfg.seed,
+        n_cpus,
+        run=run_id,
+        scenario=scenario,
+        widths=cfg.widths,
+        target=scenario.target_spec,
     )
     try:
         infos = ray.get([s.info.remote() for s in shards])

@@ -49,8 +49,9 @@ class Scenario(ABC):
     lower_is_better: bool = True
     outputs: str = "values"  # "logits": classification over all outputs (fusion combines class probabilities)
 
-    def __init__(self, spec: MLPSpec) -> None:
-        self.spec = spec
+    def __init__(self, spec: Spec, target_spec: Spec | None = None) -> None:
+        self.spec = spec  # the parties' model
+        self.target_spec = spec if target_spec is None else target_spec  # the model novel parties receive
 
     @abstractmethod
     def descriptor(self, rng: np.random.Generator) -> np.ndarray:
@@ -158,12 +159,15 @@ def party_widths(seed: int, ids: np.ndarray, widths: tuple[int, ...]) -> np.ndar
     return np.array([widths[party_rng(seed, i, Stream.WIDTH).integers(len(widths))] for i in ids], np.int64)
 
 
-def model_spec(archs: tuple[str, ...], target_arch: str, hidden: tuple[int, ...], fan_in: int, fan_out: int) -> Spec:
-    """The model of a scenario with ``[scenario] archs`` / ``target_arch`` keys (:func:`fusion.spec.spec_for_family`
-    names: ``mlp-100``, ``cnn-s``, ``cnn-m``), or without them an MLP ``[fan_in, *hidden, fan_out]``.
+def model_specs(
+    archs: tuple[str, ...], target_arch: str, hidden: tuple[int, ...], fan_in: int, fan_out: int
+) -> tuple[Spec, Spec]:
+    """The parties' model and the one novel parties receive, for a scenario with ``[scenario] archs`` /
+    ``target_arch`` keys (:func:`fusion.spec.spec_for_family` names: ``mlp-100``, ``cnn-s``, ``cnn-m``); without
+    ``archs`` the parties' model is an MLP ``[fan_in, *hidden, fan_out]``, without ``target_arch`` the same.
 
-    Raises ``ValueError`` naming the key for unknown or unusable families. A run has one family for now: a list of
-    several, or a ``target_arch`` other than the parties' family, is refused (not wired through the run yet).
+    Raises ``ValueError`` naming the key for unknown or unusable families. The training parties of a run share one
+    family for now: a list of several is refused (not wired through the run yet).
     """
     specs = []
     for key, names in (("archs", archs), ("target_arch", (target_arch,) if target_arch else ())):
@@ -179,12 +183,7 @@ def model_spec(archs: tuple[str, ...], target_arch: str, hidden: tuple[int, ...]
             f"scenario.archs = {list(archs)}: runs that mix architecture families are not supported yet; give one"
         )
     own = specs[0] if archs else MLPSpec((fan_in, *hidden, fan_out))
-    if target_arch and specs[-1] != own:
-        raise ValueError(
-            f"scenario.target_arch = {target_arch!r} differs from the parties' family {own.family!r}: warm starts of "
-            "another family are not supported in runs yet (fusion-cluster fuse --target-arch makes them)"
-        )
-    return own
+    return own, (specs[-1] if target_arch else own)
 
 
 def with_hidden_width(scenario: Scenario, width: int) -> Scenario:

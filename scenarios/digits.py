@@ -26,7 +26,7 @@ import torch
 
 from fusion.spec import Spec
 from scenarios import digit_sources
-from scenarios.base import Scenario, Stream, model_spec, party_rng
+from scenarios.base import Scenario, Stream, model_specs, party_rng
 
 N_CLASSES = 10
 
@@ -45,10 +45,10 @@ class DigitsOptions:
     eval_per_class: int = 30  # held-out test images per digit of a party
 
     @property
-    def spec(self) -> Spec:
-        """The parties' model: ``archs``' family, or ``[in, *hidden, 10]``."""
+    def specs(self) -> tuple[Spec, Spec]:
+        """The parties' model (``archs``' family, or ``[in, *hidden, 10]``) and the novel parties' (``target_arch``)."""
         n_in = digit_sources.SOURCES[self.source][0]
-        return model_spec(self.archs, self.target_arch, self.hidden, n_in, N_CLASSES)
+        return model_specs(self.archs, self.target_arch, self.hidden, n_in, N_CLASSES)
 
     def __post_init__(self) -> None:
         hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
@@ -61,7 +61,7 @@ class DigitsOptions:
             raise ValueError(f"scenario.k (digits per task) must be in 2..5, got {self.k}")
         if self.source not in digit_sources.SOURCES:
             raise ValueError(f"scenario.source must be one of {', '.join(digit_sources.SOURCES)}, got {self.source!r}")
-        self.spec  # noqa: B018  (checks archs and target_arch)
+        self.specs  # noqa: B018  (checks archs and target_arch)
         if self.train_per_class < 0 or self.eval_per_class < 1:
             raise ValueError("scenario.train_per_class must be >= 0 (0 = whole share), scenario.eval_per_class >= 1")
 
@@ -113,7 +113,7 @@ class DigitsScenario(Scenario):
     lower_is_better = False
 
     def __init__(self, options: DigitsOptions = DigitsOptions()) -> None:
-        super().__init__(options.spec)
+        super().__init__(*options.specs)
         self.options = options
         self.run: tuple[int, int, int] | None = None  # (seed, n_train, n_test), set by prepare
 

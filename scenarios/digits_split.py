@@ -27,7 +27,7 @@ import torch
 
 from fusion.spec import Spec
 from scenarios import digit_sources
-from scenarios.base import Scenario, Stream, model_spec, party_rng
+from scenarios.base import Scenario, Stream, model_specs, party_rng
 from scenarios.splits import PARTITIONS, PartySplit, SplitConfig, split_labels
 
 N_CLASSES = 10
@@ -50,10 +50,10 @@ class DigitsSplitOptions:
     target_arch: str = ""  # the family novel parties receive ("": their own)
 
     @property
-    def spec(self) -> Spec:
-        """The parties' model: ``archs``' family, or ``[in, *hidden, 10]``."""
+    def specs(self) -> tuple[Spec, Spec]:
+        """The parties' model (``archs``' family, or ``[in, *hidden, 10]``) and the novel parties' (``target_arch``)."""
         n_in = digit_sources.SOURCES[self.source][0]
-        return model_spec(self.archs, self.target_arch, self.hidden, n_in, N_CLASSES)
+        return model_specs(self.archs, self.target_arch, self.hidden, n_in, N_CLASSES)
 
     def __post_init__(self) -> None:
         hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
@@ -66,7 +66,7 @@ class DigitsSplitOptions:
             raise ValueError(f"scenario.split must be one of {', '.join(sorted(PARTITIONS))}, got {self.split!r}")
         if self.source not in digit_sources.SOURCES:
             raise ValueError(f"scenario.source must be one of {', '.join(digit_sources.SOURCES)}, got {self.source!r}")
-        self.spec  # noqa: B018  (checks archs and target_arch)
+        self.specs  # noqa: B018  (checks archs and target_arch)
         if self.min_samples < 4:
             raise ValueError(
                 f"scenario.min_samples must be >= 4 (a 75/25 split needs a test sample), got {self.min_samples}"
@@ -91,7 +91,7 @@ class DigitsSplitScenario(Scenario):
     outputs = "logits"
 
     def __init__(self, options: DigitsSplitOptions = DigitsSplitOptions()) -> None:
-        super().__init__(options.spec)
+        super().__init__(*options.specs)
         self.options = options
         self.parts: list[PartySplit] | None = None
 
