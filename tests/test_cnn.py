@@ -238,3 +238,15 @@ def test_gp_refit_makes_warm_starts_of_another_family_in_function_space(tmp_path
     assert (got - want).abs().max() < 0.1 and (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
     with pytest.raises(ValueError, match="cannot make warm starts of another architecture"):
         STRATEGIES["gp"]().require(ctx)
+
+
+def test_fuse_arch_names_a_family_and_takes_the_image_size_from_the_files(tmp_path):
+    from cluster.config import ConfigError
+    from cluster.fuse import model_spec
+
+    spec = spec_for_family("cnn-s", 784, 10)
+    torch.save(sequential(spec).state_dict(), tmp_path / "0.pt")
+    assert model_spec("cnn-s", tmp_path / "0.pt")[0] == spec
+    assert model_spec("", tmp_path / "0.pt")[0] == spec
+    with pytest.raises(ConfigError, match=r"0.pt: keys and shapes .* are not those of the cnn-m family"):
+        model_spec("cnn-m", tmp_path / "0.pt")
