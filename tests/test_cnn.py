@@ -250,3 +250,16 @@ def test_fuse_arch_names_a_family_and_takes_the_image_size_from_the_files(tmp_pa
     assert model_spec("", tmp_path / "0.pt")[0] == spec
     with pytest.raises(ConfigError, match=r"0.pt: keys and shapes .* are not those of the cnn-m family"):
         model_spec("cnn-m", tmp_path / "0.pt")
+
+
+def test_finetune_selects_steps_for_cnn_parties_as_for_mlps():
+    from fusion.training import FinetuneConfig, finetune
+
+    flat, x = torch.as_tensor(random_stack(SMALL, 3, seed=16)), images(3, 6, SMALL, seed=17)
+    y = torch.randint(0, 10, (3, 6), generator=torch.Generator().manual_seed(18))
+    loss = lambda pred, t, d: torch.nn.functional.cross_entropy(pred.transpose(1, 2), t, reduction="none").mean(1)  # noqa: E731
+    cfg = FinetuneConfig(steps=4, every=2, folds=2, lr=0.01, optimizer="sgd")
+    together = finetune(flat, SMALL, x, y, loss, torch.zeros(3, 2), cfg)
+    alone = finetune(flat[:1], SMALL, x[:1], y[:1], loss, torch.zeros(1, 2), cfg)
+    assert together.shape == flat.shape
+    torch.testing.assert_close(together[:1], alone, rtol=1e-4, atol=1e-6)
