@@ -13,7 +13,7 @@ from fusion.methods import strategy_for
 from fusion.outliers import function_outliers
 from fusion.params import init_params
 from fusion.quarantine import finite_models
-from fusion.spec import MLPSpec
+from fusion.spec import Spec
 from fusion.strategies import FitContext, FusionConfig
 from scenarios import Scenario, party_widths, training_data
 
@@ -32,7 +32,7 @@ class FusionActor:
 
     def __init__(
         self,
-        spec: MLPSpec,
+        spec: Spec,
         cfg: FusionConfig,
         seed: int,
         n_chunks: int,
@@ -41,17 +41,19 @@ class FusionActor:
         widths: tuple[int, ...] = (),
         probe: np.ndarray | None = None,
         outputs: str | None = None,
+        target: Spec | None = None,
     ) -> None:
         """``scenario`` (optional) supplies probe inputs and, for MAML, the training parties' data;
         ``probe`` (N, fan_in), when given, replaces the scenario's probe inputs; ``outputs`` (``"values"`` or
-        ``"logits"``, :class:`fusion.strategies.FitContext`), when given, replaces the scenario's.
+        ``"logits"``, :class:`fusion.strategies.FitContext`), when given, replaces the scenario's; ``target``: the
+        warm starts' architecture when not ``spec`` (:attr:`fusion.strategies.FitContext.target`).
 
         ``widths``: a run that mixes hidden widths; each party's is drawn from (seed, party id), ``spec`` is the
         widest and the models arrive embedded in it.
         """
         self.spec, self.cfg, self.seed, self.n_chunks, self.run = spec, cfg, seed, n_chunks, run
         self.widths = tuple(widths)
-        self.scenario, self.probe = scenario, probe
+        self.scenario, self.probe, self.target = scenario, probe, target
         self.outputs = outputs or (scenario.outputs if scenario is not None else "values")
         self.summary: dict | None = None
         self.error: str | None = None
@@ -104,6 +106,7 @@ class FusionActor:
             widths=party_widths(self.seed, ids, self.widths) if self.widths else None,
             solve_rect=solve_rect,
             outputs=self.outputs,
+            target=None if self.target == self.spec else self.target,
         )
         fitted, seconds = {}, {}
         for method in methods:

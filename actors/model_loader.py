@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from fusion.spec import MLPSpec
+from fusion.spec import Spec
 from fusion.state_dicts import ArchitectureMismatch, load_model_file
 
 
 @ray.remote(num_returns=2)
-def load_chunk(paths: list[str], party_ids: np.ndarray, descriptors: np.ndarray, spec: MLPSpec):
+def load_chunk(paths: list[str], party_ids: np.ndarray, descriptors: np.ndarray, spec: Spec):
     """Load ``paths`` (one per party), each checked against ``spec``, as flat models.
 
     Returns two objects: the shard dict ``{party_id (n,), descriptor (n, d), params (n, n_params)}``

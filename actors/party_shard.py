@@ -14,7 +14,7 @@ from actors.faults import FaultConfig
 from fusion.federated.base import FederatedStart
 from fusion.federated.rounds import Parties, PartyStore, shard_round
 from fusion.methods import COLD_START
-from fusion.params import forward
+from fusion.params import forward, init_params
 from fusion.training import FREE, Constraint, FinetuneConfig, TrainConfig, finetune, train
 from fusion.widths import embed
 from scenarios import (
@@ -217,7 +217,13 @@ class PartyShard:
         groups: dict = {}
         for method in methods:
             rule = None  # None: the run's free fine-tuning; else (constraint, finetune) of a federated method
-            if method == COLD_START:
+            if method == COLD_START and sc.target_spec != sc.spec:  # novel parties of another family
+                spec = sc.target_spec
+                start = torch.stack(
+                    [init_params(spec, party_torch_generator(self.seed, i, Stream.COLD_START)) for i in ids]
+                )
+                start = start.to(self.device)
+            elif method == COLD_START:
                 spec, start = sc.spec, torch.zeros(len(ids), sc.spec.n_params)
                 for rows, sub in self._width_groups(ids):
                     start[rows] = torch.as_tensor(self._embedded(self._inits(ids[rows], Stream.COLD_START, sub), sub))

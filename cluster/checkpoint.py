@@ -124,7 +124,7 @@ class Checkpoint:
 
     def save_fitted(self, fitted: dict[str, WarmStarter]) -> None:
         for method, starter in fitted.items():
-            save_warm_starter(starter, self.scenario.spec, self.dir / f"fitted-{method}.pt")
+            save_warm_starter(starter, self.scenario.target_spec, self.dir / f"fitted-{method}.pt")
 
     def save_quarantine(self, reasons: dict[int, str]) -> None:
         """The training parties left out of fusion and why (read back on resume)."""
@@ -152,8 +152,10 @@ class Checkpoint:
                 raise ConfigError(
                     f"checkpoint {path} is corrupted or not a fusion-cluster model (refused): {_first_line(exc)}"
                 ) from None
-            if spec != self.scenario.spec:
-                raise ConfigError(f"checkpoint {path}: model {spec} does not match the scenario's {self.scenario.spec}")
+            if spec != self.scenario.target_spec:
+                raise ConfigError(
+                    f"checkpoint {path}: model {spec} does not match the scenario's {self.scenario.target_spec}"
+                )
             fitted[method] = starter
         return fitted
 

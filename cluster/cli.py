@@ -56,11 +56,20 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", help="data folder of scenarios that read files (sets scenario.data_dir)")
     f = sub.add_parser("fuse", help="fuse existing models (state dicts) and write warm starts for target descriptors")
     f.add_argument(
-        "--models", required=True, help="folder of <party_id>.pt state dicts of Sequential(Linear, ReLU, ...)"
+        "--models",
+        required=True,
+        help="folder of <party_id>.pt state dicts of Sequential(Linear, ReLU, ...) or of a CNN (cnn-s, cnn-m)",
     )
     f.add_argument("--descriptors", required=True, help="CSV or Parquet: party_id plus descriptor columns")
     f.add_argument("--targets", required=True, help="CSV or Parquet: party_id plus the same descriptor columns")
-    f.add_argument("--arch", default="", help="architecture like 1-100-1 (default: inferred from the state dicts)")
+    f.add_argument(
+        "--arch", default="", help="architecture: 1-100-1, cnn-s or cnn-m (default: inferred from the state dicts)"
+    )
+    f.add_argument(
+        "--target-arch",
+        default="",
+        help="family of the warm starts if not the models' own (mlp-<width>, cnn-s, cnn-m); needs gp_refit, --probe",
+    )
     f.add_argument("--out", required=True, help="output folder; must not exist or be empty")
     f.add_argument("--seed", type=int, default=0, help="seed of the fusion fit (default 0)")
     f.add_argument(

@@ -117,6 +117,7 @@ class RunConfig:
                 f"federated method(s) {federated} do not model [[party_classes]] (drop-outs, deadlines) yet; "
                 "run them without party classes"
             )
+        self._check_target()
         if self.system != SystemConfig() and not self.party_classes:
             raise ConfigError("[system] needs [[party_classes]] (speed factors and drop probabilities live there)")
 
@@ -133,6 +134,22 @@ class RunConfig:
         ]
         if unsupported:
             raise ConfigError(f"method(s) {unsupported} do not support mixed widths (widths = {list(self.widths)})")
+
+    def _check_target(self) -> None:
+        """A target family other than the parties' can only be made by cross-family strategies (and cold start)."""
+        specs = getattr(self.scenario_options, "specs", None)
+        if specs is None or specs[0] == specs[1]:
+            return
+        if self.widths:
+            raise ConfigError("scenario.target_arch cannot be combined with widths")
+        unsupported = [
+            m for m in self.methods if m != COLD_START and not getattr(strategy_for(m, self.fusion), "cross_family", 0)
+        ]
+        if unsupported:
+            raise ConfigError(
+                f"method(s) {unsupported} cannot make warm starts of scenario.target_arch = {specs[1].family!r} from "
+                f"models of {specs[0].family!r}; methods = {list(self.methods)}"
+            )
 
 
 # TOML layout: top-level keys, and tables whose keys map onto a sub-config.

@@ -1,11 +1,13 @@
 """``fusion-cluster fuse``: fuse models that already exist and write one warm start per target descriptor.
 
-Inputs: a folder of ``<party_id>.pt`` state dicts of ``torch.nn.Sequential(Linear, ReLU, Linear, ...)``
-(read with ``weights_only=True``), a descriptors table (CSV or Parquet: ``party_id`` plus descriptor
-columns, in the table's order) and a targets table with the same descriptor columns; for strategies
-that refit on unlabeled inputs (``gp_refit``) a probe file (``.npy`` or CSV, (N, fan_in)). The files are
-loaded and validated by Ray tasks, one per chunk of files; the fusion actor fits the strategy. Output
-(staged in a temp folder, renamed at the end): ``OUT/warm_starts/<party_id>.pt`` and ``OUT/fusion_model.pt``.
+Inputs: a folder of ``<party_id>.pt`` state dicts of ``torch.nn.Sequential(Linear, ReLU, Linear, ...)`` or of
+a CNN (:mod:`fusion.state_dicts`; read with ``weights_only=True``), a descriptors table (CSV or Parquet:
+``party_id`` plus descriptor columns, in the table's order) and a targets table with the same descriptor
+columns; for strategies that refit on unlabeled inputs (``gp_refit``) a probe file (``.npy`` or CSV,
+(N, fan_in)). The files are loaded and validated by Ray tasks, one per chunk of files; the fusion actor fits
+the strategy. Output (staged in a temp folder, renamed at the end): ``OUT/warm_starts/<party_id>.pt`` and
+``OUT/fusion_model.pt``, in the models' layout, or with ``--target-arch`` in that family's (the function-space
+refit of ``gp_refit``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import torch
 from cluster import results
 from cluster.config import ClusterConfig, ConfigError
 from fusion.io import save_warm_starter
-from fusion.spec import MLPSpec
-from fusion.state_dicts import load_model_file, state_from_flat
+from fusion.spec import CNN_FAMILIES, MLPSpec, Spec, spec_for_family
+from fusion.state_dicts import infer_cnn_spec, load_model_file, load_state_file, state_from_flat
 from fusion.strategies import STRATEGIES, FusionConfig
 from fusion.strategies.base import OUTPUT_KINDS
 
@@ -42,7 +44,8 @@ class FuseConfig:
     descriptors: str
     targets: str
     out: str
-    arch: str = ""  # "" -> inferred from the state dicts
+    arch: str = ""  # "" -> inferred from the state dicts; 1-100-1 or a family name (cnn-s, cnn-m)
+    target_arch: str = ""  # "" -> warm starts of the models' architecture; else a family (gp_refit + probe)
     seed: int = 0
     strategy: str = ""  # "" -> gp_refit (function space: works on models trained anywhere); needs --probe
     address: str = ""
@@ -87,11 +90,22 @@ class FuseConfig:
             )
         if self.probe and not Path(self.probe).is_file():
             raise ConfigError(f"--probe {self.probe}: no such file")
-        if self.arch:
+        if self.arch and self.arch not in CNN_FAMILIES:
             try:
                 MLPSpec.parse(self.arch)
             except ValueError as exc:
-                raise ConfigError(f"--arch: {exc}") from None
+                raise ConfigError(f"--arch: {exc} or one of {', '.join(CNN_FAMILIES)}") from None
+        if self.target_arch:
+            try:
+                spec_for_family(self.target_arch, 784, 10)
+            except ValueError as exc:
+                raise ConfigError(f"--target-arch: {exc}") from None
+            if not STRATEGIES[self.strategy].cross_family:
+                cross = sorted(n for n, s in STRATEGIES.items() if s.cross_family)
+                raise ConfigError(
+                    f"--target-arch needs a strategy that fuses across architectures ({', '.join(cross)}), "
+                    f"not --fusion {self.strategy}"
+                )
         out = Path(self.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise ConfigError(f"output folder {out} already exists and is not empty; choose another --out")
@@ -202,6 +216,19 @@ def model_files(folder: str | Path, table: Table, table_path: str) -> list[Path]
     return [files[w] for w in wanted]
 
 
+def model_spec(arch: str, first: Path) -> tuple[Spec, str]:
+    """The models' architecture and where it came from: ``--arch`` (``1-100-1``; a CNN family is matched against
+    the first file for its image size), else inferred from the first file; every other file must match it."""
+    try:
+        if arch in CNN_FAMILIES:
+            return infer_cnn_spec(load_state_file(first), str(first), arch), f"--arch, image size from {first}"
+        if arch:
+            return MLPSpec.parse(arch), "--arch"
+        return load_model_file(first)[1], f"inferred from {first}"
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def fuse(cfg: FuseConfig, log: Log = print) -> Path:
     """Load, validate and fuse the models; write the warm starts and the fitted fusion model. Returns OUT."""
     import ray
@@ -213,14 +240,14 @@ def fuse(cfg: FuseConfig, log: Log = print) -> Path:
     parties = read_table(cfg.descriptors)
     targets = read_table(cfg.targets, parties.columns)
     paths = model_files(cfg.models, parties, cfg.descriptors)
-    if cfg.arch:
-        spec, origin = MLPSpec.parse(cfg.arch), "--arch"
-    else:  # the first file decides; every other file must match it
+    spec, origin = model_spec(cfg.arch, paths[0])
+    probe = read_probe(cfg.probe, spec.fan_in) if cfg.probe else None
+    target = spec
+    if cfg.target_arch:
         try:
-            spec, origin = load_model_file(paths[0])[1], f"inferred from {paths[0]}"
+            target = spec_for_family(cfg.target_arch, spec.fan_in, spec.fan_out)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    probe = read_probe(cfg.probe, spec.widths[0]) if cfg.probe else None
+            raise ConfigError(f"--target-arch: {exc}") from None
     conn = connect(ClusterConfig(address=cfg.address))
     try:
         clock = time.perf_counter()
@@ -239,7 +266,7 @@ def fuse(cfg: FuseConfig, log: Log = print) -> Path:
         )
         clock = time.perf_counter()
         fusion = FusionActor.remote(
-            spec, FusionConfig(strategy=cfg.strategy), cfg.seed, n_cpus, probe=probe, outputs=cfg.outputs
+            spec, FusionConfig(strategy=cfg.strategy), cfg.seed, n_cpus, probe=probe, outputs=cfg.outputs, target=target
         )
         try:
             fitted = ray.get(fusion.fit.remote(["fusion"], *[shard for shard, _ in pairs]))["fitted"]["fusion"]
@@ -256,7 +283,7 @@ def fuse(cfg: FuseConfig, log: Log = print) -> Path:
     with results.staged_dir(out) as tmp:
         (tmp / "warm_starts").mkdir()
         for pid, flat in zip(targets.ids.tolist(), warm):
-            torch.save(state_from_flat(flat, spec), tmp / "warm_starts" / f"{pid}.pt")
-        save_warm_starter(fitted, spec, tmp / "fusion_model.pt")
+            torch.save(state_from_flat(flat, target), tmp / "warm_starts" / f"{pid}.pt")
+        save_warm_starter(fitted, target, tmp / "fusion_model.pt")
     log(f"wrote {out}/ (warm_starts/ with {len(warm)} models, fusion_model.pt)")
     return out

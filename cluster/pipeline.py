@@ -178,7 +178,7 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
         ):
             written.append(plots.WARM_STARTS_PNG)
         if "fusion" in res["fitted"]:
-            save_warm_starter(res["fitted"]["fusion"], scenario.spec, tmp / "fusion_model.pt")
+            save_warm_starter(res["fitted"]["fusion"], scenario.target_spec, tmp / "fusion_model.pt")
             written.append("fusion_model.pt")
     text = results.format_summary(summary, scenario.metric_name)
     log(text)
@@ -290,7 +290,14 @@ def _execute(
     fusion = None
     if one_shot:
         fusion = FusionActor.options(name="fusion", namespace=namespace).remote(
-            scenario.spec, cfg.fusion, cfg.seed, n_cpus, run=run_id, scenario=scenario, widths=cfg.widths
+            scenario.spec,
+            cfg.fusion,
+            cfg.seed,
+            n_cpus,
+            run=run_id,
+            scenario=scenario,
+            widths=cfg.widths,
+            target=scenario.target_spec,
         )
     try:
         infos = ray.get([s.info.remote() for s in shards])

@@ -9,15 +9,8 @@ from pathlib import Path
 
 import torch
 
-from fusion.spec import MLPSpec
-from fusion.strategies.base import (
-    LEGACY_KINDS,
-    WARM_STARTERS,
-    WarmStarter,
-    spec_from_state,
-    spec_state,
-    warm_starter_class,
-)
+from fusion.spec import Spec, spec_from_state, spec_state
+from fusion.strategies.base import LEGACY_KINDS, WARM_STARTERS, WarmStarter, warm_starter_class
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -33,7 +26,7 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
         raise
 
 
-def save_warm_starter(starter: WarmStarter | dict, spec: MLPSpec, path: str | Path, kind: str | None = None) -> None:
+def save_warm_starter(starter: WarmStarter | dict, spec: Spec, path: str | Path, kind: str | None = None) -> None:
     """Write atomically (temp file, then rename). ``starter`` may be an already exported state."""
     state = starter.export() if isinstance(starter, WarmStarter) else starter
     kind = kind or starter.kind
@@ -41,7 +34,7 @@ def save_warm_starter(starter: WarmStarter | dict, spec: MLPSpec, path: str | Pa
     write_atomic(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
-def load_warm_starter(path: str | Path) -> tuple[WarmStarter, MLPSpec]:
+def load_warm_starter(path: str | Path) -> tuple[WarmStarter, Spec]:
     """Load a fitted fusion model written by :func:`save_warm_starter` (never unpickles code)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     kind = payload.get("kind") if isinstance(payload, dict) else None

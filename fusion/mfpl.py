@@ -22,6 +22,7 @@ Parameters are standardized per coordinate (fixed buffers), so one learning rate
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import gpytorch
@@ -32,7 +33,7 @@ from scipy.cluster.vq import kmeans2
 from fusion.matching import SolveMany, align, compose, identity_perms, solve_many_serial
 from fusion.params import permute, unit_features
 from fusion.pfnm import SolveRect, solve_rect_serial
-from fusion.spec import MLPSpec
+from fusion.spec import Spec
 
 LOG_2PI = float(np.log(2 * np.pi))
 
@@ -304,7 +305,7 @@ def likelihood_costs(units: np.ndarray, slots: dict[str, np.ndarray]) -> np.ndar
 
 def reassign(
     models: np.ndarray,
-    spec: MLPSpec,
+    spec: Spec,
     perms: list[np.ndarray],
     moments: dict[str, np.ndarray],
     solve_rect: SolveRect = solve_rect_serial,
@@ -326,7 +327,7 @@ def reassign(
         for layer in range(last + 1):
             # first sweep, below the last hidden layer: the layer above is not in canonical order yet, so
             # compare incoming weights and bias only (bottom-up); later sweeps compare whole units
-            k = spec.widths[layer] + 1 if sweep == 0 and layer < last else None
+            k = math.prod(spec.weight_shapes[layer][1:]) + 1 if sweep == 0 and layer < last else None
             units = unit_features(permute(models, spec, perms), spec, layer)[..., :k].astype(np.float64)
             slots = {name: unit_features(v, spec, layer)[..., :k] for name, v in moments.items()}
             costs = likelihood_costs(units, slots)
@@ -352,7 +353,7 @@ class MFPLFit:
 def fit_mfpl(
     models: np.ndarray,
     descriptors: np.ndarray,
-    spec: MLPSpec,
+    spec: Spec,
     cfg: MFPLConfig = MFPLConfig(),
     seed: int = 0,
     aligned: bool = True,

@@ -2,26 +2,34 @@
 
 Shapes: a stack of ``P`` models is a float32 array ``(P, n_params)``; a batched forward pass
 takes inputs ``(P, N, fan_in)`` (or ``(N, fan_in)`` shared by all) and returns ``(P, N, fan_out)``.
+Every function takes any spec of :mod:`fusion.spec` (an MLP or a CNN) and dispatches on its type:
+training, fine-tuning and fusion code never ask which one it is.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from fusion.spec import MLPSpec
+from fusion import conv
+from fusion.spec import CNNSpec, MLPSpec, Spec
 
 
-def layers(flat: torch.Tensor, spec: MLPSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Views ``[(W (P, out, in), b (P, out)), ...]`` into a stack ``flat`` (P, n_params)."""
-    out = []
-    for (w0, b0, b1), fan_in, fan_out in zip(spec.offsets, spec.widths[:-1], spec.widths[1:]):
-        out.append((flat[:, w0:b0].reshape(-1, fan_out, fan_in), flat[:, b0:b1]))
-    return out
+def layers(flat: torch.Tensor, spec: Spec) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Views ``[(W (P, *weight shape), b (P, out)), ...]`` into a stack ``flat`` (P, n_params).
+
+    A Linear weight is (P, out, in), a conv weight (P, out, in, k, k).
+    """
+    return [
+        (flat[:, w0:b0].reshape(-1, *shape), flat[:, b0:b1])
+        for (w0, b0, b1), shape in zip(spec.offsets, spec.weight_shapes)
+    ]
 
 
 def flatten(layer_list: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Inverse of :func:`layers`: ``[(W (P, out, in), b (P, out)), ...]`` -> (P, n_params)."""
+    """Inverse of :func:`layers`: ``[(W (P, ...), b (P, out)), ...]`` -> (P, n_params)."""
     parts = []
     for weight, bias in layer_list:
         parts += [weight.reshape(weight.shape[0], -1), bias]
@@ -55,8 +63,10 @@ def _affine(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torc
     return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2), out=out)
 
 
-def forward(flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor) -> torch.Tensor:
+def forward(flat: torch.Tensor, spec: Spec, x: torch.Tensor) -> torch.Tensor:
     """Batched forward pass of ``P`` models: ``flat`` (P, n_params), ``x`` (P, N, in) or (N, in)."""
+    if isinstance(spec, CNNSpec):
+        return conv.forward(flat, spec, x)
     act = _act(spec)
     h = x if x.dim() == 3 else x.expand(flat.shape[0], *x.shape)
     all_layers = layers(flat, spec)
@@ -68,15 +78,17 @@ def forward(flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor) -> torch.Tensor:
 
 
 def loss_and_grad(
-    flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor, y: torch.Tensor, loss_fn, work: dict | None = None
+    flat: torch.Tensor, spec: Spec, x: torch.Tensor, y: torch.Tensor, loss_fn, work: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-model losses ``loss_fn(forward(flat, spec, x), y)`` (P,) and d(their sum)/d ``flat`` (P, n_params).
 
     The gradient autograd gives, by a hand-written backward pass through the MLP: no graph, no
     gradient for the inputs, no boolean mask for ReLU, and with ``work`` (a dict kept across calls)
     no fresh activation buffers either; about 2× faster on CPU for the small batched nets here.
-    Only the loss, a function of the predictions, goes through autograd.
+    Only the loss, a function of the predictions, goes through autograd. CNNs: :func:`fusion.conv.loss_and_grad`.
     """
+    if isinstance(spec, CNNSpec):
+        return conv.loss_and_grad(flat, spec, x, y, loss_fn, work)
     relu = spec.activation == "relu"
     p = flat.shape[0]
     h = x if x.dim() == 3 else x.expand(p, *x.shape)
@@ -116,45 +128,55 @@ def loss_and_grad(
     return losses.detach(), grad
 
 
-def init_params(spec: MLPSpec, generator: torch.Generator) -> torch.Tensor:
-    """One model drawn like ``torch.nn.Linear``'s default init (uniform ±1/sqrt(fan_in)): (n_params,)."""
+def init_params(spec: Spec, generator: torch.Generator) -> torch.Tensor:
+    """One model drawn like torch's default init of ``Linear`` and ``Conv2d`` (uniform ±1/sqrt(fan_in), fan_in =
+    the inputs of one output unit, weights and bias): (n_params,)."""
     parts = []
-    for fan_in, fan_out in zip(spec.widths[:-1], spec.widths[1:]):
-        bound = fan_in**-0.5
-        n = fan_out * fan_in + fan_out
+    for shape in spec.weight_shapes:
+        bound = math.prod(shape[1:]) ** -0.5
+        n = math.prod(shape) + shape[0]
         parts.append((torch.rand(n, generator=generator) * 2 - 1) * bound)
     return torch.cat(parts)
 
 
-def unit_features(flat: np.ndarray, spec: MLPSpec, layer: int) -> np.ndarray:
-    """The hidden units of hidden layer ``layer`` (0-based) as rows: (P, H, fan_in + 1 + fan_out).
+def _unit_blocks(flat: np.ndarray, spec: Spec, layer: int):
+    """Views of hidden layer ``layer``'s units in ``flat`` (P, n_params): incoming (P, H, k_in), bias (P, H),
+    outgoing (P, out_next, H, r) with ``r`` the next layer's weight columns per unit (:attr:`unit_columns`)."""
+    (w0, b0, b1), (v0, v1, _) = spec.offsets[layer], spec.offsets[layer + 1]
+    n, hidden = flat.shape[0], spec.hidden[layer]
+    out_next, r = spec.weight_shapes[layer + 1][0], spec.unit_columns[layer + 1]
+    return (
+        flat[:, w0:b0].reshape(n, hidden, -1),
+        flat[:, b0:b1],
+        flat[:, v0:v1].reshape(n, out_next, hidden, r),
+    )
 
-    A unit is its incoming weights, its bias and its outgoing weights: the thing a permutation of
-    that layer moves as a whole.
+
+def unit_features(flat: np.ndarray, spec: Spec, layer: int) -> np.ndarray:
+    """The hidden units of hidden layer ``layer`` (0-based) as rows: (P, H, k_in + 1 + k_out).
+
+    A unit is its incoming weights, its bias and its outgoing weights: the thing a permutation of that layer
+    moves as a whole. MLP: (fan_in, 1, fan_out). CNN conv channel: its kernel (in, k, k), its bias and the next
+    layer's weights that read it — the next conv's (out, k, k) slices or, at the conv -> Flatten -> Linear
+    boundary, its spatial block of the Linear's columns (out, side²).
     """
-    (w0, b0, b1), (v0, _, _) = spec.offsets[layer], spec.offsets[layer + 1]
-    fan_in, hidden, fan_out = spec.widths[layer], spec.widths[layer + 1], spec.widths[layer + 2]
-    n = flat.shape[0]
-    w_in = flat[:, w0:b0].reshape(n, hidden, fan_in)
-    bias = flat[:, b0:b1].reshape(n, hidden, 1)
-    w_out = flat[:, v0 : v0 + fan_out * hidden].reshape(n, fan_out, hidden).transpose(0, 2, 1)
-    return np.concatenate([w_in, bias, w_out], axis=2)
+    w_in, bias, w_out = _unit_blocks(flat, spec, layer)
+    n, hidden = bias.shape
+    return np.concatenate([w_in, bias[:, :, None], w_out.transpose(0, 2, 1, 3).reshape(n, hidden, -1)], axis=2)
 
 
-def permute(flat: np.ndarray, spec: MLPSpec, perms: list[np.ndarray]) -> np.ndarray:
+def permute(flat: np.ndarray, spec: Spec, perms: list[np.ndarray]) -> np.ndarray:
     """Reorder hidden units: ``perms[l]`` (P, H_l) gives, for each canonical slot, the model's unit.
 
     Returns a new (P, n_params) float32 stack computing the same functions as ``flat``.
     """
     out = np.array(flat, dtype=np.float32, copy=True)
-    n = out.shape[0]
+    n = len(out)
     for layer, perm in enumerate(perms):
-        (w0, b0, b1), (v0, v1, _) = spec.offsets[layer], spec.offsets[layer + 1]
-        fan_in, hidden, fan_out = spec.widths[layer], spec.widths[layer + 1], spec.widths[layer + 2]
         perm = np.asarray(perm)
-        w_in = out[:, w0:b0].reshape(n, hidden, fan_in)
+        (w0, b0, b1), (v0, v1, _) = spec.offsets[layer], spec.offsets[layer + 1]
+        w_in, bias, w_out = _unit_blocks(out, spec, layer)
         out[:, w0:b0] = np.take_along_axis(w_in, perm[:, :, None], axis=1).reshape(n, -1)
-        out[:, b0:b1] = np.take_along_axis(out[:, b0:b1], perm, axis=1)
-        w_out = out[:, v0:v1].reshape(n, fan_out, hidden)
-        out[:, v0:v1] = np.take_along_axis(w_out, perm[:, None, :], axis=2).reshape(n, -1)
+        out[:, b0:b1] = np.take_along_axis(bias, perm, axis=1)
+        out[:, v0:v1] = np.take_along_axis(w_out, perm[:, None, :, None], axis=2).reshape(n, -1)
     return out

@@ -1,19 +1,26 @@
-"""Models a user brings: ``torch.nn.Sequential(Linear, ReLU, Linear, ...)`` state dicts <-> flat vectors.
+"""Models a user brings: ``torch.nn.Sequential`` state dicts <-> flat vectors.
 
-A state dict has the keys ``0.weight``, ``0.bias``, ``2.weight``, ``2.bias``, ... (weights (out, in),
-biases (out,)); :class:`~fusion.spec.MLPSpec` lays parameters out in exactly that order. Files are
-read with ``torch.load(weights_only=True)`` only. Every problem is a ``ValueError`` naming the file.
+An MLP ``Sequential(Linear, ReLU, Linear, ...)`` has the keys ``0.weight``, ``0.bias``, ``2.weight``, ``2.bias``,
+... (weights (out, in), biases (out,)); :class:`~fusion.spec.MLPSpec` lays parameters out in exactly that order.
+A CNN ``Sequential([Conv2d, ReLU, MaxPool2d(2)] * c, Flatten, Linear, ReLU, ..., Linear)`` has conv weights
+(out, in, k, k) at ``0``, ``3``, ... and Linear ones after the Flatten (:class:`~fusion.spec.CNNSpec`). A state dict
+holds no image size and no padding: they are inferred as the ones under which every 2x2 pooling is exact and the
+first Linear gets the conv stack's features (one known family — ``cnn-s``, ``cnn-m`` — preferred; still ambiguous:
+``--arch``). Files are read with ``torch.load(weights_only=True)`` only. Every problem is a ``ValueError`` naming
+the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fusion.spec import MLPSpec
+from fusion.spec import CNN_FAMILIES, CNNSpec, MLPSpec, Spec
 
 
 class ArchitectureMismatch(ValueError):
@@ -32,8 +39,77 @@ def _n_layers(keys: list[str], name: str) -> int:
     return n
 
 
-def infer_spec(state: Mapping, name: str = "state dict", activation: str = "relu") -> MLPSpec:
+def _is_cnn(state: Mapping) -> bool:
+    weight = state.get("0.weight")
+    return isinstance(weight, torch.Tensor) and weight.dim() == 4
+
+
+def _cnn_candidates(shapes: dict[str, tuple[int, ...]], family: str = "") -> list[CNNSpec]:
+    """CNN specs (image side, padding) whose state-dict shapes are ``shapes``, every pooling exact."""
+    conv_keys = sorted((k for k, v in shapes.items() if k.endswith(".weight") and len(v) == 4), key=_index)
+    first = shapes[conv_keys[0]]
+    kernel = first[-1]
+    lin = sorted((k for k, v in shapes.items() if k.endswith(".weight") and len(v) == 2), key=_index)
+    convs = tuple(shapes[k][0] for k in conv_keys)
+    fc, n_out = tuple(shapes[k][0] for k in lin[:-1]), shapes[lin[-1]][0] if lin else 0
+    options = [(kernel // 2, ""), (0, "")]
+    if family:
+        _, k_fam, pad, _ = CNN_FAMILIES[family]
+        options = [(pad, family)] if k_fam == kernel else []
+    found = []
+    for padding, name in options:
+        for side in range(kernel, 513):
+            try:
+                spec = CNNSpec(side, convs, kernel, padding, fc, n_out, first[1], name)
+            except ValueError:
+                continue
+            steps = zip(spec.sizes[:-1], spec.sizes[1:])
+            exact = all((s + 2 * padding - kernel + 1) == 2 * t for s, t in steps)
+            wanted = dict(zip(spec.state_dict_keys(), (x for w in spec.weight_shapes for x in (w, (w[0],)))))
+            if exact and wanted == shapes:
+                found.append(spec)
+    named = [dataclasses.replace(s, name=_family_of(s)) for s in found if _family_of(s)]
+    return named or found
+
+
+def _family_of(spec: CNNSpec) -> str:
+    """The name of the known family with ``spec``'s layers, or ""."""
+    for name, (convs, kernel, padding, fc) in CNN_FAMILIES.items():
+        if (convs, kernel, padding, fc) == (spec.convs, spec.kernel, spec.padding, spec.fc):
+            return name
+    return ""
+
+
+def _index(key: str) -> int:
+    return int(key.split(".")[0])
+
+
+def infer_cnn_spec(state: Mapping, name: str = "state dict", family: str = "") -> CNNSpec:
+    """The CNN a Sequential state dict describes (``family``: one of :data:`fusion.spec.CNN_FAMILIES` to assume)."""
+    shapes = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{name}: {key} must be a tensor")
+        shapes[str(key)] = tuple(value.shape)
+    numbered = all(re.fullmatch(r"\d+\.(weight|bias)", k) for k in shapes)
+    found = _cnn_candidates(shapes, family) if numbered else []
+    if len(found) == 1:
+        return found[0]
+    shown = ", ".join(f"{k} {v}" for k, v in list(shapes.items())[:8])
+    layout = (
+        "torch.nn.Sequential([Conv2d(k), ReLU, MaxPool2d(2)] * n, Flatten, Linear, ReLU, ..., Linear) on square images"
+    )
+    if not found:
+        want = f"the {family} family" if family else layout
+        raise ValueError(f"{name}: keys and shapes [{shown}] are not those of {want}")
+    sides = ", ".join(f"{s.side}x{s.side} padding {s.padding}" for s in found[:4])
+    raise ValueError(f"{name}: the state dict fits several image sizes ({sides}); pass --arch")
+
+
+def infer_spec(state: Mapping, name: str = "state dict", activation: str = "relu") -> Spec:
     """The architecture a Sequential state dict describes, checking that consecutive layers chain."""
+    if _is_cnn(state):
+        return infer_cnn_spec(state, name)
     keys = [str(k) for k in state]
     widths: list[int] = []
     for i in range(_n_layers(keys, name)):
@@ -54,12 +130,25 @@ def infer_spec(state: Mapping, name: str = "state dict", activation: str = "relu
     return MLPSpec(tuple(widths), activation)
 
 
-def flat_from_state(state: Mapping, spec: MLPSpec, name: str = "state dict") -> np.ndarray:
+def _matches(state: Mapping, spec: Spec) -> bool:
+    keys = spec.state_dict_keys()
+    shapes = [s for w in spec.weight_shapes for s in (w, (w[0],))]
+    return sorted(map(str, state)) == sorted(keys) and all(
+        isinstance(state[k], torch.Tensor) and tuple(state[k].shape) == s for k, s in zip(keys, shapes)
+    )
+
+
+def flat_from_state(state: Mapping, spec: Spec, name: str = "state dict") -> np.ndarray:
     """A state dict's parameters as one float32 vector (n_params,), after checking shapes and finiteness."""
     if not isinstance(state, Mapping):
         raise ValueError(f"{name}: holds a {type(state).__name__}, not a state dict")
-    found = infer_spec(state, name, spec.activation)
-    if found.widths != spec.widths:
+    if not _matches(state, spec):
+        try:
+            found = str(infer_spec(state, name, spec.activation))
+        except ValueError as exc:
+            if isinstance(spec, MLPSpec) or _is_cnn(state):
+                raise
+            found = str(exc)
         raise ArchitectureMismatch(f"{name}: architecture {found} does not match the expected {spec}")
     parts = []
     for key in spec.state_dict_keys():
@@ -72,15 +161,15 @@ def flat_from_state(state: Mapping, spec: MLPSpec, name: str = "state dict") -> 
     return torch.cat(parts).numpy()
 
 
-def state_from_flat(flat: np.ndarray, spec: MLPSpec) -> dict[str, torch.Tensor]:
+def state_from_flat(flat: np.ndarray, spec: Spec) -> dict[str, torch.Tensor]:
     """Inverse of :func:`flat_from_state`: a vector (n_params,) -> a state dict that loads into the Sequential."""
     flat = torch.as_tensor(np.asarray(flat, dtype=np.float32))
     if flat.shape != (spec.n_params,):
         raise ValueError(f"expected {spec.n_params} parameters for {spec}, got {tuple(flat.shape)}")
-    state = {}
-    for i, ((w0, b0, b1), fan_in, fan_out) in enumerate(zip(spec.offsets, spec.widths[:-1], spec.widths[1:])):
-        state[f"{2 * i}.weight"] = flat[w0:b0].reshape(fan_out, fan_in).clone()
-        state[f"{2 * i}.bias"] = flat[b0:b1].clone()
+    keys, state = spec.state_dict_keys(), {}
+    for i, ((w0, b0, b1), shape) in enumerate(zip(spec.offsets, spec.weight_shapes)):
+        state[keys[2 * i]] = flat[w0:b0].reshape(shape).clone()
+        state[keys[2 * i + 1]] = flat[b0:b1].clone()
     return state
 
 
@@ -98,7 +187,7 @@ def load_state_file(path: str | Path) -> Mapping:
     return state
 
 
-def load_model_file(path: str | Path, spec: MLPSpec | None = None) -> tuple[np.ndarray, MLPSpec]:
+def load_model_file(path: str | Path, spec: Spec | None = None) -> tuple[np.ndarray, Spec]:
     """One model file -> (flat float32 (n_params,), its spec); ``spec`` given: the file must match it."""
     state = load_state_file(path)
     spec = spec or infer_spec(state, str(path))

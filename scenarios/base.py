@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fusion.params import init_params
-from fusion.spec import MLPSpec
+from fusion.spec import MLPSpec, Spec, spec_for_family
 from fusion.widths import at_width
 
 
@@ -50,8 +50,9 @@ class Scenario(ABC):
     lower_is_better: bool = True
     outputs: str = "values"  # "logits": classification over all outputs (fusion combines class probabilities)
 
-    def __init__(self, spec: MLPSpec) -> None:
-        self.spec = spec
+    def __init__(self, spec: Spec, target_spec: Spec | None = None) -> None:
+        self.spec = spec  # the parties' model
+        self.target_spec = spec if target_spec is None else target_spec  # the model novel parties receive
 
     @abstractmethod
     def descriptor(self, rng: np.random.Generator) -> np.ndarray:
@@ -153,6 +154,33 @@ def training_data(scenario: Scenario, seed: int, ids: np.ndarray) -> tuple[np.nd
 def party_widths(seed: int, ids: np.ndarray, widths: tuple[int, ...]) -> np.ndarray:
     """Hidden width of each party in ``ids`` when a run mixes ``widths``: (n,) int64, uniform from (seed, id)."""
     return np.array([widths[party_rng(seed, i, Stream.WIDTH).integers(len(widths))] for i in ids], np.int64)
+
+
+def model_specs(
+    archs: tuple[str, ...], target_arch: str, hidden: tuple[int, ...], fan_in: int, fan_out: int
+) -> tuple[Spec, Spec]:
+    """The parties' model and the one novel parties receive, for a scenario with ``[scenario] archs`` /
+    ``target_arch`` keys (:func:`fusion.spec.spec_for_family` names: ``mlp-100``, ``cnn-s``, ``cnn-m``); without
+    ``archs`` the parties' model is an MLP ``[fan_in, *hidden, fan_out]``, without ``target_arch`` the same.
+
+    Raises ``ValueError`` naming the key for unknown or unusable families. The training parties of a run share one
+    family for now: a list of several is refused (not wired through the run yet).
+    """
+    specs = []
+    for key, names in (("archs", archs), ("target_arch", (target_arch,) if target_arch else ())):
+        for name in names:
+            try:
+                specs.append(spec_for_family(name, fan_in, fan_out))
+            except ValueError as exc:
+                raise ValueError(f"scenario.{key}: {exc}") from None
+    if len(set(archs)) != len(archs):
+        raise ValueError(f"scenario.archs must name distinct families, got {list(archs)}")
+    if len(archs) > 1:
+        raise ValueError(
+            f"scenario.archs = {list(archs)}: runs that mix architecture families are not supported yet; give one"
+        )
+    own = specs[0] if archs else MLPSpec((fan_in, *hidden, fan_out))
+    return own, (specs[-1] if target_arch else own)
 
 
 def with_hidden_width(scenario: Scenario, width: int) -> Scenario:

@@ -24,9 +24,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from fusion.spec import MLPSpec
+from fusion.spec import Spec
 from scenarios import digit_sources
-from scenarios.base import Scenario, Stream, party_rng
+from scenarios.base import Scenario, Stream, model_specs, party_rng
 
 N_CLASSES = 10
 
@@ -39,18 +39,29 @@ class DigitsOptions:
     source: str = "sklearn"  # "sklearn" (8x8, offline) or "mnist" (idx .gz files in data_dir)
     data_dir: str = ""  # for source = "mnist": the folder with the idx files (or its parent with mnist/)
     hidden: tuple[int, ...] = (100,)  # hidden widths: [in-100-10] by default
+    archs: tuple[str, ...] = ()  # one architecture family (mlp-<w>, cnn-s, cnn-m) instead of ``hidden``
+    target_arch: str = ""  # the family novel parties receive ("": their own)
     train_per_class: int = 0  # pretraining images per digit of a party (0 = its whole disjoint share)
     eval_per_class: int = 30  # held-out test images per digit of a party
+
+    @property
+    def specs(self) -> tuple[Spec, Spec]:
+        """The parties' model (``archs``' family, or ``[in, *hidden, 10]``) and the novel parties' (``target_arch``)."""
+        n_in = digit_sources.SOURCES[self.source][0]
+        return model_specs(self.archs, self.target_arch, self.hidden, n_in, N_CLASSES)
 
     def __post_init__(self) -> None:
         hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
         object.__setattr__(self, "hidden", hidden)
+        archs = (self.archs,) if isinstance(self.archs, str) else tuple(self.archs)
+        object.__setattr__(self, "archs", archs)
         if not hidden or any(int(h) < 1 for h in hidden):
             raise ValueError(f"scenario.hidden must be positive widths, got {self.hidden}")
         if not 2 <= self.k <= 5:
             raise ValueError(f"scenario.k (digits per task) must be in 2..5, got {self.k}")
         if self.source not in digit_sources.SOURCES:
             raise ValueError(f"scenario.source must be one of {', '.join(digit_sources.SOURCES)}, got {self.source!r}")
+        self.specs  # noqa: B018  (checks archs and target_arch)
         if self.train_per_class < 0 or self.eval_per_class < 1:
             raise ValueError("scenario.train_per_class must be >= 0 (0 = whole share), scenario.eval_per_class >= 1")
 
@@ -102,8 +113,7 @@ class DigitsScenario(Scenario):
     lower_is_better = False
 
     def __init__(self, options: DigitsOptions = DigitsOptions()) -> None:
-        n_in = digit_sources.SOURCES[options.source][0]
-        super().__init__(MLPSpec((n_in, *options.hidden, N_CLASSES)))
+        super().__init__(*options.specs)
         self.options = options
         self.run: tuple[int, int, int] | None = None  # (seed, n_train, n_test), set by prepare
 
@@ -113,9 +123,9 @@ class DigitsScenario(Scenario):
 
     def prepare(self, seed: int, n_train: int, n_test: int) -> None:
         data, opt = self.data, self.options
-        if data.n_inputs != self.spec.widths[0]:
+        if data.n_inputs != self.spec.fan_in:
             raise ValueError(
-                f"scenario.source = {opt.source!r} gave {data.n_inputs} inputs, expected {self.spec.widths[0]}"
+                f"scenario.source = {opt.source!r} gave {data.n_inputs} inputs, expected {self.spec.fan_in}"
             )
         have = min(len(p) for p in data.pools("test"))
         if opt.eval_per_class > have:

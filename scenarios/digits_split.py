@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fusion.spec import MLPSpec
+from fusion.spec import Spec
 from scenarios import digit_sources
-from scenarios.base import Scenario, Stream, party_rng
+from scenarios.base import Scenario, Stream, model_specs, party_rng
 from scenarios.splits import PARTITIONS, PartySplit, SplitConfig, split_labels
 
 N_CLASSES = 10
@@ -46,16 +46,27 @@ class DigitsSplitOptions:
     source: str = "sklearn"  # "sklearn" (8x8, offline) or "mnist" (idx .gz files in data_dir)
     data_dir: str = ""
     hidden: tuple[int, ...] = (100,)
+    archs: tuple[str, ...] = ()  # one architecture family (mlp-<w>, cnn-s, cnn-m) instead of ``hidden``
+    target_arch: str = ""  # the family novel parties receive ("": their own)
+
+    @property
+    def specs(self) -> tuple[Spec, Spec]:
+        """The parties' model (``archs``' family, or ``[in, *hidden, 10]``) and the novel parties' (``target_arch``)."""
+        n_in = digit_sources.SOURCES[self.source][0]
+        return model_specs(self.archs, self.target_arch, self.hidden, n_in, N_CLASSES)
 
     def __post_init__(self) -> None:
         hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
         object.__setattr__(self, "hidden", hidden)
+        archs = (self.archs,) if isinstance(self.archs, str) else tuple(self.archs)
+        object.__setattr__(self, "archs", archs)
         if not hidden or any(int(h) < 1 for h in hidden):
             raise ValueError(f"scenario.hidden must be positive widths, got {self.hidden}")
         if self.split not in PARTITIONS:
             raise ValueError(f"scenario.split must be one of {', '.join(sorted(PARTITIONS))}, got {self.split!r}")
         if self.source not in digit_sources.SOURCES:
             raise ValueError(f"scenario.source must be one of {', '.join(digit_sources.SOURCES)}, got {self.source!r}")
+        self.specs  # noqa: B018  (checks archs and target_arch)
         if self.min_samples < 4:
             raise ValueError(
                 f"scenario.min_samples must be >= 4 (a 75/25 split needs a test sample), got {self.min_samples}"
@@ -80,8 +91,7 @@ class DigitsSplitScenario(Scenario):
     outputs = "logits"
 
     def __init__(self, options: DigitsSplitOptions = DigitsSplitOptions()) -> None:
-        n_in = digit_sources.SOURCES[options.source][0]
-        super().__init__(MLPSpec((n_in, *options.hidden, N_CLASSES)))
+        super().__init__(*options.specs)
         self.options = options
         self.parts: list[PartySplit] | None = None
 

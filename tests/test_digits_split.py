@@ -10,6 +10,7 @@ import torch
 from cluster.config import ConfigError, resolve
 from cluster.pipeline import run
 from fusion.io import load_warm_starter
+from fusion.spec import spec_for_family
 from scenarios import build, make_options
 
 
@@ -85,3 +86,63 @@ def test_a_run_reports_the_sample_weighted_mean(ray_session, tmp_path):
     assert "sample-weighted mean" in res.table
     fused, _ = load_warm_starter(res.out / "fusion_model.pt")
     assert fused.output_kind == "logits"  # the scenario's outputs reached the fit: probabilities are combined
+
+
+def test_archs_picks_one_family_for_every_party_and_checks_the_keys():
+    assert _scenario(archs=["cnn-s"]).spec == spec_for_family("cnn-s", 64, 10)
+    assert _scenario(archs=["mlp-32"], target_arch="mlp-32").spec.widths == (64, 32, 10)
+    with pytest.raises(ConfigError, match="scenario.archs: unknown architecture family 'cnn-x'"):
+        resolve({"scenario": {"name": "digits-split", "archs": ["cnn-x"]}})
+    with pytest.raises(ConfigError, match="scenario.archs: .*shrink to nothing"):
+        resolve({"scenario": {"name": "digits-split", "archs": ["cnn-m"]}})  # 8x8 sklearn digits are too small
+    with pytest.raises(ConfigError, match="not supported yet"):
+        resolve({"scenario": {"name": "digits-split", "archs": ["cnn-s", "mlp-100"]}})
+    sc = _scenario(archs=["mlp-32"], target_arch="cnn-s")
+    assert sc.spec.widths == (64, 32, 10) and sc.target_spec == spec_for_family("cnn-s", 64, 10)
+    with pytest.raises(ConfigError, match=r"\['nearest_task', 'average'\] cannot make warm starts of .* = 'cnn-s'"):
+        resolve({"scenario": {"name": "digits-split", "target_arch": "cnn-s"}})
+
+
+def test_a_run_of_cnn_parties_pretrains_fuses_and_writes_a_cnn_model(ray_session, tmp_path):
+    cfg = resolve(
+        {
+            "scenario": {"name": "digits-split", "archs": ["cnn-s"], "split": "pathological", "min_samples": 20},
+            "parties": 6,
+            "test_parties": 2,
+            "shots": [0, 3],
+            "seed": 3,
+            "methods": ["fusion", "nearest_task", "average", "matched_average"],
+            "pretrain": {"steps": 15},
+            "finetune": {"steps": 4, "every": 2},
+            "fusion": {"gp": {"max_steps": 10, "inducing": 4}, "align_iters": 2, "refit_steps": 5},
+            "out": str(tmp_path / "run"),
+        }
+    )
+    res = run(cfg, log=lambda _: None)
+    means = {(r["method"], r["shots"]): r["mean"] for r in res.summary}
+    assert len(means) == 8 and all(0.0 <= v <= 1.0 for v in means.values())
+    fused, spec = load_warm_starter(res.out / "fusion_model.pt")
+    assert spec == spec_for_family("cnn-s", 64, 10) and fused.predict(np.full((1, 10), 0.1)).shape == (1, spec.n_params)
+
+
+def test_novel_parties_of_another_family_get_function_space_warm_starts(ray_session, tmp_path):
+    """MLP parties, novel parties asking for cnn-s: gp_refit's warm starts and the cold starts are CNNs."""
+    cfg = resolve(
+        {
+            "scenario": {"name": "digits-split", "archs": ["mlp-16"], "target_arch": "cnn-s", "split": "pathological"},
+            "parties": 6,
+            "test_parties": 2,
+            "shots": [0, 3],
+            "seed": 3,
+            "methods": ["fusion", "cold_start"],
+            "pretrain": {"steps": 40},
+            "finetune": {"steps": 4, "every": 2},
+            "fusion": {"gp": {"max_steps": 10, "inducing": 4}, "align_iters": 2, "refit_steps": 30},
+            "out": str(tmp_path / "run"),
+        }
+    )
+    res = run(cfg, log=lambda _: None)
+    means = {(r["method"], r["shots"]): r["mean"] for r in res.summary}
+    assert len(means) == 4 and all(0.0 <= v <= 1.0 for v in means.values())
+    _, spec = load_warm_starter(res.out / "fusion_model.pt")
+    assert spec == spec_for_family("cnn-s", 64, 10)

@@ -14,12 +14,13 @@ from cluster.cli import main
 from cluster.config import resolve
 from cluster.pipeline import run
 from fusion.io import load_warm_starter
-from fusion.params import forward
-from fusion.spec import MLPSpec
+from fusion.params import forward, init_params
+from fusion.spec import MLPSpec, spec_for_family
 from fusion.state_dicts import state_from_flat
 from fusion.strategies import STRATEGIES, FitContext, FusionConfig
 from fusion.training import TrainConfig
 from scenarios import build, make_options
+from tests.test_cnn import sequential as cnn_sequential
 from tests.test_state_dicts import sequential
 
 N_PARTIES, HIDDEN, SEED = 50, 16, 4
@@ -202,3 +203,25 @@ def test_bad_inputs_exit_2_naming_the_file_and_write_nothing(
     assert "Traceback" not in err
     assert any(m in err for m in message.split("|")), err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_fuse_takes_cnn_state_dicts_and_writes_warm_starts_of_either_family(ray_session, tmp_path):
+    """Four cnn-s models on 8x8 images: ``gp`` warm starts load into the same Sequential; ``--target-arch mlp-16``
+    (gp_refit, probe) writes state dicts of [64-16-10] MLPs."""
+    spec = spec_for_family("cnn-s", 64, 10)
+    g = torch.Generator().manual_seed(0)
+    params = torch.stack([init_params(spec, g) for _ in range(4)]).numpy()
+    desc = np.array([[0.1, 0.0], [0.4, 0.0], [0.6, 0.0], [0.9, 0.0]], np.float32)
+    models, descriptors, targets = write_inputs(tmp_path, spec, np.arange(4), desc, params, desc[:2])
+    assert main(fuse_args(models, descriptors, targets, tmp_path / "same")) == 0
+    net = cnn_sequential(spec)
+    net.load_state_dict(torch.load(tmp_path / "same" / "warm_starts" / "100.pt", weights_only=True))
+    _, saved = load_warm_starter(tmp_path / "same" / "fusion_model.pt")
+    assert saved == spec
+    probe = np.random.default_rng(1).uniform(size=(32, 64)).astype(np.float32)
+    np.save(tmp_path / "probe.npy", probe)
+    extra = ["--fusion", "gp_refit", "--probe", str(tmp_path / "probe.npy"), "--outputs", "logits"]
+    assert main(fuse_args(models, descriptors, targets, tmp_path / "mlp", *extra, "--target-arch", "mlp-16")) == 0
+    mlp = sequential(64, 16, 10)
+    mlp.load_state_dict(torch.load(tmp_path / "mlp" / "warm_starts" / "101.pt", weights_only=True))
+    assert main(fuse_args(models, descriptors, targets, tmp_path / "bad", "--target-arch", "mlp-16")) == 2

@@ -19,7 +19,7 @@ from fusion.matching import SolveMany, solve_many_serial
 from fusion.metamodel import GPConfig
 from fusion.outliers import OutlierConfig
 from fusion.pfnm import PFNMConfig, SolveRect, solve_rect_serial
-from fusion.spec import MLPSpec
+from fusion.spec import Spec
 
 OUTPUT_KINDS = ("values", "logits")
 
@@ -75,9 +75,11 @@ class FitContext:
     ``spec`` (the widest, :mod:`fusion.widths`), and only strategies with ``mixed_widths = True`` accept them.
     ``outputs``: what the models' outputs are, for strategies that combine them: ``"values"`` (regression:
     averaged as they are) or ``"logits"`` (classification over all outputs: combined as class probabilities).
+    ``target``: the architecture the warm starts must have when it is not the models' own ``spec`` (another
+    family); only strategies with ``cross_family = True`` accept it.
     """
 
-    spec: MLPSpec
+    spec: Spec
     seed: int = 0
     solve_many: SolveMany = solve_many_serial
     config: FusionConfig = field(default_factory=FusionConfig)
@@ -87,6 +89,12 @@ class FitContext:
     widths: np.ndarray | None = None
     cache: dict = field(default_factory=dict)  # work shared by strategies of one fit (e.g. the PFNM matching)
     outputs: str = "values"
+    target: Spec | None = None
+
+    @property
+    def target_spec(self) -> Spec:
+        """The architecture of the warm starts: ``target``, or the models' own ``spec``."""
+        return self.spec if self.target is None else self.target
 
     def __post_init__(self) -> None:
         if self.outputs not in OUTPUT_KINDS:
@@ -134,16 +142,6 @@ class WarmStarter(ABC):
         LEGACY_KINDS[cls.__name__] = cls.kind
 
 
-def spec_state(spec: MLPSpec, widths_key: str = "widths") -> dict:
-    """An architecture as the plain values a saved state holds (merge it into an ``export``)."""
-    return {widths_key: list(spec.widths), "activation": spec.activation}
-
-
-def spec_from_state(state: dict, widths_key: str = "widths") -> MLPSpec:
-    """The architecture :func:`spec_state` wrote into ``state``."""
-    return MLPSpec(tuple(state[widths_key]), state["activation"])
-
-
 WARM_STARTERS: dict[str, type[WarmStarter]] = {}  # kind -> class
 LEGACY_KINDS: dict[str, str] = {}  # class name (the key of files saved before kinds) -> kind
 
@@ -175,6 +173,8 @@ class Strategy(ABC):
             settings = self.settings_class()
         self.settings, self.aligned = settings, aligned
 
+    cross_family = False  # makes warm starts of another architecture than the models' (FitContext.target)
+
     @abstractmethod
     def fit(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter: ...
 
@@ -182,6 +182,8 @@ class Strategy(ABC):
         """Raise, before any long work, when ``ctx`` lacks what this strategy declares it needs."""
         if self.needs_probe and ctx.probe is None:
             raise ValueError(f"strategy {self.name} needs probe inputs from the scenario (FitContext.probe)")
+        if ctx.target_spec != ctx.spec and not self.cross_family:
+            raise ValueError(f"strategy {self.name} cannot make warm starts of another architecture ({ctx.target})")
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}

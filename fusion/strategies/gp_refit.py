@@ -8,8 +8,11 @@ outputs — the paper's "personalized performance fitting", done for every targe
 batched program.
 
 Classifiers (``FitContext.outputs == "logits"``) are combined as class probabilities and refit by KL
-divergence. With mixed widths the init is :class:`fusion.strategies.mixed_widths.WidthGP` (PFNM matching,
-cut to each party's width) and the refit runs at each party's width.
+divergence. The output GP needs no shared architecture: asked for warm starts of another family
+(``FitContext.target``), it refits that family's plain init (seeded by the run seed; there are no models of that
+family to regress its parameters on). With mixed widths the init is
+:class:`fusion.strategies.mixed_widths.WidthGP` (PFNM matching, cut to each party's width) and the refit runs at
+each party's width.
 """
 
 from __future__ import annotations
@@ -18,17 +21,10 @@ import numpy as np
 import torch
 
 from fusion.metamodel import GPMetaModel
-from fusion.params import forward
-from fusion.spec import MLPSpec
-from fusion.strategies.base import (
-    FitContext,
-    Strategy,
-    WarmStarter,
-    register,
-    spec_from_state,
-    spec_state,
-    warm_starter_class,
-)
+from fusion.params import forward, init_params
+from fusion.spec import Spec, spec_from_state, spec_state
+from fusion.strategies.average import Constant
+from fusion.strategies.base import FitContext, Strategy, WarmStarter, register, warm_starter_class
 from fusion.strategies.gp import GPFusion
 from fusion.strategies.mixed_widths import fit_width_gp
 from fusion.training import TrainConfig, relative_mse, train
@@ -60,7 +56,7 @@ class RefitWarmStarter(WarmStarter):
         self,
         init: WarmStarter,
         outputs: GPMetaModel,
-        spec: MLPSpec,
+        spec: Spec,
         probe: np.ndarray,
         refit: TrainConfig,
         output_kind: str = "values",
@@ -68,15 +64,15 @@ class RefitWarmStarter(WarmStarter):
         self.init, self.outputs, self.spec = init, outputs, spec
         self.probe, self.refit, self.output_kind = np.array(probe, np.float32), refit, output_kind
 
-    def _refit(self, init: np.ndarray, target: torch.Tensor, spec: MLPSpec) -> np.ndarray:
+    def _refit(self, init: np.ndarray, target: torch.Tensor, spec: Spec) -> np.ndarray:
         m, n_probe = len(init), len(self.probe)
-        x = torch.tensor(self.probe).expand(m, n_probe, spec.widths[0])  # copy: object-store arrays are read-only
+        x = torch.tensor(self.probe).expand(m, n_probe, spec.fan_in)  # copy: object-store arrays are read-only
         loss = kl_to_probabilities if self.output_kind == "logits" else relative_mse
         return train(torch.as_tensor(init), spec, x, target, loss, self.refit).numpy()
 
     def _targets(self, descriptors: np.ndarray) -> torch.Tensor:
         out = torch.as_tensor(self.outputs.predict(descriptors))
-        out = out.reshape(len(descriptors), len(self.probe), self.spec.widths[-1])
+        out = out.reshape(len(descriptors), len(self.probe), self.spec.fan_out)
         if self.output_kind == "logits":
             out = out.clamp_min(0) + 1e-6
             out = out / out.sum(-1, keepdim=True)
@@ -120,17 +116,18 @@ class RefitWarmStarter(WarmStarter):
 
 
 def refit_warm_starter(
-    init: WarmStarter, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext
+    init: WarmStarter, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext, spec: Spec | None = None
 ) -> RefitWarmStarter:
     """Wrap a fitted ``init`` with the function-space refit: fits the GP from descriptors to the outputs of
     ``models`` (n, D) on ``ctx.probe`` (the models embedded at ``ctx.spec`` in a run with mixed widths).
-    The caller has checked the probe (:meth:`Strategy.require`)."""
+    The caller has checked the probe (:meth:`Strategy.require`). ``spec``: the warm starts' architecture (default
+    ``ctx.spec``; ``init`` must predict models of it)."""
     with torch.no_grad():
         outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
         outs = combinable(outs, ctx.outputs)
     output_gp = GPMetaModel.fit(outs.reshape(len(models), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1)
     refit = TrainConfig(ctx.config.refit_steps, ctx.config.refit_lr)
-    return RefitWarmStarter(init, output_gp, ctx.spec, ctx.probe, refit, ctx.outputs)
+    return RefitWarmStarter(init, output_gp, spec or ctx.spec, ctx.probe, refit, ctx.outputs)
 
 
 @register
@@ -141,9 +138,13 @@ class GPRefit(Strategy):
     alignable = True
     mixed_widths = True
     needs_probe = True
+    cross_family = True
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         self.require(ctx)  # before the (long) init fit
+        if ctx.target_spec != ctx.spec:  # another family: its plain init, refit to the predicted function
+            init = Constant(init_params(ctx.target_spec, torch.Generator().manual_seed(ctx.seed)).numpy())
+            return refit_warm_starter(init, models, descriptors, ctx, ctx.target_spec)
         if ctx.widths is not None:  # PFNM-matched units + parameter-space GP, cut to each party's width
             init = fit_width_gp(models, descriptors, ctx, self.aligned)
         else:  # aligned units + parameter-space GP

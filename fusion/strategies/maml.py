@@ -16,9 +16,9 @@ import torch
 from torch.func import grad, vmap
 
 from fusion.params import forward
-from fusion.spec import MLPSpec
+from fusion.spec import MLPSpec, Spec, spec_from_state, spec_state
 from fusion.strategies.average import Constant
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register, spec_from_state, spec_state
+from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class MAMLInit(Constant):
 
     kind = "maml_init"
 
-    def __init__(self, params: np.ndarray, spec: MLPSpec) -> None:
+    def __init__(self, params: np.ndarray, spec: Spec) -> None:
         super().__init__(params)
         self.spec = spec
 
@@ -66,7 +66,7 @@ def first_points(keys: torch.Tensor, real: torch.Tensor | None, k: int) -> torch
 
 
 def meta_train(
-    spec: MLPSpec,
+    spec: Spec,
     x: torch.Tensor,
     y: torch.Tensor,
     d: torch.Tensor,
@@ -116,7 +116,7 @@ class _MAML(Strategy):
         if ctx.tasks is None:
             raise ValueError(f"strategy {self.name} needs the training parties' data (FitContext.tasks)")
         x, y, loss_fn, init_fn, real = ctx.tasks()
-        spec = ctx.spec if self.hidden is None else MLPSpec((ctx.spec.widths[0], *self.hidden, ctx.spec.widths[-1]))
+        spec = ctx.spec if self.hidden is None else MLPSpec((ctx.spec.fan_in, *self.hidden, ctx.spec.fan_out))
         init = init_fn(spec, torch.Generator().manual_seed(ctx.seed))
         d = torch.as_tensor(np.asarray(descriptors, np.float32))
         x, y, real = torch.as_tensor(x), torch.as_tensor(y), torch.as_tensor(real)

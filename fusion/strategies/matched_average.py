@@ -8,6 +8,9 @@ popular atoms (:func:`fusion.pfnm.to_width`). Every descriptor gets the same mod
 
 from __future__ import annotations
 
+import numpy as np
+
+from fusion.matching import align
 from fusion.pfnm import PFNMConfig, match_models, matched_average, to_width
 from fusion.strategies.average import Constant
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
@@ -22,6 +25,9 @@ class MatchedAverage(Strategy):
     settings_key, settings_class = "matched_average", PFNMConfig
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        if len(ctx.spec.hidden) != 1:  # CNNs, deep MLPs: align layer by layer, then average
+            aligned = align(models, ctx.spec, ctx.config.align_iters, ctx.solve_many).aligned
+            return Constant(np.asarray(aligned, np.float64).mean(axis=0))
         specs = [ctx.spec] * len(models)
         matching = match_models(list(models), specs, self.settings, ctx.solve_rect)
         fused = matched_average(list(models), specs, matching)[None]

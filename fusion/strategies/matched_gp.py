@@ -17,8 +17,8 @@ import torch
 
 from fusion.metamodel import GPConfig, GPMetaModel
 from fusion.pfnm import PFNMConfig, SolveRect, expand, match_models, solve_rect_serial, to_width
-from fusion.spec import MLPSpec
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register, spec_from_state, spec_state
+from fusion.spec import MLPSpec, spec_from_state, spec_state
+from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
 
 
 class MatchedGPWarmStarter(WarmStarter):

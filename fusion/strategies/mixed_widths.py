@@ -21,8 +21,8 @@ import torch
 
 from fusion.metamodel import GPMetaModel
 from fusion.pfnm import Matching, expand, match_models, matched_average, to_width
-from fusion.spec import MLPSpec
-from fusion.strategies.base import FitContext, WarmStarter, spec_from_state, spec_state
+from fusion.spec import MLPSpec, spec_from_state, spec_state
+from fusion.strategies.base import FitContext, WarmStarter
 from fusion.widths import at_width, embed, own_width
 
 

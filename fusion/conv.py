@@ -1,0 +1,102 @@
+"""Batched forward and gradient of ``P`` small CNNs (:class:`fusion.spec.CNNSpec`) as one tensor program.
+
+The ``P`` models run as *grouped* convolutions (``groups=P``: model ``p``'s filters only see model ``p``'s
+channels), the usual fastest batched conv on CPU, and their Linear layers as batched matrix products. Inputs
+arrive flat, (P, N, fan_in) or (N, fan_in), and are read as (channels, side, side) images.
+
+Memory: a conv's activations are (N, P * channels, side, side). Long inputs are processed in chunks of examples
+whose activations stay under :data:`CHUNK_FLOATS`: the forward pass chunk by chunk, and the gradient by a
+no-graph forward for the predictions, the loss's gradient w.r.t. them, then per chunk a forward with graph and a
+backward of that chunk's share (exact: the loss's gradient depends on the chunks only through the predictions).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fusion.spec import CNNSpec
+
+CHUNK_FLOATS = 2**25  # activation floats of one chunk (~128 MB)
+
+
+def _views(flat: torch.Tensor, spec: CNNSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    p = flat.shape[0]
+    return [
+        (flat[:, w0:b0].reshape(p, *shape), flat[:, b0:b1])
+        for (w0, b0, b1), shape in zip(spec.offsets, spec.weight_shapes)
+    ]
+
+
+def _floats_per_example(spec: CNNSpec) -> int:
+    """Activation floats of one example of one model (conv output, its ReLU and its pooling, per block)."""
+    total = spec.fan_in
+    for c, s_in, s_out in zip(spec.convs, spec.sizes[:-1], spec.sizes[1:]):
+        conv = s_in + 2 * spec.padding - spec.kernel + 1
+        total += 2 * c * conv**2 + c * s_out**2
+    return total + 2 * sum(spec.fc) + spec.n_out
+
+
+def _chunk(spec: CNNSpec, p: int, n: int) -> int:
+    return max(1, min(n, CHUNK_FLOATS // max(1, p * _floats_per_example(spec))))
+
+
+def _forward(views, spec: CNNSpec, x: torch.Tensor) -> torch.Tensor:
+    """One chunk: ``x`` (P, n, fan_in) -> (P, n, n_out)."""
+    p, n = x.shape[0], x.shape[1]
+    n_conv = len(spec.convs)
+    h = x.reshape(p, n, spec.channels, spec.side, spec.side).transpose(0, 1)
+    h = h.reshape(n, p * spec.channels, spec.side, spec.side)
+    for weight, bias in views[:n_conv]:
+        w = weight.reshape(p * weight.shape[1], *weight.shape[2:])
+        h = F.conv2d(h, w, bias.reshape(-1), padding=spec.padding, groups=p)
+        h = F.max_pool2d(torch.relu(h), 2)
+    h = h.reshape(n, p, spec.flat_features).transpose(0, 1)  # per model: torch.nn.Flatten's (c, y, x) order
+    linears = views[n_conv:]
+    for i, (weight, bias) in enumerate(linears):
+        h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+        if i < len(linears) - 1:
+            h = torch.relu(h)
+    return h
+
+
+def _expand(x: torch.Tensor, p: int) -> torch.Tensor:
+    return x if x.dim() == 3 else x.expand(p, *x.shape)
+
+
+def forward(flat: torch.Tensor, spec: CNNSpec, x: torch.Tensor) -> torch.Tensor:
+    """``flat`` (P, n_params), ``x`` (P, N, fan_in) or (N, fan_in) -> outputs (P, N, n_out)."""
+    p = flat.shape[0]
+    x = _expand(x, p)
+    views, step = _views(flat, spec), _chunk(spec, p, x.shape[1])
+    if x.shape[1] <= step:
+        return _forward(views, spec, x)
+    return torch.cat([_forward(views, spec, x[:, i : i + step]) for i in range(0, x.shape[1], step)], dim=1)
+
+
+def loss_and_grad(
+    flat: torch.Tensor, spec: CNNSpec, x: torch.Tensor, y: torch.Tensor, loss_fn, work: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-model losses ``loss_fn(forward(flat, spec, x), y)`` (P,) and d(their sum)/d ``flat`` (P, n_params).
+
+    ``work`` is accepted for the common signature (:func:`fusion.params.loss_and_grad`) and not used.
+    """
+    p = flat.shape[0]
+    x = _expand(x, p)
+    weights = flat.detach().requires_grad_(True)
+    step = _chunk(spec, p, x.shape[1])
+    with torch.enable_grad():
+        if x.shape[1] <= step:  # one chunk: one forward with its graph
+            losses = loss_fn(_forward(_views(weights, spec), spec, x), y)
+            (grad,) = torch.autograd.grad(losses.sum(), weights)
+            return losses.detach(), grad
+        with torch.no_grad():
+            pred = forward(weights, spec, x)
+        pred.requires_grad_(True)
+        losses = loss_fn(pred, y)
+        (g_pred,) = torch.autograd.grad(losses.sum(), pred)
+        grad = torch.zeros_like(weights)
+        for i in range(0, x.shape[1], step):
+            out = _forward(_views(weights, spec), spec, x[:, i : i + step])
+            grad += torch.autograd.grad(out, weights, g_pred[:, i : i + step])[0]
+    return losses.detach(), grad
