@@ -186,5 +186,5 @@ def model_specs(
 def with_hidden_width(scenario: Scenario, width: int) -> Scenario:
     """The same task family with single-hidden-layer nets of width ``width`` (a shallow copy; data unchanged)."""
     out = copy.copy(scenario)
-    out.spec = at_width(scenario.spec, width)
+    out.spec = out.target_spec = at_width(scenario.spec, width)  # (target_arch with widths is refused)
     return out
