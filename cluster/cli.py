@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cluster.config import ConfigError, load_toml, resolve
+from cluster.config import ConfigError, StartError, load_toml, resolve
 
 EXIT_BAD_INPUT = 2
 
@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fusion-cluster: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StartError as exc:
+        print(f"fusion-cluster: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fusion-cluster: interrupted", file=sys.stderr)
         return 130

@@ -34,6 +34,10 @@ class ConfigError(ValueError):
     """A configuration a run cannot start from; the message says which key and why."""
 
 
+class StartError(RuntimeError):
+    """The machine could not start what a valid run needs (e.g. a local Ray); the CLI exits 1 with one line."""
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """Where and how the actors run."""

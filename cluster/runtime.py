@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import ray
 
-from cluster.config import ClusterConfig, ConfigError
+from cluster.config import ClusterConfig, ConfigError, StartError
 
 NAMESPACE = "fusion-cluster"
 
@@ -71,14 +71,19 @@ def connect(cfg: ClusterConfig) -> Connection:
                 "authentication set RAY_AUTH_MODE=token (see docs/operations.md)."
             ) from None
         return Connection(resolved, _dashboard(), owned=False)
-    ray.init(
-        address="local",
-        namespace=NAMESPACE,
-        include_dashboard=cfg.include_dashboard,
-        dashboard_host=cfg.dashboard_host,
-        log_to_driver=False,
-        logging_level="WARNING",
-    )
+    try:
+        ray.init(
+            address="local",
+            namespace=NAMESPACE,
+            include_dashboard=cfg.include_dashboard,
+            dashboard_host=cfg.dashboard_host,
+            log_to_driver=False,
+            logging_level="WARNING",
+        )
+    except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions when its processes do not come up
+        raise StartError(
+            f"could not start a local Ray: {str(exc).splitlines()[0]} (is the machine overloaded?)"
+        ) from None
     return Connection("local", _dashboard(), owned=True)
 
 
