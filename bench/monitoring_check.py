@@ -18,8 +18,8 @@ and that the actors API refuses a request without the token. Prints one JSON lin
 
 With ``--screenshots DIR`` a headless Chromium (Debian's ``chromium``; DevTools protocol on 127.0.0.1) saves, while
 the federated rounds run, ``dashboard-token-prompt.png`` (the dashboard without a token) and
-``dashboard-actors.png`` (the Actors view after the token is set as the ``ray-authentication-token`` cookie, which
-is what the dashboard's own prompt stores).
+``dashboard-actors.png`` (the Actors view after the token is typed into that prompt and submitted, as a person
+does; the dashboard keeps it in its ``ray-authentication-token`` cookie).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BOARD = ROOT / "docs" / "grafana" / "fusion-cluster.json"
-COOKIE = "ray-authentication-token"  # ray._private.authentication.authentication_constants
 _SERIES = re.compile(r"\bray_[A-Za-z0-9_:]+")
 
 
@@ -127,7 +126,8 @@ class Poller(threading.Thread):
 class Browser:
     """Debian's headless Chromium driven over the DevTools protocol (on 127.0.0.1) with aiohttp's websocket."""
 
-    def __init__(self, width: int = 1280, height: int = 760) -> None:
+    def __init__(self, width: int = 1280, height: int = 800) -> None:
+        self.width, self.height = width, height
         exe = shutil.which("chromium") or shutil.which("chromium-browser")
         if not exe:
             raise RuntimeError("no chromium on PATH (apt-get install -y chromium)")
@@ -144,7 +144,12 @@ class Browser:
         )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            status, body = _get(f"http://127.0.0.1:{self.port}/json/list", timeout=2)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chromium exited with code {self.proc.returncode}")
+            try:
+                status, body = _get(f"http://127.0.0.1:{self.port}/json/list", timeout=2)
+            except OSError:  # not listening yet
+                status, body = 0, b""
             pages = [t for t in json.loads(body or b"[]") if t.get("type") == "page"] if status == 200 else []
             if pages:
                 self.ws = pages[0]["webSocketDebuggerUrl"]
@@ -152,12 +157,14 @@ class Browser:
             time.sleep(0.5)
         raise RuntimeError("chromium's DevTools endpoint did not come up in 60 s")
 
-    def shot(self, url: str, png: Path, cookie: tuple[str, str] | None = None, wait_text: str = "", timeout=45.0):
-        """Open ``url`` (after setting ``cookie`` for it), wait until the page shows ``wait_text``, save a PNG.
-        Returns the seconds waited, or None when the text did not appear (the PNG is saved anyway)."""
-        return asyncio.run(self._shot(url, png, cookie, wait_text, timeout))
+    def shot(self, url: str, png: Path, wait_text: str, token: str = "", timeout: float = 45.0) -> float | None:
+        """Open ``url`` in a fresh session (no cookies); with ``token``, paste it into the dashboard's
+        "Authentication Token Required" prompt as a person does (focus the field, type, SUBMIT); wait until the page
+        shows ``wait_text`` and save a PNG. Returns the seconds waited for the text, or None when it did not appear
+        (the PNG is saved anyway)."""
+        return asyncio.run(self._shot(url, png, wait_text, token, timeout))
 
-    async def _shot(self, url, png, cookie, wait_text, timeout):
+    async def _shot(self, url, png, wait_text, token, timeout):
         import aiohttp
 
         async with aiohttp.ClientSession() as session, session.ws_connect(self.ws, max_msg_size=0) as ws:
@@ -174,19 +181,33 @@ class Browser:
                         return data.get("result", {})
                 raise RuntimeError("DevTools connection closed")
 
+            async def shows(text: str) -> bool:
+                js = f"!!document.body && document.body.innerText.includes({text!r})"
+                return bool((await call("Runtime.evaluate", expression=js)).get("result", {}).get("value"))
+
             await call("Network.enable")
             await call("Network.clearBrowserCookies")
-            if cookie:
-                await call("Network.setCookie", name=cookie[0], value=cookie[1], url=url.split("#")[0])
+            await call(
+                "Emulation.setDeviceMetricsOverride",
+                width=self.width,
+                height=self.height,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             await call("Page.navigate", url="about:blank")
             await call("Page.navigate", url=url)
             start, seen = time.monotonic(), None
+            if token:
+                while time.monotonic() - start < timeout and not await shows("Authentication Token Required"):
+                    await asyncio.sleep(0.5)
+                await call("Runtime.evaluate", expression="document.querySelector('[role=dialog] input').focus()")
+                await call("Input.insertText", text=token)
+                buttons = "[...document.querySelectorAll('[role=dialog] button')]"
+                click = f"{buttons}.find(b => /submit/i.test(b.innerText)).click()"
+                await call("Runtime.evaluate", expression=click)
             while time.monotonic() - start < timeout:
                 await asyncio.sleep(1.0)
-                found = await call(
-                    "Runtime.evaluate", expression=f"document.body && document.body.innerText.includes({wait_text!r})"
-                )
-                if found.get("result", {}).get("value"):
+                if await shows(wait_text):
                     seen = time.monotonic() - start
                     await asyncio.sleep(2.0)  # the rest of the table and its fonts
                     break
@@ -280,10 +301,10 @@ def main(argv: list[str]) -> int:
                 folder.mkdir(parents=True, exist_ok=True)
                 view = f"{dashboard}/#/actors"
                 shots["dashboard-token-prompt.png"] = browser.shot(
-                    view, folder / "dashboard-token-prompt.png", None, "Authentication Token Required"
+                    view, folder / "dashboard-token-prompt.png", "Authentication Token Required"
                 )
                 shots["dashboard-actors.png"] = browser.shot(
-                    view, folder / "dashboard-actors.png", (COOKIE, token), "federated-server"
+                    view, folder / "dashboard-actors.png", "federated-server", token
                 )
             if line.startswith("fine-tune + evaluate") and not report.get("evaluate_seen"):
                 report["evaluate_seen"] = True
