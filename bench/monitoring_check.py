@@ -2,6 +2,7 @@
 
     python bench/monitoring_check.py                          # sine, 12+4 parties, fusion,nearest_task,fedavg_ft
     python bench/monitoring_check.py --screenshots docs/img   # also the dashboard in headless Chromium
+    python bench/monitoring_check.py --prometheus             # also every board query on a real Prometheus
 
 Starts a local Ray with the dashboard (on 127.0.0.1, a free port) and Ray's default token authentication (a
 ``RAY_AUTH_MODE=disabled`` in the environment is dropped: users keep it on), gets the token with
@@ -15,6 +16,10 @@ second:
 Then it checks that every series the Grafana board ``docs/grafana/fusion-cluster.json`` queries (the metric names in
 its expressions) was exported, that the run printed the dashboard-token hint, that no printed line holds the token,
 and that the actors API refuses a request without the token. Prints one JSON line; exit 1 when something is missing.
+
+With ``--prometheus`` a Prometheus (Debian's ``prometheus``, on 127.0.0.1) scrapes the run with the configuration
+Ray wrote into its session folder (every 2 s instead of 10 s), and every query of the board, ``$run`` set to the
+run id, must return at least one series over the run: the board's PromQL parses and finds data.
 
 With ``--screenshots DIR`` a headless Chromium (Debian's ``chromium``; DevTools protocol on 127.0.0.1) saves, while
 the federated rounds run, ``dashboard-token-prompt.png`` (the dashboard without a token) and
@@ -224,6 +229,62 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
+class Prometheus:
+    """Debian's ``prometheus`` with the scrape configuration Ray wrote for this session (every node's exporter via
+    the session's service-discovery file), scraping every 2 s instead of 10 s, on 127.0.0.1."""
+
+    def __init__(self, session_dir: str) -> None:
+        exe = shutil.which("prometheus")
+        if not exe:
+            raise RuntimeError("no prometheus on PATH (apt-get install -y --no-install-recommends prometheus)")
+        self.folder = tempfile.mkdtemp(prefix="mon-prometheus-")
+        config = (Path(session_dir) / "metrics" / "prometheus" / "prometheus.yml").read_text()
+        (Path(self.folder) / "prometheus.yml").write_text(
+            re.sub(r"(scrape|evaluation)_interval: 10s", r"\1_interval: 2s", config)
+        )
+        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.proc = subprocess.Popen(
+            [
+                exe, f"--config.file={self.folder}/prometheus.yml", f"--storage.tsdb.path={self.folder}/data",
+                f"--web.listen-address={self.url.removeprefix('http://')}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def query_range(self, expr: str, start: float, end: float) -> int:
+        """How many series the expression gives over [start, end] (a 2 s step)."""
+        from urllib.parse import urlencode
+
+        q = urlencode({"query": expr, "start": start, "end": end, "step": 2})
+        status, body = _get(f"{self.url}/api/v1/query_range?{q}", timeout=30)
+        data = json.loads(body) if status == 200 else {}
+        if data.get("status") != "success":
+            raise RuntimeError(f"prometheus answered {status} to {expr!r}: {body[:200]!r}")
+        return len(data["data"]["result"])
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def board_queries(path: Path = BOARD) -> list[tuple[str, str]]:
+    """(panel title, expression) of every query of the board's panels."""
+    out = []
+
+    def walk(items):
+        for p in items:
+            out.extend((p.get("title", ""), t["expr"]) for t in p.get("targets", []) if t.get("expr"))
+            walk(p.get("panels", []))
+
+    walk(json.loads(Path(path).read_text()).get("panels", []))
+    return out
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parties", type=int, default=12)
@@ -232,6 +293,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rounds", type=int, default=6, help="[federated] rounds (default 6)")
     ap.add_argument("--out", default="", help="run folder (default: a temporary one, removed at the end)")
     ap.add_argument("--screenshots", default="", metavar="DIR", help="save dashboard PNGs here (headless Chromium)")
+    ap.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run every board query on a Prometheus (Debian's) scraping the run",
+    )
     args = ap.parse_args(argv)
 
     if os.environ.get("RAY_AUTH_MODE") == "disabled":
@@ -277,6 +343,7 @@ def main(argv: list[str]) -> int:
         _system_config={"metrics_report_interval_ms": 1000},  # series show within ~1 s instead of ~10 s
     )
     report: dict = {"run": out.name}
+    prom = None
     lines: list[str] = []
     try:
         dashboard = _dashboard()
@@ -290,6 +357,8 @@ def main(argv: list[str]) -> int:
         report["api_with_token"] = _get(f"{dashboard}/api/v0/actors?limit=1", token)[0]
         poller = Poller(dashboard, token, metrics_url(), out.name)
         poller.start()
+        if args.prometheus:
+            prom = Prometheus(ray._private.worker._global_node.get_session_dir_path())  # noqa: SLF001
         shots: dict[str, float | None] = {}
 
         def log(line: str) -> None:
@@ -328,6 +397,15 @@ def main(argv: list[str]) -> int:
         report["hint_printed"] = any("ray get-auth-token" in line for line in lines)
         report["token_in_output"] = any(token in line for line in lines)
         report["polls"] = poller.polls
+        if prom is not None:
+            time.sleep(4)  # the last scrape of the run
+            end = time.time()
+            empty = []
+            for title, expr in board_queries(BOARD):
+                if not prom.query_range(expr.replace("$run", out.name), end - report["run_s"] - 10, end):
+                    empty.append(f"{title}: {expr}")
+            report["prometheus_queries"] = len(board_queries(BOARD))
+            report["prometheus_empty"] = empty
         report["poll_errors"] = poller.errors[:5]
         if browser is not None:
             report["screenshots"] = {name: (None if s is None else round(s, 1)) for name, s in shots.items()}
@@ -335,6 +413,8 @@ def main(argv: list[str]) -> int:
         ray.shutdown()
         if browser is not None:
             browser.close()
+        if prom is not None:
+            prom.close()
         if not args.out:
             shutil.rmtree(tmp, ignore_errors=True)
     ok = (
@@ -345,6 +425,7 @@ def main(argv: list[str]) -> int:
         and report["api_without_token"] == 401
         and report["api_with_token"] == 200
         and all(s is not None for s in report.get("screenshots", {}).values())
+        and not report.get("prometheus_empty")
     )
     report["ok"] = ok
     print(json.dumps(report))
