@@ -150,6 +150,7 @@ class Browser:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                shutil.rmtree(self.profile, ignore_errors=True)
                 raise RuntimeError(f"chromium exited with code {self.proc.returncode}")
             try:
                 status, body = _get(f"http://127.0.0.1:{self.port}/json/list", timeout=2)
@@ -160,6 +161,7 @@ class Browser:
                 self.ws = pages[0]["webSocketDebuggerUrl"]
                 return
             time.sleep(0.5)
+        self.close()
         raise RuntimeError("chromium's DevTools endpoint did not come up in 60 s")
 
     def shot(self, url: str, png: Path, wait_text: str, token: str = "", timeout: float = 45.0) -> float | None:
@@ -331,17 +333,22 @@ def main(argv: list[str]) -> int:
         }
     )
     browser = Browser() if args.screenshots else None  # started before Ray: its start-up is slow on a busy host
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=_free_port(),
-        object_store_memory=256 * 1024**2,
-        log_to_driver=False,
-        logging_level="WARNING",
-        _system_config={"metrics_report_interval_ms": 1000},  # series show within ~1 s instead of ~10 s
-    )
+    try:
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=_free_port(),
+            object_store_memory=256 * 1024**2,
+            log_to_driver=False,
+            logging_level="WARNING",
+            _system_config={"metrics_report_interval_ms": 1000},  # series show within ~1 s instead of ~10 s
+        )
+    except BaseException:
+        if browser is not None:
+            browser.close()
+        raise
     report: dict = {"run": out.name}
     prom = None
     lines: list[str] = []
