@@ -30,6 +30,20 @@ FEDERATED_ROUND = PREFIX + "federated_round"
 FEDERATED_PARTIES = PREFIX + "federated_parties_sampled"
 FEDERATED_UPLOAD = PREFIX + "federated_upload_bytes"
 
+COUNTERS = (PARTIES_PRETRAINED, FEDERATED_PARTIES, FEDERATED_UPLOAD)
+GAUGES = (STAGE_SECONDS, META_OBJECTIVE, WARM_START_METRIC, QUARANTINED, FEDERATED_ROUND)
+HISTOGRAMS = (ASSIGNMENT_SECONDS,)
+
+
+def prometheus_series() -> dict[str, str]:
+    """Every series name these metrics take on a node's Prometheus endpoint, mapped to its metric's name
+    (``ray_`` + name; counters ``_total``; histograms ``_bucket``, ``_count``, ``_sum``)."""
+    out = {f"ray_{name}_total": name for name in COUNTERS}
+    out.update({f"ray_{name}": name for name in GAUGES})
+    out.update({f"ray_{name}_{part}": name for name in HISTOGRAMS for part in ("bucket", "count", "sum")})
+    return out
+
+
 # Seconds for one chunk of assignment problems (tens of models of ~100 units: milliseconds to seconds).
 _ASSIGNMENT_BOUNDARIES = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
 

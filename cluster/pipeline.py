@@ -25,7 +25,14 @@ from cluster import plots, results
 from cluster.checkpoint import Checkpoint
 from cluster.config import ConfigError, RunConfig, dumps_toml, to_dict
 from cluster.rounds import model_bytes, train_federated
-from cluster.runtime import check_class_resources, check_resources, connect, metrics_url, party_actor_count
+from cluster.runtime import (
+    check_class_resources,
+    check_resources,
+    connect,
+    dashboard_login_hint,
+    metrics_url,
+    party_actor_count,
+)
 from cluster.system import Schedule, left_out_csv, party_classes_of, schedule
 from fusion.io import save_warm_starter
 from fusion.methods import is_federated, strategy_for
@@ -149,6 +156,9 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
         metrics.stage_seconds(run_id, "connect", stages["connect"])
         if conn.dashboard_url:
             log(f"Ray dashboard: {conn.dashboard_url}")
+            hint = dashboard_login_hint()
+            if hint:
+                log(hint)
         endpoint = metrics_url()
         if endpoint:
             log(f'Prometheus metrics (this node): {endpoint}  (series ray_{metrics.PREFIX}*, run="{run_id}")')

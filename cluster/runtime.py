@@ -100,6 +100,34 @@ def _dashboard() -> str | None:
     return f"http://{url}" if url and not url.startswith("http") else url
 
 
+def _token_auth_enabled() -> bool:
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        return bool(is_token_auth_enabled())
+    except Exception:  # noqa: BLE001 - an older Ray without token authentication
+        return False
+
+
+def dashboard_login_hint() -> str | None:
+    """How to get past the dashboard's token prompt when Ray's token authentication is on (else None).
+
+    Names the command that prints the token and where the token comes from, never the token itself: a run's
+    output lands in shared logs. ``ray get-auth-token`` prints the token this machine's Ray clients use
+    (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), i.e. the one this run connected with.
+    """
+    if not _token_auth_enabled():
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        source = "it comes from $RAY_AUTH_TOKEN"
+    else:
+        source = "or read " + (os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+    return (
+        f"Dashboard token: `ray get-auth-token` on this machine prints it ({source}); paste it into the "
+        'dashboard\'s "Authentication Token Required" prompt. HTTP clients: header "Authorization: Bearer <token>"'
+    )
+
+
 def metrics_url() -> str | None:
     """The Prometheus endpoint of the driver's node (every node has its own, on its ``MetricsExportPort``)."""
     try:
