@@ -107,7 +107,7 @@ def test_gpu_fractions_schedule_on_logical_gpus(ray_session):
         PartyShardActor.options(num_cpus=0, num_gpus=0.25).remote(i, sc, 0, [i], [], TrainConfig(1), TrainConfig(1))
         for i in range(4)
     ]
-    infos = ray.get([s.info.remote() for s in shards], timeout=600)  # a bound, not a speed target: four actors import torch
+    infos = ray.get([s.info.remote() for s in shards], timeout=600)  # a bound, not a speed target
     assert [i["gpu_ids"] for i in infos] == [["0"]] * 4
     assert {i["device"] for i in infos} == {"cpu"}  # no CUDA here: the shard falls back to the CPU
     for s in shards:
