@@ -18,13 +18,13 @@ import torch
 
 from fusion.federated.base import (
     FederatedAlgorithm,
-    FederatedStart,
     LocalBatch,
     State,
     Tensors,
     register,
     weighted_mean,
 )
+from fusion.federated.fedavg import GlobalModel
 from fusion.spec import MLPSpec
 from fusion.training import FREE, Constraint, TrainConfig, train
 
@@ -43,22 +43,20 @@ class DittoSettings:
             raise ValueError(f"federated.ditto.personal_steps must be >= 0, got {self.personal_steps}")
 
 
-class ProximalStart(FederatedStart):
+class ProximalStart(GlobalModel):
     """One model (n_params,) for every novel party, fine-tuned under a pull λ/2 ‖v − start‖² toward it."""
 
     kind = "proximal_start"
 
     def __init__(self, params: np.ndarray, lam: float) -> None:
-        self.params, self.lam = np.asarray(params, np.float32), float(lam)
-
-    def predict(self, descriptors: np.ndarray) -> np.ndarray:
-        return np.tile(self.params, (len(descriptors), 1))
+        super().__init__(params)
+        self.lam = float(lam)
 
     def constraint_for(self, start: torch.Tensor) -> Constraint:
         return Constraint(prox=self.lam, anchor=start) if self.lam > 0 else FREE
 
     def export(self) -> dict:
-        return {"params": torch.tensor(self.params), "lam": self.lam}
+        return {**super().export(), "lam": self.lam}
 
     @classmethod
     def restore(cls, state: dict) -> ProximalStart:

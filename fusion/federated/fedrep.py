@@ -22,13 +22,13 @@ import torch
 
 from fusion.federated.base import (
     FederatedAlgorithm,
-    FederatedStart,
     LocalBatch,
     State,
     Tensors,
     register,
     weighted_mean,
 )
+from fusion.federated.fedavg import GlobalModel
 from fusion.spec import MLPSpec
 from fusion.training import Constraint, TrainConfig, train
 
@@ -59,16 +59,14 @@ def head_mask(spec: MLPSpec, device: torch.device | str = "cpu") -> torch.Tensor
     return mask
 
 
-class HeadStart(FederatedStart):
+class HeadStart(GlobalModel):
     """The global body with a 0-shot head (n_params,) for every novel party; its shots fit the head only."""
 
     kind = "head_start"
 
     def __init__(self, params: np.ndarray, n_body: int) -> None:
-        self.params, self.n_body = np.asarray(params, np.float32), int(n_body)
-
-    def predict(self, descriptors: np.ndarray) -> np.ndarray:
-        return np.tile(self.params, (len(descriptors), 1))
+        super().__init__(params)
+        self.n_body = int(n_body)
 
     def constraint_for(self, start: torch.Tensor) -> Constraint:
         mask = torch.zeros(start.shape[-1], dtype=torch.bool, device=start.device)
@@ -76,7 +74,7 @@ class HeadStart(FederatedStart):
         return Constraint(mask=mask)
 
     def export(self) -> dict:
-        return {"params": torch.tensor(self.params), "n_body": self.n_body}
+        return {**super().export(), "n_body": self.n_body}
 
     @classmethod
     def restore(cls, state: dict) -> HeadStart:
