@@ -104,14 +104,20 @@ def init_phi(spec: MLPSpec, init: np.ndarray, d: int, embed: int, hidden: int, s
     return torch.cat(parts).numpy()
 
 
+def _own_copy(a) -> torch.Tensor:
+    """A float32 tensor of our own (arrays from the object store are read-only)."""
+    if isinstance(a, torch.Tensor):
+        return a.detach().to(torch.float32).clone()
+    return torch.from_numpy(np.array(a, np.float32))
+
+
 class HyperStart(FederatedStart):
     """θ = h(e((τ − μ)/σ); φ) for any descriptor τ; fine-tuned freely by the run's k-shot recipe."""
 
     kind = "hyper_start"
 
     def __init__(self, phi, mu, sd, scale, embed: int, hidden: int) -> None:
-        as_tensor = lambda a: torch.as_tensor(np.array(a, np.float32))  # noqa: E731  (a copy: refs are read-only)
-        self.phi, self.mu, self.sd, self.scale = map(as_tensor, (phi, mu, sd, scale))
+        self.phi, self.mu, self.sd, self.scale = map(_own_copy, (phi, mu, sd, scale))
         self.embed, self.hidden = int(embed), int(hidden)
 
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
