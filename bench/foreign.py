@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scenarios import build, make_options  # noqa: E402
 
 SCENARIO = build("sine-domains", make_options("sine-domains", {}))
+PROBED = {"default", "gp_refit", "mfpl_refit"}  # strategies given the probe (the others refuse one)
 
 
 def task(rng: np.random.Generator) -> np.ndarray:
@@ -61,7 +62,7 @@ def nrmse(state: dict, desc: np.ndarray) -> float:
 
 
 def write_table(path: Path, ids: np.ndarray, desc: np.ndarray) -> None:
-    rows = ["party_id,amplitude,phase"] + [f"{i},{d[0]!r},{d[1]!r}" for i, d in zip(ids, desc)]
+    rows = ["party_id,amplitude,phase"] + [f"{i},{float(d[0])!r},{float(d[1])!r}" for i, d in zip(ids, desc)]
     path.write_text("\n".join(rows) + "\n")
 
 
@@ -96,7 +97,8 @@ def main() -> None:
         for strategy in args.fusion.split(","):
             out = work / f"out-{strategy}"
             cmd = [cli, "fuse", "--models", str(work / "models"), "--descriptors", str(work / "descriptors.csv")]
-            cmd += ["--targets", str(work / "targets.csv"), "--probe", str(work / "probe.npy"), "--out", str(out)]
+            cmd += ["--targets", str(work / "targets.csv"), "--out", str(out)]
+            cmd += ["--probe", str(work / "probe.npy")] if strategy in PROBED else []
             cmd += ["--seed", str(args.seed)] + ([] if strategy == "default" else ["--fusion", strategy])
             start = time.perf_counter()
             done = subprocess.run(cmd, capture_output=True, text=True)
