@@ -213,7 +213,7 @@ def test_fuse_takes_cnn_state_dicts_and_writes_warm_starts_of_either_family(ray_
     params = torch.stack([init_params(spec, g) for _ in range(4)]).numpy()
     desc = np.array([[0.1, 0.0], [0.4, 0.0], [0.6, 0.0], [0.9, 0.0]], np.float32)
     models, descriptors, targets = write_inputs(tmp_path, spec, np.arange(4), desc, params, desc[:2])
-    assert main(fuse_args(models, descriptors, targets, tmp_path / "same")) == 0
+    assert main(fuse_args(models, descriptors, targets, tmp_path / "same", "--fusion", "gp")) == 0
     net = cnn_sequential(spec)
     net.load_state_dict(torch.load(tmp_path / "same" / "warm_starts" / "100.pt", weights_only=True))
     _, saved = load_warm_starter(tmp_path / "same" / "fusion_model.pt")
@@ -224,4 +224,5 @@ def test_fuse_takes_cnn_state_dicts_and_writes_warm_starts_of_either_family(ray_
     assert main(fuse_args(models, descriptors, targets, tmp_path / "mlp", *extra, "--target-arch", "mlp-16")) == 0
     mlp = sequential(64, 16, 10)
     mlp.load_state_dict(torch.load(tmp_path / "mlp" / "warm_starts" / "101.pt", weights_only=True))
-    assert main(fuse_args(models, descriptors, targets, tmp_path / "bad", "--target-arch", "mlp-16")) == 2
+    bad = ("--fusion", "gp", "--target-arch", "mlp-16")  # a parameter-space strategy makes no other family
+    assert main(fuse_args(models, descriptors, targets, tmp_path / "bad", *bad)) == 2
