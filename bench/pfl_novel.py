@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import publish  # noqa: E402
 from cluster import pipeline  # noqa: E402
-from cluster.config import resolve  # noqa: E402
+from cluster.config import ConfigError, resolve  # noqa: E402
 
 METHODS = (
     "fusion",
@@ -112,7 +112,9 @@ def one(key: str, args, seed: int, work: Path) -> dict:
     out = work / f"{key}-s{seed}"
     tree = tree_of(proto, args, seed, out)
     start = time.perf_counter()
-    result = pipeline.run(resolve(tree), log=lambda line: print(f"  [{key} s{seed}] {line}", file=sys.stderr, flush=True))
+    result = pipeline.run(
+        resolve(tree), log=lambda line: print(f"  [{key} s{seed}] {line}", file=sys.stderr, flush=True)
+    )
     wall = time.perf_counter() - start
     table = pq.read_table(result.out / "results.parquet").to_pydict()
     values: dict[tuple[str, int], list[float]] = {}
@@ -136,8 +138,11 @@ def fmt_bytes(b: float) -> str:
     return f"{b / 1e6:.3g}"
 
 
-def table_md(key: str, runs: dict[int, dict], args) -> str:
+def table_md(key: str, runs: dict[int, dict], args, refused: dict[int, str] | None = None) -> str:
     proto = PROTOCOLS[key]
+    notes = "".join(f"Seed {s} refused (exit 2 in the CLI): {msg}\n" for s, msg in (refused or {}).items())
+    if not runs:
+        return f"### ({key}) {PROTOCOLS[key]['title']}: no run finished\n\n{notes}"
     steps, rounds = budgets(args.budget)
     seeds = sorted(runs)
     parties = args.parties or proto["parties"]
@@ -151,7 +156,9 @@ def table_md(key: str, runs: dict[int, dict], args) -> str:
         f"{metric}, mean ± std over the {tests} × {len(seeds)} pooled novel parties; shots{unit}; costs are the mean "
         "over seeds of each run's costs.csv (upload / download in MB).",
         "",
-        "| method | " + " | ".join(f"{k}-shot" for k in proto["shots"]) + " | upload MB | download MB | rounds | party steps | wall s |",
+        "| method | "
+        + " | ".join(f"{k}-shot" for k in proto["shots"])
+        + " | upload MB | download MB | rounds | party steps | wall s |",
         "| --- | " + " | ".join("---" for _ in proto["shots"]) + " | --- | --- | --- | --- | --- |",
     ]
     for m in args.methods.split(","):
@@ -161,7 +168,7 @@ def table_md(key: str, runs: dict[int, dict], args) -> str:
             cells.append(f"{np.mean(v):.4f} ± {np.std(v):.4f}" if v else "—")
         cs = [runs[s]["costs"][m] for s in seeds if m in runs[s]["costs"]]
         if cs:
-            mean = lambda col: float(np.mean([float(c[col]) for c in cs]))  # noqa: E731
+            mean = lambda col, cs=cs: float(np.mean([float(c[col]) for c in cs]))  # noqa: E731
             cost = [
                 fmt_bytes(mean("upload_bytes")),
                 fmt_bytes(mean("download_bytes")),
@@ -173,7 +180,7 @@ def table_md(key: str, runs: dict[int, dict], args) -> str:
             cost = ["—"] * 5
         lines.append(f"| {m} | " + " | ".join(cells + cost) + " |")
     walls = ", ".join(f"s{s}: {runs[s]['wall']:.0f} s" for s in seeds)
-    lines += ["", f"Whole run wall time per seed (driver clock): {walls}.", ""]
+    lines += ["", f"Whole run wall time per seed (driver clock): {walls}.", ""] + ([notes] if notes else [])
     return "\n".join(lines)
 
 
@@ -207,12 +214,19 @@ def main() -> int:
 
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     done: dict[str, dict[int, dict]] = {}
+    refused: dict[str, dict[int, str]] = {}
     text = ""
     with tempfile.TemporaryDirectory() as tmp:
         for key in keys:
             for seed in [int(s) for s in args.seeds.split(",")]:
-                done.setdefault(key, {})[seed] = one(key, args, seed, Path(tmp))
-                text = "\n".join(table_md(k, runs, args) for k, runs in done.items())
+                try:
+                    done.setdefault(key, {})[seed] = one(key, args, seed, Path(tmp))
+                except ConfigError as exc:  # e.g. a Dirichlet split that cannot give every party min_samples
+                    refused.setdefault(key, {})[seed] = str(exc)
+                    print(json.dumps({"protocol": key, "seed": seed, "refused": str(exc)}), flush=True)
+                text = "\n".join(
+                    table_md(k, done.get(k, {}), args, refused.get(k, {})) for k in keys if k in done or k in refused
+                )
                 if args.out:
                     publish(text, Path(args.out), {"protocol": key, "seed": seed, "written": args.out})
     if not args.out:
