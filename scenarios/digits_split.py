@@ -8,7 +8,7 @@ its train part (what it can publish about its data without publishing the data);
 over all ten digits (cross-entropy, argmax over all ten); the metric is accuracy on the party's own test part.
 
 Training parties pretrain on their train part; test parties get their k shots from their train part (the
-first k of a shuffle, their SHOTS stream) and are evaluated on their test part. Reported like PFLlib: the run
+first k of a shuffle, their SHOTS stream; a party with fewer than k train examples gets all of them, padded) and are evaluated on their test part. Reported like PFLlib: the run
 summary's ``weighted_mean`` is the mean accuracy weighted by each test party's number of test samples
 (:meth:`party_weights`), next to the std across parties.
 
@@ -117,8 +117,10 @@ class DigitsSplitScenario(Scenario):
 
     @property
     def max_shots(self) -> int | None:
-        """Shots come from a test party's own train part: at most the smallest one."""
-        return None if self.parts is None else min(len(p.train) for p in self.parts)
+        """No limit: a test party whose train part has fewer than k examples gets all of them, padded (see
+        :meth:`party_shot_data`). Under Dirichlet(0.1) over hundreds of parties the smallest part has a handful of
+        examples (4–11 with 200 MNIST parties), which would otherwise cap every party's k."""
+        return None
 
     def party_descriptor(self, seed: int, party_id: int) -> np.ndarray:
         _, labels = self._pool()
@@ -134,7 +136,7 @@ class DigitsSplitScenario(Scenario):
         x, y = self._pool()
         train = self._part(party_id).train
         idx = party_rng(seed, party_id, Stream.SHOTS).permutation(train)[:k]
-        return x[idx], y[idx]
+        return _pad(x[idx], y[idx], k)  # k rows; label PAD (ignored) after a small party's whole train part
 
     def party_eval_data(self, seed, party_id, descriptor):
         x, y = self._pool()

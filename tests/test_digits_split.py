@@ -50,6 +50,19 @@ def test_padding_is_ignored_by_loss_and_metric():
     assert float(sc.loss(perfect, y, None)) < 1e-6
 
 
+def test_a_party_with_fewer_train_examples_than_k_gets_all_of_them_padded():
+    sc = _scenario(split="dirichlet", alpha=0.1, min_samples=4)
+    assert sc.max_shots is None
+    pid = min(range(20), key=lambda p: len(sc.parts[p].train))
+    have = len(sc.parts[pid].train)
+    x, y = sc.party_shot_data(4, pid, None, have + 5)
+    assert x.shape[0] == y.shape[0] == have + 5
+    assert (y[:have] >= 0).all() and (y[have:] == -1).all()
+    assert sorted(y[:have].tolist()) == sorted(sc._pool()[1][sc.parts[pid].train].tolist())
+    x3, y3 = sc.party_shot_data(4, pid, None, 3)  # fewer than it has: the first 3 of the same shuffle
+    np.testing.assert_array_equal(y3, y[:3])
+
+
 def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="scenario.split must be one of"):
         resolve({"scenario": {"name": "digits-split", "split": "zipf"}})
