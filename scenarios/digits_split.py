@@ -8,7 +8,8 @@ its train part (what it can publish about its data without publishing the data);
 over all ten digits (cross-entropy, argmax over all ten); the metric is accuracy on the party's own test part.
 
 Training parties pretrain on their train part; test parties get their k shots from their train part (the
-first k of a shuffle, their SHOTS stream; a party with fewer than k train examples gets all of them, padded) and are evaluated on their test part. Reported like PFLlib: the run
+first k of a shuffle, their SHOTS stream; a party with fewer than k train examples gets all of them, padded)
+and are evaluated on their test part. Reported like PFLlib: the run
 summary's ``weighted_mean`` is the mean accuracy weighted by each test party's number of test samples
 (:meth:`party_weights`), next to the std across parties.
 
