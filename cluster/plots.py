@@ -136,7 +136,7 @@ def plot_warm_starts(
             if pid not in by_party:
                 continue
             spec, params = by_party[pid]
-            pred = forward(torch.as_tensor(params)[None], spec, torch.as_tensor(x)).detach().numpy()[0, :, 0]
+            pred = forward(torch.tensor(params)[None], spec, torch.as_tensor(x)).detach().numpy()[0, :, 0]
             ax.plot(x[:, 0], pred, lw=1.2, label=method)
         ax.set_title(f"party {pid}: descriptor {np.round(desc, 2).tolist()}")
         ax.set_xlabel("x")
