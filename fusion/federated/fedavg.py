@@ -7,7 +7,6 @@ its k shots by the run's recipe. Both are one training run.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from fusion.federated.base import (
     FederatedAlgorithm,
@@ -19,23 +18,22 @@ from fusion.federated.base import (
     weighted_mean,
 )
 from fusion.spec import MLPSpec
+from fusion.strategies.average import Constant
 from fusion.training import train
 
 
-class GlobalModel(FederatedStart):
-    """One model (n_params,) for every novel party; fine-tuned freely on its shots when ``finetune``."""
+class GlobalModel(Constant, FederatedStart):
+    """One model (n_params,) for every novel party (:class:`Constant`); fine-tuned freely on its shots when
+    ``finetune``."""
 
     kind = "global_model"
 
     def __init__(self, params: np.ndarray, finetune: bool = True) -> None:
-        self.params = np.asarray(params, np.float32)
+        super().__init__(params)
         self.finetune = bool(finetune)
 
-    def predict(self, descriptors: np.ndarray) -> np.ndarray:
-        return np.tile(self.params, (len(descriptors), 1))
-
     def export(self) -> dict:
-        return {"params": torch.tensor(self.params), "finetune": self.finetune}
+        return {**super().export(), "finetune": self.finetune}
 
     @classmethod
     def restore(cls, state: dict) -> GlobalModel:
