@@ -54,15 +54,14 @@ def connect(cfg: ClusterConfig) -> Connection:
     cluster that ``ray start`` last left on the machine (a bare ``ray.init()`` would join it, or hang
     retrying it once it is gone). Every address is checked to answer within seconds before Ray dials it.
     """
-    if cfg.address:
-        _check_reachable(_resolve_auto(cfg.address))  # an explicit address that does not answer is an error
+    address = cfg.address or ("" if ray.is_initialized() else os.environ.get("RAY_ADDRESS", ""))
+    resolved = _resolve_auto(address) if address and address != "local" else ""
+    if resolved:  # an address that does not answer is an error, even when this driver already holds a Ray
+        _check_reachable(resolved)
     if ray.is_initialized():
         ctx = ray.get_runtime_context()
         return Connection(ctx.gcs_address, _dashboard(), owned=False)
-    address = cfg.address or os.environ.get("RAY_ADDRESS", "")
-    if address and address != "local":
-        resolved = _resolve_auto(address)
-        _check_reachable(resolved)
+    if resolved:
         try:
             ray.init(address=resolved, namespace=NAMESPACE, log_to_driver=False)
         except ConnectionError as exc:
