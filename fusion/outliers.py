@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from fusion.params import forward
 from fusion.spec import MLPSpec
@@ -58,10 +59,9 @@ def discrepancies(funcs: np.ndarray, descriptors: np.ndarray, neighbours: int, o
     n = len(funcs)
     d = np.asarray(descriptors, np.float64)
     d = (d - d.mean(0)) / np.where(d.std(0) > 0, d.std(0), 1.0)
-    dist = ((d[:, None, :] - d[None, :, :]) ** 2).sum(-1)
-    np.fill_diagonal(dist, np.inf)
     k = min(neighbours, n - 1)
-    near = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    _, near = cKDTree(d).query(d, k=k + 1)  # no (n, n) distance matrix: thousands of parties stay cheap
+    near = np.stack([row[row != i][:k] for i, row in enumerate(np.atleast_2d(near.reshape(n, -1)))])
     out = np.empty(n)
     for i in range(n):
         ref = np.median(funcs[near[i]], axis=0)
