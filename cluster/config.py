@@ -15,7 +15,7 @@ from typing import Any
 from actors.faults import FaultConfig
 from cluster.system import PartyClass, SystemConfig, check_classes
 from fusion.federated import ALGORITHMS, FederatedConfig
-from fusion.metamodel import GPConfig
+from fusion.gp_config import GPConfig
 from fusion.methods import (
     COLD_START,
     DEFAULT_METHODS,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from fusion import conv
+from fusion.lazy import torch
 from fusion.spec import CNNSpec, MLPSpec, Spec
 
 

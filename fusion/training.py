@@ -10,14 +10,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
+from fusion.lazy import torch
 from fusion.params import forward, loss_and_grad
 from fusion.spec import MLPSpec
 
 OPTIMIZERS = ("adam", "sgd")
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (pred (P,N,out), y) -> (P,)
-TaskLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (pred, y, descriptors) -> (P,)
+LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (pred (P,N,out), y) -> (P,)
+TaskLoss = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (pred, y, descriptors) -> (P,)
 
 
 def relative_mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -74,9 +73,6 @@ class FinetuneConfig(TrainConfig):
         return sorted({*range(0, self.steps + 1, self.every), self.steps})
 
 
-_FUSED_ADAM = getattr(torch, "_fused_adam_", None)  # CPU kernel since torch 2.4; else the five in-place ops
-
-
 class _Optimizer:
     """``torch.optim.Adam`` / ``SGD`` updates (no weight decay) of one tensor, with the cosine schedule.
 
@@ -90,7 +86,8 @@ class _Optimizer:
         if cfg.optimizer == "adam":
             self.m, self.v = torch.zeros_like(weights), torch.zeros_like(weights)
             # torch's fused Adam kernel: one pass over the stack instead of five (memory-bound for wide models)
-            self.fused = _FUSED_ADAM is not None and weights.dtype in (torch.float32, torch.float64)
+            self.fused_adam = getattr(torch, "_fused_adam_", None)  # CPU kernel since torch 2.4; else five ops
+            self.fused = self.fused_adam is not None and weights.dtype in (torch.float32, torch.float64)
             self.state_step = torch.zeros((), dtype=torch.float32, device=weights.device)
 
     def lr(self) -> float:
@@ -107,7 +104,7 @@ class _Optimizer:
         beta1, beta2, eps = 0.9, 0.999, 1e-8
         if self.fused:
             self.state_step += 1
-            _FUSED_ADAM(
+            self.fused_adam(
                 [self.weights], [grad], [self.m], [self.v], [], [self.state_step],
                 lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
             )  # fmt: skip

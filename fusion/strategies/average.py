@@ -7,8 +7,8 @@ PFNM matched average cut to each party's width (:mod:`fusion.strategies.mixed_wi
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from fusion.lazy import torch
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
 from fusion.strategies.mixed_widths import fit_width_average
 

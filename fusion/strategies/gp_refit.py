@@ -17,10 +17,11 @@ each party's width.
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from fusion.metamodel import GPMetaModel
+import numpy as np
+
+from fusion.lazy import lazy, torch
 from fusion.params import forward, init_params
 from fusion.spec import Spec, spec_from_state, spec_state
 from fusion.strategies.average import Constant
@@ -29,6 +30,11 @@ from fusion.strategies.gp import GPFusion
 from fusion.strategies.mixed_widths import fit_width_gp
 from fusion.training import TrainConfig, relative_mse, train
 from fusion.widths import at_width, embed, own_width
+
+if TYPE_CHECKING:
+    from fusion.metamodel import GPMetaModel
+
+metamodel = lazy("fusion.metamodel")  # gpytorch: imported when a strategy fits or restores
 
 
 def combinable(outputs: torch.Tensor, kind: str) -> torch.Tensor:
@@ -109,7 +115,7 @@ class RefitWarmStarter(WarmStarter):
         refit = TrainConfig(int(state["refit"][0]), float(state["refit"][1]))
         init = warm_starter_class(state["init_kind"]).restore(state["init"])
         kind = state.get("output_kind", "values")
-        return cls(init, GPMetaModel(state["outputs"]), spec, state["probe"].numpy(), refit, kind)
+        return cls(init, metamodel.GPMetaModel(state["outputs"]), spec, state["probe"].numpy(), refit, kind)
 
     def summary(self) -> dict:
         return {**self.init.summary(), "outputs_objective": self.outputs.objective[-1]}
@@ -125,7 +131,9 @@ def refit_warm_starter(
     with torch.no_grad():
         outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
         outs = combinable(outs, ctx.outputs)
-    output_gp = GPMetaModel.fit(outs.reshape(len(models), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1)
+    output_gp = metamodel.GPMetaModel.fit(
+        outs.reshape(len(models), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1
+    )
     refit = TrainConfig(ctx.config.refit_steps, ctx.config.refit_lr)
     return RefitWarmStarter(init, output_gp, spec or ctx.spec, ctx.probe, refit, ctx.outputs)
 

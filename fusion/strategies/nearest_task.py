@@ -7,8 +7,8 @@ widest spec, :mod:`fusion.widths`): the party fine-tunes that model, not one of 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from fusion.lazy import torch
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
 
 
