@@ -73,6 +73,9 @@ class FinetuneConfig(TrainConfig):
         return sorted({*range(0, self.steps + 1, self.every), self.steps})
 
 
+_PAD = 64  # elements: a whole number of SIMD vectors of float32 and float64 on every ISA torch has
+
+
 class _Optimizer:
     """``torch.optim.Adam`` / ``SGD`` updates (no weight decay) of one tensor, with the cosine schedule.
 
@@ -84,11 +87,20 @@ class _Optimizer:
     def __init__(self, cfg: TrainConfig, weights: torch.Tensor, steps: int) -> None:
         self.cfg, self.weights, self.steps, self.t = cfg, weights, steps, 0
         if cfg.optimizer == "adam":
-            self.m, self.v = torch.zeros_like(weights), torch.zeros_like(weights)
             # torch's fused Adam kernel: one pass over the stack instead of five (memory-bound for wide models)
             self.fused_adam = getattr(torch, "_fused_adam_", None)  # CPU kernel since torch 2.4; else five ops
             self.fused = self.fused_adam is not None and weights.dtype in (torch.float32, torch.float64)
             self.state_step = torch.zeros((), dtype=torch.float32, device=weights.device)
+            if self.fused:
+                # The kernel's scalar tail (the last numel % vector width elements) rounds unlike its vector body:
+                # on a buffer padded to whole vectors every element takes the vector body, whichever rows share
+                # the batch, so a party's result does not depend on the batch (nor the run on its sharding).
+                size = -(-weights.numel() // _PAD) * _PAD
+                self.w_pad, self.g_pad, self.m, self.v = (
+                    torch.zeros(size, dtype=weights.dtype, device=weights.device) for _ in range(4)
+                )
+            else:
+                self.m, self.v = torch.zeros_like(weights), torch.zeros_like(weights)
 
     def lr(self) -> float:
         if not (self.cfg.decay and self.steps):
@@ -104,10 +116,14 @@ class _Optimizer:
         beta1, beta2, eps = 0.9, 0.999, 1e-8
         if self.fused:
             self.state_step += 1
+            n = self.weights.numel()
+            self.w_pad[:n].view_as(self.weights).copy_(self.weights)
+            self.g_pad[:n].view_as(grad).copy_(grad)
             self.fused_adam(
-                [self.weights], [grad], [self.m], [self.v], [], [self.state_step],
+                [self.w_pad], [self.g_pad], [self.m], [self.v], [], [self.state_step],
                 lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
             )  # fmt: skip
+            self.weights.copy_(self.w_pad[:n].view_as(self.weights))
             return
         self.m.lerp_(grad, 1 - beta1)
         self.v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
