@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,7 @@ def config_tree(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     try:
         args = parser().parse_args(argv)
         if args.command == "fuse":
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve(config_tree(args))
         from cluster.pipeline import run  # Ray is imported only when a run starts
 
-        run(cfg, resume=args.resume is not None)
+        run(cfg, resume=args.resume is not None, started=started)
     except ConfigError as exc:
         print(f"fusion-cluster: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
