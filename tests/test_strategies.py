@@ -235,3 +235,15 @@ def test_matched_gp_fits_models_of_different_widths_and_decodes_any_width():
         forward(torch.as_tensor(padded), MLPSpec((1, fitted.global_spec.widths[1] + 3, 1)), x),
         forward(torch.as_tensor(wide), fitted.global_spec, x),
     )
+
+
+def test_gp_refit_shares_its_output_gp_between_aligned_and_unaligned_fits():
+    from fusion.methods import strategy_for
+
+    models, desc = random_stack(SPEC, 12, seed=4), np.random.default_rng(4).uniform(size=(12, 2))
+    shared = ctx()
+    strategy_for("fusion", FAST).fit(models, desc, shared)
+    together = strategy_for("fusion_noalign", FAST).fit(models, desc, shared)
+    alone = strategy_for("fusion_noalign", FAST).fit(models, desc, ctx())
+    assert together.outputs is shared.cache["output_gp"][2]  # fitted once, used twice
+    np.testing.assert_array_equal(together.predict(desc[:4]), alone.predict(desc[:4]))

@@ -128,12 +128,17 @@ def refit_warm_starter(
     ``models`` (n, D) on ``ctx.probe`` (the models embedded at ``ctx.spec`` in a run with mixed widths).
     The caller has checked the probe (:meth:`Strategy.require`). ``spec``: the warm starts' architecture (default
     ``ctx.spec``; ``init`` must predict models of it)."""
-    with torch.no_grad():
-        outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
-        outs = combinable(outs, ctx.outputs)
-    output_gp = metamodel.GPMetaModel.fit(
-        outs.reshape(len(models), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1
-    )
+    cached = ctx.cache.get("output_gp")
+    if cached is not None and cached[0] is models and cached[1] is descriptors:
+        output_gp = cached[2]  # the same fit (fusion and fusion_noalign: outputs do not depend on the unit order)
+    else:
+        with torch.no_grad():
+            outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
+            outs = combinable(outs, ctx.outputs)
+        output_gp = metamodel.GPMetaModel.fit(
+            outs.reshape(len(models), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1
+        )
+        ctx.cache["output_gp"] = (models, descriptors, output_gp)
     refit = TrainConfig(ctx.config.refit_steps, ctx.config.refit_lr)
     return RefitWarmStarter(init, output_gp, spec or ctx.spec, ctx.probe, refit, ctx.outputs)
 
