@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.config import ConfigError, StartError, load_toml, resolve
+from cluster.errors import ConfigError, StartError
 
 EXIT_BAD_INPUT = 2
 
@@ -133,6 +133,8 @@ def config_tree(args: argparse.Namespace) -> dict[str, Any]:
     if target is None:
         raise ConfigError("give a scenario name or a TOML config (or --resume DIR)")
     if target.endswith(".toml") or Path(target).is_file():
+        from cluster.config import load_toml
+
         tree = load_toml(target)
     else:
         tree = {"scenario": target}
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run_study(args.study, args.out, args.address, args.resume)
             return 0
+        from cluster.config import resolve  # after parsing: --help and usage errors import nothing more
+
         cfg = resolve(config_tree(args))
         from cluster.pipeline import run  # Ray is imported only when a run starts
 
