@@ -86,6 +86,7 @@ class _Optimizer:
         self.cfg, self.weights, self.steps, self.t = cfg, weights, steps, 0
         if cfg.optimizer == "adam":
             self.m, self.v = torch.zeros_like(weights), torch.zeros_like(weights)
+            self.denom = torch.empty_like(weights)  # kept: fresh pages each step cost more than the update
 
     def lr(self) -> float:
         if not (self.cfg.decay and self.steps):
@@ -101,7 +102,7 @@ class _Optimizer:
         beta1, beta2, eps = 0.9, 0.999, 1e-8
         self.m.lerp_(grad, 1 - beta1)
         self.v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = self.v.sqrt().div_(math.sqrt(1 - beta2**self.t)).add_(eps)  # torch.optim's order of operations
+        denom = torch.sqrt(self.v, out=self.denom).div_(math.sqrt(1 - beta2**self.t)).add_(eps)  # torch.optim's order
         self.weights.addcdiv_(self.m, denom, value=-lr / (1 - beta1**self.t))
 
 
@@ -157,11 +158,11 @@ def train(
     weights = params.detach().clone()
     steps = cfg.steps if x.shape[1] > 0 else 0
     opt, work = _Optimizer(cfg, weights, steps), {}  # work: activation buffers reused across steps
-    free = constraint is FREE
+    free, grad = constraint is FREE, torch.empty_like(weights) if isinstance(spec, MLPSpec) else None
     for step in range(steps):
         if at_steps is not None:
             at_steps(step, weights)
-        grad = loss_and_grad(weights, spec, x, y, loss_fn, work)[1]
+        grad = loss_and_grad(weights, spec, x, y, loss_fn, work, grad)[1]
         opt.step(grad if free else constraint.apply(grad, weights))
     if at_steps is not None:
         at_steps(steps, weights)
