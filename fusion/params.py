@@ -78,25 +78,39 @@ def forward(flat: torch.Tensor, spec: Spec, x: torch.Tensor) -> torch.Tensor:
 
 
 def loss_and_grad(
-    flat: torch.Tensor, spec: Spec, x: torch.Tensor, y: torch.Tensor, loss_fn, work: dict | None = None
+    flat: torch.Tensor,
+    spec: Spec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn,
+    work: dict | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-model losses ``loss_fn(forward(flat, spec, x), y)`` (P,) and d(their sum)/d ``flat`` (P, n_params).
 
     The gradient autograd gives, by a hand-written backward pass through the MLP: no graph, no
     gradient for the inputs, no boolean mask for ReLU, and with ``work`` (a dict kept across calls)
     no fresh activation buffers either; about 2× faster on CPU for the small batched nets here.
-    Only the loss, a function of the predictions, goes through autograd. CNNs: :func:`fusion.conv.loss_and_grad`.
+    Only the loss, a function of the predictions, goes through autograd. ``out``: a (P, n_params) tensor the
+    gradient is written into (a training loop reuses one; a fresh one each step costs page faults for wide models).
+    CNNs: :func:`fusion.conv.loss_and_grad`.
     """
     if isinstance(spec, CNNSpec):
         return conv.loss_and_grad(flat, spec, x, y, loss_fn, work)
     one_input = spec.activation == "relu" and spec.widths[0] == 1 and spec.n_layers == 2 and spec.widths[-1] == 1
     if one_input and x.shape[-2] >= ONE_INPUT_MIN_POINTS:
-        return _one_input_relu(flat, spec, x, y, loss_fn, work)
-    return _layered_loss_and_grad(flat, spec, x, y, loss_fn, work)
+        return _one_input_relu(flat, spec, x, y, loss_fn, work, out)
+    return _layered_loss_and_grad(flat, spec, x, y, loss_fn, work, out)
 
 
 def _layered_loss_and_grad(
-    flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor, y: torch.Tensor, loss_fn, work: dict | None = None
+    flat: torch.Tensor,
+    spec: MLPSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn,
+    work: dict | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`loss_and_grad` of any MLP: layer by layer, keeping each layer's activations and slopes."""
     relu = spec.activation == "relu"
@@ -121,15 +135,15 @@ def _layered_loss_and_grad(
     with torch.enable_grad():
         losses = loss_fn(pred, y)
         (g,) = torch.autograd.grad(losses.sum(), pred)
-    grad = torch.empty_like(flat)
+    grad = torch.empty_like(flat) if out is None else out
     grad_layers = layers(grad, spec)
     for i in reversed(range(len(all_layers))):
         (weight, _), (g_weight, g_bias) = all_layers[i], grad_layers[i]
         h, (_, fan_out, fan_in) = inputs[i], weight.shape
         if fan_in == 1:  # (P, 1, N) @ (P, N, out) has the layout of (P, out, 1) and runs ~3× faster
             g_weight.copy_(torch.bmm(h.transpose(1, 2), g).view(p, fan_out, 1))
-        else:
-            g_weight.copy_(torch.bmm(g.transpose(1, 2), h))
+        else:  # into a kept contiguous buffer (bmm into the strided view of ``grad`` is ~10× slower)
+            g_weight.copy_(torch.bmm(g.transpose(1, 2), h, out=_buffer(work, ("gw", i), g_weight.shape, flat)))
         g_bias.copy_(g.sum(1))
         if i > 0:
             out = _buffer(work, ("g", i), (p, g.shape[1], fan_in), flat)
@@ -142,7 +156,13 @@ ONE_INPUT_MIN_POINTS = 64  # below it (k-shot fine-tuning) the layer-by-layer pa
 
 
 def _one_input_relu(
-    flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor, y: torch.Tensor, loss_fn, work: dict | None
+    flat: torch.Tensor,
+    spec: MLPSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn,
+    work: dict | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`loss_and_grad` of ``[1-H-1]`` ReLU nets (the sine scenario's) in O(P (N + H) log N) per step, not
     O(P N H): no (P, N, H) activations at all.
@@ -195,7 +215,7 @@ def _one_input_relu(
     at = prefix.view(p, -1).gather(1, idx).view(p, 2, 2, hidden)  # (P, channel, lo/hi, H)
     on = (at[:, :, 1] - at[:, :, 0]).float()  # (P, 2, H): sum of g and of g x over the points where a unit is on
     s0, s1 = on[:, 0], on[:, 1]
-    grad = torch.empty_like(flat)
+    grad = torch.empty_like(flat) if out is None else out
     (g_w1, g_b1), (g_w2, g_b2) = layers(grad, spec)
     torch.mul(w2, s1, out=g_w1[:, :, 0])
     torch.mul(w2, s0, out=g_b1)

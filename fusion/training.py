@@ -73,34 +73,19 @@ class FinetuneConfig(TrainConfig):
         return sorted({*range(0, self.steps + 1, self.every), self.steps})
 
 
-_PAD = 64  # elements: a whole number of SIMD vectors of float32 and float64 on every ISA torch has
-
-
 class _Optimizer:
     """``torch.optim.Adam`` / ``SGD`` updates (no weight decay) of one tensor, with the cosine schedule.
 
-    The same arithmetic as torch.optim (``fused=True`` where torch has the kernel) with ``CosineAnnealingLR``'s
-    closed form: torch.optim's per-step Python costs more than the update itself for small stacks of models,
-    and the fused kernel reads each tensor once for wide ones.
+    The same arithmetic as torch.optim with ``CosineAnnealingLR``'s closed form, as a few in-place
+    ops per step: torch.optim's per-step Python costs more than the update itself for these small
+    stacks of models.
     """
 
     def __init__(self, cfg: TrainConfig, weights: torch.Tensor, steps: int) -> None:
         self.cfg, self.weights, self.steps, self.t = cfg, weights, steps, 0
         if cfg.optimizer == "adam":
-            # torch's fused Adam kernel: one pass over the stack instead of five (memory-bound for wide models)
-            self.fused_adam = getattr(torch, "_fused_adam_", None)  # CPU kernel since torch 2.4; else five ops
-            self.fused = self.fused_adam is not None and weights.dtype in (torch.float32, torch.float64)
-            self.state_step = torch.zeros((), dtype=torch.float32, device=weights.device)
-            if self.fused:
-                # The kernel's scalar tail (the last numel % vector width elements) rounds unlike its vector body:
-                # on a buffer padded to whole vectors every element takes the vector body, whichever rows share
-                # the batch, so a party's result does not depend on the batch (nor the run on its sharding).
-                size = -(-weights.numel() // _PAD) * _PAD
-                self.w_pad, self.g_pad, self.m, self.v = (
-                    torch.zeros(size, dtype=weights.dtype, device=weights.device) for _ in range(4)
-                )
-            else:
-                self.m, self.v = torch.zeros_like(weights), torch.zeros_like(weights)
+            self.m, self.v = torch.zeros_like(weights), torch.zeros_like(weights)
+            self.denom = torch.empty_like(weights)  # kept: fresh pages each step cost more than the update
 
     def lr(self) -> float:
         if not (self.cfg.decay and self.steps):
@@ -114,20 +99,9 @@ class _Optimizer:
             self.weights.add_(grad, alpha=-lr)
             return
         beta1, beta2, eps = 0.9, 0.999, 1e-8
-        if self.fused:
-            self.state_step += 1
-            n = self.weights.numel()
-            self.w_pad[:n].view_as(self.weights).copy_(self.weights)
-            self.g_pad[:n].view_as(grad).copy_(grad)
-            self.fused_adam(
-                [self.w_pad], [self.g_pad], [self.m], [self.v], [], [self.state_step],
-                lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
-            )  # fmt: skip
-            self.weights.copy_(self.w_pad[:n].view_as(self.weights))
-            return
         self.m.lerp_(grad, 1 - beta1)
         self.v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = self.v.sqrt().div_(math.sqrt(1 - beta2**self.t)).add_(eps)  # torch.optim's order of operations
+        denom = torch.sqrt(self.v, out=self.denom).div_(math.sqrt(1 - beta2**self.t)).add_(eps)  # torch.optim's order
         self.weights.addcdiv_(self.m, denom, value=-lr / (1 - beta1**self.t))
 
 
@@ -183,11 +157,11 @@ def train(
     weights = params.detach().clone()
     steps = cfg.steps if x.shape[1] > 0 else 0
     opt, work = _Optimizer(cfg, weights, steps), {}  # work: activation buffers reused across steps
-    free = constraint is FREE
+    free, grad = constraint is FREE, torch.empty_like(weights) if isinstance(spec, MLPSpec) else None
     for step in range(steps):
         if at_steps is not None:
             at_steps(step, weights)
-        grad = loss_and_grad(weights, spec, x, y, loss_fn, work)[1]
+        grad = loss_and_grad(weights, spec, x, y, loss_fn, work, grad)[1]
         opt.step(grad if free else constraint.apply(grad, weights))
     if at_steps is not None:
         at_steps(steps, weights)
