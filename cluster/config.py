@@ -121,6 +121,7 @@ class RunConfig:
                 f"federated method(s) {federated} do not model [[party_classes]] (drop-outs, deadlines) yet; "
                 "run them without party classes"
             )
+        self._check_families()
         self._check_target()
         if self.system != SystemConfig() and not self.party_classes:
             raise ConfigError("[system] needs [[party_classes]] (speed factors and drop probabilities live there)")
@@ -139,10 +140,31 @@ class RunConfig:
         if unsupported:
             raise ConfigError(f"method(s) {unsupported} do not support mixed widths (widths = {list(self.widths)})")
 
+    def _check_families(self) -> None:
+        """Parties of several architecture families: only methods that handle them (and cold start)."""
+        families = getattr(self.scenario_options, "families", ())
+        if not families:
+            return
+        if self.widths:
+            raise ConfigError("scenario.archs with several families cannot be combined with widths")
+        names = [f.family for f in families]
+        for m in self.methods:
+            if m == COLD_START:
+                continue
+            handler = ALGORITHMS[m] if is_federated(m) else strategy_for(m, self.fusion)
+            if not getattr(handler, "mixed_families", False):
+                raise ConfigError(
+                    f"method {m} cannot handle parties of mixed architecture families (scenario.archs = {names}); "
+                    "drop it from methods"
+                )
+
     def _check_target(self) -> None:
         """A target family other than the parties' can only be made by cross-family strategies (and cold start)."""
         specs = getattr(self.scenario_options, "specs", None)
-        if specs is None or specs[0] == specs[1]:
+        if specs is None:
+            return
+        families = getattr(self.scenario_options, "families", ()) or (specs[0],)
+        if specs[1] in families:
             return
         if self.widths:
             raise ConfigError("scenario.target_arch cannot be combined with widths")
@@ -152,7 +174,7 @@ class RunConfig:
         if unsupported:
             raise ConfigError(
                 f"method(s) {unsupported} cannot make warm starts of scenario.target_arch = {specs[1].family!r} from "
-                f"models of {specs[0].family!r}; methods = {list(self.methods)}"
+                f"models of {' and '.join(repr(f.family) for f in families)}; methods = {list(self.methods)}"
             )
 
 

@@ -28,7 +28,7 @@ import torch
 
 from fusion.spec import Spec
 from scenarios import digit_sources
-from scenarios.base import Scenario, Stream, model_specs, party_rng
+from scenarios.base import Scenario, Stream, model_families, model_specs, party_rng
 from scenarios.splits import PARTITIONS, PartySplit, SplitConfig, split_labels
 
 N_CLASSES = 10
@@ -47,7 +47,8 @@ class DigitsSplitOptions:
     source: str = "sklearn"  # "sklearn" (8x8, offline) or "mnist" (idx .gz files in data_dir)
     data_dir: str = ""
     hidden: tuple[int, ...] = (100,)
-    archs: tuple[str, ...] = ()  # one architecture family (mlp-<w>, cnn-s, cnn-m) instead of ``hidden``
+    archs: tuple[str, ...] = ()  # architecture families (mlp-<w>, cnn-s, cnn-m) instead of ``hidden``; several: each
+    # party's drawn from (seed, party id)
     target_arch: str = ""  # the family novel parties receive ("": their own)
 
     @property
@@ -55,6 +56,11 @@ class DigitsSplitOptions:
         """The parties' model (``archs``' family, or ``[in, *hidden, 10]``) and the novel parties' (``target_arch``)."""
         n_in = digit_sources.SOURCES[self.source][0]
         return model_specs(self.archs, self.target_arch, self.hidden, n_in, N_CLASSES)
+
+    @property
+    def families(self) -> tuple[Spec, ...]:
+        """The specs of ``archs`` when they are several (a run of mixed families), else ()."""
+        return model_families(self.archs, digit_sources.SOURCES[self.source][0], N_CLASSES)
 
     def __post_init__(self) -> None:
         hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
@@ -92,7 +98,7 @@ class DigitsSplitScenario(Scenario):
     outputs = "logits"
 
     def __init__(self, options: DigitsSplitOptions = DigitsSplitOptions()) -> None:
-        super().__init__(*options.specs)
+        super().__init__(*options.specs, families=options.families, own_target=not options.target_arch)
         self.options = options
         self.parts: list[PartySplit] | None = None
 

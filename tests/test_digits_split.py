@@ -108,8 +108,8 @@ def test_archs_picks_one_family_for_every_party_and_checks_the_keys():
         resolve({"scenario": {"name": "digits-split", "archs": ["cnn-x"]}})
     with pytest.raises(ConfigError, match="scenario.archs: .*shrink to nothing"):
         resolve({"scenario": {"name": "digits-split", "archs": ["cnn-m"]}})  # 8x8 sklearn digits are too small
-    with pytest.raises(ConfigError, match="not supported yet"):
-        resolve({"scenario": {"name": "digits-split", "archs": ["cnn-s", "mlp-100"]}})
+    with pytest.raises(ConfigError, match="method gp cannot handle parties of mixed architecture families"):
+        resolve({"scenario": {"name": "digits-split", "archs": ["cnn-s", "mlp-100"]}, "methods": ["fusion", "gp"]})
     sc = _scenario(archs=["mlp-32"], target_arch="cnn-s")
     assert sc.spec.widths == (64, 32, 10) and sc.target_spec == spec_for_family("cnn-s", 64, 10)
     with pytest.raises(ConfigError, match=r"\['nearest_task', 'average'\] cannot make warm starts of .* = 'cnn-s'"):

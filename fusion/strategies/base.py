@@ -7,6 +7,7 @@ and one ``@register`` line.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -77,6 +78,10 @@ class FitContext:
     averaged as they are) or ``"logits"`` (classification over all outputs: combined as class probabilities).
     ``target``: the architecture the warm starts must have when it is not the models' own ``spec`` (another
     family); only strategies with ``cross_family = True`` accept it.
+    ``families``: in a run that mixes architecture families, each family's spec and the rows of its models; the
+    models are then packed (each row its family's flat vector, zero-padded to ``spec.n_params``,
+    :mod:`fusion.strategies.by_family`), ``target_families`` are the families whose warm starts are asked for, and
+    only strategies with ``mixed_families = True`` accept them (:func:`fusion.strategies.by_family.fit_strategy`).
     """
 
     spec: Spec
@@ -90,6 +95,12 @@ class FitContext:
     cache: dict = field(default_factory=dict)  # work shared by strategies of one fit (e.g. the PFNM matching)
     outputs: str = "values"
     target: Spec | None = None
+    families: tuple[tuple[Spec, np.ndarray], ...] | None = None
+    target_families: tuple[Spec, ...] = ()
+
+    def family_context(self, spec: Spec) -> FitContext:
+        """This context for the models of one family ``spec`` alone (unpacked), warm starts of that family."""
+        return dataclasses.replace(self, spec=spec, families=None, target=None, target_families=(), cache={})
 
     @property
     def target_spec(self) -> Spec:
@@ -174,6 +185,11 @@ class Strategy(ABC):
         self.settings, self.aligned = settings, aligned
 
     cross_family = False  # makes warm starts of another architecture than the models' (FitContext.target)
+    mixed_families = False  # fuses parties of several architecture families (FitContext.families): ``fit_mixed``
+
+    def fit_mixed(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter:
+        """Fit on packed ``models`` of mixed families (``ctx.families``): a warm starter per target family."""
+        raise ValueError(f"strategy {self.name} cannot fuse parties of mixed architecture families")
 
     @abstractmethod
     def fit(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter: ...

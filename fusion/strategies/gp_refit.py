@@ -10,7 +10,9 @@ batched program.
 Classifiers (``FitContext.outputs == "logits"``) are combined as class probabilities and refit by KL
 divergence. The output GP needs no shared architecture: asked for warm starts of another family
 (``FitContext.target``), it refits that family's plain init (seeded by the run seed; there are no models of that
-family to regress its parameters on). With mixed widths the init is
+family to regress its parameters on). Parties of several families (``FitContext.families``): one output GP over
+all of them, and per target family the parameter GP over that family's models as the init (:meth:`fit_mixed`).
+With mixed widths the init is
 :class:`fusion.strategies.mixed_widths.WidthGP` (PFNM matching, cut to each party's width) and the refit runs at
 each party's width.
 """
@@ -23,6 +25,7 @@ import torch
 from fusion.metamodel import GPMetaModel
 from fusion.params import forward, init_params
 from fusion.spec import Spec, spec_from_state, spec_state
+from fusion.strategies import by_family
 from fusion.strategies.average import Constant
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register, warm_starter_class
 from fusion.strategies.gp import GPFusion
@@ -124,10 +127,18 @@ def refit_warm_starter(
     ``ctx.spec``; ``init`` must predict models of it)."""
     with torch.no_grad():
         outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
-        outs = combinable(outs, ctx.outputs)
-    output_gp = GPMetaModel.fit(outs.reshape(len(models), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1)
-    refit = TrainConfig(ctx.config.refit_steps, ctx.config.refit_lr)
-    return RefitWarmStarter(init, output_gp, spec or ctx.spec, ctx.probe, refit, ctx.outputs)
+    gp_out = output_gp(outs, descriptors, ctx)
+    return RefitWarmStarter(init, gp_out, spec or ctx.spec, ctx.probe, _refit(ctx), ctx.outputs)
+
+
+def output_gp(outs: torch.Tensor, descriptors: np.ndarray, ctx: FitContext) -> GPMetaModel:
+    """The GP from descriptors to the models' outputs ``outs`` (n, N, out) on the probe (combinable form)."""
+    outs = combinable(outs, ctx.outputs)
+    return GPMetaModel.fit(outs.reshape(len(outs), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1)
+
+
+def _refit(ctx: FitContext) -> TrainConfig:
+    return TrainConfig(ctx.config.refit_steps, ctx.config.refit_lr)
 
 
 @register
@@ -139,6 +150,7 @@ class GPRefit(Strategy):
     mixed_widths = True
     needs_probe = True
     cross_family = True
+    mixed_families = True
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         self.require(ctx)  # before the (long) init fit
@@ -150,3 +162,20 @@ class GPRefit(Strategy):
         else:  # aligned units + parameter-space GP
             init = GPFusion(aligned=self.aligned).fit(models, descriptors, ctx)
         return refit_warm_starter(init, models, descriptors, ctx)
+
+    def fit_mixed(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        """Parties of several families: one output GP over every model's function on the probe (each through its
+        own family); per target family, the init is the parameter GP over that family's models (the plain init of
+        the family when fewer than two of them), refit to the predicted function."""
+        self.require(ctx)
+        gp_out = output_gp(by_family.probe_outputs(models, ctx), descriptors, ctx)
+        starters = {}
+        for spec in ctx.target_families:
+            rows = by_family.rows_of(ctx, spec)
+            if len(rows) >= 2:
+                own = by_family.unpack(models[rows], spec)
+                init = GPFusion(aligned=self.aligned).fit(own, descriptors[rows], ctx.family_context(spec))
+            else:
+                init = Constant(init_params(spec, torch.Generator().manual_seed(ctx.seed)).numpy())
+            starters[spec.family] = RefitWarmStarter(init, gp_out, spec, ctx.probe, _refit(ctx), ctx.outputs)
+        return by_family.ByFamily(starters, {s.family: s for s in ctx.target_families})
