@@ -12,7 +12,7 @@ import torch
 from actors import metrics
 from actors.faults import FaultConfig
 from fusion.federated.base import FederatedStart
-from fusion.federated.rounds import Parties, PartyStore, shard_round
+from fusion.federated.rounds import Parties, PartyStore, local_round
 from fusion.methods import COLD_START
 from fusion.params import forward, init_params
 from fusion.strategies.by_family import ByFamily, pack
@@ -44,7 +44,8 @@ def training_parties(scenario: Scenario, seed: int, ids: np.ndarray, device: tor
         return lambda pred, t: scenario.loss(pred, t, descriptors)
 
     as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-    return Parties(np.asarray(ids, np.int64), as_t(x), as_t(y), as_t(desc), as_t(counts), loss_of)
+    families = (lambda some: scenario.family_groups(seed, some)) if scenario.mixed else None
+    return Parties(np.asarray(ids, np.int64), as_t(x), as_t(y), as_t(desc), as_t(counts), loss_of, families)
 
 
 def _is_free(constraint: Constraint) -> bool:
@@ -322,10 +323,12 @@ class PartyShard:
         if down is None or state is None or round_ <= state["last"]:
             return {"lost": self.index}
         ids = self._subset(ids, self.train_ids, "training")
-        batch = self._training_parties().batch(ids, self.scenario.spec, job.cfg, self.seed, round_)
-        uploads = shard_round(state["algo"], down, state["store"], batch)
+        parties = self._training_parties()
+        uploads, counts = local_round(
+            state["algo"], down, state["store"], parties, ids, self.scenario.spec, job.cfg, self.seed, round_
+        )
         state["last"] = round_
-        return {"party_id": ids, "uploads": uploads, "weights": batch.counts.cpu().numpy().astype(np.float64)}
+        return {"party_id": ids, "uploads": uploads, "weights": counts}
 
     def fed_export(self, key: str) -> dict:
         """The personal states of hosted parties (``PartyStore.export``), or ``{"lost": index}`` after a restart."""

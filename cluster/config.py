@@ -27,7 +27,7 @@ from fusion.methods import (
 from fusion.strategies import FusionConfig
 from fusion.strategies.base import settings_classes
 from fusion.training import FinetuneConfig, TrainConfig
-from scenarios import canonical_name, make_options
+from scenarios import SCENARIOS, canonical_name, make_options
 
 
 class ConfigError(ValueError):
@@ -120,6 +120,13 @@ class RunConfig:
             raise ConfigError(
                 f"federated method(s) {federated} do not model [[party_classes]] (drop-outs, deadlines) yet; "
                 "run them without party classes"
+            )
+        classifiers = [m for m in self.methods if is_federated(m) and ALGORITHMS[m].classification]
+        kind = SCENARIOS[canonical_name(self.scenario)][0].outputs
+        if classifiers and kind != "logits":
+            raise ConfigError(
+                f"method {classifiers[0]} needs a classification scenario over all outputs (digits-split); "
+                f"scenario {self.scenario} has outputs {kind!r}"
             )
         self._check_families()
         self._check_target()
