@@ -162,8 +162,8 @@ def test_novel_parties_of_another_family_get_function_space_warm_starts(ray_sess
 
 
 def test_pool_splits_a_random_subset_drawn_from_the_seed():
-    sc = _scenario(pool=600)
-    again = _scenario(pool=600)
+    sc = _scenario(pool=600, split="pathological")
+    again = _scenario(pool=600, split="pathological")
     assert len(sc.keep) == 600 and np.array_equal(sc.keep, again.keep)
     assert sum(len(p.train) + len(p.test) for p in sc.parts) <= 600
     assert sc._pool()[0].shape == (600, 64)
