@@ -23,6 +23,7 @@ from fusion.pfnm import PFNMConfig, SolveRect, solve_rect_serial
 from fusion.spec import Spec
 
 OUTPUT_KINDS = ("values", "logits")
+REFIT_FROM = ("gp", "closer")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class FusionConfig:
     gp: GPConfig = field(default_factory=GPConfig)
     refit_steps: int = 2000  # function-space refit of a warm start (strategies that refit)
     refit_lr: float = 0.003
+    # where gp_refit's refit starts: "gp" the parameter-space GP's prediction; "closer" per party whichever of that and
+    # the nearest pretrained model (same family) is closer on the probe to the predicted function
+    refit_from: str = "gp"
     # nonparametric matching of models of different widths (runs with ``widths``); small sigma + normalizers:
     # the setting that opened separate atoms for trained sine units (docs/heterogeneity.md)
     pfnm: PFNMConfig = field(default_factory=lambda: PFNMConfig(sigma=0.05, empirical_bayes=True, normalizers=True))
@@ -59,6 +63,8 @@ class FusionConfig:
             raise ValueError(f"fusion.align_iters must be >= 1, got {self.align_iters}")
         if self.refit_steps < 0 or not self.refit_lr > 0:
             raise ValueError("fusion.refit_steps must be >= 0 and fusion.refit_lr > 0")
+        if self.refit_from not in REFIT_FROM:
+            raise ValueError(f"fusion.refit_from must be one of {', '.join(REFIT_FROM)}, got {self.refit_from!r}")
 
 
 @dataclass
