@@ -78,14 +78,22 @@ def forward(flat: torch.Tensor, spec: Spec, x: torch.Tensor) -> torch.Tensor:
 
 
 def loss_and_grad(
-    flat: torch.Tensor, spec: Spec, x: torch.Tensor, y: torch.Tensor, loss_fn, work: dict | None = None
+    flat: torch.Tensor,
+    spec: Spec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn,
+    work: dict | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-model losses ``loss_fn(forward(flat, spec, x), y)`` (P,) and d(their sum)/d ``flat`` (P, n_params).
 
     The gradient autograd gives, by a hand-written backward pass through the MLP: no graph, no
     gradient for the inputs, no boolean mask for ReLU, and with ``work`` (a dict kept across calls)
     no fresh activation buffers either; about 2× faster on CPU for the small batched nets here.
-    Only the loss, a function of the predictions, goes through autograd. CNNs: :func:`fusion.conv.loss_and_grad`.
+    Only the loss, a function of the predictions, goes through autograd. ``out``: a (P, n_params) tensor the
+    gradient is written into (a training loop reuses one; a fresh one each step costs page faults for wide models).
+    CNNs: :func:`fusion.conv.loss_and_grad`.
     """
     if isinstance(spec, CNNSpec):
         return conv.loss_and_grad(flat, spec, x, y, loss_fn, work)
@@ -111,15 +119,15 @@ def loss_and_grad(
     with torch.enable_grad():
         losses = loss_fn(pred, y)
         (g,) = torch.autograd.grad(losses.sum(), pred)
-    grad = torch.empty_like(flat)
+    grad = torch.empty_like(flat) if out is None else out
     grad_layers = layers(grad, spec)
     for i in reversed(range(len(all_layers))):
         (weight, _), (g_weight, g_bias) = all_layers[i], grad_layers[i]
         h, (_, fan_out, fan_in) = inputs[i], weight.shape
         if fan_in == 1:  # (P, 1, N) @ (P, N, out) has the layout of (P, out, 1) and runs ~3× faster
             g_weight.copy_(torch.bmm(h.transpose(1, 2), g).view(p, fan_out, 1))
-        else:
-            g_weight.copy_(torch.bmm(g.transpose(1, 2), h))
+        else:  # into a kept contiguous buffer (bmm into the strided view of ``grad`` is ~10× slower)
+            g_weight.copy_(torch.bmm(g.transpose(1, 2), h, out=_buffer(work, ("gw", i), g_weight.shape, flat)))
         g_bias.copy_(g.sum(1))
         if i > 0:
             out = _buffer(work, ("g", i), (p, g.shape[1], fan_in), flat)

@@ -74,24 +74,19 @@ class FinetuneConfig(TrainConfig):
         return sorted({*range(0, self.steps + 1, self.every), self.steps})
 
 
-_FUSED_ADAM = getattr(torch, "_fused_adam_", None)  # CPU kernel since torch 2.4; else the five in-place ops
-
-
 class _Optimizer:
     """``torch.optim.Adam`` / ``SGD`` updates (no weight decay) of one tensor, with the cosine schedule.
 
-    The same arithmetic as torch.optim (``fused=True`` where torch has the kernel) with ``CosineAnnealingLR``'s
-    closed form: torch.optim's per-step Python costs more than the update itself for small stacks of models,
-    and the fused kernel reads each tensor once for wide ones.
+    The same arithmetic as torch.optim with ``CosineAnnealingLR``'s closed form, as a few in-place
+    ops per step: torch.optim's per-step Python costs more than the update itself for these small
+    stacks of models.
     """
 
     def __init__(self, cfg: TrainConfig, weights: torch.Tensor, steps: int) -> None:
         self.cfg, self.weights, self.steps, self.t = cfg, weights, steps, 0
         if cfg.optimizer == "adam":
             self.m, self.v = torch.zeros_like(weights), torch.zeros_like(weights)
-            # torch's fused Adam kernel: one pass over the stack instead of five (memory-bound for wide models)
-            self.fused = _FUSED_ADAM is not None and weights.dtype in (torch.float32, torch.float64)
-            self.state_step = torch.zeros((), dtype=torch.float32, device=weights.device)
+            self.denom = torch.empty_like(weights)  # kept: fresh pages each step cost more than the update
 
     def lr(self) -> float:
         if not (self.cfg.decay and self.steps):
@@ -105,16 +100,9 @@ class _Optimizer:
             self.weights.add_(grad, alpha=-lr)
             return
         beta1, beta2, eps = 0.9, 0.999, 1e-8
-        if self.fused:
-            self.state_step += 1
-            _FUSED_ADAM(
-                [self.weights], [grad], [self.m], [self.v], [], [self.state_step],
-                lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
-            )  # fmt: skip
-            return
         self.m.lerp_(grad, 1 - beta1)
         self.v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = self.v.sqrt().div_(math.sqrt(1 - beta2**self.t)).add_(eps)  # torch.optim's order of operations
+        denom = torch.sqrt(self.v, out=self.denom).div_(math.sqrt(1 - beta2**self.t)).add_(eps)  # torch.optim's order
         self.weights.addcdiv_(self.m, denom, value=-lr / (1 - beta1**self.t))
 
 
@@ -170,11 +158,11 @@ def train(
     weights = params.detach().clone()
     steps = cfg.steps if x.shape[1] > 0 else 0
     opt, work = _Optimizer(cfg, weights, steps), {}  # work: activation buffers reused across steps
-    free = constraint is FREE
+    free, grad = constraint is FREE, torch.empty_like(weights) if isinstance(spec, MLPSpec) else None
     for step in range(steps):
         if at_steps is not None:
             at_steps(step, weights)
-        grad = loss_and_grad(weights, spec, x, y, loss_fn, work)[1]
+        grad = loss_and_grad(weights, spec, x, y, loss_fn, work, grad)[1]
         opt.step(grad if free else constraint.apply(grad, weights))
     if at_steps is not None:
         at_steps(steps, weights)

@@ -1,0 +1,111 @@
+"""Do shots help a warm start? The fine-tuning recipe's variants on a finished run's fitted warm starters.
+
+    fusion-cluster run sine --seed 11 --methods fusion,nearest_task --shots 0 --out runs/shots-s11
+    python bench/shots.py runs/shots-s11 --shots 5,10,20,40
+
+Loads the run's ``config.toml`` and ``checkpoint/fitted-<method>.pt`` (no Ray), gives its test parties their warm
+starts, and fine-tunes them on k shots with each variant of ``[finetune]`` (the step-selection margin, a proximal
+pull toward the warm start, the learning rate): the same shots, test points and code as the run's evaluation
+(``fusion.training.finetune``). Prints one JSON line per (method, variant) and a Markdown table of the mean metric
+per k. ``--variants`` picks among the built-in ones (default all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cluster.checkpoint import Checkpoint  # noqa: E402
+from cluster.config import load_toml, resolve  # noqa: E402
+from fusion.params import forward  # noqa: E402
+from fusion.training import FREE, Constraint, finetune  # noqa: E402
+from scenarios.base import party_descriptors  # noqa: E402
+from scenarios.registry import build  # noqa: E402
+
+# name: (changes to the run's [finetune], proximal pull toward the warm start: prox/2 · ||w - w0||^2)
+VARIANTS = {
+    "run's recipe": ({}, 0.0),
+    "margin 0": ({"margin": 0.0}, 0.0),
+    "margin 1": ({"margin": 1.0}, 0.0),
+    "prox 1": ({}, 1.0),
+    "prox 10": ({}, 10.0),
+    "prox 100": ({}, 100.0),
+    "prox 10, margin 1": ({"margin": 1.0}, 10.0),
+    "prox 10, margin 0": ({"margin": 0.0}, 10.0),
+    "lr 0.003": ({"lr": 0.003}, 0.0),
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", help="a finished run folder (config.toml, checkpoint/fitted-<method>.pt)")
+    p.add_argument("--shots", default="5,10,20,40")
+    p.add_argument("--methods", default="", help="comma list (default: every fitted method of the run)")
+    p.add_argument("--variants", default="", help="comma list of names in VARIANTS (default all)")
+    args = p.parse_args()
+    folder = Path(args.run)
+    tree = load_toml(folder / "config.toml")
+    tree["out"] = str(folder)
+    cfg = resolve(tree)
+    sc = build(cfg.scenario, cfg.scenario_options)
+    sc.prepare(cfg.seed, cfg.parties, cfg.test_parties)
+    methods = args.methods.split(",") if args.methods else list(cfg.methods)
+    fitted = Checkpoint(folder, sc, cfg.seed, cfg.parties).load_fitted(methods)
+    if fitted is None:
+        print(f"{folder}: no checkpoint/fitted-<method>.pt for every one of {methods}", file=sys.stderr)
+        return 2
+    variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    shots = [int(k) for k in args.shots.split(",")]
+
+    ids = np.arange(cfg.parties, cfg.parties + cfg.test_parties)
+    desc = party_descriptors(sc, cfg.seed, ids)
+    d = torch.as_tensor(desc)
+    evals = [sc.party_eval_data(cfg.seed, int(i), di) for i, di in zip(ids, desc)]
+    ex, ey = (torch.as_tensor(np.stack([e[j] for e in evals])) for j in (0, 1))
+    shot_sets = [sc.party_shot_data(cfg.seed, int(i), di, max(shots)) for i, di in zip(ids, desc)]
+
+    def score(w: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(sc.metric(forward(w, sc.target_spec, ex), ey, d).mean())
+
+    rows = []
+    for method in methods:
+        start = torch.as_tensor(fitted[method].predict(desc))
+        zero = score(start)
+        for name in variants:
+            changes, prox = VARIANTS[name]
+            ft = dataclasses.replace(cfg.finetune, **changes)
+            means = {}
+            for k in shots:
+                n = sc.shot_examples(k)
+                sx, sy = (torch.as_tensor(np.stack([s[j][:n] for s in shot_sets])) for j in (0, 1))
+                pull = Constraint(prox=prox, anchor=start.clone()) if prox else FREE
+                means[k] = score(finetune(start, sc.target_spec, sx, sy, sc.loss, d, ft, pull))
+            row = {
+                "method": method,
+                "variant": name,
+                "0": round(zero, 4),
+                **{str(k): round(v, 4) for k, v in means.items()},
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    print(f"\n{sc.metric_name}, mean over {len(ids)} test parties of {folder} (seed {cfg.seed})\n")
+    print("| method | variant | 0 | " + " | ".join(str(k) for k in shots) + " |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in shots) + " |")
+    for r in rows:
+        print(
+            f"| {r['method']} | {r['variant']} | {r['0']:.4f} | " + " | ".join(f"{r[str(k)]:.4f}" for k in shots) + " |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
