@@ -33,6 +33,7 @@ from cluster.checkpoint import Checkpoint
 from fusion.federated import ALGORITHMS, FederatedConfig, FederatedStart
 from fusion.federated.base import State, sample
 from fusion.federated.htfl import HtFLAlgorithm, feature_dim
+from fusion.federated.rounds import merge_exports
 from fusion.spec import MLPSpec
 from fusion.strategies.by_family import ByFamily
 from scenarios import Scenario, party_descriptors
@@ -114,12 +115,7 @@ class RoundsEngine:
         exports = ray.get([s.fed_export.remote(job.key) for s in self.shards]) if job.algorithm.personal else []
         if state is None or any("lost" in e for e in exports):
             return None
-        exports = [e for e in exports if e]
-        personal = {}
-        if exports:
-            ids = np.concatenate([e["party_id"] for e in exports])
-            order = np.argsort(ids, kind="stable")
-            personal = {k: np.concatenate([e[k] for e in exports])[order] for k in exports[0]}
+        personal = merge_exports(exports)  # party-id order; models of several families padded, with their sizes
         saved = {**state, "wall_s": wall_s, "personal": personal}
         self.ckpt.save_federated(job.key, saved)
         return saved

@@ -159,6 +159,22 @@ def test_a_restored_store_continues_like_the_kept_one():
         torch.testing.assert_close(back.rows[i]["model"], row["model"])
 
 
+def test_stores_of_shards_with_different_families_merge_and_restore():
+    """Two shards, one hosting only mlp-8 parties, one only mlp-6 parties: their exports differ in width (the
+    engine's checkpoint of personal states)."""
+    from fusion.federated.rounds import PartyStore, merge_exports
+
+    a, b = PartyStore(), PartyStore()
+    a.update(np.array([0, 2]), {"model": torch.ones(2, 5)})
+    b.update(np.array([1]), {"model": torch.full((1, 3), 2.0)})
+    merged = merge_exports([a.export(), {}, b.export()])
+    assert merged["party_id"].tolist() == [0, 1, 2] and merged["size.model"].tolist() == [5, 3, 5]
+    back = PartyStore.restore(merged)
+    assert back.rows[1]["model"].tolist() == [2.0, 2.0, 2.0] and back.rows[2]["model"].shape == (5,)
+    same = merge_exports([a.export(), a.export()])
+    assert "size.model" not in same and same["model"].shape == (4, 5)
+
+
 # -- server steps by hand -------------------------------------------------------------------------------------------
 
 

@@ -80,6 +80,28 @@ class PartyStore:
         return store
 
 
+def merge_exports(exports: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Several stores' :meth:`PartyStore.export` s as one, in party-id order (what :meth:`PartyStore.restore`
+    reads). Rows of a name whose last size differs between the stores (shards hosting parties of different
+    architecture families) are zero-padded to the largest, with ``size.<name>`` their own sizes."""
+    exports = [e for e in exports if e]
+    if not exports:
+        return {}
+    order = np.argsort(np.concatenate([e["party_id"] for e in exports]), kind="stable")
+    out = {"party_id": np.concatenate([e["party_id"] for e in exports])[order]}
+    names = sorted({k for e in exports for k in e if k != "party_id" and not k.startswith("size.")})
+    for k in names:
+        widths = [e[k].shape[-1] for e in exports]
+        if len(set(widths)) == 1 and not any(f"size.{k}" in e for e in exports):
+            out[k] = np.concatenate([e[k] for e in exports])[order]
+            continue
+        top = max(widths)
+        padded = [np.pad(e[k], [(0, 0)] * (e[k].ndim - 1) + [(0, top - e[k].shape[-1])]) for e in exports]
+        sizes = [e.get(f"size.{k}", np.full(len(e["party_id"]), e[k].shape[-1], np.int64)) for e in exports]
+        out[k], out[f"size.{k}"] = np.concatenate(padded)[order], np.concatenate(sizes)[order]
+    return out
+
+
 def nbytes(state: State) -> int:
     return int(sum(np.asarray(v).nbytes for v in state.values()))
 
