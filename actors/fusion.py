@@ -9,12 +9,15 @@ import ray
 import torch
 
 from actors.assign import parallel_solvers
+from fusion.matching import solve_many_serial
 from fusion.methods import strategy_for
-from fusion.outliers import function_outliers
+from fusion.outliers import function_outliers, outliers_of
 from fusion.params import init_params
+from fusion.pfnm import solve_rect_serial
 from fusion.quarantine import finite_models
 from fusion.spec import Spec
-from fusion.strategies import FitContext, FusionConfig
+from fusion.strategies import FitContext, FusionConfig, by_family
+from fusion.strategies.by_family import fit_strategy
 from scenarios import Scenario, party_widths, training_data
 
 
@@ -77,7 +80,12 @@ class FusionActor:
         probe = self.probe if self.probe is not None or self.scenario is None else self.scenario.probe_inputs()
         if probe is not None and self.cfg.outliers.enabled:
             # (models of mixed widths travel embedded at the widest spec: the same functions)
-            bad, score = function_outliers(models, self.spec, probe, descriptors, self.outputs, self.cfg.outliers)
+            if self._mixed:  # each model through its own family's forward pass
+                funcs = by_family.probe_outputs(models, self._context(ids, probe, None)).double()
+                funcs = (torch.softmax(funcs, -1) if self.outputs == "logits" else funcs).numpy()
+                bad, score = outliers_of(funcs, descriptors, self.outputs, self.cfg.outliers)
+            else:
+                bad, score = function_outliers(models, self.spec, probe, descriptors, self.outputs, self.cfg.outliers)
             if len(ids) - bad.sum() < 2:
                 bad[:] = False  # never leave fewer than two models: the detector has nothing to compare with
             reasons.update(
@@ -89,19 +97,7 @@ class FusionActor:
             )
             ids, models, descriptors = ids[~bad], models[~bad], descriptors[~bad]
         quarantined = np.array(sorted(reasons), np.int64)
-        solve_many, solve_rect = parallel_solvers(self.n_chunks, run=self.run)
-        ctx = FitContext(
-            self.spec,
-            self.seed,
-            solve_many,
-            self.cfg,
-            probe,
-            tasks=(lambda: self._tasks(ids)) if self.scenario is not None else None,
-            widths=party_widths(self.seed, ids, self.widths) if self.widths else None,
-            solve_rect=solve_rect,
-            outputs=self.outputs,
-            target=None if self.target == self.spec else self.target,
-        )
+        ctx = self._context(ids, probe, parallel_solvers(self.n_chunks, run=self.run))
         fitted, seconds = {}, {}
         for method in methods:
             strategy = strategy_for(method, self.cfg)
@@ -109,7 +105,7 @@ class FusionActor:
                 continue
             start = time.perf_counter()
             try:
-                fitted[method] = strategy.fit(models, descriptors, ctx)
+                fitted[method] = fit_strategy(strategy, models, descriptors, ctx)
             except Exception as exc:
                 self.error = f"{method}: {type(exc).__name__}: {exc}"
                 raise
@@ -123,6 +119,33 @@ class FusionActor:
             "quarantined": quarantined,
             "reasons": [reasons[int(i)] for i in quarantined],
         }
+
+    @property
+    def _mixed(self) -> bool:
+        return self.scenario is not None and self.scenario.mixed
+
+    def _context(self, ids: np.ndarray, probe: np.ndarray | None, solvers: tuple | None) -> FitContext:
+        """The strategies' context for the models of training parties ``ids`` (in that order)."""
+        solve_many, solve_rect = solvers or (solve_many_serial, solve_rect_serial)
+        families = target = None
+        if self._mixed:  # packed models: each family's rows, and the families novel parties receive
+            families = tuple((spec, rows) for rows, spec in self.scenario.family_groups(self.seed, ids))
+        elif self.target != self.spec:
+            target = self.target
+        return FitContext(
+            self.spec,
+            self.seed,
+            solve_many,
+            self.cfg,
+            probe,
+            tasks=(lambda: self._tasks(ids)) if self.scenario is not None and not self._mixed else None,
+            widths=party_widths(self.seed, ids, self.widths) if self.widths else None,
+            solve_rect=solve_rect,
+            outputs=self.outputs,
+            target=target,
+            families=families,
+            target_families=self.scenario.target_families if self._mixed else (),
+        )
 
     def _tasks(self, ids: np.ndarray) -> tuple:
         """The training parties' data, for baselines that need it (MAML): a simulation privilege."""

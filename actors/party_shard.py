@@ -12,9 +12,10 @@ import torch
 from actors import metrics
 from actors.faults import FaultConfig
 from fusion.federated.base import FederatedStart
-from fusion.federated.rounds import Parties, PartyStore, shard_round
+from fusion.federated.rounds import Parties, PartyStore, local_round
 from fusion.methods import COLD_START
 from fusion.params import forward, init_params
+from fusion.strategies.by_family import ByFamily, pack
 from fusion.training import FREE, Constraint, FinetuneConfig, TrainConfig, finetune, train
 from fusion.widths import embed
 from scenarios import (
@@ -26,6 +27,7 @@ from scenarios import (
     party_widths,
     training_data,
     with_hidden_width,
+    with_spec,
 )
 
 
@@ -42,7 +44,8 @@ def training_parties(scenario: Scenario, seed: int, ids: np.ndarray, device: tor
         return lambda pred, t: scenario.loss(pred, t, descriptors)
 
     as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-    return Parties(np.asarray(ids, np.int64), as_t(x), as_t(y), as_t(desc), as_t(counts), loss_of)
+    families = (lambda some: scenario.family_groups(seed, some)) if scenario.mixed else None
+    return Parties(np.asarray(ids, np.int64), as_t(x), as_t(y), as_t(desc), as_t(counts), loss_of, families)
 
 
 def _is_free(constraint: Constraint) -> bool:
@@ -111,15 +114,22 @@ class PartyShard:
         return torch.stack([sc.init_params(g) for g in gens]).to(self.device)
 
     def _width_groups(self, ids: np.ndarray):
-        """(rows, scenario at that width) per hidden width of the parties ``ids`` (one group without widths)."""
+        """(rows, scenario at that width) per hidden width of the parties ``ids`` (one group without widths); in a
+        run of mixed architecture families, per family of the parties (their own, drawn from (seed, party id))."""
+        if self.scenario.mixed:
+            groups = self.scenario.family_groups(self.seed, ids)
+            return [(rows, with_spec(self.scenario, spec)) for rows, spec in groups]
         if not self.widths:
             return [(np.arange(len(ids)), self.scenario)]
         w_of = party_widths(self.seed, ids, self.widths)
         return [(np.flatnonzero(w_of == w), with_hidden_width(self.scenario, int(w))) for w in np.unique(w_of)]
 
     def _embedded(self, params: torch.Tensor, scenario: Scenario) -> np.ndarray:
-        """(n, scenario.spec.n_params) -> (n, n_params of the shard's spec) float32 (unchanged without widths)."""
+        """(n, scenario.spec.n_params) -> (n, n_params of the shard's spec) float32 (unchanged without widths or
+        mixed families; with mixed families packed, :func:`fusion.strategies.by_family.pack`)."""
         params = params.cpu().numpy().astype(np.float32)
+        if self.scenario.mixed:
+            return pack(params, self.scenario.spec.n_params)
         return embed(params, scenario.spec, self.scenario.spec.widths[1]) if self.widths else params
 
     def _loss(self, descriptors: torch.Tensor):
@@ -194,11 +204,21 @@ class PartyShard:
         ``show``, each method's 0-shot model as ``{method: (spec, party ids (m,), params (m, n_params))}`` (for
         plots: the driver need not compute a warm start again).
         """
-        ids, sc = self._subset(ids, self.test_ids, "test"), self.scenario
+        ids = self._subset(ids, self.test_ids, "test")
         cols: dict = {"method": [], "shots": [], "party_id": [], "value": [], "shown": {}}
+        if not self.scenario.mixed:
+            self._evaluate(fit, methods, shots, ids, show, self.scenario, cols)
+            return cols
+        for rows, spec in self.scenario.target_groups(self.seed, ids):  # each family the novel parties receive
+            fitted = {m: f.for_family(spec) if isinstance(f, ByFamily) else f for m, f in fit["fitted"].items()}
+            self._evaluate({"fitted": fitted}, methods, shots, ids[rows], show, with_spec(self.scenario, spec), cols)
+        return cols
+
+    def _evaluate(self, fit: dict, methods: list[str], shots: list[int], ids, show, sc: Scenario, cols: dict) -> None:
+        """:meth:`evaluate` of novel parties ``ids`` that all receive models of ``sc``'s spec; appends to ``cols``."""
         rows_shown = np.flatnonzero(np.isin(ids, np.asarray(show, np.int64)))
         if len(ids) == 0:
-            return cols
+            return
         desc = self.descriptors(ids)
         evals = [sc.party_eval_data(self.seed, i, d) for i, d in zip(ids, desc)]
         ex, ey = _stack([e[0] for e in evals], self.device), _stack([e[1] for e in evals], self.device)
@@ -215,6 +235,8 @@ class PartyShard:
                     [init_params(spec, party_torch_generator(self.seed, i, Stream.COLD_START)) for i in ids]
                 )
                 start = start.to(self.device)
+            elif method == COLD_START and sc is not self.scenario:  # the novel parties of one family (mixed families)
+                spec, start = sc.spec, self._inits(ids, Stream.COLD_START, sc)
             elif method == COLD_START:
                 spec, start = sc.spec, torch.zeros(len(ids), sc.spec.n_params)
                 for rows, sub in self._width_groups(ids):
@@ -238,7 +260,6 @@ class PartyShard:
             groups.setdefault(key, (rule or (FREE, True), []))[1].append((method, start))
         for (spec, _), (rule, members) in groups.items():
             self._finetune_and_score(spec, members, ids, desc, ex, ey, shot_sets, shots, cols, *rule)
-        return cols
 
     def _finetune_and_score(
         self, spec, members, ids, desc, ex, ey, shot_sets, shots, cols, constraint=FREE, tune=True
@@ -294,10 +315,12 @@ class PartyShard:
         if down is None or state is None or round_ <= state["last"]:
             return {"lost": self.index}
         ids = self._subset(ids, self.train_ids, "training")
-        batch = self._training_parties().batch(ids, self.scenario.spec, job.cfg, self.seed, round_)
-        uploads = shard_round(state["algo"], down, state["store"], batch)
+        parties = self._training_parties()
+        uploads, counts = local_round(
+            state["algo"], down, state["store"], parties, ids, self.scenario.spec, job.cfg, self.seed, round_
+        )
         state["last"] = round_
-        return {"party_id": ids, "uploads": uploads, "weights": batch.counts.cpu().numpy().astype(np.float64)}
+        return {"party_id": ids, "uploads": uploads, "weights": counts}
 
     def fed_export(self, key: str) -> dict:
         """The personal states of hosted parties (``PartyStore.export``), or ``{"lost": index}`` after a restart."""

@@ -103,6 +103,7 @@ def tree_of(proto: dict, args, seed: int, out: Path) -> dict:
         "out": str(out),
         "pretrain": {"steps": steps},
         "federated": {"rounds": rounds},
+        **proto.get("extra", {}),  # other tables a bench sets (bench/htfl.py)
     }
 
 

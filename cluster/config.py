@@ -28,7 +28,7 @@ from fusion.methods import (
 from fusion.strategies import FusionConfig
 from fusion.strategies.base import settings_classes
 from fusion.training import FinetuneConfig, TrainConfig
-from scenarios import canonical_name, make_options
+from scenarios import SCENARIOS, canonical_name, make_options
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,14 @@ class RunConfig:
                 f"federated method(s) {federated} do not model [[party_classes]] (drop-outs, deadlines) yet; "
                 "run them without party classes"
             )
+        classifiers = [m for m in self.methods if is_federated(m) and ALGORITHMS[m].classification]
+        kind = SCENARIOS[canonical_name(self.scenario)][0].outputs
+        if classifiers and kind != "logits":
+            raise ConfigError(
+                f"method {classifiers[0]} needs a classification scenario over all outputs (digits-split); "
+                f"scenario {self.scenario} has outputs {kind!r}"
+            )
+        self._check_families()
         self._check_target()
         if self.system != SystemConfig() and not self.party_classes:
             raise ConfigError("[system] needs [[party_classes]] (speed factors and drop probabilities live there)")
@@ -132,10 +140,31 @@ class RunConfig:
         if unsupported:
             raise ConfigError(f"method(s) {unsupported} do not support mixed widths (widths = {list(self.widths)})")
 
+    def _check_families(self) -> None:
+        """Parties of several architecture families: only methods that handle them (and cold start)."""
+        families = getattr(self.scenario_options, "families", ())
+        if not families:
+            return
+        if self.widths:
+            raise ConfigError("scenario.archs with several families cannot be combined with widths")
+        names = [f.family for f in families]
+        for m in self.methods:
+            if m == COLD_START:
+                continue
+            handler = ALGORITHMS[m] if is_federated(m) else strategy_for(m, self.fusion)
+            if not getattr(handler, "mixed_families", False):
+                raise ConfigError(
+                    f"method {m} cannot handle parties of mixed architecture families (scenario.archs = {names}); "
+                    "drop it from methods"
+                )
+
     def _check_target(self) -> None:
         """A target family other than the parties' can only be made by cross-family strategies (and cold start)."""
         specs = getattr(self.scenario_options, "specs", None)
-        if specs is None or specs[0] == specs[1]:
+        if specs is None:
+            return
+        families = getattr(self.scenario_options, "families", ()) or (specs[0],)
+        if specs[1] in families:
             return
         if self.widths:
             raise ConfigError("scenario.target_arch cannot be combined with widths")
@@ -145,7 +174,7 @@ class RunConfig:
         if unsupported:
             raise ConfigError(
                 f"method(s) {unsupported} cannot make warm starts of scenario.target_arch = {specs[1].family!r} from "
-                f"models of {specs[0].family!r}; methods = {list(self.methods)}"
+                f"models of {' and '.join(repr(f.family) for f in families)}; methods = {list(self.methods)}"
             )
 
 

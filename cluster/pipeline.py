@@ -368,7 +368,7 @@ def _execute(
             f"{len(shards)} party shards on {nodes} node(s) ({', '.join(devices)}): "
             f"{cfg.parties} training, {cfg.test_parties} test parties; actors in namespace {namespace}"
         )
-        fit_ref, fitted, quarantine, uploaded, fit_seconds = None, {}, {}, 0, {}
+        fit_ref, fitted, quarantine, uploaded, fit_seconds = None, {}, {}, np.zeros(0, np.int64), {}
         if one_shot:  # pretraining and fusion, as a run without federated methods has them
             fit_ref, fitted, quarantine, uploaded, fit_seconds = _pretrain_and_fuse(
                 cfg, shards, slices, fusion, stages, run_id, log, ckpt, saved, fitted_saved, plan
@@ -405,7 +405,7 @@ def _execute(
     finally:
         for actor in [*shards, *([fusion] if fusion is not None else [])]:
             ray.kill(actor, no_restart=True)
-    costs = oneshot_costs(cfg, scenario.spec, uploaded, stages.get("pretrain", 0.0), fit_seconds)
+    costs = oneshot_costs(cfg, scenario, uploaded, stages.get("pretrain", 0.0), fit_seconds)
     if fed is not None:
         costs.update(fed.costs)
     starts = {**fitted, **(fed.starts if fed is not None else {})}
@@ -422,8 +422,8 @@ def _execute(
 def _pretrain_and_fuse(cfg, shards, slices, fusion, stages, run_id, log, ckpt, saved, fitted, plan) -> tuple:
     """Pretrain every training party (but those ``saved``) and fit the one-shot methods (unless ``fitted``).
 
-    Returns (ref of ``{"fitted": ...}``, fitted starters, {quarantined id: reason}, models uploaded, fit seconds by
-    method).
+    Returns (ref of ``{"fitted": ...}``, fitted starters, {quarantined id: reason}, ids of the models uploaded, fit
+    seconds by method).
     """
     clock = time.perf_counter()
     reporting = None if plan is None else plan.reporting
@@ -465,12 +465,13 @@ def _pretrain_and_fuse(cfg, shards, slices, fusion, stages, run_id, log, ckpt, s
     for method, starter in fitted.items():
         if starter.summary().get("objective") is not None:
             metrics.meta_objective(run_id, method, float(starter.summary()["objective"]))
-    return fit_ref, fitted, quarantine, len(ids), seconds
+    return fit_ref, fitted, quarantine, ids, seconds
 
 
-def oneshot_costs(cfg: RunConfig, spec, uploaded: int, pretrain_s: float, fit_seconds: dict) -> dict[str, dict]:
-    """The costs row of every one-shot method: one upload of each pretrained model (``uploaded`` models), one
-    warm-start download per novel party, the pretraining's steps, one round; ``cold_start`` costs nothing.
+def oneshot_costs(cfg: RunConfig, scenario, uploaded, pretrain_s: float, fit_seconds: dict) -> dict[str, dict]:
+    """The costs row of every one-shot method: one upload of each pretrained model (of training parties
+    ``uploaded`` (n,), each of its own family), one warm-start download per novel party (of the family it
+    receives), the pretraining's steps, one round; ``cold_start`` costs nothing.
 
     ``wall_s``: the pretraining stage (shared by every one-shot method, as its compute is) plus the method's own fit.
     """
@@ -481,11 +482,12 @@ def oneshot_costs(cfg: RunConfig, spec, uploaded: int, pretrain_s: float, fit_se
         if strategy_for(m, cfg.fusion) is None:  # cold_start: a random init, nothing sent
             out[m] = dict(rounds=0, upload_bytes=0, download_bytes=0, party_steps=0, wall_s=0.0)
             continue
+        test_ids = np.arange(cfg.parties, cfg.parties + cfg.test_parties)
         out[m] = dict(
             rounds=1,
-            upload_bytes=uploaded * rounds.model_bytes(spec),
-            download_bytes=cfg.test_parties * rounds.model_bytes(spec),
-            party_steps=uploaded * cfg.pretrain.steps,
+            upload_bytes=sum(len(r) * rounds.model_bytes(s) for r, s in scenario.family_groups(cfg.seed, uploaded)),
+            download_bytes=sum(len(r) * rounds.model_bytes(s) for r, s in scenario.target_groups(cfg.seed, test_ids)),
+            party_steps=len(uploaded) * cfg.pretrain.steps,
             wall_s=pretrain_s + fit_seconds.get(m, 0.0),
         )
     return out

@@ -19,6 +19,7 @@ from the same file.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,10 @@ from actors.federated_server import FederatedServerActor, RoundsJob
 from cluster.checkpoint import Checkpoint
 from fusion.federated import ALGORITHMS, FederatedConfig, FederatedStart
 from fusion.federated.base import State, sample
+from fusion.federated.htfl import HtFLAlgorithm, feature_dim
+from fusion.federated.rounds import merge_exports
 from fusion.spec import MLPSpec
+from fusion.strategies.by_family import ByFamily
 from scenarios import Scenario, party_descriptors
 
 Log = Callable[[str], None]
@@ -111,12 +115,7 @@ class RoundsEngine:
         exports = ray.get([s.fed_export.remote(job.key) for s in self.shards]) if job.algorithm.personal else []
         if state is None or any("lost" in e for e in exports):
             return None
-        exports = [e for e in exports if e]
-        personal = {}
-        if exports:
-            ids = np.concatenate([e["party_id"] for e in exports])
-            order = np.argsort(ids, kind="stable")
-            personal = {k: np.concatenate([e[k] for e in exports])[order] for k in exports[0]}
+        personal = merge_exports(exports)  # party-id order; models of several families padded, with their sizes
         saved = {**state, "wall_s": wall_s, "personal": personal}
         self.ckpt.save_federated(job.key, saved)
         return saved
@@ -194,9 +193,12 @@ def train_federated(
 ) -> FederatedOutcome:
     """Train every federated method of a run (one training per key) and give each method's novel-party start.
 
-    Costs per method: the rounds' (:class:`fusion.federated.rounds.Costs`) plus one model download per novel party;
+    Costs per method: the rounds' (:class:`fusion.federated.rounds.Costs`) plus what each novel party downloads (a
+    model; for the HtFL algorithms the shared head or prototypes, :attr:`fusion.federated.htfl.HtFLStart.download`);
     ``wall_s`` the rounds' wall time (replays after restarts included) plus ``novel()``.
     """
+    if cfg.feature_dim == 0 and any(issubclass(ALGORITHMS[m], HtFLAlgorithm) for m in methods):
+        cfg = dataclasses.replace(cfg, feature_dim=feature_dim(0, scenario.families or (scenario.spec,)))
     server = FederatedServerActor.options(name="federated-server", namespace=namespace, lifetime=None).remote(run_id)
     engine = RoundsEngine(shards, slices, server, scenario, seed, ckpt, run_id, log)
     out = FederatedOutcome({}, {})
@@ -206,15 +208,26 @@ def train_federated(
             out.restarts += trained.restarts
             for m in served:
                 clock = time.perf_counter()
-                start = ALGORITHMS[m](cfg, cfg.settings_of(m)).novel(trained.server, scenario.spec)
+                start, download = novel_start(ALGORITHMS[m](cfg, cfg.settings_of(m)), trained.server, scenario)
                 out.starts[m] = start
                 row = dict(trained.costs)
-                row["download_bytes"] += n_novel * model_bytes(scenario.spec)
+                row["download_bytes"] += n_novel * download
                 row["wall_s"] = trained.wall_s + time.perf_counter() - clock
                 out.costs[m] = row
     finally:
         ray.kill(server, no_restart=True)
     return out
+
+
+def novel_start(algo, server: State, scenario: Scenario) -> tuple[FederatedStart | ByFamily, int]:
+    """What a novel party receives after the last round and its download bytes per novel party: one start, or in a
+    run of mixed families one per family the novel parties receive (:class:`ByFamily`)."""
+    if not scenario.mixed:
+        start = algo.novel(server, scenario.spec)
+        return start, getattr(start, "download", model_bytes(scenario.spec))
+    starts = {f.family: algo.novel(server, f) for f in scenario.target_families}
+    download = max(getattr(s, "download", model_bytes(s.spec)) for s in starts.values())
+    return ByFamily(starts, {f: s.spec for f, s in starts.items()}), download
 
 
 def model_bytes(spec: MLPSpec) -> int:

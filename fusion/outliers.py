@@ -83,10 +83,21 @@ def function_outliers(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(bad (n,) bool, discrepancy (n,)) for ``models`` (n, n_params) with ``descriptors`` (n, d)."""
     cfg = cfg or OutlierConfig()
-    n = len(models)
+    if len(models) < 3 or not cfg.enabled:
+        return np.zeros(len(models), bool), np.zeros(len(models))
+    return outliers_of(probe_outputs(models, spec, probe, outputs), descriptors, outputs, cfg)
+
+
+def outliers_of(
+    funcs: np.ndarray, descriptors: np.ndarray, outputs: str = "values", cfg: OutlierConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`function_outliers` from the models' outputs ``funcs`` (n, N, out) on the probe (class probabilities
+    for logits), however they were computed (models of several families each through its own forward pass)."""
+    cfg = cfg or OutlierConfig()
+    n = len(funcs)
     if n < 3 or not cfg.enabled:
         return np.zeros(n, bool), np.zeros(n)
-    score = discrepancies(probe_outputs(models, spec, probe, outputs), descriptors, cfg.neighbours, outputs)
+    score = discrepancies(funcs, descriptors, cfg.neighbours, outputs)
     finite = np.isfinite(score)
     typical = np.median(score[finite]) if finite.any() else 0.0
     if typical > cfg.floor:  # neighbours do not typically agree (too few parties for their tasks): no basis

@@ -106,8 +106,44 @@ def infer_cnn_spec(state: Mapping, name: str = "state dict", family: str = "") -
     raise ValueError(f"{name}: the state dict fits several image sizes ({sides}); pass --arch")
 
 
+def check_layers(state: Mapping, name: str = "state dict") -> None:
+    """Refuse, naming the key, what no supported layout has: a layer type other than Conv2d and Linear (its own
+    keys, e.g. a BatchNorm's ``running_mean``, or a weight that is neither (out, in, k, k) nor (out, in)), a conv
+    after a Linear, and a conv whose input channels are not the output channels of the conv before it."""
+    layers: dict[int, tuple[int, ...]] = {}
+    for key in state:
+        if not re.fullmatch(r"\d+\.(weight|bias)", str(key)):
+            what = " (a BatchNorm layer's)" if str(key).endswith(("running_mean", "running_var")) else ""
+            raise ValueError(
+                f"{name}: key {key}{what}: unsupported layer type; only Conv2d and Linear layers may hold parameters "
+                "(with ReLU, MaxPool2d(2) and Flatten between them)"
+            )
+    for key, value in state.items():
+        if str(key).endswith(".weight") and isinstance(value, torch.Tensor):
+            if value.dim() not in (2, 4):
+                raise ValueError(
+                    f"{name}: {key} has shape {tuple(value.shape)}, neither a Conv2d (out, in, k, k) nor a Linear "
+                    "(out, in) weight: unsupported layer type"
+                )
+            layers[int(str(key).split(".")[0])] = tuple(value.shape)
+    previous = None
+    for index in sorted(layers):
+        shape = layers[index]
+        if len(shape) == 4 and previous is not None:
+            p_index, p_shape = previous
+            if len(p_shape) == 2:
+                raise ValueError(f"{name}: {index}.weight is a Conv2d after the Linear {p_index}.weight: unsupported")
+            if shape[1] != p_shape[0]:
+                raise ValueError(
+                    f"{name}: {index}.weight reads {shape[1]} input channels but the conv before it "
+                    f"({p_index}.weight) has {p_shape[0]} output channels"
+                )
+        previous = (index, shape)
+
+
 def infer_spec(state: Mapping, name: str = "state dict", activation: str = "relu") -> Spec:
     """The architecture a Sequential state dict describes, checking that consecutive layers chain."""
+    check_layers(state, name)
     if _is_cnn(state):
         return infer_cnn_spec(state, name)
     keys = [str(k) for k in state]

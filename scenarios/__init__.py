@@ -4,11 +4,13 @@ from scenarios.base import (
     Scenario,
     Stream,
     party_descriptors,
+    party_families,
     party_rng,
     party_torch_generator,
     party_widths,
     training_data,
     with_hidden_width,
+    with_spec,
 )
 from scenarios.registry import SCENARIOS, build, canonical_name, make_options
 
@@ -20,9 +22,11 @@ __all__ = [
     "canonical_name",
     "make_options",
     "party_descriptors",
+    "party_families",
     "party_rng",
     "party_torch_generator",
     "party_widths",
     "training_data",
     "with_hidden_width",
+    "with_spec",
 ]

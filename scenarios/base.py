@@ -26,6 +26,7 @@ class Stream(IntEnum):
     SYSTEM = 6  # party class, straggler jitter, dropout (cluster.system)
     WIDTH = 7  # hidden width when a run mixes widths
     FAULTS = 8  # injected faults ([faults] corrupt_share): whether the party uploads garbage, and which
+    FAMILY = 9  # architecture family when a run mixes families ([scenario] archs with several entries)
 
 
 def party_rng(seed: int, party_id: int, stream: Stream) -> np.random.Generator:
@@ -50,9 +51,40 @@ class Scenario(ABC):
     lower_is_better: bool = True
     outputs: str = "values"  # "logits": classification over all outputs (fusion combines class probabilities)
 
-    def __init__(self, spec: Spec, target_spec: Spec | None = None) -> None:
-        self.spec = spec  # the parties' model
+    def __init__(
+        self, spec: Spec, target_spec: Spec | None = None, families: tuple[Spec, ...] = (), own_target: bool = True
+    ) -> None:
+        self.spec = spec  # the parties' model (a run of mixed families: the largest family, the packed row's size)
         self.target_spec = spec if target_spec is None else target_spec  # the model novel parties receive
+        # A run whose parties mix architecture families: each party's family drawn from (seed, party id)
+        # (:func:`party_families`); models travel packed (:mod:`fusion.families`). ``own_target``: novel parties
+        # receive their own drawn family (no ``target_arch``).
+        self.families = tuple(families) if len(families) > 1 else ()
+        self.own_target = own_target
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the parties of this run mix architecture families."""
+        return bool(self.families)
+
+    def family_groups(self, seed: int, ids: np.ndarray) -> list[tuple[np.ndarray, Spec]]:
+        """(rows of ``ids``, spec) per architecture family of the parties ``ids``; one group without mixed families."""
+        if not self.mixed:
+            return [(np.arange(len(ids)), self.spec)]
+        fam = party_families(seed, ids, len(self.families))
+        return [(np.flatnonzero(fam == f), self.families[f]) for f in np.unique(fam)]
+
+    def target_groups(self, seed: int, ids: np.ndarray) -> list[tuple[np.ndarray, Spec]]:
+        """(rows of ``ids``, spec) per architecture the novel parties ``ids`` receive: ``target_spec`` for all, or
+        (mixed families without ``target_arch``) each party's own drawn family."""
+        if self.mixed and self.own_target:
+            return self.family_groups(seed, ids)
+        return [(np.arange(len(ids)), self.target_spec)]
+
+    @property
+    def target_families(self) -> tuple[Spec, ...]:
+        """Every architecture a novel party of this run may receive."""
+        return self.families if self.mixed and self.own_target else (self.target_spec,)
 
     @abstractmethod
     def descriptor(self, rng: np.random.Generator) -> np.ndarray:
@@ -156,15 +188,22 @@ def party_widths(seed: int, ids: np.ndarray, widths: tuple[int, ...]) -> np.ndar
     return np.array([widths[party_rng(seed, i, Stream.WIDTH).integers(len(widths))] for i in ids], np.int64)
 
 
+def party_families(seed: int, ids: np.ndarray, n_families: int) -> np.ndarray:
+    """Architecture family (index into ``[scenario] archs``) of each party in ``ids``: (n,) int64, uniform from
+    (seed, party id)."""
+    return np.array([party_rng(seed, i, Stream.FAMILY).integers(n_families) for i in ids], np.int64)
+
+
 def model_specs(
     archs: tuple[str, ...], target_arch: str, hidden: tuple[int, ...], fan_in: int, fan_out: int
 ) -> tuple[Spec, Spec]:
     """The parties' model and the one novel parties receive, for a scenario with ``[scenario] archs`` /
     ``target_arch`` keys (:func:`fusion.spec.spec_for_family` names: ``mlp-100``, ``cnn-s``, ``cnn-m``); without
     ``archs`` the parties' model is an MLP ``[fan_in, *hidden, fan_out]``, without ``target_arch`` the same.
+    Several ``archs`` (a run of mixed families, :func:`model_families`): the largest of them (the size models are
+    packed to).
 
-    Raises ``ValueError`` naming the key for unknown or unusable families. The training parties of a run share one
-    family for now: a list of several is refused (not wired through the run yet).
+    Raises ``ValueError`` naming the key for unknown or unusable families.
     """
     specs = []
     for key, names in (("archs", archs), ("target_arch", (target_arch,) if target_arch else ())):
@@ -175,12 +214,21 @@ def model_specs(
                 raise ValueError(f"scenario.{key}: {exc}") from None
     if len(set(archs)) != len(archs):
         raise ValueError(f"scenario.archs must name distinct families, got {list(archs)}")
-    if len(archs) > 1:
-        raise ValueError(
-            f"scenario.archs = {list(archs)}: runs that mix architecture families are not supported yet; give one"
-        )
-    own = specs[0] if archs else MLPSpec((fan_in, *hidden, fan_out))
+    own = max(specs[: len(archs)], key=lambda s: s.n_params) if archs else MLPSpec((fan_in, *hidden, fan_out))
     return own, (specs[-1] if target_arch else own)
+
+
+def model_families(archs: tuple[str, ...], fan_in: int, fan_out: int) -> tuple[Spec, ...]:
+    """The specs of ``archs`` when they are several (a run of mixed families), else ()."""
+    return tuple(spec_for_family(a, fan_in, fan_out) for a in archs) if len(archs) > 1 else ()
+
+
+def with_spec(scenario: Scenario, spec: Spec) -> Scenario:
+    """The same task family with every party (and novel party) on ``spec`` (a shallow copy; data unchanged)."""
+    out = copy.copy(scenario)
+    out.spec = out.target_spec = spec
+    out.families, out.own_target = (), True
+    return out
 
 
 def with_hidden_width(scenario: Scenario, width: int) -> Scenario:

@@ -26,7 +26,7 @@ import numpy as np
 from fusion.lazy import torch
 from fusion.spec import Spec
 from scenarios import digit_sources
-from scenarios.base import Scenario, Stream, model_specs, party_rng
+from scenarios.base import Scenario, Stream, model_families, model_specs, party_rng
 
 N_CLASSES = 10
 
@@ -39,7 +39,8 @@ class DigitsOptions:
     source: str = "sklearn"  # "sklearn" (8x8, offline) or "mnist" (idx .gz files in data_dir)
     data_dir: str = ""  # for source = "mnist": the folder with the idx files (or its parent with mnist/)
     hidden: tuple[int, ...] = (100,)  # hidden widths: [in-100-10] by default
-    archs: tuple[str, ...] = ()  # one architecture family (mlp-<w>, cnn-s, cnn-m) instead of ``hidden``
+    archs: tuple[str, ...] = ()  # architecture families (mlp-<w>, cnn-s, cnn-m) instead of ``hidden``; several: each
+    # party's drawn from (seed, party id)
     target_arch: str = ""  # the family novel parties receive ("": their own)
     train_per_class: int = 0  # pretraining images per digit of a party (0 = its whole disjoint share)
     eval_per_class: int = 30  # held-out test images per digit of a party
@@ -49,6 +50,11 @@ class DigitsOptions:
         """The parties' model (``archs``' family, or ``[in, *hidden, 10]``) and the novel parties' (``target_arch``)."""
         n_in = digit_sources.SOURCES[self.source][0]
         return model_specs(self.archs, self.target_arch, self.hidden, n_in, N_CLASSES)
+
+    @property
+    def families(self) -> tuple[Spec, ...]:
+        """The specs of ``archs`` when they are several (a run of mixed families), else ()."""
+        return model_families(self.archs, digit_sources.SOURCES[self.source][0], N_CLASSES)
 
     def __post_init__(self) -> None:
         hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
@@ -113,7 +119,7 @@ class DigitsScenario(Scenario):
     lower_is_better = False
 
     def __init__(self, options: DigitsOptions = DigitsOptions()) -> None:
-        super().__init__(*options.specs)
+        super().__init__(*options.specs, families=options.families, own_target=not options.target_arch)
         self.options = options
         self.run: tuple[int, int, int] | None = None  # (seed, n_train, n_test), set by prepare
 

@@ -1,6 +1,7 @@
 """PFLlib-style label skew (``digits-split``): one pool of digit images split across the parties.
 
-All images of the source (its train and test splits pooled) are split across the run's parties with
+All images of the source (its train and test splits pooled; with ``pool = N`` a random N of them, drawn from the
+run seed) are split across the run's parties with
 :mod:`scenarios.splits` — ``pathological`` (``classes_per_party`` digits each), ``dirichlet`` (Dirichlet(alpha)
 per digit across parties, at least ``min_samples`` each) or ``quantity`` (IID labels, Dirichlet sizes) — and each
 party's share 75/25 into its own train and test part. A party's descriptor is the class proportions (10,) of
@@ -28,11 +29,12 @@ import numpy as np
 from fusion.lazy import torch
 from fusion.spec import Spec
 from scenarios import digit_sources
-from scenarios.base import Scenario, Stream, model_specs, party_rng
+from scenarios.base import Scenario, Stream, model_families, model_specs, party_rng
 from scenarios.splits import PARTITIONS, PartySplit, SplitConfig, split_labels
 
 N_CLASSES = 10
 PAD = -1  # label of padding examples (ignored by loss and metric)
+POOL_STREAM = 2**32 - 2  # stream word of the ``pool`` draw (not a party id, not the partition's)
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,10 @@ class DigitsSplitOptions:
     balance: bool = True
     source: str = "sklearn"  # "sklearn" (8x8, offline) or "mnist" (idx .gz files in data_dir)
     data_dir: str = ""
+    pool: int = 0  # 0: every image of the source; N: a random N of them (drawn from the run seed) are split
     hidden: tuple[int, ...] = (100,)
-    archs: tuple[str, ...] = ()  # one architecture family (mlp-<w>, cnn-s, cnn-m) instead of ``hidden``
+    archs: tuple[str, ...] = ()  # architecture families (mlp-<w>, cnn-s, cnn-m) instead of ``hidden``; several: each
+    # party's drawn from (seed, party id)
     target_arch: str = ""  # the family novel parties receive ("": their own)
 
     @property
@@ -55,6 +59,11 @@ class DigitsSplitOptions:
         """The parties' model (``archs``' family, or ``[in, *hidden, 10]``) and the novel parties' (``target_arch``)."""
         n_in = digit_sources.SOURCES[self.source][0]
         return model_specs(self.archs, self.target_arch, self.hidden, n_in, N_CLASSES)
+
+    @property
+    def families(self) -> tuple[Spec, ...]:
+        """The specs of ``archs`` when they are several (a run of mixed families), else ()."""
+        return model_families(self.archs, digit_sources.SOURCES[self.source][0], N_CLASSES)
 
     def __post_init__(self) -> None:
         hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
@@ -68,6 +77,8 @@ class DigitsSplitOptions:
         if self.source not in digit_sources.SOURCES:
             raise ValueError(f"scenario.source must be one of {', '.join(digit_sources.SOURCES)}, got {self.source!r}")
         self.specs  # noqa: B018  (checks archs and target_arch)
+        if self.pool < 0:
+            raise ValueError(f"scenario.pool must be >= 0 (0: every image), got {self.pool}")
         if self.min_samples < 4:
             raise ValueError(
                 f"scenario.min_samples must be >= 4 (a 75/25 split needs a test sample), got {self.min_samples}"
@@ -92,18 +103,29 @@ class DigitsSplitScenario(Scenario):
     outputs = "logits"
 
     def __init__(self, options: DigitsSplitOptions = DigitsSplitOptions()) -> None:
-        super().__init__(*options.specs)
+        super().__init__(*options.specs, families=options.families, own_target=not options.target_arch)
         self.options = options
         self.parts: list[PartySplit] | None = None
+        self.keep: np.ndarray | None = None  # with ``pool``: the images of the source in the run's pool
 
     def _pool(self) -> tuple[np.ndarray, np.ndarray]:
         data = digit_sources.load(self.options.source, self.options.data_dir)
+        if self.keep is not None:
+            both = lambda a, b: np.concatenate([a, b])[self.keep]  # noqa: E731
+            return both(data.train_x, data.test_x), both(data.train_y, data.test_y)
         return np.concatenate([data.train_x, data.test_x]), np.concatenate([data.train_y, data.test_y])
 
     def prepare(self, seed: int, n_train: int, n_test: int) -> None:
-        """Split the pool across the ``n_train + n_test`` parties (a joint draw from the run seed)."""
+        """Split the pool across the ``n_train + n_test`` parties (a joint draw from the run seed); with ``pool``,
+        the pool is a random ``pool`` of the source's images (a draw from the run seed's stream of its own)."""
         o = self.options
+        self.keep = None
         _, labels = self._pool()
+        if o.pool:
+            if o.pool > len(labels):
+                raise ValueError(f"scenario.pool = {o.pool} is more than the {len(labels)} images of {o.source}")
+            self.keep = np.sort(np.random.default_rng([seed, POOL_STREAM]).choice(len(labels), o.pool, replace=False))
+            labels = labels[self.keep]
         cfg = SplitConfig(o.split, n_train + n_test, o.classes_per_party, o.alpha, o.min_samples, balance=o.balance)
         self.parts = split_labels(labels, cfg, seed)
         self.n_train_max = max(len(p.train) for p in self.parts)

@@ -108,8 +108,8 @@ def test_archs_picks_one_family_for_every_party_and_checks_the_keys():
         resolve({"scenario": {"name": "digits-split", "archs": ["cnn-x"]}})
     with pytest.raises(ConfigError, match="scenario.archs: .*shrink to nothing"):
         resolve({"scenario": {"name": "digits-split", "archs": ["cnn-m"]}})  # 8x8 sklearn digits are too small
-    with pytest.raises(ConfigError, match="not supported yet"):
-        resolve({"scenario": {"name": "digits-split", "archs": ["cnn-s", "mlp-100"]}})
+    with pytest.raises(ConfigError, match="method gp cannot handle parties of mixed architecture families"):
+        resolve({"scenario": {"name": "digits-split", "archs": ["cnn-s", "mlp-100"]}, "methods": ["fusion", "gp"]})
     sc = _scenario(archs=["mlp-32"], target_arch="cnn-s")
     assert sc.spec.widths == (64, 32, 10) and sc.target_spec == spec_for_family("cnn-s", 64, 10)
     with pytest.raises(ConfigError, match=r"\['nearest_task', 'average'\] cannot make warm starts of .* = 'cnn-s'"):
@@ -159,3 +159,15 @@ def test_novel_parties_of_another_family_get_function_space_warm_starts(ray_sess
     assert len(means) == 4 and all(0.0 <= v <= 1.0 for v in means.values())
     _, spec = load_warm_starter(res.out / "fusion_model.pt")
     assert spec == spec_for_family("cnn-s", 64, 10)
+
+
+def test_pool_splits_a_random_subset_drawn_from_the_seed():
+    sc = _scenario(pool=600, split="pathological")
+    again = _scenario(pool=600, split="pathological")
+    assert len(sc.keep) == 600 and np.array_equal(sc.keep, again.keep)
+    assert sum(len(p.train) + len(p.test) for p in sc.parts) <= 600
+    assert sc._pool()[0].shape == (600, 64)
+    with pytest.raises(ValueError, match="scenario.pool = 5000 is more than the 1797 images"):
+        _scenario(pool=5000)
+    with pytest.raises(ConfigError, match="scenario.pool must be >= 0"):
+        resolve({"scenario": {"name": "digits-split", "pool": -1}})

@@ -226,3 +226,51 @@ def test_fuse_takes_cnn_state_dicts_and_writes_warm_starts_of_either_family(ray_
     mlp.load_state_dict(torch.load(tmp_path / "mlp" / "warm_starts" / "101.pt", weights_only=True))
     bad = ("--fusion", "gp", "--target-arch", "mlp-16")  # a parameter-space strategy makes no other family
     assert main(fuse_args(models, descriptors, targets, tmp_path / "bad", *bad)) == 2
+
+
+def _cnn_with_batchnorm(spec):
+    state = {}
+    for key, value in cnn_sequential(spec).state_dict().items():
+        state[key] = value
+        if key == "0.bias":
+            state.update({f"1.{k}": v for k, v in torch.nn.BatchNorm2d(16).state_dict().items()})
+    return state
+
+
+def _cnn_with_wrong_channels(spec):
+    state = cnn_sequential(spec).state_dict()
+    state["3.weight"] = torch.zeros(32, 8, 3, 3)  # the second conv reads 8 channels; the first gives 16
+    return state
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("batchnorm", "2.pt: key 1.running_mean (a BatchNorm layer's): unsupported layer type"),
+        ("conv1d", "0.pt: 0.weight has shape (16, 1, 3), neither a Conv2d (out, in, k, k) nor a Linear"),
+        ("channels", "2.pt: 3.weight reads 8 input channels but the conv before it (0.weight) has 16 output channels"),
+        ("unknown_target", "--target-arch: unknown architecture family 'cnn-x'"),
+        ("target_too_big", "--target-arch: cnn-m: 8x8 images shrink to nothing"),
+    ],
+)
+def test_bad_cnn_inputs_exit_2_with_one_line_and_write_nothing(ray_session, tmp_path, capsys, case, message):
+    spec = spec_for_family("cnn-s", 64, 10)
+    params = torch.stack([init_params(spec, torch.Generator().manual_seed(i)) for i in range(4)]).numpy()
+    desc = np.array([[0.1, 0.0], [0.4, 0.0], [0.6, 0.0], [0.9, 0.0]], np.float32)
+    models, descriptors, targets = write_inputs(tmp_path, spec, np.arange(4), desc, params, desc[:2])
+    extra = ["--fusion", "gp"]
+    if case == "batchnorm":
+        torch.save(_cnn_with_batchnorm(spec), models / "2.pt")
+    elif case == "conv1d":
+        torch.save({"0.weight": torch.zeros(16, 1, 3), "0.bias": torch.zeros(16)}, models / "0.pt")
+    elif case == "channels":
+        torch.save(_cnn_with_wrong_channels(spec), models / "2.pt")
+    else:
+        np.save(tmp_path / "probe.npy", np.zeros((8, 64), np.float32))
+        family = "cnn-x" if case == "unknown_target" else "cnn-m"
+        extra = ["--fusion", "gp_refit", "--probe", str(tmp_path / "probe.npy"), "--target-arch", family]
+    out = tmp_path / "out"
+    assert main(fuse_args(models, descriptors, targets, out, *extra)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]

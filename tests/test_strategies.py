@@ -7,7 +7,7 @@ import torch
 from fusion.io import load_warm_starter, save_warm_starter
 from fusion.metamodel import GPConfig
 from fusion.mfpl import MFPLConfig
-from fusion.params import forward, permute
+from fusion.params import forward, init_params, permute
 from fusion.spec import MLPSpec
 from fusion.strategies import STRATEGIES, FitContext, FusionConfig
 from tests.test_params import random_stack
@@ -247,3 +247,26 @@ def test_gp_refit_shares_its_output_gp_between_aligned_and_unaligned_fits():
     alone = strategy_for("fusion_noalign", FAST).fit(models, desc, ctx())
     assert together.outputs is shared.cache["output_gp"][2]  # fitted once, used twice
     np.testing.assert_array_equal(together.predict(desc[:4]), alone.predict(desc[:4]))
+
+
+def test_refit_from_closer_starts_each_party_from_the_start_nearer_the_predicted_function():
+    """With no refit steps the warm start is the refit's start: a poor init loses to the party's nearest model
+    (whose function the output GP predicts at its own descriptor) under ``refit_from = "closer"`` only."""
+    from fusion.metamodel import GPConfig
+    from fusion.strategies.average import Constant
+    from fusion.strategies.gp_refit import refit_warm_starter
+
+    spec = MLPSpec((2, 8, 3))
+    g = torch.Generator().manual_seed(3)
+    models = torch.stack([init_params(spec, g) * 4 for _ in range(6)]).numpy()
+    desc = np.linspace(0, 1, 12, dtype=np.float32).reshape(6, 2)
+    probe = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
+    poor = Constant(np.zeros(spec.n_params, np.float32))
+    for mode, expected in (("gp", np.zeros_like(models[:2])), ("closer", models[:2])):
+        cfg = FusionConfig(gp=GPConfig(max_steps=50, inducing=6), refit_steps=0, refit_from=mode)
+        ctx = FitContext(spec, config=cfg, probe=probe, outputs="logits")
+        starter = refit_warm_starter(poor, models, desc, ctx)
+        np.testing.assert_array_equal(starter.predict(desc[:2]), expected)
+        np.testing.assert_array_equal(type(starter).restore(starter.export()).predict(desc[:2]), expected)
+    with pytest.raises(ValueError, match="fusion.refit_from must be one of gp, closer"):
+        FusionConfig(refit_from="nearest")

@@ -1,6 +1,18 @@
 """Iterative federated algorithms on the party shards, registered by name. Importing this registers them all."""
 
-from fusion.federated import ditto, fedala, fedavg, fedrep, per_fedavg, pfedhn  # noqa: F401  (registration)
+from fusion.federated import (  # noqa: F401  (registration)
+    ditto,
+    fd,
+    fedala,
+    fedavg,
+    fedgh,
+    fedproto,
+    fedrep,
+    fedtgp,
+    lg_fedavg,
+    per_fedavg,
+    pfedhn,
+)
 from fusion.federated.base import (
     ALGORITHMS,
     FederatedAlgorithm,

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fusion.lazy import torch
-from fusion.spec import MLPSpec
+from fusion.spec import MLPSpec, Spec
 from fusion.strategies.base import WarmStarter
 from fusion.training import FREE, Constraint, TrainConfig
 
@@ -55,6 +55,7 @@ class FederatedConfig:
     lr: float = 0.01
     optimizer: str = "adam"
     checkpoint_every: int = 10  # rounds between saves of the server and personal states (resume, restarts)
+    feature_dim: int = 0  # the common feature layer of the HtFL algorithms (fusion/federated/htfl.py); 0: see there
     algorithms: dict[str, Any] = field(default_factory=dict)  # name -> that algorithm's settings dataclass
 
     def __post_init__(self) -> None:
@@ -66,6 +67,8 @@ class FederatedConfig:
             raise ValueError(f"federated.local_steps must be >= 0, got {self.local_steps}")
         if self.checkpoint_every < 1:
             raise ValueError(f"federated.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.feature_dim < 0:
+            raise ValueError(f"federated.feature_dim must be >= 0 (0: the families' own), got {self.feature_dim}")
         TrainConfig(steps=self.local_steps, lr=self.lr, optimizer=self.optimizer)  # validates lr and optimizer
 
     def local(self, steps: int | None = None) -> TrainConfig:
@@ -116,6 +119,7 @@ class LocalBatch:
     rngs: list[np.random.Generator]
     train: TrainConfig
     round: int = 0
+    seed: int = 0  # the run seed (a party's own streams derive from (seed, party id))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -139,6 +143,7 @@ class LocalBatch:
             [self.rngs[i] for i in rows],
             self.train,
             self.round,
+            self.seed,
         )
 
     def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,6 +178,8 @@ class FederatedAlgorithm(ABC):
     name: ClassVar[str]
     settings: ClassVar[type | None] = None  # the algorithm's own frozen settings dataclass
     personal: ClassVar[bool] = False
+    mixed_families: ClassVar[bool] = False  # trains parties of several architecture families in one run
+    classification: ClassVar[bool] = False  # needs class labels (a scenario whose outputs are logits)
     training: ClassVar[str] = ""  # algorithms with the same training share one run of rounds (default: name)
 
     def __init__(self, cfg: FederatedConfig, settings: Any = None) -> None:
@@ -186,6 +193,10 @@ class FederatedAlgorithm(ABC):
     def steps_per_round(self) -> int:
         """Local gradient evaluations of one sampled party in one round (the compute column of costs)."""
         return self.cfg.local_steps
+
+    def model_spec(self, spec: Spec) -> Spec:
+        """The model a party of architecture ``spec`` trains in this algorithm (default: ``spec`` itself)."""
+        return spec
 
     def init_server(self, spec: MLPSpec, init: np.ndarray, descriptors: np.ndarray, seed: int) -> State:
         """The server's state before round 0 from a common init (n_params,) and the training descriptors (n, d)."""

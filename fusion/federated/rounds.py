@@ -23,7 +23,7 @@ from fusion.federated.base import (
     sample,
 )
 from fusion.lazy import torch
-from fusion.spec import MLPSpec
+from fusion.spec import MLPSpec, Spec
 
 
 class PartyStore:
@@ -47,21 +47,59 @@ class PartyStore:
             self.rows[int(i)] = {k: v[row].clone() for k, v in state.items()}
 
     def export(self) -> dict[str, np.ndarray]:
-        """``{"party_id": (n,), name: (n, ...)}`` in party-id order (empty dict when no party has state)."""
+        """``{"party_id": (n,), name: (n, ...)}`` in party-id order (empty dict when no party has state).
+
+        Rows of one name that differ in their last size (parties of several architecture families) are saved
+        zero-padded to the largest, with ``size.<name>`` (n,) their own sizes."""
         if not self.rows:
             return {}
         ids = np.array(sorted(self.rows), np.int64)
-        return {"party_id": ids, **{k: v.cpu().numpy() for k, v in self.stack(ids).items()}}
+        out: dict[str, np.ndarray] = {"party_id": ids}
+        for k in self.rows[int(ids[0])]:
+            rows = [self.rows[int(i)][k].cpu().numpy() for i in ids]
+            sizes = np.array([r.shape[-1] for r in rows], np.int64)
+            if (sizes == sizes[0]).all():
+                out[k] = np.stack(rows)
+                continue
+            out[k] = np.stack([np.pad(r, [(0, 0)] * (r.ndim - 1) + [(0, sizes.max() - r.shape[-1])]) for r in rows])
+            out[f"size.{k}"] = sizes
+        return out
 
     @classmethod
     def restore(cls, saved: dict[str, np.ndarray], device: torch.device | str = "cpu") -> PartyStore:
         store = cls()
         if saved:
             ids = saved["party_id"]
-            store.update(
-                ids, {k: torch.as_tensor(np.array(v), device=device) for k, v in saved.items() if k != "party_id"}
-            )
+            for k, v in saved.items():
+                if k == "party_id" or k.startswith("size."):
+                    continue
+                sizes = saved.get(f"size.{k}")
+                for row, i in enumerate(ids):
+                    value = np.array(v[row] if sizes is None else v[row][..., : int(sizes[row])])
+                    store.rows.setdefault(int(i), {})[k] = torch.as_tensor(value, device=device)
         return store
+
+
+def merge_exports(exports: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Several stores' :meth:`PartyStore.export` s as one, in party-id order (what :meth:`PartyStore.restore`
+    reads). Rows of a name whose last size differs between the stores (shards hosting parties of different
+    architecture families) are zero-padded to the largest, with ``size.<name>`` their own sizes."""
+    exports = [e for e in exports if e]
+    if not exports:
+        return {}
+    order = np.argsort(np.concatenate([e["party_id"] for e in exports]), kind="stable")
+    out = {"party_id": np.concatenate([e["party_id"] for e in exports])[order]}
+    names = sorted({k for e in exports for k in e if k != "party_id" and not k.startswith("size.")})
+    for k in names:
+        widths = [e[k].shape[-1] for e in exports]
+        if len(set(widths)) == 1 and not any(f"size.{k}" in e for e in exports):
+            out[k] = np.concatenate([e[k] for e in exports])[order]
+            continue
+        top = max(widths)
+        padded = [np.pad(e[k], [(0, 0)] * (e[k].ndim - 1) + [(0, top - e[k].shape[-1])]) for e in exports]
+        sizes = [e.get(f"size.{k}", np.full(len(e["party_id"]), e[k].shape[-1], np.int64)) for e in exports]
+        out[k], out[f"size.{k}"] = np.concatenate(padded)[order], np.concatenate(sizes)[order]
+    return out
 
 
 def nbytes(state: State) -> int:
@@ -83,6 +121,34 @@ def shard_round(algo: FederatedAlgorithm, down: State, store: PartyStore | None,
     if algo.personal:
         store.update(batch.ids, personal)
     return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in uploads.items()}
+
+
+def local_round(
+    algo: FederatedAlgorithm,
+    down: State,
+    store: PartyStore | None,
+    parties: Parties,
+    ids: np.ndarray,
+    spec: Spec,
+    cfg: FederatedConfig,
+    seed: int,
+    round_: int,
+) -> tuple[State, np.ndarray]:
+    """The local updates of one shard's sampled parties ``ids`` (sorted): :func:`shard_round` once per architecture
+    family among them (``parties.families``; ``spec`` for all when None), each family's parties as one batch, on
+    ``algo.model_spec(family)``. Returns the uploads (n, ...) in the order of ``ids`` and the real sample counts (n,).
+    """
+    ids = np.asarray(ids, np.int64)
+    groups = parties.families(ids) if parties.families is not None else [(np.arange(len(ids)), spec)]
+    out: State = {}
+    counts = np.zeros(len(ids), np.float64)
+    for rows, family in groups:
+        batch = parties.batch(ids[rows], algo.model_spec(family), cfg, seed, round_)
+        up = shard_round(algo, down, store, batch)
+        for k, v in up.items():
+            out.setdefault(k, np.zeros((len(ids), *v.shape[1:]), np.float32))[rows] = v
+        counts[rows] = batch.counts.cpu().numpy()
+    return out, counts
 
 
 def server_round(algo: FederatedAlgorithm, server: State, parts: list[tuple[np.ndarray, State, np.ndarray]]) -> State:
@@ -113,7 +179,8 @@ class Costs:
 @dataclass
 class Parties:
     """Training parties held in one process: ``ids`` (n,), ``x`` (n, N, in), ``y`` (n, N, ...), ``descriptors``
-    (n, d), ``counts`` (n,) real samples; ``loss_of(descriptors (m, d)) -> LossFn`` binds the task loss."""
+    (n, d), ``counts`` (n,) real samples; ``loss_of(descriptors (m, d)) -> LossFn`` binds the task loss;
+    ``families(ids)``, in a run of mixed architecture families, each family's (rows of ``ids``, spec)."""
 
     ids: np.ndarray
     x: torch.Tensor
@@ -121,8 +188,9 @@ class Parties:
     descriptors: torch.Tensor
     counts: torch.Tensor
     loss_of: Callable[[torch.Tensor], LossFn]
+    families: Callable[[np.ndarray], list[tuple[np.ndarray, Spec]]] | None = None  # ids -> (rows, spec) per family
 
-    def batch(self, ids: np.ndarray, spec: MLPSpec, cfg: FederatedConfig, seed: int, round_: int) -> LocalBatch:
+    def batch(self, ids: np.ndarray, spec: Spec, cfg: FederatedConfig, seed: int, round_: int) -> LocalBatch:
         rows = torch.as_tensor(np.searchsorted(self.ids, ids))
         return LocalBatch(
             spec,
@@ -135,6 +203,7 @@ class Parties:
             [local_rng(seed, i, round_) for i in ids],
             cfg.local(),
             round_,
+            seed,
         )
 
 
@@ -170,9 +239,8 @@ def run_rounds(
             mine = chosen[np.isin(chosen, group)]
             if not len(mine):
                 continue
-            batch = parties.batch(mine, spec, cfg, seed, r)
-            up = shard_round(algo, down, store, batch)
-            parts.append((mine, up, batch.counts.cpu().numpy().astype(np.float64)))
+            up, counts = local_round(algo, down, store, parties, mine, spec, cfg, seed, r)
+            parts.append((mine, up, counts))
             all_up.append(up)
         server = server_round(algo, server, parts)
         costs.add(

@@ -2,6 +2,7 @@
 
 from fusion.strategies import (  # noqa: F401  (registration)
     average,
+    by_family,
     gp,
     gp_refit,
     maml,

@@ -1,7 +1,8 @@
 """``average``: the plain parameter average of all pretrained models (no alignment, no personalization).
 
 With models of different widths (``FitContext.widths``) a plain average is not defined: ``average`` is then the
-PFNM matched average cut to each party's width (:mod:`fusion.strategies.mixed_widths`).
+PFNM matched average cut to each party's width (:mod:`fusion.strategies.mixed_widths`). With parties of mixed
+architecture families it is the average of the models of the family the party receives.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import numpy as np
 
 from fusion.lazy import torch
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.by_family import each_family
 from fusion.strategies.mixed_widths import fit_width_average
 
 
@@ -36,6 +38,10 @@ class Constant(WarmStarter):
 class Average(Strategy):
     name = "average"
     mixed_widths = True
+    mixed_families = True  # the target family's own models (fusion.strategies.by_family.each_family)
+
+    def fit_mixed(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        return each_family(self, models, descriptors, ctx)
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         if ctx.widths is not None:

@@ -7,6 +7,7 @@ and one ``@register`` line.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from fusion.pfnm import PFNMConfig, SolveRect, solve_rect_serial
 from fusion.spec import Spec
 
 OUTPUT_KINDS = ("values", "logits")
+REFIT_FROM = ("gp", "closer")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class FusionConfig:
     gp: GPConfig = field(default_factory=GPConfig)
     refit_steps: int = 2000  # function-space refit of a warm start (strategies that refit)
     refit_lr: float = 0.003
+    # where gp_refit's refit starts: "gp" the parameter-space GP's prediction; "closer" per party whichever of that and
+    # the nearest pretrained model (same family) is closer on the probe to the predicted function
+    refit_from: str = "gp"
     # nonparametric matching of models of different widths (runs with ``widths``); small sigma + normalizers:
     # the setting that opened separate atoms for trained sine units (docs/heterogeneity.md)
     pfnm: PFNMConfig = field(default_factory=lambda: PFNMConfig(sigma=0.05, empirical_bayes=True, normalizers=True))
@@ -58,6 +63,8 @@ class FusionConfig:
             raise ValueError(f"fusion.align_iters must be >= 1, got {self.align_iters}")
         if self.refit_steps < 0 or not self.refit_lr > 0:
             raise ValueError("fusion.refit_steps must be >= 0 and fusion.refit_lr > 0")
+        if self.refit_from not in REFIT_FROM:
+            raise ValueError(f"fusion.refit_from must be one of {', '.join(REFIT_FROM)}, got {self.refit_from!r}")
 
 
 @dataclass
@@ -77,6 +84,10 @@ class FitContext:
     averaged as they are) or ``"logits"`` (classification over all outputs: combined as class probabilities).
     ``target``: the architecture the warm starts must have when it is not the models' own ``spec`` (another
     family); only strategies with ``cross_family = True`` accept it.
+    ``families``: in a run that mixes architecture families, each family's spec and the rows of its models; the
+    models are then packed (each row its family's flat vector, zero-padded to ``spec.n_params``,
+    :mod:`fusion.strategies.by_family`), ``target_families`` are the families whose warm starts are asked for, and
+    only strategies with ``mixed_families = True`` accept them (:func:`fusion.strategies.by_family.fit_strategy`).
     """
 
     spec: Spec
@@ -90,6 +101,12 @@ class FitContext:
     cache: dict = field(default_factory=dict)  # work shared by strategies of one fit (e.g. the PFNM matching)
     outputs: str = "values"
     target: Spec | None = None
+    families: tuple[tuple[Spec, np.ndarray], ...] | None = None
+    target_families: tuple[Spec, ...] = ()
+
+    def family_context(self, spec: Spec) -> FitContext:
+        """This context for the models of one family ``spec`` alone (unpacked), warm starts of that family."""
+        return dataclasses.replace(self, spec=spec, families=None, target=None, target_families=(), cache={})
 
     @property
     def target_spec(self) -> Spec:
@@ -174,6 +191,11 @@ class Strategy(ABC):
         self.settings, self.aligned = settings, aligned
 
     cross_family = False  # makes warm starts of another architecture than the models' (FitContext.target)
+    mixed_families = False  # fuses parties of several architecture families (FitContext.families): ``fit_mixed``
+
+    def fit_mixed(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter:
+        """Fit on packed ``models`` of mixed families (``ctx.families``): a warm starter per target family."""
+        raise ValueError(f"strategy {self.name} cannot fuse parties of mixed architecture families")
 
     @abstractmethod
     def fit(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter: ...

@@ -10,7 +10,9 @@ batched program.
 Classifiers (``FitContext.outputs == "logits"``) are combined as class probabilities and refit by KL
 divergence. The output GP needs no shared architecture: asked for warm starts of another family
 (``FitContext.target``), it refits that family's plain init (seeded by the run seed; there are no models of that
-family to regress its parameters on). With mixed widths the init is
+family to regress its parameters on). Parties of several families (``FitContext.families``): one output GP over
+all of them, and per target family the parameter GP over that family's models as the init (:meth:`fit_mixed`).
+With mixed widths the init is
 :class:`fusion.strategies.mixed_widths.WidthGP` (PFNM matching, cut to each party's width) and the refit runs at
 each party's width.
 """
@@ -24,10 +26,12 @@ import numpy as np
 from fusion.lazy import lazy, torch
 from fusion.params import forward, init_params
 from fusion.spec import Spec, spec_from_state, spec_state
+from fusion.strategies import by_family
 from fusion.strategies.average import Constant
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register, warm_starter_class
 from fusion.strategies.gp import GPFusion
 from fusion.strategies.mixed_widths import fit_width_gp
+from fusion.strategies.nearest_task import Lookup
 from fusion.training import TrainConfig, relative_mse, train
 from fusion.widths import at_width, embed, own_width
 
@@ -54,6 +58,9 @@ class RefitWarmStarter(WarmStarter):
 
     ``output_kind`` ``"values"``: trained to the predicted outputs (squared error relative to their power);
     ``"logits"``: to the predicted class probabilities (KL divergence; the GP's mean clipped at 0 and renormalized).
+    ``nearest`` (``[fusion] refit_from = "closer"``): a lookup of the pretrained models; each party's refit then
+    starts from whichever of ``init``'s prediction and its nearest model is closer, by the refit's own loss on the
+    probe, to the predicted function (no labels: the probe and the GP's prediction only).
     """
 
     kind = "refit"
@@ -66,15 +73,26 @@ class RefitWarmStarter(WarmStarter):
         probe: np.ndarray,
         refit: TrainConfig,
         output_kind: str = "values",
+        nearest: WarmStarter | None = None,
     ) -> None:
         self.init, self.outputs, self.spec = init, outputs, spec
         self.probe, self.refit, self.output_kind = np.array(probe, np.float32), refit, output_kind
+        self.nearest = nearest
+
+    def _loss(self):
+        return kl_to_probabilities if self.output_kind == "logits" else relative_mse
 
     def _refit(self, init: np.ndarray, target: torch.Tensor, spec: Spec) -> np.ndarray:
         m, n_probe = len(init), len(self.probe)
         x = torch.tensor(self.probe).expand(m, n_probe, spec.fan_in)  # copy: object-store arrays are read-only
-        loss = kl_to_probabilities if self.output_kind == "logits" else relative_mse
-        return train(torch.as_tensor(init), spec, x, target, loss, self.refit).numpy()
+        return train(torch.as_tensor(init), spec, x, target, self._loss(), self.refit).numpy()
+
+    def _closer(self, init: np.ndarray, other: np.ndarray, target: torch.Tensor) -> np.ndarray:
+        """Per party, whichever of ``init`` and ``other`` (m, n_params) fits ``target`` on the probe better."""
+        x = torch.tensor(self.probe)
+        with torch.no_grad():
+            loss = [self._loss()(forward(torch.as_tensor(w), self.spec, x), target) for w in (init, other)]
+        return np.where((loss[1] < loss[0]).numpy()[:, None], other, init)
 
     def _targets(self, descriptors: np.ndarray) -> torch.Tensor:
         out = torch.as_tensor(self.outputs.predict(descriptors))
@@ -85,7 +103,10 @@ class RefitWarmStarter(WarmStarter):
         return out
 
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
-        return self._refit(self.init.predict(descriptors), self._targets(descriptors), self.spec)
+        init, target = self.init.predict(descriptors), self._targets(descriptors)
+        if self.nearest is not None:
+            init = self._closer(init, self.nearest.predict(descriptors), target)
+        return self._refit(init, target, self.spec)
 
     def predict_widths(self, descriptors: np.ndarray, widths: np.ndarray) -> np.ndarray:
         """The init's warm starts at ``widths`` (m,), each refit at its own width (one batch per width)."""
@@ -107,6 +128,7 @@ class RefitWarmStarter(WarmStarter):
             "probe": torch.tensor(self.probe),
             "refit": [self.refit.steps, self.refit.lr],
             "output_kind": self.output_kind,
+            **({"nearest": self.nearest.export()} if self.nearest is not None else {}),
         }
 
     @classmethod
@@ -115,7 +137,8 @@ class RefitWarmStarter(WarmStarter):
         refit = TrainConfig(int(state["refit"][0]), float(state["refit"][1]))
         init = warm_starter_class(state["init_kind"]).restore(state["init"])
         kind = state.get("output_kind", "values")
-        return cls(init, metamodel.GPMetaModel(state["outputs"]), spec, state["probe"].numpy(), refit, kind)
+        nearest = Lookup.restore(state["nearest"]) if "nearest" in state else None
+        return cls(init, metamodel.GPMetaModel(state["outputs"]), spec, state["probe"].numpy(), refit, kind, nearest)
 
     def summary(self) -> dict:
         return {**self.init.summary(), "outputs_objective": self.outputs.objective[-1]}
@@ -130,17 +153,29 @@ def refit_warm_starter(
     ``ctx.spec``; ``init`` must predict models of it)."""
     cached = ctx.cache.get("output_gp")
     if cached is not None and cached[0] is models and cached[1] is descriptors:
-        output_gp = cached[2]  # the same fit (fusion and fusion_noalign: outputs do not depend on the unit order)
+        gp_out = cached[2]  # the same fit (fusion and fusion_noalign: outputs do not depend on the unit order)
     else:
         with torch.no_grad():
             outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
-            outs = combinable(outs, ctx.outputs)
-        output_gp = metamodel.GPMetaModel.fit(
-            outs.reshape(len(models), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1
-        )
-        ctx.cache["output_gp"] = (models, descriptors, output_gp)
-    refit = TrainConfig(ctx.config.refit_steps, ctx.config.refit_lr)
-    return RefitWarmStarter(init, output_gp, spec or ctx.spec, ctx.probe, refit, ctx.outputs)
+        gp_out = output_gp(outs, descriptors, ctx)
+        ctx.cache["output_gp"] = (models, descriptors, gp_out)
+    nearest = _nearest(models, descriptors, ctx) if spec is None or spec == ctx.spec else None
+    return RefitWarmStarter(init, gp_out, spec or ctx.spec, ctx.probe, _refit(ctx), ctx.outputs, nearest)
+
+
+def _nearest(models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> Lookup | None:
+    """The pretrained models as refit starts (``[fusion] refit_from = "closer"``), else None."""
+    return Lookup(models, descriptors) if ctx.config.refit_from == "closer" and ctx.widths is None else None
+
+
+def output_gp(outs: torch.Tensor, descriptors: np.ndarray, ctx: FitContext) -> GPMetaModel:
+    """The GP from descriptors to the models' outputs ``outs`` (n, N, out) on the probe (combinable form)."""
+    outs = combinable(outs, ctx.outputs)
+    return metamodel.GPMetaModel.fit(outs.reshape(len(outs), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1)
+
+
+def _refit(ctx: FitContext) -> TrainConfig:
+    return TrainConfig(ctx.config.refit_steps, ctx.config.refit_lr)
 
 
 @register
@@ -152,6 +187,7 @@ class GPRefit(Strategy):
     mixed_widths = True
     needs_probe = True
     cross_family = True
+    mixed_families = True
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         self.require(ctx)  # before the (long) init fit
@@ -163,3 +199,22 @@ class GPRefit(Strategy):
         else:  # aligned units + parameter-space GP
             init = GPFusion(aligned=self.aligned).fit(models, descriptors, ctx)
         return refit_warm_starter(init, models, descriptors, ctx)
+
+    def fit_mixed(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        """Parties of several families: one output GP over every model's function on the probe (each through its
+        own family); per target family, the init is the parameter GP over that family's models (the plain init of
+        the family when fewer than two of them), refit to the predicted function."""
+        self.require(ctx)
+        gp_out = output_gp(by_family.probe_outputs(models, ctx), descriptors, ctx)
+        starters = {}
+        for spec in ctx.target_families:
+            rows = by_family.rows_of(ctx, spec)
+            nearest = None
+            if len(rows) >= 2:
+                own = by_family.unpack(models[rows], spec)
+                init = GPFusion(aligned=self.aligned).fit(own, descriptors[rows], ctx.family_context(spec))
+                nearest = _nearest(own, descriptors[rows], ctx)
+            else:
+                init = Constant(init_params(spec, torch.Generator().manual_seed(ctx.seed)).numpy())
+            starters[spec.family] = RefitWarmStarter(init, gp_out, spec, ctx.probe, _refit(ctx), ctx.outputs, nearest)
+        return by_family.ByFamily(starters, {s.family: s for s in ctx.target_families})

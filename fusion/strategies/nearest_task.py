@@ -1,7 +1,8 @@
 """``nearest_task``: copy the pretrained model whose descriptor is closest (standardized Euclidean).
 
 With models of different widths it copies the nearest model at whatever width it has (embedded at the run's
-widest spec, :mod:`fusion.widths`): the party fine-tunes that model, not one of its own width.
+widest spec, :mod:`fusion.widths`): the party fine-tunes that model, not one of its own width. With parties of
+mixed architecture families it copies the nearest model of the family the party receives.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import numpy as np
 
 from fusion.lazy import torch
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.by_family import each_family
 
 
 class Lookup(WarmStarter):
@@ -46,6 +48,10 @@ class Lookup(WarmStarter):
 class NearestTask(Strategy):
     name = "nearest_task"
     mixed_widths = True
+    mixed_families = True  # the target family's own models (fusion.strategies.by_family.each_family)
+
+    def fit_mixed(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        return each_family(self, models, descriptors, ctx)
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         return Lookup(models, descriptors)

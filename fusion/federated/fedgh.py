@@ -1,0 +1,74 @@
+"""``fedgh`` (Yi et al., ACM MM 2023): a global head trained by the server on the parties' class prototypes.
+
+Every party keeps its whole model (:mod:`fusion.federated.htfl`). Each round a sampled party puts the downloaded
+global head on its own body, trains the whole model ``local_steps`` steps on the task loss, keeps it and uploads
+its class prototypes (mean features per class, (classes, feature_dim)) and class counts. The server trains the
+global head ``Linear(feature_dim, classes)`` on the uploaded prototypes — each (party, class) prototype one
+example of its class, cross-entropy — for ``server_steps`` full-batch Adam steps at ``server_lr``, from where it
+was (``Linear``'s init from the run seed before the first round).
+
+A novel party: the plain init of its family's body under the global head (0 shots); its shots train the body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusion.federated.base import LocalBatch, State, Tensors, register
+from fusion.federated.htfl import HtFLAlgorithm, head_init, n_body, server_train
+from fusion.lazy import torch
+from fusion.spec import Spec
+
+_HEAD = 0x6B
+
+
+@dataclass(frozen=True)
+class FedGHSettings:
+    """``[federated.fedgh]`` keys."""
+
+    server_steps: int = 100  # the server's head-training steps per round
+    server_lr: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.server_steps < 0 or not self.server_lr > 0:
+            raise ValueError("federated.fedgh.server_steps must be >= 0 and federated.fedgh.server_lr > 0")
+
+
+def prototype_examples(uploads: State) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every uploaded (party, class) prototype whose class the party holds: x (m, D), class (m,), in party-id order."""
+    protos, counts = np.asarray(uploads["protos"]), np.asarray(uploads["counts"])
+    party, cls = np.nonzero(counts > 0)
+    return torch.as_tensor(protos[party, cls], dtype=torch.float32), torch.as_tensor(cls, dtype=torch.long)
+
+
+@register
+class FedGH(HtFLAlgorithm):
+    name = "fedgh"
+    settings = FedGHSettings
+
+    def init_server(self, spec: Spec, init: np.ndarray, descriptors: np.ndarray, seed: int) -> State:
+        return {"head": head_init(self.cfg.feature_dim, spec.fan_out, seed, _HEAD), "seed": np.array(seed)}
+
+    def broadcast(self, server: State) -> State:
+        return {"head": server["head"]}
+
+    def prepare(self, model, down: Tensors, batch: LocalBatch):
+        model = model.clone()
+        model[:, n_body(batch.spec) :] = down["head"]
+        return model
+
+    def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
+        x, y = prototype_examples(uploads)
+        c, d = len(uploads["counts"][0]), x.shape[1]
+
+        def loss(head: torch.Tensor) -> torch.Tensor:
+            logits = x @ head[: c * d].view(c, d).T + head[c * d :]
+            return torch.nn.functional.cross_entropy(logits, y)
+
+        head = server_train(server["head"], loss, self.opts.server_steps, self.opts.server_lr)
+        return {**server, "head": head}
+
+    def novel_head(self, server: dict, spec: Spec) -> np.ndarray:
+        return np.asarray(server["head"], np.float32)
