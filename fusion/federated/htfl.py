@@ -90,7 +90,7 @@ def features(flat: torch.Tensor, spec: Spec, x: torch.Tensor) -> torch.Tensor:
     return _act(spec)(forward(flat[:, : n_body(spec)], body_spec(spec), x))
 
 
-FeatureLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (feats, logits, y) -> (P,)
+FeatureLoss = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (feats, logits, y) -> (P,)
 
 
 def loss_and_grad_features(
