@@ -21,14 +21,6 @@ from fusion.strategies.by_family import fit_strategy
 from scenarios import Scenario, party_widths, training_data
 
 
-def _node_cpus() -> int:
-    """The CPUs Ray counts on this actor's node (cgroup limits included), 1 outside Ray."""
-    if not ray.is_initialized():
-        return 1
-    node = ray.get_runtime_context().get_node_id()
-    return max(1, int(next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node), 1)))
-
-
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class FusionActor:
     """Holds the pretrained models of all training parties; ``fit`` returns the fitted warm starters."""
@@ -67,13 +59,15 @@ class FusionActor:
     def fit(self, methods: list[str], *shards: dict) -> dict:
         """``shards``: the shards' pretrain outputs (resolved refs). Returns fitted models and timings.
 
-        The actor holds no CPU (it idles through pretraining), but the fit runs while the shards wait
-        for its result: its torch ops use the node's cores (as Ray counts them). Float rounding of the fit
-        can therefore differ between nodes with different core counts.
+        The actor holds no CPU (it idles through pretraining) and fits on one thread: its ops are small
+        (matrices of the inducing points, assignments of one layer's units), and on a node whose cores are
+        busy with other work a second OpenMP thread waits at every barrier for a core (200 parties: 17 s on one
+        thread, over 15 minutes on two, on the 2-core machine under load). One thread also gives the same
+        float rounding on every node.
 
         Models with non-finite parameters are quarantined: left out of every strategy's fit.
         """
-        torch.set_num_threads(_node_cpus())
+        torch.set_num_threads(1)
         ids = np.concatenate([s["party_id"] for s in shards])
         order = np.argsort(ids, kind="stable")  # party-id order: independent of the sharding
         ids, models = ids[order], np.concatenate([s["params"] for s in shards])[order]

@@ -89,17 +89,9 @@ class PartyShard:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self._parties: Parties | None = None  # the training parties' data, drawn on the first federated round
         self._rounds: dict[str, dict] = {}  # federated training key -> {"algo", "store", "last" round run here}
-        self._warm_up()
 
     def __repr__(self) -> str:
         return f"PartyShard({self.name}, {len(self.train_ids)} train, {len(self.test_ids)} test)"
-
-    def _warm_up(self) -> None:
-        """The first optimizer step imports torch._dynamo (~1 s): pay it at start-up, not in a stage."""
-        w = torch.zeros(1, 1, requires_grad=True)
-        opt = torch.optim.Adam([w])
-        w.sum().backward()
-        opt.step()
 
     def info(self) -> dict:
         return {

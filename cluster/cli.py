@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from cluster.config import ConfigError, StartError, load_toml, resolve
+from cluster.errors import ConfigError, StartError
 
 EXIT_BAD_INPUT = 2
 
@@ -132,6 +133,8 @@ def config_tree(args: argparse.Namespace) -> dict[str, Any]:
     if target is None:
         raise ConfigError("give a scenario name or a TOML config (or --resume DIR)")
     if target.endswith(".toml") or Path(target).is_file():
+        from cluster.config import load_toml
+
         tree = load_toml(target)
     else:
         tree = {"scenario": target}
@@ -148,6 +151,7 @@ def config_tree(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     try:
         args = parser().parse_args(argv)
         if args.command == "fuse":
@@ -160,10 +164,12 @@ def main(argv: list[str] | None = None) -> int:
 
             run_study(args.study, args.out, args.address, args.resume)
             return 0
+        from cluster.config import resolve  # after parsing: --help and usage errors import nothing more
+
         cfg = resolve(config_tree(args))
         from cluster.pipeline import run  # Ray is imported only when a run starts
 
-        run(cfg, resume=args.resume is not None)
+        run(cfg, resume=args.resume is not None, started=started)
     except ConfigError as exc:
         print(f"fusion-cluster: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

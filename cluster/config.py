@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from actors.faults import FaultConfig
+from cluster.errors import ConfigError, StartError  # noqa: F401  (re-exported: the config's errors)
 from cluster.system import PartyClass, SystemConfig, check_classes
 from fusion.federated import ALGORITHMS, FederatedConfig
-from fusion.metamodel import GPConfig
+from fusion.gp_config import GPConfig
 from fusion.methods import (
     COLD_START,
     DEFAULT_METHODS,
@@ -28,14 +29,6 @@ from fusion.strategies import FusionConfig
 from fusion.strategies.base import settings_classes
 from fusion.training import FinetuneConfig, TrainConfig
 from scenarios import SCENARIOS, canonical_name, make_options
-
-
-class ConfigError(ValueError):
-    """A configuration a run cannot start from; the message says which key and why."""
-
-
-class StartError(RuntimeError):
-    """The machine could not start what a valid run needs (e.g. a local Ray); the CLI exits 1 with one line."""
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,12 @@ retried on the restarted shard. ``resume=True`` continues a run from its checkpo
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import json
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,12 +22,8 @@ import numpy as np
 import ray
 
 from actors import metrics
-from actors.fusion import FusionActor
-from actors.party_shard import PartyShardActor
-from cluster import plots, results
 from cluster.checkpoint import Checkpoint
 from cluster.config import ConfigError, RunConfig, dumps_toml, to_dict
-from cluster.rounds import model_bytes, train_federated
 from cluster.runtime import (
     check_class_resources,
     check_resources,
@@ -34,10 +33,15 @@ from cluster.runtime import (
     party_actor_count,
 )
 from cluster.system import Schedule, left_out_csv, party_classes_of, schedule
-from fusion.io import save_warm_starter
+from fusion.io import save_warm_starter, write_atomic
+from fusion.lazy import lazy
 from fusion.methods import is_federated, strategy_for
 from fusion.quarantine import finite_models
 from scenarios import build, with_hidden_width
+
+# torch, matplotlib, pyarrow: imported by a thread while Ray starts (_preload), not before the run's checks
+HEAVY = ("actors.party_shard", "actors.fusion", "cluster.rounds", "cluster.results", "cluster.plots")
+party_shard, fusion_actor, rounds, results, plots = (lazy(name) for name in HEAVY)
 
 Log = Callable[[str], None]
 
@@ -107,8 +111,13 @@ def check_out(out: Path) -> None:
         raise ConfigError(f"output folder {out} already exists and is not empty; choose another --out (or --resume it)")
 
 
-def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
-    """Run (or with ``resume``, continue from the checkpoint in ``cfg.out``) and write the results."""
+def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float | None = None) -> RunResult:
+    """Run (or with ``resume``, continue from the checkpoint in ``cfg.out``) and write the results.
+
+    ``started``: the ``time.perf_counter()`` at which the command began (the CLI's; default: now), the start of the
+    wall time in ``timing.json``.
+    """
+    started = time.perf_counter() if started is None else started
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if not resume:
         check_out(out)
@@ -140,7 +149,11 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
     run_id = out.name
     stages: dict[str, float] = {}
     clock = time.perf_counter()
-    conn = connect(cfg.cluster)
+    stages["setup"] = clock - started  # imports, config, checks: everything before Ray
+    with ThreadPoolExecutor(1) as pool:  # the heavy imports while this thread waits for Ray's processes
+        preload = pool.submit(lambda: [importlib.import_module(name) for name in HEAVY])
+        conn = connect(cfg.cluster)
+        preload.result()
     stages["connect"] = time.perf_counter() - clock
     try:
         if cfg.party_classes:
@@ -164,9 +177,47 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
             log(f'Prometheus metrics (this node): {endpoint}  (series ray_{metrics.PREFIX}*, run="{run_id}")')
         with metrics.keep_gauges_fresh():
             res = _execute(cfg, scenario, run_id, n_actors, stages, log, ckpt, saved, fitted, plan)
-    finally:
+    except BaseException:
         if conn.owned:
             ray.shutdown()
+        raise
+    with ThreadPoolExecutor(1) as pool:  # results and plots are written while Ray shuts down
+        writing = pool.submit(_write_results, cfg, scenario, res, plan, out, run_id)
+        if conn.owned:
+            ray.shutdown()
+        stages["teardown"] = time.perf_counter() - res["evaluated_at"]  # actors stopped, Ray shut down
+        summary, written, stages["write"] = writing.result()
+    text = results.format_summary(summary, scenario.metric_name)
+    log(text)
+    wall = time.perf_counter() - started
+    write_atomic(out / TIMING_JSON, lambda tmp: tmp.write_text(timing_json(wall, stages)))
+    written.append(TIMING_JSON)
+    left_out = {}
+    if plan is not None:
+        left_out = {why: int((plan.left_out_reason == why).sum()) for why in ("dropped", "late")}
+        log(
+            f"left out of fusion: {left_out['dropped']} dropped, {left_out['late']} late (system.deadline="
+            f"{cfg.system.deadline:g}); {len(plan.reporting)} of {cfg.parties} training parties fused (left_out.csv)"
+        )
+    log(f"wrote {out}/ ({', '.join(written)}; config.toml and checkpoint/ since the start)")
+    log(timing_line(wall, stages))
+    return RunResult(
+        out,
+        summary,
+        stages,
+        text,
+        conn.dashboard_url,
+        sorted(res["quarantined"]),
+        left_out,
+        res["shards"],
+        res["costs"],
+    )
+
+
+def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id: str) -> tuple[list, list, float]:
+    """Write the run's files into ``out`` (staged, then renamed). Returns the summary rows, the files written and
+    the seconds it took."""
+    clock = time.perf_counter()
     written = ["results.parquet", "summary.csv", "costs.csv", "quarantined.csv", plots.SHOTS_PNG, plots.UPLOAD_PNG]
     with results.staged_dir(out) as tmp:
         table = results.results_table(res["cols"], run_id, cfg.scenario, cfg.seed, scenario.metric_name)
@@ -190,27 +241,26 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False) -> RunResult:
         if "fusion" in res["fitted"]:
             save_warm_starter(res["fitted"]["fusion"], scenario.target_spec, tmp / "fusion_model.pt")
             written.append("fusion_model.pt")
-    text = results.format_summary(summary, scenario.metric_name)
-    log(text)
-    left_out = {}
-    if plan is not None:
-        left_out = {why: int((plan.left_out_reason == why).sum()) for why in ("dropped", "late")}
-        log(
-            f"left out of fusion: {left_out['dropped']} dropped, {left_out['late']} late (system.deadline="
-            f"{cfg.system.deadline:g}); {len(plan.reporting)} of {cfg.parties} training parties fused (left_out.csv)"
-        )
-    log(f"wrote {out}/ ({', '.join(written)}; config.toml and checkpoint/ since the start)")
-    return RunResult(
-        out,
-        summary,
-        stages,
-        text,
-        conn.dashboard_url,
-        sorted(res["quarantined"]),
-        left_out,
-        res["shards"],
-        res["costs"],
-    )
+    return summary, written, time.perf_counter() - clock
+
+
+TIMING_JSON = "timing.json"
+WORK_STAGES = ("pretrain", "fusion", "federated", "evaluate")  # the methods' own work; the rest is overhead
+_TIMING_ORDER = ("setup", "connect", "actors", "pretrain", "fusion", "federated", "evaluate", "teardown", "write")
+
+
+def timing_json(wall: float, stages: dict[str, float]) -> str:
+    """``timing.json``: ``{"wall_s": ..., "stages_s": {stage: seconds}}`` in the order the stages run."""
+    ordered = {k: round(stages[k], 3) for k in _TIMING_ORDER if k in stages}
+    ordered.update({k: round(v, 3) for k, v in stages.items() if k not in ordered})
+    return json.dumps({"wall_s": round(wall, 3), "stages_s": ordered}, indent=1) + "\n"
+
+
+def timing_line(wall: float, stages: dict[str, float]) -> str:
+    """The one-line timing summary a run prints last."""
+    parts = " + ".join(f"{k} {stages[k]:.1f}" for k in _TIMING_ORDER if k in stages)
+    outside = wall - sum(stages.get(k, 0.0) for k in WORK_STAGES)
+    return f"timing: {wall:.1f}s wall = {parts} s; {outside:.1f}s outside the work stages ({TIMING_JSON})"
 
 
 def _bar(stage: str, done: int, total: int, unit: str, seconds: float, width: int = 30) -> str:
@@ -280,7 +330,7 @@ def _execute(
     n_cpus = int(ray.cluster_resources().get("CPU", 1))
     clock = time.perf_counter()
     shards = [
-        PartyShardActor.options(name=p.name, num_cpus=p.cpus, num_gpus=p.gpus, **opts).remote(
+        party_shard.PartyShardActor.options(name=p.name, num_cpus=p.cpus, num_gpus=p.gpus, **opts).remote(
             i,
             scenario,
             cfg.seed,
@@ -298,20 +348,20 @@ def _execute(
     one_shot = [m for m in cfg.methods if strategy_for(m, cfg.fusion) is not None]  # fitted on pretrained models
     federated = [m for m in cfg.methods if is_federated(m)]
     fusion = None
-    if one_shot:
-        fusion = FusionActor.options(name="fusion", namespace=namespace).remote(
-            scenario.spec,
-            cfg.fusion,
-            cfg.seed,
-            n_cpus,
-            run=run_id,
-            scenario=scenario,
-            widths=cfg.widths,
-            target=scenario.target_spec,
-        )
     try:
         infos = ray.get([s.info.remote() for s in shards])
         _stage(stages, run_id, "actors", clock)
+        if one_shot:  # started once the shards are up: its imports overlap pretraining, not their start
+            fusion = fusion_actor.FusionActor.options(name="fusion", namespace=namespace).remote(
+                scenario.spec,
+                cfg.fusion,
+                cfg.seed,
+                n_cpus,
+                run=run_id,
+                scenario=scenario,
+                widths=cfg.widths,
+                target=scenario.target_spec,
+            )
         devices = sorted({i["device"] for i in infos})
         nodes = len({i["node_id"] for i in infos})
         log(
@@ -327,7 +377,7 @@ def _execute(
         if federated:
             clock = time.perf_counter()
             train_slices = [tr for tr, _ in slices]
-            fed = train_federated(
+            fed = rounds.train_federated(
                 federated,
                 cfg.federated,
                 scenario,
@@ -348,6 +398,7 @@ def _execute(
         clock = time.perf_counter()
         cols = _evaluate(cfg, shards, slices, fit_ref, run_id, log)
         _stage(stages, run_id, "evaluate", clock)
+        evaluated_at = time.perf_counter()
         restarted = [i["index"] for i in ray.get([s.info.remote() for s in shards]) if i["restarted"]]
         if restarted:
             log(f"party shards restarted during the run (their calls were retried): {restarted}")
@@ -358,7 +409,14 @@ def _execute(
     if fed is not None:
         costs.update(fed.costs)
     starts = {**fitted, **(fed.starts if fed is not None else {})}
-    return {"cols": cols, "fitted": starts, "quarantined": quarantine, "shards": infos, "costs": costs}
+    return {
+        "cols": cols,
+        "fitted": starts,
+        "quarantined": quarantine,
+        "shards": infos,
+        "costs": costs,
+        "evaluated_at": evaluated_at,
+    }
 
 
 def _pretrain_and_fuse(cfg, shards, slices, fusion, stages, run_id, log, ckpt, saved, fitted, plan) -> tuple:
@@ -427,8 +485,8 @@ def oneshot_costs(cfg: RunConfig, scenario, uploaded, pretrain_s: float, fit_sec
         test_ids = np.arange(cfg.parties, cfg.parties + cfg.test_parties)
         out[m] = dict(
             rounds=1,
-            upload_bytes=sum(len(r) * model_bytes(s) for r, s in scenario.family_groups(cfg.seed, uploaded)),
-            download_bytes=sum(len(r) * model_bytes(s) for r, s in scenario.target_groups(cfg.seed, test_ids)),
+            upload_bytes=sum(len(r) * rounds.model_bytes(s) for r, s in scenario.family_groups(cfg.seed, uploaded)),
+            download_bytes=sum(len(r) * rounds.model_bytes(s) for r, s in scenario.target_groups(cfg.seed, test_ids)),
             party_steps=len(uploaded) * cfg.pretrain.steps,
             wall_s=pretrain_s + fit_seconds.get(m, 0.0),
         )

@@ -12,10 +12,10 @@ backward of that chunk's share (exact: the loss's gradient depends on the chunks
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
+from fusion.lazy import lazy, torch
 from fusion.spec import CNNSpec
+
+F = lazy("torch.nn.functional")
 
 CHUNK_FLOATS = 2**25  # activation floats of one chunk (~128 MB)
 

@@ -7,8 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
+from fusion.lazy import torch
 from fusion.spec import Spec, spec_from_state, spec_state
 from fusion.strategies.base import LEGACY_KINDS, WARM_STARTERS, WarmStarter, warm_starter_class
 

@@ -12,17 +12,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
+from fusion.lazy import lazy
 from fusion.params import permute, unit_features
 from fusion.spec import MLPSpec
+
+optimize = lazy("scipy.optimize")
 
 SolveMany = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def solve_assignment(cost: np.ndarray) -> np.ndarray:
     """Minimum-cost assignment of a square cost (slots, units): ``perm[slot] = unit``."""
-    rows, cols = linear_sum_assignment(cost)
+    rows, cols = optimize.linear_sum_assignment(cost)
     perm = np.empty(cost.shape[0], dtype=np.int64)
     perm[rows] = cols
     return perm

@@ -16,11 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from scipy.spatial import cKDTree
 
+from fusion.lazy import lazy, torch
 from fusion.params import forward
 from fusion.spec import MLPSpec
+
+spatial = lazy("scipy.spatial")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def discrepancies(funcs: np.ndarray, descriptors: np.ndarray, neighbours: int, o
     d = np.asarray(descriptors, np.float64)
     d = (d - d.mean(0)) / np.where(d.std(0) > 0, d.std(0), 1.0)
     k = min(neighbours, n - 1)
-    _, near = cKDTree(d).query(d, k=k + 1)  # no (n, n) distance matrix: thousands of parties stay cheap
+    _, near = spatial.cKDTree(d).query(d, k=k + 1)  # no (n, n) distance matrix: thousands of parties stay cheap
     near = np.stack([row[row != i][:k] for i, row in enumerate(np.atleast_2d(near.reshape(n, -1)))])
     out = np.empty(n)
     for i in range(n):

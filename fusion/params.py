@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from fusion import conv
+from fusion.lazy import torch
 from fusion.spec import CNNSpec, MLPSpec, Spec
 
 
@@ -97,6 +97,22 @@ def loss_and_grad(
     """
     if isinstance(spec, CNNSpec):
         return conv.loss_and_grad(flat, spec, x, y, loss_fn, work)
+    one_input = spec.activation == "relu" and spec.widths[0] == 1 and spec.n_layers == 2 and spec.widths[-1] == 1
+    if one_input and x.shape[-2] >= ONE_INPUT_MIN_POINTS:
+        return _one_input_relu(flat, spec, x, y, loss_fn, work, out)
+    return _layered_loss_and_grad(flat, spec, x, y, loss_fn, work, out)
+
+
+def _layered_loss_and_grad(
+    flat: torch.Tensor,
+    spec: MLPSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn,
+    work: dict | None = None,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`loss_and_grad` of any MLP: layer by layer, keeping each layer's activations and slopes."""
     relu = spec.activation == "relu"
     p = flat.shape[0]
     h = x if x.dim() == 3 else x.expand(p, *x.shape)
@@ -133,6 +149,78 @@ def loss_and_grad(
             out = _buffer(work, ("g", i), (p, g.shape[1], fan_in), flat)
             g = torch.mul(g, weight, out=out) if fan_out == 1 else torch.bmm(g, weight, out=out)  # (P, N, fan_in)
             g.mul_(slopes[i - 1])
+    return losses.detach(), grad
+
+
+ONE_INPUT_MIN_POINTS = 64  # below it (k-shot fine-tuning) the layer-by-layer pass is faster (bench/efficiency.py)
+
+
+def _one_input_relu(
+    flat: torch.Tensor,
+    spec: MLPSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn,
+    work: dict | None = None,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`loss_and_grad` of ``[1-H-1]`` ReLU nets (the sine scenario's) in O(P (N + H) log N) per step, not
+    O(P N H): no (P, N, H) activations at all.
+
+    A unit of a one-input net is on (``x w1 + b1 > 0``) on one side of its kink ``-b1 / w1``: above it when
+    ``w1 >= 0``, below it when ``w1 < 0``. With each party's points sorted (once, kept in ``work``) a unit is on at
+    the sorted points ``[lo, hi)``, and the sums over units that are on at a point, or over the points where a
+    unit is on, are differences of prefix sums (float64):
+
+    - forward: ``pred_n = b2 + x_n sum_on(w1 w2) + sum_on(b1 w2)``: the ``H`` units range-added into the ``N`` points;
+    - backward, ``g = dloss/dpred``: per unit ``S0 = sum_on g`` and ``S1 = sum_on g x``; then ``dW1 = w2 S1``,
+      ``db1 = w2 S0``, ``dw2 = w1 S1 + b1 S0``, ``db2 = sum g``.
+
+    The same function and gradient as the layer-by-layer path (tested), up to the order of float additions and to
+    a point within rounding of a unit's kink, which may count as on here and off there (the unit's output at that
+    point is ~0 either way; its gradient share is not).
+    """
+    p, n = flat.shape[0], x.shape[-2]
+    hidden = spec.widths[1]
+    flat = flat.detach()
+    (w1, b1), (w2, b2) = layers(flat, spec)  # (P, H, 1), (P, H), (P, 1, H), (P, 1)
+    w1, w2 = w1[:, :, 0], w2[:, 0, :]
+    cached = work.get("sorted") if work is not None else None
+    if cached is None or cached[0] is not x:
+        xs, order = torch.sort((x[..., 0] if x.dim() == 3 else x[:, 0]).expand(p, n), dim=1)
+        cached = (x, xs.contiguous(), order, torch.argsort(order, dim=1), xs.double())
+        if work is not None:
+            work["sorted"] = cached
+    _, xs, order, rank, xs64 = cached
+    up = w1 >= 0
+    # a flat unit (w1 = 0) is on everywhere (kink -inf) or nowhere (+inf, or nan when b1 = 0 too); + 0.0 makes -0 +0
+    kink = torch.div(b1, w1 + 0.0).neg_()
+    k = torch.searchsorted(xs, kink, right=True)  # (P, H): points at or below the kink
+    lo, hi = torch.where(up, k, 0), torch.where(up, n, k)
+    # both channels (slope, offset) in one (P, 2 (N + 1)) buffer: channel c's index i sits at c (N + 1) + i
+    idx = torch.cat([lo, hi, lo + (n + 1), hi + (n + 1)], dim=1)  # (P, 4H)
+    slope, offset = (w1 * w2).double(), (b1 * w2).double()
+    diff = torch.zeros(p, 2 * (n + 1), dtype=torch.float64, device=flat.device)
+    diff.scatter_add_(1, idx, torch.cat([slope, -slope, offset, -offset], dim=1))
+    sums = diff.view(p, 2, n + 1).cumsum_(2)  # (P, 2, N + 1): sum of w1 w2 and of b1 w2 over the units on
+    pred_sorted = torch.addcmul(sums[:, 1, :n], xs64, sums[:, 0, :n]).float().add_(b2)  # (P, N)
+    pred = pred_sorted.gather(1, rank).unsqueeze(2).requires_grad_(True)  # (P, N, 1), the points' own order
+    with torch.enable_grad():
+        losses = loss_fn(pred, y)
+        (g,) = torch.autograd.grad(losses.sum(), pred)
+    gs = g[..., 0].gather(1, order).double()  # (P, N), sorted
+    prefix = torch.zeros(p, 2, n + 1, dtype=torch.float64, device=flat.device)
+    torch.cumsum(gs, 1, out=prefix[:, 0, 1:])
+    torch.cumsum(gs.mul_(xs64), 1, out=prefix[:, 1, 1:])
+    at = prefix.view(p, -1).gather(1, idx).view(p, 2, 2, hidden)  # (P, channel, lo/hi, H)
+    on = (at[:, :, 1] - at[:, :, 0]).float()  # (P, 2, H): sum of g and of g x over the points where a unit is on
+    s0, s1 = on[:, 0], on[:, 1]
+    grad = torch.empty_like(flat) if out is None else out
+    (g_w1, g_b1), (g_w2, g_b2) = layers(grad, spec)
+    torch.mul(w2, s1, out=g_w1[:, :, 0])
+    torch.mul(w2, s0, out=g_b1)
+    torch.addcmul(b1 * s0, w1, s1, out=g_w2[:, 0])
+    g_b2.copy_(g.sum(1))
     return losses.detach(), grad
 
 

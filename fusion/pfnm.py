@@ -48,10 +48,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
+from fusion.lazy import lazy
 from fusion.params import unit_features
 from fusion.spec import MLPSpec
+
+optimize = lazy("scipy.optimize")
 
 SolveRect = Callable[[list[np.ndarray]], list[np.ndarray]]
 """``solve_rect(costs) -> cols``: for each cost matrix (L_j, C_j) with L_j <= C_j, to be *minimized*, the
@@ -62,7 +64,7 @@ def solve_rect_serial(costs: list[np.ndarray]) -> list[np.ndarray]:
     """The reference :data:`SolveRect`: scipy's rectangular linear sum assignment, one problem after the other."""
     out = []
     for cost in costs:
-        rows, cols = linear_sum_assignment(cost)
+        rows, cols = optimize.linear_sum_assignment(cost)
         col = np.empty(cost.shape[0], dtype=np.int64)
         col[rows] = cols
         out.append(col)

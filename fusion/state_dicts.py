@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from fusion.lazy import torch
 from fusion.spec import CNN_FAMILIES, CNNSpec, MLPSpec, Spec
 
 

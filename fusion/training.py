@@ -10,14 +10,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
+from fusion.lazy import torch
 from fusion.params import forward, loss_and_grad
 from fusion.spec import MLPSpec
 
 OPTIMIZERS = ("adam", "sgd")
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (pred (P,N,out), y) -> (P,)
-TaskLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (pred, y, descriptors) -> (P,)
+LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (pred (P,N,out), y) -> (P,)
+TaskLoss = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (pred, y, descriptors) -> (P,)
 
 
 def relative_mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

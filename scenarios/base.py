@@ -7,8 +7,8 @@ from abc import ABC, abstractmethod
 from enum import IntEnum
 
 import numpy as np
-import torch
 
+from fusion.lazy import torch
 from fusion.params import init_params
 from fusion.spec import MLPSpec, Spec, spec_for_family
 from fusion.widths import at_width

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import torch
 
+from fusion.lazy import torch
 from fusion.spec import Spec
 from scenarios import digit_sources
 from scenarios.base import Scenario, Stream, model_families, model_specs, party_rng

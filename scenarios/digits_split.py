@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from fusion.lazy import torch
 from fusion.spec import Spec
 from scenarios import digit_sources
 from scenarios.base import Scenario, Stream, model_families, model_specs, party_rng

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import torch
 
+from fusion.lazy import torch
 from fusion.spec import MLPSpec
 from scenarios import movielens_data
 from scenarios.base import Scenario, Stream, party_rng

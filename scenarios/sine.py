@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from fusion.lazy import torch
 from fusion.spec import MLPSpec
 from scenarios.base import Scenario
 

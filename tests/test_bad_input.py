@@ -255,3 +255,21 @@ class _CappedSine(SineDomains):
     @property
     def max_shots(self) -> int:
         return 20
+
+
+def test_the_cli_validates_without_importing_torch_ray_or_gpytorch():
+    """``--help`` and config errors answer before the heavy modules load (they cost seconds to import)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cluster.cli import main\n"
+        "from cluster.config import resolve\n"
+        "resolve({'scenario': 'sine', 'parties': 30, 'methods': ['fusion', 'fedavg', 'maml', 'mfpl']})\n"
+        "assert main(['run', 'sine', '--parties', '1']) == 2\n"
+        "heavy = [m for m in ('torch', 'ray', 'gpytorch', 'scipy', 'pyarrow', 'matplotlib') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

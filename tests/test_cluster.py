@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -74,8 +76,13 @@ def test_cli_run_writes_every_file(ray_session, tmp_path, capsys):
         "quarantined.csv",
         "results.parquet",
         "summary.csv",
+        "timing.json",
         "warm_starts.png",
     ]
+    timing = json.loads((out / "timing.json").read_text())
+    stages = {"setup", "connect", "actors", "pretrain", "fusion", "evaluate", "teardown", "write"}
+    assert set(timing["stages_s"]) == stages and timing["wall_s"] >= sum(timing["stages_s"].values()) * 0.99
+    assert printed.strip().splitlines()[-1].startswith("timing: ")
     table = pq.read_table(out / "results.parquet")
     assert {"run_id", "scenario", "seed", "method", "shots", "party_id", "metric", "value"} <= set(table.column_names)
     assert table.num_rows == len(DEFAULT_METHODS) * 2 * 6

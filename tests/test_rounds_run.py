@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -62,6 +63,8 @@ def test_federated_methods_run_beside_fusion_and_costs_are_written(federated_run
     assert rows["fedavg_ft"] == fed  # one training serves both
     assert int(rows["fusion"]["upload_bytes"]) < int(fed["upload_bytes"])
     assert any(line.startswith("fedavg: round 6/6, 6 parties sampled") for line in federated_run["lines"])
+    stages = json.loads((out / "timing.json").read_text())["stages_s"]
+    assert {"connect", "actors", "pretrain", "fusion", "federated", "evaluate", "write"} <= set(stages)
 
 
 def test_fedavg_without_fine_tuning_scores_its_global_model_at_every_k(federated_run):

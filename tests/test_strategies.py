@@ -258,3 +258,15 @@ def test_refit_from_closer_starts_each_party_from_the_start_nearer_the_predicted
         np.testing.assert_array_equal(type(starter).restore(starter.export()).predict(desc[:2]), expected)
     with pytest.raises(ValueError, match="fusion.refit_from must be one of gp, closer"):
         FusionConfig(refit_from="nearest")
+
+
+def test_gp_refit_shares_its_output_gp_between_aligned_and_unaligned_fits():
+    from fusion.methods import strategy_for
+
+    models, desc = random_stack(SPEC, 12, seed=4), np.random.default_rng(4).uniform(size=(12, 2))
+    shared = ctx()
+    strategy_for("fusion", FAST).fit(models, desc, shared)
+    together = strategy_for("fusion_noalign", FAST).fit(models, desc, shared)
+    alone = strategy_for("fusion_noalign", FAST).fit(models, desc, ctx())
+    assert together.outputs is shared.cache["output_gp"][2]  # fitted once, used twice
+    np.testing.assert_array_equal(together.predict(desc[:4]), alone.predict(desc[:4]))

@@ -32,6 +32,17 @@ def test_a_partys_result_does_not_depend_on_the_batch():
     torch.testing.assert_close(together[2:3], alone)
 
 
+@pytest.mark.parametrize("n_parties, n_points", [(6, 5), (12, 40)])
+def test_a_partys_trained_model_is_bitwise_the_same_in_any_batch(n_parties, n_points):
+    params, x, y, d = _task(n_parties, n_points, seed=1)
+    cfg = TrainConfig(steps=150, lr=0.01)
+    loss = lambda p, t: _mse(p, t, d)  # noqa: E731  (the loss of a mean over points: per party)
+    together = train(params, SPEC, x, y, loss, cfg)
+    for lo in range(0, n_parties, 4):  # the same parties in batches of 4, as another sharding would make them
+        part = train(params[lo : lo + 4], SPEC, x[lo : lo + 4], y[lo : lo + 4], loss, cfg)
+        assert torch.equal(part, together[lo : lo + 4])
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_train_takes_torch_optims_steps(optimizer):
     params, x, y, d = _task(3, 20)

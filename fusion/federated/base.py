@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
+from fusion.lazy import torch
 from fusion.spec import MLPSpec, Spec
 from fusion.strategies.base import WarmStarter
 from fusion.training import FREE, Constraint, TrainConfig
 
 State = dict[str, np.ndarray]  # server state, broadcasts and uploads: named float arrays
-Tensors = dict[str, torch.Tensor]  # the same on a shard, as tensors with a leading party axis (n, ...)
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (pred (n, N, out), y) -> (n,)
+Tensors = dict[str, "torch.Tensor"]  # the same on a shard, as tensors with a leading party axis (n, ...)
+LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (pred (n, N, out), y) -> (n,)
 
 _SAMPLE, _LOCAL = 0x5A11, 0x10CA  # stream tags of the server's sampling and of a party's local randomness
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from fusion.federated.base import (
     FederatedAlgorithm,
@@ -25,6 +24,7 @@ from fusion.federated.base import (
     weighted_mean,
 )
 from fusion.federated.fedavg import GlobalModel
+from fusion.lazy import torch
 from fusion.spec import MLPSpec
 from fusion.training import FREE, Constraint, TrainConfig, train
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from fusion.federated.base import LocalBatch, State, Tensors, register
 from fusion.federated.htfl import HtFLAlgorithm, class_means, class_weighted_mean, pull_to
+from fusion.lazy import torch
 from fusion.params import forward
 from fusion.spec import Spec
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from fusion.federated.base import FederatedAlgorithm, LocalBatch, State, Tensors, register, weighted_mean
 from fusion.federated.fedavg import GlobalModel
+from fusion.lazy import torch
 from fusion.params import loss_and_grad
 from fusion.spec import MLPSpec
 from fusion.training import train

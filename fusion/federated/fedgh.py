@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from fusion.federated.base import LocalBatch, State, Tensors, register
 from fusion.federated.htfl import HtFLAlgorithm, head_init, n_body, server_train
+from fusion.lazy import torch
 from fusion.spec import Spec
 
 _HEAD = 0x6B

@@ -23,11 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from fusion.federated.base import LocalBatch, State, Tensors, register
 from fusion.federated.fedgh import prototype_examples
 from fusion.federated.htfl import HtFLAlgorithm, class_weighted_mean, prototype_head, pull_to, server_train
+from fusion.lazy import torch
 from fusion.params import init_params
 from fusion.spec import MLPSpec, Spec
 

@@ -33,9 +33,9 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, Tensors
+from fusion.lazy import torch
 from fusion.params import forward, init_params, loss_and_grad
 from fusion.spec import CNNSpec, MLPSpec, Spec, spec_from_state, spec_state
 from fusion.training import Constraint, TrainConfig
@@ -90,7 +90,7 @@ def features(flat: torch.Tensor, spec: Spec, x: torch.Tensor) -> torch.Tensor:
     return _act(spec)(forward(flat[:, : n_body(spec)], body_spec(spec), x))
 
 
-FeatureLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (feats, logits, y) -> (P,)
+FeatureLoss = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (feats, logits, y) -> (P,)
 
 
 def loss_and_grad_features(

@@ -35,12 +35,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, State, Tensors, register
+from fusion.lazy import lazy, torch
 from fusion.spec import MLPSpec
 from fusion.training import train
+
+F = lazy("torch.nn.functional")
 
 
 @dataclass(frozen=True)

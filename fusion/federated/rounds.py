@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from fusion.federated.base import (
     FederatedAlgorithm,
@@ -23,6 +22,7 @@ from fusion.federated.base import (
     local_rng,
     sample,
 )
+from fusion.lazy import torch
 from fusion.spec import MLPSpec, Spec
 
 

@@ -8,8 +8,8 @@ architecture families it is the average of the models of the family the party re
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from fusion.lazy import torch
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
 from fusion.strategies.by_family import each_family
 from fusion.strategies.mixed_widths import fit_width_average

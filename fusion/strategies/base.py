@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from fusion.gp_config import GPConfig
 from fusion.matching import SolveMany, solve_many_serial
-from fusion.metamodel import GPConfig
 from fusion.outliers import OutlierConfig
 from fusion.pfnm import PFNMConfig, SolveRect, solve_rect_serial
 from fusion.spec import Spec

@@ -15,8 +15,8 @@ with a :class:`ByFamily` warm starter that holds one warm starter per family a n
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from fusion.lazy import torch
 from fusion.params import forward
 from fusion.spec import Spec, spec_from_state, spec_state
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, warm_starter_class

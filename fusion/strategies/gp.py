@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from fusion.lazy import lazy
 from fusion.matching import align
-from fusion.metamodel import GPMetaModel
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+
+if TYPE_CHECKING:
+    from fusion.metamodel import GPMetaModel
+
+metamodel = lazy("fusion.metamodel")  # gpytorch: imported when a strategy fits or restores
 
 
 class GPWarmStarter(WarmStarter):
@@ -24,7 +31,7 @@ class GPWarmStarter(WarmStarter):
 
     @classmethod
     def restore(cls, state: dict) -> GPWarmStarter:
-        return cls(GPMetaModel(state["meta"]), state["align_iterations"])
+        return cls(metamodel.GPMetaModel(state["meta"]), state["align_iterations"])
 
     def summary(self) -> dict:
         return {
@@ -46,5 +53,5 @@ class GPFusion(Strategy):
         if self.aligned:
             alignment = align(models, ctx.spec, ctx.config.align_iters, ctx.solve_many)
             models, iterations = alignment.aligned, alignment.iterations
-        meta = GPMetaModel.fit(models, descriptors, ctx.config.gp, seed=ctx.seed)
+        meta = metamodel.GPMetaModel.fit(models, descriptors, ctx.config.gp, seed=ctx.seed)
         return GPWarmStarter(meta, iterations)

@@ -19,10 +19,11 @@ each party's width.
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from fusion.metamodel import GPMetaModel
+import numpy as np
+
+from fusion.lazy import lazy, torch
 from fusion.params import forward, init_params
 from fusion.spec import Spec, spec_from_state, spec_state
 from fusion.strategies import by_family
@@ -33,6 +34,11 @@ from fusion.strategies.mixed_widths import fit_width_gp
 from fusion.strategies.nearest_task import Lookup
 from fusion.training import TrainConfig, relative_mse, train
 from fusion.widths import at_width, embed, own_width
+
+if TYPE_CHECKING:
+    from fusion.metamodel import GPMetaModel
+
+metamodel = lazy("fusion.metamodel")  # gpytorch: imported when a strategy fits or restores
 
 
 def combinable(outputs: torch.Tensor, kind: str) -> torch.Tensor:
@@ -132,7 +138,7 @@ class RefitWarmStarter(WarmStarter):
         init = warm_starter_class(state["init_kind"]).restore(state["init"])
         kind = state.get("output_kind", "values")
         nearest = Lookup.restore(state["nearest"]) if "nearest" in state else None
-        return cls(init, GPMetaModel(state["outputs"]), spec, state["probe"].numpy(), refit, kind, nearest)
+        return cls(init, metamodel.GPMetaModel(state["outputs"]), spec, state["probe"].numpy(), refit, kind, nearest)
 
     def summary(self) -> dict:
         return {**self.init.summary(), "outputs_objective": self.outputs.objective[-1]}
@@ -145,9 +151,14 @@ def refit_warm_starter(
     ``models`` (n, D) on ``ctx.probe`` (the models embedded at ``ctx.spec`` in a run with mixed widths).
     The caller has checked the probe (:meth:`Strategy.require`). ``spec``: the warm starts' architecture (default
     ``ctx.spec``; ``init`` must predict models of it)."""
-    with torch.no_grad():
-        outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
-    gp_out = output_gp(outs, descriptors, ctx)
+    cached = ctx.cache.get("output_gp")
+    if cached is not None and cached[0] is models and cached[1] is descriptors:
+        gp_out = cached[2]  # the same fit (fusion and fusion_noalign: outputs do not depend on the unit order)
+    else:
+        with torch.no_grad():
+            outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
+        gp_out = output_gp(outs, descriptors, ctx)
+        ctx.cache["output_gp"] = (models, descriptors, gp_out)
     nearest = _nearest(models, descriptors, ctx) if spec is None or spec == ctx.spec else None
     return RefitWarmStarter(init, gp_out, spec or ctx.spec, ctx.probe, _refit(ctx), ctx.outputs, nearest)
 
@@ -160,7 +171,7 @@ def _nearest(models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> Lo
 def output_gp(outs: torch.Tensor, descriptors: np.ndarray, ctx: FitContext) -> GPMetaModel:
     """The GP from descriptors to the models' outputs ``outs`` (n, N, out) on the probe (combinable form)."""
     outs = combinable(outs, ctx.outputs)
-    return GPMetaModel.fit(outs.reshape(len(outs), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1)
+    return metamodel.GPMetaModel.fit(outs.reshape(len(outs), -1).numpy(), descriptors, ctx.config.gp, seed=ctx.seed + 1)
 
 
 def _refit(ctx: FitContext) -> TrainConfig:
@@ -194,7 +205,12 @@ class GPRefit(Strategy):
         own family); per target family, the init is the parameter GP over that family's models (the plain init of
         the family when fewer than two of them), refit to the predicted function."""
         self.require(ctx)
-        gp_out = output_gp(by_family.probe_outputs(models, ctx), descriptors, ctx)
+        cached = ctx.cache.get("output_gp")
+        if cached is not None and cached[0] is models and cached[1] is descriptors:
+            gp_out = cached[2]  # fusion and fusion_noalign share it
+        else:
+            gp_out = output_gp(by_family.probe_outputs(models, ctx), descriptors, ctx)
+            ctx.cache["output_gp"] = (models, descriptors, gp_out)
         starters = {}
         for spec in ctx.target_families:
             rows = by_family.rows_of(ctx, spec)

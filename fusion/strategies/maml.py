@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch.func import grad, vmap
 
+from fusion.lazy import torch
 from fusion.params import forward
 from fusion.spec import MLPSpec, Spec, spec_from_state, spec_state
 from fusion.strategies.average import Constant
@@ -89,10 +88,10 @@ def meta_train(
 
     def adapted_query_loss(theta, xs, ys, xq, yq, ds):
         for _ in range(cfg.inner_steps):
-            theta = theta - cfg.inner_lr * grad(task_loss)(theta, xs, ys, ds)
+            theta = theta - cfg.inner_lr * torch.func.grad(task_loss)(theta, xs, ys, ds)
         return task_loss(theta, xq, yq, ds)
 
-    batched = vmap(adapted_query_loss, in_dims=(None, 0, 0, 0, 0, 0))
+    batched = torch.func.vmap(adapted_query_loss, in_dims=(None, 0, 0, 0, 0, 0))
     theta = init.clone().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=cfg.outer_lr)
     for _ in range(cfg.meta_steps):

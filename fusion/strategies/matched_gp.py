@@ -11,14 +11,20 @@ is the same with every party at ``ctx.spec``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from fusion.metamodel import GPConfig, GPMetaModel
+from fusion.gp_config import GPConfig
+from fusion.lazy import lazy, torch
 from fusion.pfnm import PFNMConfig, SolveRect, expand, match_models, solve_rect_serial, to_width
 from fusion.spec import MLPSpec, spec_from_state, spec_state
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+
+if TYPE_CHECKING:
+    from fusion.metamodel import GPMetaModel
+
+metamodel = lazy("fusion.metamodel")  # gpytorch: imported when a strategy fits or restores
 
 
 class MatchedGPWarmStarter(WarmStarter):
@@ -65,7 +71,11 @@ class MatchedGPWarmStarter(WarmStarter):
     def restore(cls, state: dict) -> MatchedGPWarmStarter:
         spec = spec_from_state(state, "global_widths")
         return cls(
-            GPMetaModel(state["meta"]), spec, state["popularity"].numpy(), state["width"], state["refit_x"].numpy()
+            metamodel.GPMetaModel(state["meta"]),
+            spec,
+            state["popularity"].numpy(),
+            state["width"],
+            state["refit_x"].numpy(),
         )
 
     def summary(self) -> dict:
@@ -89,7 +99,7 @@ def fit_matched_gp(
     """
     matching = match_models(list(models), list(specs), pfnm, solve_rect)
     stack = expand(list(models), list(specs), matching)
-    meta = GPMetaModel.fit(stack, descriptors, gp or GPConfig(), seed=seed)
+    meta = metamodel.GPMetaModel.fit(stack, descriptors, gp or GPConfig(), seed=seed)
     return MatchedGPWarmStarter(meta, matching.global_spec, matching.popularity, width, refit_x)
 
 

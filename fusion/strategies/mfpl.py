@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fusion.mfpl import MFPLConfig, MFPLModel, fit_mfpl
+from fusion.lazy import lazy
+from fusion.mfpl_config import MFPLConfig
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+
+if TYPE_CHECKING:
+    from fusion.mfpl import MFPLModel
+
+mfpl = lazy("fusion.mfpl")  # gpytorch: imported when the strategy fits or restores
 
 
 class MFPLWarmStarter(WarmStarter):
@@ -33,7 +40,7 @@ class MFPLWarmStarter(WarmStarter):
     @classmethod
     def restore(cls, state: dict) -> MFPLWarmStarter:
         dim, n_params, m = state["dims"]
-        model = MFPLModel(MFPLConfig(**state["config"]), dim, n_params, m)
+        model = mfpl.MFPLModel(MFPLConfig(**state["config"]), dim, n_params, m)
         model.load_state_dict(state["state"])
         return cls(model.eval(), state["info"])
 
@@ -51,7 +58,7 @@ class MFPLFusion(Strategy):
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         cfg = ctx.config
-        fitted = fit_mfpl(
+        fitted = mfpl.fit_mfpl(
             models,
             descriptors,
             ctx.spec,

@@ -16,14 +16,20 @@ their own widths, once per fit (shared through ``FitContext.cache``).
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from fusion.metamodel import GPMetaModel
+import numpy as np
+
+from fusion.lazy import lazy, torch
 from fusion.pfnm import Matching, expand, match_models, matched_average, to_width
 from fusion.spec import MLPSpec, spec_from_state, spec_state
 from fusion.strategies.base import FitContext, WarmStarter
 from fusion.widths import at_width, embed, own_width
+
+if TYPE_CHECKING:
+    from fusion.metamodel import GPMetaModel
+
+metamodel = lazy("fusion.metamodel")  # gpytorch: imported when a strategy fits or restores
 
 
 def matched(models: np.ndarray, ctx: FitContext) -> tuple[list[np.ndarray], list[MLPSpec], Matching]:
@@ -94,7 +100,7 @@ class WidthGP(WarmStarter):
     @classmethod
     def restore(cls, state: dict) -> WidthGP:
         return cls(
-            GPMetaModel(state["params"]),
+            metamodel.GPMetaModel(state["params"]),
             spec_from_state(state["param_spec"]),
             state["popularity"].numpy(),
             spec_from_state(state["spec"]),
@@ -114,7 +120,7 @@ def fit_width_gp(models: np.ndarray, descriptors: np.ndarray, ctx: FitContext, a
         info = {"atoms": matching.n_atoms}
     else:
         stack, param_spec, popularity, info = models, ctx.spec, None, {"atoms": 0}
-    param_gp = GPMetaModel.fit(stack, descriptors, ctx.config.gp, seed=ctx.seed)
+    param_gp = metamodel.GPMetaModel.fit(stack, descriptors, ctx.config.gp, seed=ctx.seed)
     return WidthGP(param_gp, param_spec, popularity, ctx.spec, ctx.probe, info)
 
 

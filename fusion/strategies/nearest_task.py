@@ -8,8 +8,8 @@ mixed architecture families it copies the nearest model of the family the party 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from fusion.lazy import torch
 from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
 from fusion.strategies.by_family import each_family
 
