@@ -205,7 +205,12 @@ class GPRefit(Strategy):
         own family); per target family, the init is the parameter GP over that family's models (the plain init of
         the family when fewer than two of them), refit to the predicted function."""
         self.require(ctx)
-        gp_out = output_gp(by_family.probe_outputs(models, ctx), descriptors, ctx)
+        cached = ctx.cache.get("output_gp")
+        if cached is not None and cached[0] is models and cached[1] is descriptors:
+            gp_out = cached[2]  # fusion and fusion_noalign share it
+        else:
+            gp_out = output_gp(by_family.probe_outputs(models, ctx), descriptors, ctx)
+            ctx.cache["output_gp"] = (models, descriptors, gp_out)
         starters = {}
         for spec in ctx.target_families:
             rows = by_family.rows_of(ctx, spec)
