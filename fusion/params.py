@@ -146,8 +146,8 @@ def _layered_loss_and_grad(
             g_weight.copy_(torch.bmm(g.transpose(1, 2), h, out=_buffer(work, ("gw", i), g_weight.shape, flat)))
         g_bias.copy_(g.sum(1))
         if i > 0:
-            out = _buffer(work, ("g", i), (p, g.shape[1], fan_in), flat)
-            g = torch.mul(g, weight, out=out) if fan_out == 1 else torch.bmm(g, weight, out=out)  # (P, N, fan_in)
+            buf = _buffer(work, ("g", i), (p, g.shape[1], fan_in), flat)
+            g = torch.mul(g, weight, out=buf) if fan_out == 1 else torch.bmm(g, weight, out=buf)  # (P, N, fan_in)
             g.mul_(slopes[i - 1])
     return losses.detach(), grad
 

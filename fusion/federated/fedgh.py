@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.federated.base import LocalBatch, State, Tensors, register
-from fusion.federated.htfl import HtFLAlgorithm, head_init, n_body, server_train
+from fusion.federated.base import State, register
+from fusion.federated.htfl import SharedHead, server_train
 from fusion.lazy import torch
 from fusion.spec import Spec
 
@@ -44,20 +44,10 @@ def prototype_examples(uploads: State) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @register
-class FedGH(HtFLAlgorithm):
+class FedGH(SharedHead):
     name = "fedgh"
+    head_tag = _HEAD
     settings = FedGHSettings
-
-    def init_server(self, spec: Spec, init: np.ndarray, descriptors: np.ndarray, seed: int) -> State:
-        return {"head": head_init(self.cfg.feature_dim, spec.fan_out, seed, _HEAD), "seed": np.array(seed)}
-
-    def broadcast(self, server: State) -> State:
-        return {"head": server["head"]}
-
-    def prepare(self, model, down: Tensors, batch: LocalBatch):
-        model = model.clone()
-        model[:, n_body(batch.spec) :] = down["head"]
-        return model
 
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         x, y = prototype_examples(uploads)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.federated.base import LocalBatch, State, Tensors, register
-from fusion.federated.htfl import HtFLAlgorithm, class_weighted_mean, prototype_head, pull_to
+from fusion.federated.base import State, register
+from fusion.federated.htfl import SharedPrototypes, class_weighted_mean, prototype_head
 from fusion.spec import Spec
 
 
@@ -35,20 +35,13 @@ class ProtoSettings:
 
 
 @register
-class FedProto(HtFLAlgorithm):
+class FedProto(SharedPrototypes):
     name = "fedproto"
     settings = ProtoSettings
 
     def init_server(self, spec: Spec, init: np.ndarray, descriptors: np.ndarray, seed: int) -> State:
         c, d = spec.fan_out, self.cfg.feature_dim
         return {"protos": np.zeros((c, d), np.float32), "have": np.zeros(c, np.float32), "seed": np.array(seed)}
-
-    def broadcast(self, server: State) -> State:
-        return {"protos": server["protos"], "have": server["have"]}
-
-    def local_loss(self, down: Tensors, batch: LocalBatch):
-        task, lam, have = batch.loss, self.opts.lam, down["have"] > 0
-        return lambda feats, logits, y: task(logits, y) + lam * pull_to(down["protos"], have, feats, y)
 
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         pooled, total = class_weighted_mean(uploads["protos"], uploads["counts"])

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.federated.base import LocalBatch, State, Tensors, register
+from fusion.federated.base import State, register
 from fusion.federated.fedgh import prototype_examples
-from fusion.federated.htfl import HtFLAlgorithm, class_weighted_mean, prototype_head, pull_to, server_train
+from fusion.federated.htfl import SharedPrototypes, class_weighted_mean, prototype_head, server_train
 from fusion.lazy import torch
 from fusion.params import init_params
 from fusion.spec import MLPSpec, Spec
@@ -80,7 +80,7 @@ def adaptive_margin(means: np.ndarray, held: np.ndarray, cap: float) -> float:
 
 
 @register
-class FedTGP(HtFLAlgorithm):
+class FedTGP(SharedPrototypes):
     name = "fedtgp"
     settings = TGPSettings
 
@@ -100,13 +100,6 @@ class FedTGP(HtFLAlgorithm):
             "margin": np.array(0.0),
             "seed": np.array(seed),
         }
-
-    def broadcast(self, server: State) -> State:
-        return {"protos": server["protos"], "have": server["have"]}
-
-    def local_loss(self, down: Tensors, batch: LocalBatch):
-        task, lam, have = batch.loss, self.opts.lam, down["have"] > 0
-        return lambda feats, logits, y: task(logits, y) + lam * pull_to(down["protos"], have, feats, y)
 
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         c, d, h = len(server["have"]), self.cfg.feature_dim, self.opts.hidden

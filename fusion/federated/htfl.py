@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, Tensors
+from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, State, Tensors
 from fusion.lazy import torch
 from fusion.params import forward, init_params, loss_and_grad
 from fusion.spec import CNNSpec, MLPSpec, Spec, spec_from_state, spec_state
@@ -304,3 +304,33 @@ class HtFLAlgorithm(FederatedAlgorithm):
             params[n_body(model) :] = head
         download = 0 if head is None else 4 * head.size
         return HtFLStart(params, model, self.body_only_shots and head is not None, download)
+
+
+class SharedHead(HtFLAlgorithm):
+    """A server that holds one head over the common feature layer (drawn with ``head_tag`` from the run seed),
+    broadcast and put on every sampled party's body (LG-FedAvg, FedGH)."""
+
+    head_tag = 0
+
+    def init_server(self, spec: Spec, init: np.ndarray, descriptors: np.ndarray, seed: int) -> State:
+        return {"head": head_init(self.cfg.feature_dim, spec.fan_out, seed, self.head_tag), "seed": np.array(seed)}
+
+    def broadcast(self, server: State) -> State:
+        return {"head": server["head"]}
+
+    def prepare(self, model, down: Tensors, batch: LocalBatch):
+        model = model.clone()
+        model[:, n_body(batch.spec) :] = down["head"]
+        return model
+
+
+class SharedPrototypes(HtFLAlgorithm):
+    """A server that broadcasts class prototypes; each party's features are pulled toward its classes' ones with
+    weight ``lam`` (FedProto, FedTGP)."""
+
+    def broadcast(self, server: State) -> State:
+        return {"protos": server["protos"], "have": server["have"]}
+
+    def local_loss(self, down: Tensors, batch: LocalBatch):
+        task, lam, have = batch.loss, self.opts.lam, down["have"] > 0
+        return lambda feats, logits, y: task(logits, y) + lam * pull_to(down["protos"], have, feats, y)

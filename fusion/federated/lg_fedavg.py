@@ -15,26 +15,16 @@ from __future__ import annotations
 import numpy as np
 
 from fusion.federated.base import LocalBatch, State, Tensors, register, weighted_mean
-from fusion.federated.htfl import HtFLAlgorithm, head_init, n_body
+from fusion.federated.htfl import SharedHead, n_body
 from fusion.spec import Spec
 
 _HEAD = 0x1C
 
 
 @register
-class LGFedAvg(HtFLAlgorithm):
+class LGFedAvg(SharedHead):
     name = "lg_fedavg"
-
-    def init_server(self, spec: Spec, init: np.ndarray, descriptors: np.ndarray, seed: int) -> State:
-        return {"head": head_init(self.cfg.feature_dim, spec.fan_out, seed, _HEAD), "seed": np.array(seed)}
-
-    def broadcast(self, server: State) -> State:
-        return {"head": server["head"]}
-
-    def prepare(self, model, down: Tensors, batch: LocalBatch):
-        model = model.clone()
-        model[:, n_body(batch.spec) :] = down["head"]
-        return model
+    head_tag = _HEAD
 
     def upload(self, model, batch: LocalBatch) -> Tensors:
         return {"head": model[:, n_body(batch.spec) :]}
