@@ -223,12 +223,17 @@ class Browser:
             return seen
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.profile, ignore_errors=True)
+        _stop(self.proc, self.profile)
+
+
+def _stop(proc: subprocess.Popen, folder: str) -> None:
+    """End a helper process (terminate, then kill after 10 s) and remove its scratch folder."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class Prometheus:
@@ -266,12 +271,7 @@ class Prometheus:
         return len(data["data"]["result"])
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        _stop(self.proc, self.folder)
 
 
 def board_queries(path: Path = BOARD) -> list[tuple[str, str]]:
