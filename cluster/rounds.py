@@ -195,7 +195,9 @@ def train_federated(
 
     Costs per method: the rounds' (:class:`fusion.federated.rounds.Costs`) plus what each novel party downloads (a
     model; for the HtFL algorithms the shared head or prototypes, :attr:`fusion.federated.htfl.HtFLStart.download`);
-    ``wall_s`` the rounds' wall time (replays after restarts included) plus ``novel()``.
+    ``wall_s`` the rounds' wall time (replays after restarts included) plus the ``novel()`` calls of every method the
+    training serves: one figure for the methods that share a training (``fedavg`` and ``fedavg_ft``), as they share
+    its compute.
     """
     if cfg.feature_dim == 0 and any(issubclass(ALGORITHMS[m], HtFLAlgorithm) for m in methods):
         cfg = dataclasses.replace(cfg, feature_dim=feature_dim(0, scenario.families or (scenario.spec,)))
@@ -206,13 +208,14 @@ def train_federated(
         for job, served in jobs_of(methods, cfg).values():
             trained = engine.train(job, served)
             out.restarts += trained.restarts
-            for m in served:
-                clock = time.perf_counter()
-                start, download = novel_start(ALGORITHMS[m](cfg, cfg.settings_of(m)), trained.server, scenario)
+            clock = time.perf_counter()
+            starts = {m: novel_start(ALGORITHMS[m](cfg, cfg.settings_of(m)), trained.server, scenario) for m in served}
+            wall = trained.wall_s + time.perf_counter() - clock
+            for m, (start, download) in starts.items():
                 out.starts[m] = start
                 row = dict(trained.costs)
                 row["download_bytes"] += n_novel * download
-                row["wall_s"] = trained.wall_s + time.perf_counter() - clock
+                row["wall_s"] = wall
                 out.costs[m] = row
     finally:
         ray.kill(server, no_restart=True)
