@@ -14,7 +14,7 @@ from actors.faults import FaultConfig
 from fusion.federated.base import FederatedStart
 from fusion.federated.rounds import Parties, PartyStore, local_round
 from fusion.methods import COLD_START
-from fusion.params import forward, init_params
+from fusion.params import RowLoss, forward, init_params
 from fusion.strategies.by_family import ByFamily, pack
 from fusion.training import FREE, Constraint, FinetuneConfig, TrainConfig, finetune, train
 from fusion.widths import embed
@@ -41,7 +41,7 @@ def training_parties(scenario: Scenario, seed: int, ids: np.ndarray, device: tor
     counts = scenario.real_rows(y).sum(axis=1)
 
     def loss_of(descriptors: torch.Tensor):
-        return lambda pred, t: scenario.loss(pred, t, descriptors)
+        return RowLoss(scenario.loss, descriptors)
 
     as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
     families = (lambda some: scenario.family_groups(seed, some)) if scenario.mixed else None
@@ -133,7 +133,7 @@ class PartyShard:
         return embed(params, scenario.spec, self.scenario.spec.widths[1]) if self.widths else params
 
     def _loss(self, descriptors: torch.Tensor):
-        return lambda pred, y: self.scenario.loss(pred, y, descriptors)
+        return RowLoss(self.scenario.loss, descriptors)
 
     def _subset(self, ids, hosted: np.ndarray, kind: str) -> np.ndarray:
         if ids is None:

@@ -26,14 +26,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusion.params import init_params, layers  # noqa: E402
+from fusion.params import RowLoss, init_params, layers  # noqa: E402
 from fusion.spec import spec_for_family  # noqa: E402
 from fusion.training import TrainConfig, train  # noqa: E402
 from tests.test_cnn import sequential  # noqa: E402
 
 
-def cross_entropy(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def per_model_ce(pred: torch.Tensor, y: torch.Tensor, _) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(pred.transpose(1, 2), y, reduction="none").mean(1)
+
+
+cross_entropy = RowLoss(per_model_ce)  # per model, as party shards pass their scenario's loss
 
 
 def main() -> None:

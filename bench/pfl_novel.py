@@ -68,7 +68,7 @@ PROTOCOLS = {
             "name": "digits-split",
             "split": "dirichlet",
             "alpha": 0.1,
-            "min_samples": 8,  # 10 (the default): no Dirichlet(0.1) draw of seed 2 gives all 200 parties 10 in 100 tries
+            "min_samples": 8,  # the default 10: no Dirichlet(0.1) draw of seed 2 gives all 200 parties 10 in 100 tries
             "source": "mnist",
             "data_dir": MNIST,
         },

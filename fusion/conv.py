@@ -4,10 +4,16 @@ The ``P`` models run as *grouped* convolutions (``groups=P``: model ``p``'s filt
 channels), the usual fastest batched conv on CPU, and their Linear layers as batched matrix products. Inputs
 arrive flat, (P, N, fan_in) or (N, fan_in), and are read as (channels, side, side) images.
 
-Memory: a conv's activations are (N, P * channels, side, side). Long inputs are processed in chunks of examples
-whose activations stay under :data:`CHUNK_FLOATS`: the forward pass chunk by chunk, and the gradient by a
-no-graph forward for the predictions, the loss's gradient w.r.t. them, then per chunk a forward with graph and a
-backward of that chunk's share (exact: the loss's gradient depends on the chunks only through the predictions).
+The stack runs in groups of at most :data:`PARTY_GROUP` models (a model's loss and gradient depend on its own
+parameters only, so the split is exact): one grouped convolution over a hundred models costs several times what
+a hundred single-model convolutions cost (``bench/cnn_batched.py``), while groups of a few models cost a little
+less than one model at a time.
+
+Memory: a conv's activations are (N, G * channels, side, side) for a group of G models. Long inputs are processed
+in chunks of examples whose activations stay under :data:`CHUNK_FLOATS`: the forward pass chunk by chunk, and the
+gradient by a no-graph forward for the predictions, the loss's gradient w.r.t. them, then per chunk a forward with
+graph and a backward of that chunk's share (exact: the loss's gradient depends on the chunks only through the
+predictions).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from fusion.spec import CNNSpec
 
 F = lazy("torch.nn.functional")
 
-CHUNK_FLOATS = 2**25  # activation floats of one chunk (~128 MB)
+CHUNK_FLOATS = 2**26  # activation floats of one chunk (256 MB: one cnn-s party's 1,500 images)
+PARTY_GROUP = 8  # models per grouped convolution: one over many models is slower than several over a few
 
 
 def _views(flat: torch.Tensor, spec: CNNSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -64,10 +71,18 @@ def _expand(x: torch.Tensor, p: int) -> torch.Tensor:
     return x if x.dim() == 3 else x.expand(p, *x.shape)
 
 
+def _groups(p: int) -> list[slice]:
+    return [slice(i, min(p, i + PARTY_GROUP)) for i in range(0, p, PARTY_GROUP)]
+
+
 def forward(flat: torch.Tensor, spec: CNNSpec, x: torch.Tensor) -> torch.Tensor:
     """``flat`` (P, n_params), ``x`` (P, N, fan_in) or (N, fan_in) -> outputs (P, N, n_out)."""
+    x = _expand(x, flat.shape[0])
+    return torch.cat([_forward_group(flat[g], spec, x[g]) for g in _groups(flat.shape[0])])
+
+
+def _forward_group(flat: torch.Tensor, spec: CNNSpec, x: torch.Tensor) -> torch.Tensor:
     p = flat.shape[0]
-    x = _expand(x, p)
     views, step = _views(flat, spec), _chunk(spec, p, x.shape[1])
     if x.shape[1] <= step:
         return _forward(views, spec, x)
@@ -79,24 +94,42 @@ def loss_and_grad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-model losses ``loss_fn(forward(flat, spec, x), y)`` (P,) and d(their sum)/d ``flat`` (P, n_params).
 
-    ``work`` is accepted for the common signature (:func:`fusion.params.loss_and_grad`) and not used.
+    A :class:`fusion.params.RowLoss` runs slice by slice of the stack, each slice as one graph when its
+    activations fit :data:`CHUNK_FLOATS`. Any other ``loss_fn`` sees the whole stack's predictions at once (it may
+    hold per-model tensors of its own): one graph if the stack fits, else a no-graph forward first. ``work`` is
+    accepted for the common signature (:func:`fusion.params.loss_and_grad`) and not used.
     """
-    p = flat.shape[0]
+    p, n = flat.shape[0], x.shape[-2]
     x = _expand(x, p)
-    weights = flat.detach().requires_grad_(True)
-    step = _chunk(spec, p, x.shape[1])
+    if not hasattr(loss_fn, "rows"):
+        return _stack_loss_and_grad(flat, spec, x, y, loss_fn)
+    size = max(1, min(PARTY_GROUP, CHUNK_FLOATS // (n * _floats_per_example(spec))))
+    parts = [
+        _stack_loss_and_grad(flat[g], spec, x[g], None if y is None else y[g], loss_fn.rows(g))
+        for g in (slice(i, min(p, i + size)) for i in range(0, p, size))
+    ]
+    return torch.cat([loss for loss, _ in parts]), torch.cat([grad for _, grad in parts])
+
+
+def _stack_loss_and_grad(flat: torch.Tensor, spec: CNNSpec, x: torch.Tensor, y, loss_fn):
+    p, n = flat.shape[0], x.shape[1]
     with torch.enable_grad():
-        if x.shape[1] <= step:  # one chunk: one forward with its graph
-            losses = loss_fn(_forward(_views(weights, spec), spec, x), y)
+        if p * n * _floats_per_example(spec) <= CHUNK_FLOATS:  # every group's graph at once: one backward
+            weights = flat.detach().requires_grad_(True)
+            pred = torch.cat([_forward(_views(weights[g], spec), spec, x[g]) for g in _groups(p)])
+            losses = loss_fn(pred, y)
             (grad,) = torch.autograd.grad(losses.sum(), weights)
             return losses.detach(), grad
         with torch.no_grad():
-            pred = forward(weights, spec, x)
+            pred = forward(flat, spec, x)
         pred.requires_grad_(True)
         losses = loss_fn(pred, y)
         (g_pred,) = torch.autograd.grad(losses.sum(), pred)
-        grad = torch.zeros_like(weights)
-        for i in range(0, x.shape[1], step):
-            out = _forward(_views(weights, spec), spec, x[:, i : i + step])
-            grad += torch.autograd.grad(out, weights, g_pred[:, i : i + step])[0]
+        grad = torch.zeros_like(flat)
+        for g in _groups(p):
+            weights = flat[g].detach().requires_grad_(True)
+            step = _chunk(spec, weights.shape[0], n)
+            for i in range(0, n, step):
+                out = _forward(_views(weights, spec), spec, x[g, i : i + step])
+                grad[g] += torch.autograd.grad(out, weights, g_pred[g, i : i + step])[0]
     return losses.detach(), grad

@@ -9,6 +9,8 @@ training, fine-tuning and fusion code never ask which one it is.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -61,6 +63,23 @@ def _affine(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torc
         row = None if out is None else out.view(p, 1, -1)
         return torch.baddbmm(bias.unsqueeze(2), weight, h.transpose(1, 2), out=row).view(p, -1, 1)
     return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2), out=out)
+
+
+@dataclass(frozen=True)
+class RowLoss:
+    """A per-model loss ``fn(pred, y, per_row)``: model ``p``'s loss depends on its own predictions, targets and
+    ``per_row[p]`` only (e.g. its descriptor), so the loss of a slice of the stack is :meth:`rows`. CNN stacks too
+    large for one graph then run their passes slice by slice (:func:`fusion.conv.loss_and_grad`); any other
+    callable ``loss_fn(pred, y)`` works everywhere, with a second forward pass there."""
+
+    fn: Callable
+    per_row: torch.Tensor | None = None
+
+    def __call__(self, pred: torch.Tensor, y) -> torch.Tensor:
+        return self.fn(pred, y, self.per_row)
+
+    def rows(self, part: slice) -> RowLoss:
+        return RowLoss(self.fn, None if self.per_row is None else self.per_row[part])
 
 
 def forward(flat: torch.Tensor, spec: Spec, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fusion.lazy import torch
-from fusion.params import forward, loss_and_grad
+from fusion.params import RowLoss, forward, loss_and_grad
 from fusion.spec import MLPSpec
 
 OPTIMIZERS = ("adam", "sgd")
@@ -174,7 +174,7 @@ def _held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candi
     g, p = len(fit), len(params)
     rows = lambda t, idx: t[:, idx].movedim(1, 0).flatten(0, 1)  # noqa: E731  (P, N, ...) -> (G * P, n_idx, ...)
     d_g = descriptors.repeat(g, *([1] * (descriptors.dim() - 1)))
-    g_loss = lambda pred, t: loss(pred, t, d_g)  # noqa: E731
+    g_loss = RowLoss(loss, d_g)
     x_val, y_val = rows(x, val), rows(y, val)
     out = torch.zeros(g, p, len(candidates), dtype=torch.float64, device=params.device)
 
@@ -222,7 +222,7 @@ def finetune(
     does not depend on which other parties share the batch. ``constraint``: what may move (e.g. a head
     only) and a proximal pull toward an anchor, for methods whose k-shot use says so.
     """
-    task_loss = lambda pred, t: loss(pred, t, descriptors)  # noqa: E731
+    task_loss = RowLoss(loss, descriptors)
     folds = min(cfg.folds, x.shape[1])
     if folds < 2 or cfg.steps == 0:
         return train(params, spec, x, y, task_loss, cfg, constraint=constraint)

@@ -7,7 +7,7 @@ import torch
 
 from fusion import conv
 from fusion.matching import align
-from fusion.params import flatten, forward, init_params, layers, loss_and_grad, permute, unit_features
+from fusion.params import RowLoss, flatten, forward, init_params, layers, loss_and_grad, permute, unit_features
 from fusion.spec import CNNSpec, MLPSpec, spec_for_family, spec_from_state, spec_state
 from fusion.training import TrainConfig, train
 
@@ -95,18 +95,41 @@ def test_batched_forward_and_gradients_equal_a_loop_of_torch_modules():
         torch.testing.assert_close(grad[i], want_grad, rtol=1e-5, atol=1e-6)
 
 
-def test_chunked_passes_equal_one_pass(monkeypatch):
+@pytest.mark.parametrize("group", [2, 3, 8])
+def test_chunked_and_grouped_passes_equal_one_pass(monkeypatch, group):
     p, n = 3, 10
     flat, x = torch.as_tensor(random_stack(SMALL, p, seed=3)), images(p, n, SMALL, seed=4)
     y = torch.randn(p, n, 10)
-    mse = lambda pred, t: ((pred - t) ** 2).mean(dim=(1, 2))  # noqa: E731
+    scale = torch.arange(1.0, p + 1)  # a loss holding a per-model tensor of its own: it must see the whole stack
+    mse = lambda pred, t: ((pred - t) ** 2).mean(dim=(1, 2)) * scale  # noqa: E731
     whole, (l_whole, g_whole) = forward(flat, SMALL, x), loss_and_grad(flat, SMALL, x, y, mse)
-    monkeypatch.setattr(conv, "CHUNK_FLOATS", 3 * conv._floats_per_example(SMALL) * 3)  # 3 examples a chunk
-    assert conv._chunk(SMALL, p, n) == 3
+    monkeypatch.setattr(conv, "PARTY_GROUP", group)
     torch.testing.assert_close(forward(flat, SMALL, x), whole, rtol=1e-5, atol=1e-6)
-    l_chunk, g_chunk = loss_and_grad(flat, SMALL, x, y, mse)
+    l_group, g_group = loss_and_grad(flat, SMALL, x, y, mse)  # groups, one backward
+    torch.testing.assert_close(l_group, l_whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_group, g_whole, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(conv, "CHUNK_FLOATS", 3 * conv._floats_per_example(SMALL) * min(group, p))  # 3 examples
+    assert conv._chunk(SMALL, min(group, p), n) == 3
+    torch.testing.assert_close(forward(flat, SMALL, x), whole, rtol=1e-5, atol=1e-6)
+    l_chunk, g_chunk = loss_and_grad(flat, SMALL, x, y, mse)  # groups, chunks of examples, a backward each
     torch.testing.assert_close(l_chunk, l_whole, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_chunk, g_whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("fit", "slices"), [(1, [1, 1, 1]), (2, [2, 1]), (10, [3])])  # models a slice's graph fits
+def test_a_row_loss_runs_slice_by_slice_and_equals_one_pass(monkeypatch, fit, slices):
+    p, n = 3, 10
+    flat, x = torch.as_tensor(random_stack(SMALL, p, seed=3)), images(p, n, SMALL, seed=4)
+    y, scale = torch.randn(p, n, 10), torch.arange(1.0, p + 1)
+    weighted = lambda pred, t, s: ((pred - t) ** 2).mean(dim=(1, 2)) * s  # noqa: E731
+    l_whole, g_whole = loss_and_grad(flat, SMALL, x, y, lambda pred, t: weighted(pred, t, scale))
+    monkeypatch.setattr(conv, "CHUNK_FLOATS", n * conv._floats_per_example(SMALL) * fit)
+    seen = []
+    spy = lambda pred, t, s: seen.append(len(pred)) or weighted(pred, t, s)  # noqa: E731
+    l_rows, g_rows = loss_and_grad(flat, SMALL, x, y, RowLoss(spy, scale))
+    assert seen == slices  # one loss call per slice: no second forward pass
+    torch.testing.assert_close(l_rows, l_whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_rows, g_whole, rtol=1e-5, atol=1e-6)
 
 
 def test_init_draws_within_torchs_default_bounds():

@@ -36,7 +36,7 @@ import numpy as np
 
 from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, State, Tensors
 from fusion.lazy import torch
-from fusion.params import forward, init_params, loss_and_grad
+from fusion.params import RowLoss, forward, init_params, loss_and_grad
 from fusion.spec import CNNSpec, MLPSpec, Spec, spec_from_state, spec_state
 from fusion.training import Constraint, TrainConfig
 
@@ -113,8 +113,13 @@ def loss_and_grad_features(
         logits = torch.baddbmm(bias.unsqueeze(1), feats, weight.transpose(1, 2))
         losses = loss_fn(feats, logits, y)
         g_z, g_head = torch.autograd.grad(losses.sum(), (z, head))
-    _, g_body = loss_and_grad(flat[:, :nb].detach(), bspec, x, None, lambda pred, _: (pred * g_z).sum(dim=(1, 2)))
+    _, g_body = loss_and_grad(flat[:, :nb].detach(), bspec, x, None, RowLoss(_weighted_sum, g_z))
     return losses.detach(), torch.cat([g_body, g_head], dim=1)
+
+
+def _weighted_sum(pred: torch.Tensor, _, weights: torch.Tensor) -> torch.Tensor:
+    """Per model, the sum of its outputs weighted by ``weights`` (P, N, out): backpropagates ``weights``."""
+    return (pred * weights).sum(dim=(1, 2))
 
 
 def train_features(
