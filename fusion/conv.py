@@ -71,8 +71,9 @@ def _expand(x: torch.Tensor, p: int) -> torch.Tensor:
     return x if x.dim() == 3 else x.expand(p, *x.shape)
 
 
-def _groups(p: int) -> list[slice]:
-    return [slice(i, min(p, i + PARTY_GROUP)) for i in range(0, p, PARTY_GROUP)]
+def _groups(p: int, size: int = PARTY_GROUP) -> list[slice]:
+    """``p`` models in consecutive slices of at most ``size``."""
+    return [slice(i, min(p, i + size)) for i in range(0, p, size)]
 
 
 def forward(flat: torch.Tensor, spec: CNNSpec, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +107,7 @@ def loss_and_grad(
     size = max(1, min(PARTY_GROUP, CHUNK_FLOATS // (n * _floats_per_example(spec))))
     parts = [
         _stack_loss_and_grad(flat[g], spec, x[g], None if y is None else y[g], loss_fn.rows(g))
-        for g in (slice(i, min(p, i + size)) for i in range(0, p, size))
+        for g in _groups(p, size)
     ]
     return torch.cat([loss for loss, _ in parts]), torch.cat([grad for _, grad in parts])
 
