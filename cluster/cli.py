@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
         "target",
         metavar="SCENARIO_OR_TOML",
         nargs="?",
-        help="a scenario name (sine, sine-uniform, digits, movielens) or a TOML config",
+        help="a scenario name (sine, sine-uniform, digits, digits-split, movielens) or a TOML config",
     )
     r.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its config and checkpoint")
     r.add_argument("--parties", type=int, help="training parties that pretrain a model (default 200)")
