@@ -16,6 +16,9 @@ together, so one-shot and iterative methods keep equal local steps per training 
 Per protocol it prints a Markdown table: the metric mean ± std over the test parties of every seed pooled,
 per shots, and from each run's costs.csv (mean over seeds) upload MB, download MB, rounds, party steps, wall s.
 One JSON line per finished run on stdout; ``--out`` gets the tables so far after every run (atomic write).
+``--keep DIR`` stores each finished run's per-party values and costs as ``DIR/<protocol>-s<seed>.json``; a later
+invocation with the same ``--keep`` loads the runs found there instead of running them again, so a table can pool
+seeds measured in different invocations (the file records the budget and sizes; a mismatch is run again).
 """
 
 from __future__ import annotations
@@ -142,6 +145,33 @@ def one(key: str, args, seed: int, work: Path) -> dict:
     return {"values": values, "costs": costs, "wall": wall, "metric": table["metric"][0] if table["metric"] else ""}
 
 
+def kept_path(keep: str, key: str, seed: int) -> Path:
+    return Path(keep) / f"{key}-s{seed}.json"
+
+
+def save_kept(path: Path, run: dict, tree: dict) -> None:
+    record = {
+        "tree": {k: tree[k] for k in ("parties", "test_parties", "shots", "methods", "pretrain", "federated")},
+        "values": [[m, k, v] for (m, k), v in run["values"].items()],
+        **{k: run[k] for k in ("costs", "wall", "metric")},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+
+
+def load_kept(path: Path, tree: dict) -> dict | None:
+    """The kept run at ``path`` if it was made with the sizes, shots, methods and budget of ``tree``."""
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if any(record["tree"].get(k) != tree[k] for k in record["tree"]):
+        return None
+    values = {(m, int(k)): v for m, k, v in record["values"]}
+    return {"values": values, **{k: record[k] for k in ("costs", "wall", "metric")}}
+
+
 def fmt_bytes(b: float) -> str:
     return f"{b / 1e6:.3g}"
 
@@ -202,6 +232,7 @@ def main() -> int:
     p.add_argument("--shots", default="", help="override the protocol's shots (per class for MNIST), e.g. 0,1")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--out", default="", help="Markdown file for the tables (rewritten after every run)")
+    p.add_argument("--keep", default="", help="folder of finished runs: store each, reuse those found (see above)")
     p.add_argument(
         "--warm-starts-plot",
         action="store_true",
@@ -227,8 +258,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for key in keys:
             for seed in [int(s) for s in args.seeds.split(",")]:
+                tree = tree_of(PROTOCOLS[key], args, seed, Path(tmp))
+                kept = load_kept(kept_path(args.keep, key, seed), tree) if args.keep else None
                 try:
-                    done.setdefault(key, {})[seed] = one(key, args, seed, Path(tmp))
+                    done.setdefault(key, {})[seed] = kept or one(key, args, seed, Path(tmp))
+                    if args.keep and not kept:
+                        save_kept(kept_path(args.keep, key, seed), done[key][seed], tree)
                 except ConfigError as exc:  # e.g. a Dirichlet split that cannot give every party min_samples
                     refused.setdefault(key, {})[seed] = str(exc)
                     print(json.dumps({"protocol": key, "seed": seed, "refused": str(exc)}), flush=True)
