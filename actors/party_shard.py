@@ -16,7 +16,7 @@ from fusion.federated.rounds import Parties, PartyStore, local_round
 from fusion.methods import COLD_START
 from fusion.params import RowLoss, forward, init_params
 from fusion.strategies.by_family import ByFamily, pack
-from fusion.training import FREE, Constraint, FinetuneConfig, TrainConfig, finetune, train
+from fusion.training import FREE, Constraint, FinetuneConfig, TrainConfig, finetune, train, uses_residual_gp
 from fusion.widths import embed
 from scenarios import (
     Scenario,
@@ -271,6 +271,7 @@ class PartyShard:
         """
         sc = self.scenario
         n_m, n_p = len(members), len(ids)
+        probe = sc.probe_inputs() if uses_residual_gp(self.finetune_cfg, sc.residual_shots) else None
         warm = torch.cat([start for _, start in members])  # (methods * parties, n_params), method-major
         d_all = torch.as_tensor(np.tile(desc, (n_m, 1)), device=self.device)
         rep = lambda t: t.repeat(n_m, *([1] * (t.dim() - 1)))  # noqa: E731
@@ -281,7 +282,7 @@ class PartyShard:
                 n = sc.shot_examples(k)
                 sx = rep(_stack([s[0][:n] for s in shot_sets], self.device))
                 sy = rep(_stack([s[1][:n] for s in shot_sets], self.device))
-                tuned = finetune(warm, spec, sx, sy, sc.loss, d_all, self.finetune_cfg, constraint)
+                tuned = finetune(warm, spec, sx, sy, sc.loss, d_all, self.finetune_cfg, constraint, probe)
             with torch.no_grad():
                 values = sc.metric(forward(tuned, spec, rep(ex)), rep(ey), d_all).cpu().numpy()
             cols["method"] += [m for m, _ in members for _ in range(n_p)]

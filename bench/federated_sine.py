@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fusion.federated import ALGORITHMS, FederatedConfig  # noqa: E402
 from fusion.federated.rounds import Parties, run_rounds  # noqa: E402
 from fusion.params import forward  # noqa: E402
-from fusion.training import FREE, FinetuneConfig, finetune  # noqa: E402
+from fusion.training import FREE, FinetuneConfig, finetune, uses_residual_gp  # noqa: E402
 from scenarios import Stream, build, make_options, party_descriptors, party_torch_generator, training_data  # noqa: E402
 
 
@@ -63,6 +63,7 @@ def main() -> None:
     k_max = max(args.shots)
     shot_sets = [sc.party_shot_data(seed, i, d, k_max) for i, d in zip(novel, n_desc)]
     ft_cfg = FinetuneConfig()
+    probe = sc.probe_inputs() if uses_residual_gp(ft_cfg, sc.residual_shots) else None  # the run's "auto" recipe
 
     def score(warm: torch.Tensor, constraint, tune: bool) -> dict[int, np.ndarray]:
         out = {}
@@ -71,7 +72,7 @@ def main() -> None:
             if k > 0 and tune:
                 sx = torch.as_tensor(np.stack([s[0][:k] for s in shot_sets]))
                 sy = torch.as_tensor(np.stack([s[1][:k] for s in shot_sets]))
-                tuned = finetune(warm, spec, sx, sy, sc.loss, d_t, ft_cfg, constraint)
+                tuned = finetune(warm, spec, sx, sy, sc.loss, d_t, ft_cfg, constraint, probe)
             with torch.no_grad():
                 out[k] = sc.metric(forward(tuned, spec, ex), ey, d_t).numpy()
         return out

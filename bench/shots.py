@@ -4,10 +4,11 @@
     python bench/shots.py runs/shots-s11 --shots 5,10,20,40
 
 Loads the run's ``config.toml`` and ``checkpoint/fitted-<method>.pt`` (no Ray), gives its test parties their warm
-starts, and fine-tunes them on k shots with each variant of ``[finetune]`` (the step-selection margin, a proximal
-pull toward the warm start, the learning rate): the same shots, test points and code as the run's evaluation
-(``fusion.training.finetune``). Prints one JSON line per (method, variant) and a Markdown table of the mean metric
-per k. ``--variants`` picks among the built-in ones (default all).
+starts, and fine-tunes them on k shots with each variant of ``[finetune]`` (the residual-GP recipe,
+:mod:`fusion.residual`; the step recipe and its step-selection margin, a proximal pull toward the warm start, the
+learning rate): the same shots, test points and code as the run's evaluation (``fusion.training.finetune``).
+Prints one JSON line per (method, variant) and a Markdown table of the mean metric per k. ``--variants`` picks
+among the built-in ones (default all).
 """
 
 from __future__ import annotations
@@ -26,21 +27,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cluster.checkpoint import Checkpoint  # noqa: E402
 from cluster.config import load_toml, resolve  # noqa: E402
 from fusion.params import forward  # noqa: E402
-from fusion.training import FREE, Constraint, finetune  # noqa: E402
+from fusion.training import FREE, Constraint, finetune, uses_residual_gp  # noqa: E402
 from scenarios.base import party_descriptors  # noqa: E402
 from scenarios.registry import build  # noqa: E402
 
 # name: (changes to the run's [finetune], proximal pull toward the warm start: prox/2 · ||w - w0||^2)
 VARIANTS = {
-    "run's recipe": ({}, 0.0),
-    "margin 0": ({"margin": 0.0}, 0.0),
-    "margin 1": ({"margin": 1.0}, 0.0),
-    "prox 1": ({}, 1.0),
-    "prox 10": ({}, 10.0),
-    "prox 100": ({}, 100.0),
-    "prox 10, margin 1": ({"margin": 1.0}, 10.0),
-    "prox 10, margin 0": ({"margin": 0.0}, 10.0),
-    "lr 0.003": ({"lr": 0.003}, 0.0),
+    "steps": ({"recipe": "steps"}, 0.0),
+    "residual_gp": ({"recipe": "residual_gp"}, 0.0),
+    "margin 0": ({"recipe": "steps", "margin": 0.0}, 0.0),
+    "margin 1": ({"recipe": "steps", "margin": 1.0}, 0.0),
+    "prox 0.1": ({"recipe": "steps"}, 0.1),
+    "prox 0.1, margin 0": ({"recipe": "steps", "margin": 0.0}, 0.1),
+    "prox 1": ({"recipe": "steps"}, 1.0),
+    "prox 10": ({"recipe": "steps"}, 10.0),
+    "prox 100": ({"recipe": "steps"}, 100.0),
+    "prox 10, margin 1": ({"recipe": "steps", "margin": 1.0}, 10.0),
+    "prox 10, margin 0": ({"recipe": "steps", "margin": 0.0}, 10.0),
+    "lr 0.003": ({"recipe": "steps", "lr": 0.003}, 0.0),
 }
 
 
@@ -88,7 +92,8 @@ def main() -> int:
                 n = sc.shot_examples(k)
                 sx, sy = (torch.as_tensor(np.stack([s[j][:n] for s in shot_sets])) for j in (0, 1))
                 pull = Constraint(prox=prox, anchor=start.clone()) if prox else FREE
-                means[k] = score(finetune(start, sc.target_spec, sx, sy, sc.loss, d, ft, pull))
+                probe = sc.probe_inputs() if uses_residual_gp(ft, sc.residual_shots) else None
+                means[k] = score(finetune(start, sc.target_spec, sx, sy, sc.loss, d, ft, pull, probe))
             row = {
                 "method": method,
                 "variant": name,

@@ -121,6 +121,11 @@ class RunConfig:
                 f"method {classifiers[0]} needs a classification scenario over all outputs (digits-split); "
                 f"scenario {self.scenario} has outputs {kind!r}"
             )
+        if self.finetune.recipe == "residual_gp" and not SCENARIOS[canonical_name(self.scenario)][0].residual_shots:
+            raise ConfigError(
+                f'finetune.recipe = "residual_gp" needs a regression scenario with a probe (sine-domains, '
+                f'sine-uniform); scenario {self.scenario} does not support it: use "steps" or "auto"'
+            )
         self._check_families()
         self._check_target()
         if self.system != SystemConfig() and not self.party_classes:

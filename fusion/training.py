@@ -15,6 +15,7 @@ from fusion.params import RowLoss, forward, loss_and_grad
 from fusion.spec import MLPSpec
 
 OPTIMIZERS = ("adam", "sgd")
+RECIPES = ("auto", "steps", "residual_gp")
 LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (pred (P,N,out), y) -> (P,)
 TaskLoss = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (pred, y, descriptors) -> (P,)
 
@@ -52,6 +53,11 @@ class FinetuneConfig(TrainConfig):
     improve is kept as it is (0 steps); a random init trains as long as it helps. A step count is taken only
     when its held-out loss decrease, fold by fold, is more than ``margin`` standard errors above zero
     (:func:`choose_steps`; 0 = the lowest mean loss). ``folds`` = 0 trains every party for ``steps`` steps.
+
+    ``recipe``: ``"steps"`` is the above; ``"residual_gp"`` corrects the start by a GP over its errors at the
+    shots and refits the last layer to it (:mod:`fusion.residual`; regression scenarios with a probe);
+    ``"auto"`` takes ``residual_gp`` where the scenario supports it and ``steps`` elsewhere
+    (:func:`uses_residual_gp`).
     """
 
     steps: int = 300
@@ -59,6 +65,7 @@ class FinetuneConfig(TrainConfig):
     folds: int = 5
     every: int = 20
     margin: float = 2.0
+    recipe: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,6 +75,8 @@ class FinetuneConfig(TrainConfig):
             raise ValueError(f"margin must be >= 0 (standard errors), got {self.margin}")
         if self.every < 1:
             raise ValueError(f"every must be >= 1, got {self.every}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {list(RECIPES)}, got {self.recipe!r}")
 
     def candidates(self) -> list[int]:
         return sorted({*range(0, self.steps + 1, self.every), self.steps})
@@ -206,6 +215,17 @@ def choose_steps(held_out: torch.Tensor, candidates: list[int], margin: float) -
     return torch.as_tensor(candidates, device=held_out.device)[best]
 
 
+def uses_residual_gp(cfg: FinetuneConfig, supported: bool) -> bool:
+    """Whether shots go through :mod:`fusion.residual` for a scenario that does (``supported``) or does not
+    support it (config validation refuses ``recipe = "residual_gp"`` where it does not)."""
+    return cfg.recipe == "residual_gp" or (cfg.recipe == "auto" and supported)
+
+
+def _readout_free(constraint: Constraint, spec: MLPSpec) -> bool:
+    """Whether ``constraint`` lets the last layer move (the residual recipe moves nothing else)."""
+    return constraint.mask is None or bool(constraint.mask[spec.offsets[-1][0] :].all())
+
+
 def finetune(
     params: torch.Tensor,
     spec: MLPSpec,
@@ -215,13 +235,21 @@ def finetune(
     descriptors: torch.Tensor,
     cfg: FinetuneConfig,
     constraint: Constraint = FREE,
+    probe: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fine-tune ``params`` (P, n_params) on shots ``x`` (P, N, in), ``y`` (P, N, ...) by ``cfg``'s recipe.
 
     Every party's choice uses only its own shots, and the optimizer is element-wise: a party's result
     does not depend on which other parties share the batch. ``constraint``: what may move (e.g. a head
     only) and a proximal pull toward an anchor, for methods whose k-shot use says so.
+    ``probe`` (M, in): given, the shots correct the start by :func:`fusion.residual.residual_gp` (the caller
+    decides by :func:`uses_residual_gp`), for MLPs whose constraint lets the last layer move; its ridge toward
+    the start stands for a proximal pull.
     """
+    if probe is not None and isinstance(spec, MLPSpec) and _readout_free(constraint, spec):
+        from fusion.residual import residual_gp
+
+        return residual_gp(params, spec, x, y, torch.as_tensor(probe, device=params.device))
     task_loss = RowLoss(loss, descriptors)
     folds = min(cfg.folds, x.shape[1])
     if folds < 2 or cfg.steps == 0:

@@ -50,6 +50,7 @@ class Scenario(ABC):
     metric_name: str
     lower_is_better: bool = True
     outputs: str = "values"  # "logits": classification over all outputs (fusion combines class probabilities)
+    residual_shots: bool = False  # shots can go through fusion.residual: y (N, out) values, squared error, a probe
 
     def __init__(
         self, spec: Spec, target_spec: Spec | None = None, families: tuple[Spec, ...] = (), own_target: bool = True

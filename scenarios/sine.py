@@ -61,6 +61,7 @@ class SineScenario(Scenario):
     """Descriptor = (amplitude, phase); metric = RMSE / amplitude on 200 evenly spaced x in [-5, 5]."""
 
     metric_name = "nrmse"
+    residual_shots = True
     lower_is_better = True
     eval_range = 5.0
 
