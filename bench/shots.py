@@ -38,12 +38,12 @@ VARIANTS = {
     "margin 0": ({"recipe": "steps", "margin": 0.0}, 0.0),
     "margin 1": ({"recipe": "steps", "margin": 1.0}, 0.0),
     "prox 0.1": ({"recipe": "steps"}, 0.1),
-    "prox 0.1, margin 0": ({"recipe": "steps", "margin": 0.0}, 0.1),
+    "prox 0.1 margin 0": ({"recipe": "steps", "margin": 0.0}, 0.1),
     "prox 1": ({"recipe": "steps"}, 1.0),
     "prox 10": ({"recipe": "steps"}, 10.0),
     "prox 100": ({"recipe": "steps"}, 100.0),
-    "prox 10, margin 1": ({"recipe": "steps", "margin": 1.0}, 10.0),
-    "prox 10, margin 0": ({"recipe": "steps", "margin": 0.0}, 10.0),
+    "prox 10 margin 1": ({"recipe": "steps", "margin": 1.0}, 10.0),
+    "prox 10 margin 0": ({"recipe": "steps", "margin": 0.0}, 10.0),
     "lr 0.003": ({"recipe": "steps", "lr": 0.003}, 0.0),
 }
 
@@ -66,7 +66,9 @@ def main() -> int:
     if fitted is None:
         print(f"{folder}: no checkpoint/fitted-<method>.pt for every one of {methods}", file=sys.stderr)
         return 2
-    variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     shots = [int(k) for k in args.shots.split(",")]
 
     ids = np.arange(cfg.parties, cfg.parties + cfg.test_parties)
