@@ -15,6 +15,7 @@ from fusion.federated.base import FederatedStart
 from fusion.federated.rounds import Parties, PartyStore, local_round
 from fusion.methods import COLD_START
 from fusion.params import RowLoss, forward, init_params
+from fusion.strategies.base import predict_all
 from fusion.strategies.by_family import ByFamily, pack
 from fusion.training import FREE, Constraint, FinetuneConfig, TrainConfig, finetune, train, uses_residual_gp
 from fusion.widths import embed
@@ -224,6 +225,10 @@ class PartyShard:
         ex, ey = _stack([e[0] for e in evals], self.device), _stack([e[1] for e in evals], self.device)
         k_max = max(shots)
         shot_sets = [sc.party_shot_data(self.seed, i, d, k_max) for i, d in zip(ids, desc)]
+        # The fitted methods' warm starts in one call: starters that share work (the refits of gp_refit's fusion and
+        # fusion_noalign) run it as one batch.
+        plain = [m for m in methods if m != COLD_START and m in fit["fitted"]] if not self.widths else []
+        predicted = dict(zip(plain, predict_all([fit["fitted"][m] for m in plain], desc), strict=True))
         # Methods whose warm starts share an architecture and a fine-tuning rule are fine-tuned as one batch;
         # a federated method with its own constraint (a head only, a pull to an anchor) or none is a group of its own.
         groups: dict = {}
@@ -249,7 +254,7 @@ class PartyShard:
             else:
                 fitted = fit["fitted"][method]
                 spec = getattr(fitted, "spec", sc.spec)
-                start = torch.as_tensor(fitted.predict(desc), device=self.device)
+                start = torch.as_tensor(predicted[method], device=self.device)
                 if isinstance(fitted, FederatedStart):
                     constraint = fitted.constraint_for(start) if fitted.finetune else FREE
                     if not (fitted.finetune and _is_free(constraint)):

@@ -21,6 +21,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from fusion.gp_config import GPConfig
+from fusion.training import TrainConfig, _Optimizer
 
 
 def _base_kernel(dim: int) -> gpytorch.kernels.Kernel:
@@ -144,13 +145,15 @@ class GPMetaModel:
         m = min(cfg.inducing, n)
         inducing = xs[torch.randperm(n, generator=gen)[:m]]
         model = _CollapsedSGPR(xs, scores, inducing)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        # torch.optim.Adam's arithmetic without torch.optim (whose first use in a process imports torch._dynamo: ~1.5 s)
+        weights = list(model.parameters())
+        opts = [_Optimizer(TrainConfig(lr=cfg.lr, decay=False), w.detach(), cfg.max_steps) for w in weights]
         history: list[float] = []
         for step in range(cfg.max_steps):
-            opt.zero_grad()
             loss = -model.bound().sum()
-            loss.backward()
-            opt.step()
+            grads = torch.autograd.grad(loss, weights)
+            for opt, grad in zip(opts, grads):
+                opt.step(grad)
             history.append(loss.item())
             if step >= 40 and step % 20 == 0:
                 old = history[-21]

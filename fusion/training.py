@@ -110,7 +110,11 @@ class _Optimizer:
         beta1, beta2, eps = 0.9, 0.999, 1e-8
         self.m.lerp_(grad, 1 - beta1)
         self.v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = torch.sqrt(self.v, out=self.denom).div_(math.sqrt(1 - beta2**self.t)).add_(eps)  # torch.optim's order
+        # torch.optim's order. The clamp changes no result (sqrt(tiny) / the bias correction is far below half an ulp
+        # of eps) but keeps exact zeros (gradients of units that are off at every shot) out of sqrt: MKL's sqrt is
+        # ~7x slower on a stack with 30% zeros (k-shot fine-tuning's folds).
+        v = torch.clamp_min(self.v, torch.finfo(self.v.dtype).tiny, out=self.denom)
+        denom = v.sqrt_().div_(math.sqrt(1 - beta2**self.t)).add_(eps)
         self.weights.addcdiv_(self.m, denom, value=-lr / (1 - beta1**self.t))
 
 

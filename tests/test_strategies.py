@@ -249,6 +249,20 @@ def test_gp_refit_shares_its_output_gp_between_aligned_and_unaligned_fits():
     np.testing.assert_array_equal(together.predict(desc[:4]), alone.predict(desc[:4]))
 
 
+def test_predict_all_refits_fusion_and_fusion_noalign_as_one_batch_with_their_own_results():
+    from fusion.methods import strategy_for
+    from fusion.strategies.base import predict_all
+
+    models, desc = random_stack(SPEC, 12, seed=5), np.random.default_rng(5).uniform(size=(12, 2))
+    shared = ctx()
+    fitted = [strategy_for(m, FAST).fit(models, desc, shared) for m in ("fusion", "fusion_noalign", "nearest_task")]
+
+    together = predict_all(fitted, desc[:4])
+
+    for starter, got in zip(fitted, together, strict=True):
+        np.testing.assert_array_equal(got, starter.predict(desc[:4]))
+
+
 def test_refit_from_closer_starts_each_party_from_the_start_nearer_the_predicted_function():
     """With no refit steps the warm start is the refit's start: a poor init loses to the party's nearest model
     (whose function the output GP predicts at its own descriptor) under ``refit_from = "closer"`` only."""

@@ -7,7 +7,7 @@ import torch
 
 from fusion.params import forward, init_params
 from fusion.spec import MLPSpec
-from fusion.training import FinetuneConfig, TrainConfig, finetune, train
+from fusion.training import FinetuneConfig, TrainConfig, _Optimizer, finetune, train
 
 SPEC = MLPSpec((1, 16, 1))
 
@@ -109,3 +109,19 @@ def test_choose_steps_keeps_the_start_unless_every_fold_clearly_prefers_an_updat
     assert choose_steps(noisy, [0, 20], margin=0.0).tolist() == [20]
     assert choose_steps(noisy, [0, 20], margin=2.0).tolist() == [0]
     assert choose_steps(clear, [0, 20], margin=2.0).tolist() == [20]
+
+
+def test_adam_steps_equal_torch_optims_bit_for_bit_on_zero_and_tiny_gradients():
+    """The denominator's clamp at the smallest normal float (zeros kept out of sqrt) changes no update."""
+    grads = torch.tensor([[0.0, 1e-41, 1e-30, 1e-20, 3e-3, -0.5]]).repeat(30, 1) * torch.linspace(1, 2, 30)[:, None]
+    ours = torch.ones(6)
+    opt = _Optimizer(TrainConfig(lr=0.01, decay=False), ours, steps=30)
+    w = torch.ones(6, requires_grad=True)
+    ref = torch.optim.Adam([w], lr=0.01)
+
+    for g in grads:
+        opt.step(g.clone())
+        w.grad = g.clone()
+        ref.step()
+
+    assert torch.equal(ours, w.detach())

@@ -142,6 +142,12 @@ class WarmStarter(ABC):
         """Small facts about the fit for logs and metrics."""
         return {}
 
+    @classmethod
+    def predict_many(cls, starters: list[WarmStarter], descriptors: np.ndarray) -> list[np.ndarray]:
+        """Each of ``starters`` (all of this class) at the same ``descriptors``: a class whose starters can share
+        work (one batch for several) overrides it. :func:`predict_all` calls it."""
+        return [s.predict(descriptors) for s in starters]
+
     def predict_widths(self, descriptors: np.ndarray, widths: np.ndarray) -> np.ndarray:
         """Warm starts for parties asking for hidden ``widths`` (m,), each embedded at the run's widest spec.
 
@@ -157,6 +163,18 @@ class WarmStarter(ABC):
             raise TypeError(f"{cls.__name__} must set its own stable `kind` string (the key of saved files)")
         WARM_STARTERS[cls.kind] = cls
         LEGACY_KINDS[cls.__name__] = cls.kind
+
+
+def predict_all(starters: list[WarmStarter], descriptors: np.ndarray) -> list[np.ndarray]:
+    """``[s.predict(descriptors) for s in starters]``, the starters of each class through its :meth:`predict_many`."""
+    out: list = [None] * len(starters)
+    by_class: dict[type, list[int]] = {}
+    for i, starter in enumerate(starters):
+        by_class.setdefault(type(starter), []).append(i)
+    for cls, rows in by_class.items():
+        for i, pred in zip(rows, cls.predict_many([starters[i] for i in rows], descriptors), strict=True):
+            out[i] = pred
+    return out
 
 
 WARM_STARTERS: dict[str, type[WarmStarter]] = {}  # kind -> class

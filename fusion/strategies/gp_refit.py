@@ -102,11 +102,30 @@ class RefitWarmStarter(WarmStarter):
             out = out / out.sum(-1, keepdim=True)
         return out
 
-    def predict(self, descriptors: np.ndarray) -> np.ndarray:
+    def _start(self, descriptors: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """The refit's starts (m, n_params) and targets (m, N, out) at ``descriptors``."""
         init, target = self.init.predict(descriptors), self._targets(descriptors)
         if self.nearest is not None:
             init = self._closer(init, self.nearest.predict(descriptors), target)
-        return self._refit(init, target, self.spec)
+        return init, target
+
+    def predict(self, descriptors: np.ndarray) -> np.ndarray:
+        return self._refit(*self._start(descriptors), self.spec)
+
+    @classmethod
+    def predict_many(cls, starters: list[RefitWarmStarter], descriptors: np.ndarray) -> list[np.ndarray]:
+        """Starters with the same refit (architecture, probe, steps, loss; e.g. ``fusion`` and ``fusion_noalign``)
+        refit as one batch: each row trains as it would alone, and one step of 2m rows costs ~0.8 of two of m."""
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(starters):
+            groups.setdefault((s.spec, s.probe.tobytes(), s.refit, s.output_kind), []).append(i)
+        out: list = [None] * len(starters)
+        for rows in groups.values():
+            inits, targets = zip(*(starters[i]._start(descriptors) for i in rows))
+            tuned = starters[rows[0]]._refit(np.concatenate(inits), torch.cat(targets), starters[rows[0]].spec)
+            for i, part in zip(rows, np.split(tuned, len(rows))):
+                out[i] = part
+        return out
 
     def predict_widths(self, descriptors: np.ndarray, widths: np.ndarray) -> np.ndarray:
         """The init's warm starts at ``widths`` (m,), each refit at its own width (one batch per width)."""
