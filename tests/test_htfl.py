@@ -120,14 +120,18 @@ def test_every_htfl_algorithm_keeps_the_contract(name):
     sharded = _run(_algo(name), shards=3, parties=parties)
     starts = {spec: algo.novel(result.server, spec) for spec in FAMILIES}
 
-    # Assert: the sharding changes nothing, personal models are each party's own family's model
+    # Assert: the sharding changes nothing beyond float32 rounding, amplified by training (on some CPUs a batched
+    # product's kernel, and so its summation order, depends on how many models share the batch; FedTGP's generator
+    # takes 100 server steps on the uploaded prototypes, which amplify it most), personal models are each party's
+    # own family's model
     assert result.server.keys() == sharded.server.keys()
     for key in result.server:
-        np.testing.assert_array_equal(result.server[key], sharded.server[key], err_msg=key)
+        atol = 5e-2 if key == "generator" else 1e-4
+        np.testing.assert_allclose(result.server[key], sharded.server[key], rtol=1e-3, atol=atol, err_msg=key)
     mine, theirs = result.store.export(), sharded.store.export()
     assert mine.keys() == theirs.keys() and "size.model" in mine
     for key in mine:
-        np.testing.assert_array_equal(mine[key], theirs[key], err_msg=key)
+        np.testing.assert_allclose(mine[key], theirs[key], rtol=1e-3, atol=1e-4, err_msg=key)
     sizes = [algo.model_spec(FAMILIES[i % 2]).n_params for i in mine["party_id"]]
     assert mine["size.model"].tolist() == sizes
     assert result.costs.rounds == 3 and result.costs.upload_bytes > 0
