@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 from fusion.lazy import torch
-from fusion.params import layers
+from fusion.params import _act, forward, layers
 from fusion.spec import MLPSpec
 
 LENGTHSCALES = (0.0625, 0.125, 0.25, 0.5, 1.0)  # in units of the probe inputs' standard deviation (per dimension)
@@ -34,7 +34,7 @@ RIDGE = 1e-6  # the read-out's pull toward its current value, relative to the fe
 def features(flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor) -> torch.Tensor:
     """The last hidden layer's activations (P, N, H) of the stack ``flat`` (P, n_params) on ``x`` (P, N, in)."""
     h = x if x.dim() == 3 else x.expand(flat.shape[0], *x.shape)
-    act = torch.relu if spec.activation == "relu" else torch.tanh
+    act = _act(spec)
     for weight, bias in layers(flat, spec)[:-1]:
         h = act(torch.baddbmm(bias[:, None, :], h, weight.transpose(1, 2)))
     return h
@@ -99,8 +99,6 @@ def refit_readout(flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor, t: torch.T
 def residual_gp(params: torch.Tensor, spec: MLPSpec, x: torch.Tensor, y: torch.Tensor, probe: torch.Tensor):
     """Warm starts ``params`` (P, n_params) corrected by their shots ``x`` (P, k, in), ``y`` (P, k, out): the
     recipe of the module docstring. ``probe`` (M, in): unlabeled inputs over the query range."""
-    from fusion.params import forward
-
     p, k, n_out = y.shape
     probe = probe.to(params.dtype)
     with torch.no_grad():
