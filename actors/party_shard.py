@@ -42,7 +42,7 @@ def training_parties(scenario: Scenario, seed: int, ids: np.ndarray, device: tor
     counts = scenario.real_rows(y).sum(axis=1)
 
     def loss_of(descriptors: torch.Tensor):
-        return RowLoss(scenario.loss, descriptors)
+        return RowLoss(scenario.loss, descriptors, scenario.loss_grad)
 
     as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
     families = (lambda some: scenario.family_groups(seed, some)) if scenario.mixed else None
@@ -134,7 +134,7 @@ class PartyShard:
         return embed(params, scenario.spec, self.scenario.spec.widths[1]) if self.widths else params
 
     def _loss(self, descriptors: torch.Tensor):
-        return RowLoss(self.scenario.loss, descriptors)
+        return RowLoss(self.scenario.loss, descriptors, self.scenario.loss_grad)
 
     def _subset(self, ids, hosted: np.ndarray, kind: str) -> np.ndarray:
         if ids is None:

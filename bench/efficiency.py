@@ -12,25 +12,26 @@ forward and backward pass, per party and step, with N points and H hidden units:
     ReLU slope                        N H      dL/dW1                 2 N H      dL/db1   N H
     total                          12 N H      (+ Adam: 10 flops per parameter, 10 (3 H + 1))
 
-(N = H = 100: 120 kFLOP per party-step, as in issue 13.) The training path of ``[1-H-1]`` ReLU nets
-(``fusion.params._one_input_relu``) does less arithmetic than that: the figure is the dense work done per second.
+(N = H = 100: 120 kFLOP per party-step.) ``--path`` picks the training path of the ``[1-H-1]`` ReLU nets:
+``kernel`` (the default where ``fusion._kernels`` is built: fused C forward and backward passes, the loss's
+closed-form gradient, a one-pass Adam), ``torch`` (the torch passes, ``FUSION_KERNELS=0``: the sorted-kinks pass
+``fusion.params._one_input_relu``, which does less arithmetic than the formula counts) or ``layered`` (the general
+layer-by-layer backward pass every other architecture takes).
 
 ``sgemm_flops_per_s``: ``torch.mm`` of two 1024 x 1024 float32 matrices (2 * 1024^3 flops each), the best of
 ``--gemm-repeat`` timed products, in the same process with the same torch threads (``--threads``, default 1: a
 party shard's). ``ratio`` = pretrain / sgemm. Times are process CPU seconds (the machine is shared; CPU time is
 disturbed less than wall time); wall seconds are printed beside them.
 
-``--layered`` trains through the general layer-by-layer backward pass instead (``fusion.params``'s path for any
-MLP): the same figure for the code path every other architecture takes.
-
     python bench/efficiency.py                       # 100 parties, 2000 steps, chunks of 25, 1 thread
-    python bench/efficiency.py --layered
+    python bench/efficiency.py --path torch
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from actors.party_shard import PartyShard  # noqa: E402
-from fusion import params  # noqa: E402
+from fusion import kernels, params  # noqa: E402
 from fusion.training import TrainConfig  # noqa: E402
 from scenarios import build, make_options  # noqa: E402
 
@@ -91,10 +92,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gemm-repeat", type=int, default=20)
-    ap.add_argument("--layered", action="store_true", help="train through the general layer-by-layer pass")
+    ap.add_argument("--path", choices=("kernel", "torch", "layered"), default="kernel", help="the training path")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.layered:
+    if args.path != "kernel":
+        os.environ["FUSION_KERNELS"] = "0"
+    elif not kernels.available():
+        sys.exit("fusion._kernels is not built here (pip install -e . with a C compiler); try --path torch")
+    if args.path == "layered":
         params._one_input_relu = params._layered_loss_and_grad
     gemm_cpu, gemm_wall = sgemm(args.gemm_repeat)
     cpu, wall, points = pretrain(args)
@@ -102,7 +107,7 @@ def main() -> None:
     gemm_cpu2, gemm_wall2 = sgemm(args.gemm_repeat)  # again after: the machine's load drifts
     gemm_cpu, gemm_wall = max(gemm_cpu, gemm_cpu2), max(gemm_wall, gemm_wall2)
     out = {
-        "path": "layered" if args.layered else "default",
+        "path": args.path,
         "parties": args.parties,
         "steps": args.steps,
         "chunk": args.chunk,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion import conv
+from fusion import conv, kernels
 from fusion.lazy import torch
 from fusion.spec import CNNSpec, MLPSpec, Spec
 
@@ -74,25 +74,45 @@ class RowLoss:
 
     fn: Callable
     per_row: torch.Tensor | None = None
+    grad_fn: Callable | None = None  # fn's closed-form gradient, ``grad_fn(pred, y, per_row) -> (losses, dpred)``
 
     def __call__(self, pred: torch.Tensor, y) -> torch.Tensor:
         return self.fn(pred, y, self.per_row)
 
+    def value_and_grad(self, pred: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """The losses (P,) and d(their sum)/d ``pred``: by ``grad_fn`` when given, else by autograd."""
+        if self.grad_fn is not None:
+            return self.grad_fn(pred, y, self.per_row)
+        return autograd_value_and_grad(self, pred, y)
+
     def rows(self, part: slice) -> RowLoss:
-        return RowLoss(self.fn, None if self.per_row is None else self.per_row[part])
+        return RowLoss(self.fn, None if self.per_row is None else self.per_row[part], self.grad_fn)
+
+
+def autograd_value_and_grad(loss_fn: Callable, pred: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """``loss_fn(pred, y)`` (P,) and d(its sum)/d ``pred`` by autograd on the predictions only."""
+    leaf = pred.detach().requires_grad_(True)
+    with torch.enable_grad():
+        losses = loss_fn(leaf, y)
+        (g,) = torch.autograd.grad(losses.sum(), leaf)
+    return losses.detach(), g
 
 
 def forward(flat: torch.Tensor, spec: Spec, x: torch.Tensor) -> torch.Tensor:
     """Batched forward pass of ``P`` models: ``flat`` (P, n_params), ``x`` (P, N, in) or (N, in)."""
     if isinstance(spec, CNNSpec):
         return conv.forward(flat, spec, x)
+    weight, bias = layers(flat, spec)[-1]
+    return _affine(last_hidden(flat, spec, x), weight, bias)
+
+
+def last_hidden(flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor) -> torch.Tensor:
+    """The last hidden layer's activations (P, N, H) of an MLP stack ``flat`` (P, n_params) at ``x`` (P, N, in) or
+    (N, in): :func:`forward` without its read-out (the same arithmetic, so a model's features ignore its batch)."""
     act = _act(spec)
     h = x if x.dim() == 3 else x.expand(flat.shape[0], *x.shape)
-    all_layers = layers(flat, spec)
-    for i, (weight, bias) in enumerate(all_layers):
-        h = _affine(h, weight, bias)
-        if i < len(all_layers) - 1:
-            h = act(h)
+    for weight, bias in layers(flat, spec)[:-1]:
+        h = act(_affine(h, weight, bias))
     return h
 
 
@@ -112,11 +132,14 @@ def loss_and_grad(
     no fresh activation buffers either; about 2× faster on CPU for the small batched nets here.
     Only the loss, a function of the predictions, goes through autograd. ``out``: a (P, n_params) tensor the
     gradient is written into (a training loop reuses one; a fresh one each step costs page faults for wide models).
-    CNNs: :func:`fusion.conv.loss_and_grad`.
+    ``[1-H-1]`` ReLU nets (the sine scenario's) take the compiled kernel of :mod:`fusion.kernels` where it loaded,
+    else :func:`_one_input_relu` from 64 points. CNNs: :func:`fusion.conv.loss_and_grad`.
     """
     if isinstance(spec, CNNSpec):
         return conv.loss_and_grad(flat, spec, x, y, loss_fn, work)
     one_input = spec.activation == "relu" and spec.widths[0] == 1 and spec.n_layers == 2 and spec.widths[-1] == 1
+    if one_input and kernels.applies(flat, x) and (out is None or out.is_contiguous()):
+        return kernels.one_input_relu(flat, spec.widths[1], x, y, loss_fn, work, out)
     if one_input and x.shape[-2] >= ONE_INPUT_MIN_POINTS:
         return _one_input_relu(flat, spec, x, y, loss_fn, work, out)
     return _layered_loss_and_grad(flat, spec, x, y, loss_fn, work, out)

@@ -23,21 +23,12 @@ from __future__ import annotations
 import math
 
 from fusion.lazy import torch
-from fusion.params import _act, forward, layers
+from fusion.params import forward, last_hidden, layers
 from fusion.spec import MLPSpec
 
 LENGTHSCALES = (0.0625, 0.125, 0.25, 0.5, 1.0)  # in units of the probe inputs' standard deviation (per dimension)
 NOISE_RATIOS = (1e-6, 1e-3, 1e-2, 0.1, 1.0)  # noise variance / signal variance
 RIDGE = 1e-6  # the read-out's pull toward its current value, relative to the features' mean power
-
-
-def features(flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor) -> torch.Tensor:
-    """The last hidden layer's activations (P, N, H) of the stack ``flat`` (P, n_params) on ``x`` (P, N, in)."""
-    h = x if x.dim() == 3 else x.expand(flat.shape[0], *x.shape)
-    act = _act(spec)
-    for weight, bias in layers(flat, spec)[:-1]:
-        h = act(torch.baddbmm(bias[:, None, :], h, weight.transpose(1, 2)))
-    return h
 
 
 def conditioned(x: torch.Tensor, r: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -80,7 +71,7 @@ def refit_readout(flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor, t: torch.T
     rows of ``t`` with a NaN are left out."""
     real = t.isfinite().all(-1, keepdim=True)
     t = torch.where(real, t, 0.0)
-    phi = features(flat, spec, x).double()
+    phi = last_hidden(flat, spec, x).double()
     phi = torch.cat([phi, torch.ones_like(phi[..., :1])], -1) * real  # (P, N, H + 1): weights and bias
     weight, bias = layers(flat, spec)[-1]  # (P, out, H), (P, out)
     v0 = torch.cat([weight, bias[..., None]], -1).transpose(1, 2).double()  # (P, H + 1, out)

@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fusion import kernels
 from fusion.lazy import torch
 from fusion.params import RowLoss, forward, loss_and_grad
 from fusion.spec import MLPSpec
@@ -95,6 +96,7 @@ class _Optimizer:
         if cfg.optimizer == "adam":
             self.m, self.v = torch.zeros_like(weights), torch.zeros_like(weights)
             self.denom = torch.empty_like(weights)  # kept: fresh pages each step cost more than the update
+        self.fused = cfg.optimizer == "adam" and kernels.adam_applies(weights)  # one C pass (fusion.kernels)
 
     def lr(self) -> float:
         if not (self.cfg.decay and self.steps):
@@ -108,6 +110,10 @@ class _Optimizer:
             self.weights.add_(grad, alpha=-lr)
             return
         beta1, beta2, eps = 0.9, 0.999, 1e-8
+        if self.fused and grad.is_contiguous():
+            bc2 = math.sqrt(1 - beta2**self.t)
+            kernels.adam_step(self.weights, grad, self.m, self.v, lr / (1 - beta1**self.t), beta1, beta2, bc2, eps)
+            return
         self.m.lerp_(grad, 1 - beta1)
         self.v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         # torch.optim's order. The clamp changes no result (sqrt(tiny) / the bias correction is far below half an ulp

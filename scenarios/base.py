@@ -107,6 +107,10 @@ class Scenario(ABC):
     def loss(self, pred: torch.Tensor, y: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
         """Training loss per party: (P,)."""
 
+    loss_grad = None
+    """Optional ``loss_grad(pred, y, descriptors) -> (losses (P,), d(losses.sum()) / d pred)``: :meth:`loss` and its
+    gradient in closed form, which the compiled training path uses instead of autograd (a few ops, no graph)."""
+
     @abstractmethod
     def metric(self, pred: torch.Tensor, y: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
         """Evaluation metric per party: (P,)."""
