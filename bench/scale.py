@@ -80,7 +80,7 @@ def main() -> int:
     args = ap.parse_args()
     import ray
 
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in [int(p) for p in args.parties.split(",")]:

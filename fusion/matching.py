@@ -35,9 +35,11 @@ def unit_costs(units: np.ndarray, template: np.ndarray) -> np.ndarray:
 
     ``units`` (P, H, d), ``template`` (H, d) or (P, H, d) -> costs (P, H slots, H units).
     """
-    template = np.broadcast_to(template, units.shape)
-    cross = np.einsum("psd,pud->psu", template, units)
-    return (template**2).sum(-1)[:, :, None] + (units**2).sum(-1)[:, None, :] - 2 * cross
+    costs = np.matmul(template, units.transpose(0, 2, 1))  # (P, H, H) cross terms, one BLAS product per model
+    costs *= -2
+    costs += (template**2).sum(-1)[..., :, None]
+    costs += (units**2).sum(-1)[:, None, :]
+    return costs
 
 
 def solve_many_serial(units: np.ndarray, template: np.ndarray) -> np.ndarray:
