@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     from actors.assign import parallel_solvers
 
     units, template = problems(args.models, args.hidden, args.features, seed=0)
-    ray.init(num_cpus=args.cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=args.cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         serial, parallel = parallel_solvers(1)[0], parallel_solvers(args.cores, min_chunk=1)[0]
         parallel(units[: 2 * args.cores], template)  # start the workers before timing

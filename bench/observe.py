@@ -43,6 +43,7 @@ def scrape(run_id: str) -> dict[str, str]:
 def main(argv: list[str]) -> int:
     cfg = resolve(config_tree(parser().parse_args(["run", *argv])))
     ray.init(
+        address="local",
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         log_to_driver=False,

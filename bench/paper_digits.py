@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     import ray
 
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     acc: dict = {m: {} for m in METHODS}
     walls = {}

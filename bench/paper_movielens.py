@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
         data_dir, label = args.data_dir, "ml-100k"
     import ray
 
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     rmse: dict = {m: {} for m in [*methods, ORACLE]}
     walls = {}
     try:

@@ -130,7 +130,7 @@ def main() -> int:
 
     import ray
 
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     figures: dict = {"seeds": seeds}
     text = "## sine-domains, nRMSE (RMSE / amplitude), mean ± std over test parties and seeds\n\n"
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,7 +44,14 @@ def main(argv: list[str] | None = None) -> None:
 
     scenario = build(args.scenario, make_options(args.scenario, {}))
     cfg = FederatedConfig(rounds=args.rounds, clients_per_round=1.0, local_steps=0, checkpoint_every=args.rounds)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", namespace="bench")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        namespace="bench",
+    )
     try:
         slices = np.array_split(np.arange(args.parties), args.shards)
         shards = [
