@@ -72,11 +72,14 @@ def _inputs(x: torch.Tensor, work: dict | None = None) -> tuple[torch.Tensor, in
     return xs, stride
 
 
-def forward(flat: torch.Tensor, hidden: int, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Predictions (P, N) of ``[1-H-1]`` ReLU nets ``flat`` (P, 3H + 1) at ``x`` (P, N, 1) or (N, 1)."""
+def forward(
+    flat: torch.Tensor, hidden: int, x: torch.Tensor, work: dict | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Predictions (P, N) of ``[1-H-1]`` ReLU nets ``flat`` (P, 3H + 1) at ``x`` (P, N, 1) or (N, 1); ``work`` keeps
+    the prepared inputs across calls, ``out`` (P, N) receives the predictions."""
     flat = flat.detach().contiguous()
     p, n = flat.shape[0], x.shape[-2]
-    xs, sx = _inputs(x)
+    xs, sx = _inputs(x, work)
     pred = torch.empty(p, n, dtype=torch.float32) if out is None else out
     _library().mlp1_forward(p, n, hidden, xs.data_ptr(), sx, flat.data_ptr(), pred.data_ptr())
     return pred
@@ -92,25 +95,19 @@ def one_input_relu(
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-model losses (P,) and their gradient (P, 3H + 1), as :func:`fusion.params.loss_and_grad`."""
-    from fusion.params import RowLoss, autograd_value_and_grad
+    from fusion.params import RowLoss, _buffer, autograd_value_and_grad
 
     flat = flat.detach().contiguous()
-    p, n = flat.shape[0], x.shape[-2]
     xs, sx = _inputs(x, work)
-    pred = None if work is None else work.get("pred")
-    if pred is None or pred.shape != (p, n):
-        pred = torch.empty(p, n, dtype=torch.float32)
-        if work is not None:
-            work["pred"] = pred
-    lib = _library()
-    lib.mlp1_forward(p, n, hidden, xs.data_ptr(), sx, flat.data_ptr(), pred.data_ptr())
+    pred = forward(flat, hidden, x, work, _buffer(work, "pred", (flat.shape[0], x.shape[-2]), flat))
     if isinstance(loss_fn, RowLoss):  # its closed-form gradient where it has one: a few ops, no graph
         losses, g = loss_fn.value_and_grad(pred.unsqueeze(2), y)
     else:
         losses, g = autograd_value_and_grad(loss_fn, pred.unsqueeze(2), y)
     g = g[..., 0].contiguous()
     grad = torch.empty_like(flat) if out is None else out
-    lib.mlp1_backward(p, n, hidden, xs.data_ptr(), sx, flat.data_ptr(), g.data_ptr(), grad.data_ptr())
+    p, n = pred.shape
+    _library().mlp1_backward(p, n, hidden, xs.data_ptr(), sx, flat.data_ptr(), g.data_ptr(), grad.data_ptr())
     return losses.detach(), grad
 
 

@@ -173,10 +173,7 @@ def _layered_loss_and_grad(
             else:
                 h = h.tanh_()
                 slopes.append(torch.addcmul(torch.ones((), dtype=h.dtype, device=h.device), h, h, value=-1, out=slope))
-    pred = h.detach().requires_grad_(True)
-    with torch.enable_grad():
-        losses = loss_fn(pred, y)
-        (g,) = torch.autograd.grad(losses.sum(), pred)
+    losses, g = autograd_value_and_grad(loss_fn, h, y)
     grad = torch.empty_like(flat) if out is None else out
     grad_layers = layers(grad, spec)
     for i in reversed(range(len(all_layers))):
@@ -246,10 +243,8 @@ def _one_input_relu(
     diff.scatter_add_(1, idx, torch.cat([slope, -slope, offset, -offset], dim=1))
     sums = diff.view(p, 2, n + 1).cumsum_(2)  # (P, 2, N + 1): sum of w1 w2 and of b1 w2 over the units on
     pred_sorted = torch.addcmul(sums[:, 1, :n], xs64, sums[:, 0, :n]).float().add_(b2)  # (P, N)
-    pred = pred_sorted.gather(1, rank).unsqueeze(2).requires_grad_(True)  # (P, N, 1), the points' own order
-    with torch.enable_grad():
-        losses = loss_fn(pred, y)
-        (g,) = torch.autograd.grad(losses.sum(), pred)
+    pred = pred_sorted.gather(1, rank).unsqueeze(2)  # (P, N, 1), the points' own order
+    losses, g = autograd_value_and_grad(loss_fn, pred, y)
     gs = g[..., 0].gather(1, order).double()  # (P, N), sorted
     prefix = torch.zeros(p, 2, n + 1, dtype=torch.float64, device=flat.device)
     torch.cumsum(gs, 1, out=prefix[:, 0, 1:])
