@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -17,7 +18,7 @@ from fusion.methods import COLD_START
 from fusion.params import RowLoss, forward, init_params
 from fusion.strategies.base import predict_all
 from fusion.strategies.by_family import ByFamily, pack
-from fusion.training import FREE, Constraint, FinetuneConfig, TrainConfig, finetune, train, uses_residual_gp
+from fusion.training import FREE, Constraint, FinetuneConfig, TrainConfig, finetune, recipe_for, train
 from fusion.widths import embed
 from scenarios import (
     Scenario,
@@ -276,7 +277,9 @@ class PartyShard:
         """
         sc = self.scenario
         n_m, n_p = len(members), len(ids)
-        probe = sc.probe_inputs() if uses_residual_gp(self.finetune_cfg, sc.residual_shots) else None
+        recipe = recipe_for(self.finetune_cfg, sc.residual_shots, sc.readout_shots)
+        probe = sc.probe_inputs() if recipe == "residual_gp" else None
+        ft_cfg = dataclasses.replace(self.finetune_cfg, recipe=recipe)
         warm = torch.cat([start for _, start in members])  # (methods * parties, n_params), method-major
         d_all = torch.as_tensor(np.tile(desc, (n_m, 1)), device=self.device)
         rep = lambda t: t.repeat(n_m, *([1] * (t.dim() - 1)))  # noqa: E731
@@ -287,7 +290,7 @@ class PartyShard:
                 n = sc.shot_examples(k)
                 sx = rep(_stack([s[0][:n] for s in shot_sets], self.device))
                 sy = rep(_stack([s[1][:n] for s in shot_sets], self.device))
-                tuned = finetune(warm, spec, sx, sy, sc.loss, d_all, self.finetune_cfg, constraint, probe)
+                tuned = finetune(warm, spec, sx, sy, sc.loss, d_all, ft_cfg, constraint, probe)
             with torch.no_grad():
                 values = sc.metric(forward(tuned, spec, rep(ex)), rep(ey), d_all).cpu().numpy()
             cols["method"] += [m for m, _ in members for _ in range(n_p)]

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cluster.checkpoint import Checkpoint  # noqa: E402
 from cluster.config import load_toml, resolve  # noqa: E402
 from fusion.params import forward  # noqa: E402
-from fusion.training import FREE, Constraint, finetune, uses_residual_gp  # noqa: E402
+from fusion.training import FREE, Constraint, finetune, recipe_for  # noqa: E402
 from scenarios.base import party_descriptors  # noqa: E402
 from scenarios.registry import build  # noqa: E402
 
@@ -35,6 +35,8 @@ from scenarios.registry import build  # noqa: E402
 VARIANTS = {
     "steps": ({"recipe": "steps"}, 0.0),
     "residual_gp": ({"recipe": "residual_gp"}, 0.0),
+    "readout": ({"recipe": "readout"}, 0.0),
+    "auto": ({"recipe": "auto"}, 0.0),
     "margin 0": ({"recipe": "steps", "margin": 0.0}, 0.0),
     "margin 1": ({"recipe": "steps", "margin": 1.0}, 0.0),
     "prox 0.1": ({"recipe": "steps"}, 0.1),
@@ -94,8 +96,9 @@ def main() -> int:
                 n = sc.shot_examples(k)
                 sx, sy = (torch.as_tensor(np.stack([s[j][:n] for s in shot_sets])) for j in (0, 1))
                 pull = Constraint(prox=prox, anchor=start.clone()) if prox else FREE
-                probe = sc.probe_inputs() if uses_residual_gp(ft, sc.residual_shots) else None
-                means[k] = score(finetune(start, sc.target_spec, sx, sy, sc.loss, d, ft, pull, probe))
+                ft_k = dataclasses.replace(ft, recipe=recipe_for(ft, sc.residual_shots, sc.readout_shots))
+                probe = sc.probe_inputs() if ft_k.recipe == "residual_gp" else None
+                means[k] = score(finetune(start, sc.target_spec, sx, sy, sc.loss, d, ft_k, pull, probe))
             row = {
                 "method": method,
                 "variant": name,

@@ -16,7 +16,7 @@ import numpy as np
 
 from fusion import conv, kernels
 from fusion.lazy import torch
-from fusion.spec import CNNSpec, MLPSpec, Spec
+from fusion.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body
 
 
 def layers(flat: torch.Tensor, spec: Spec) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -114,6 +114,13 @@ def last_hidden(flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor) -> torch.Ten
     for weight, bias in layers(flat, spec)[:-1]:
         h = act(_affine(h, weight, bias))
     return h
+
+
+def features(flat: torch.Tensor, spec: Spec, x: torch.Tensor) -> torch.Tensor:
+    """The last hidden layer's activations (P, N, H) of any stack (MLP or CNN): what its read-out sees."""
+    if isinstance(spec, MLPSpec):
+        return last_hidden(flat, spec, x)
+    return torch.relu(forward(flat[:, : n_body(spec)], body_spec(spec), x))
 
 
 def loss_and_grad(

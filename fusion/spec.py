@@ -10,7 +10,7 @@ or a conv output channel) together with its incoming weights, its bias and its o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 ACTIVATIONS = ("relu", "tanh")
@@ -215,6 +215,18 @@ class CNNSpec:
 
 
 Spec = MLPSpec | CNNSpec
+
+
+def body_spec(spec: Spec) -> Spec:
+    """The model without its read-out: its output is the last hidden layer's pre-activation."""
+    if isinstance(spec, CNNSpec):
+        return replace(spec, fc=spec.fc[:-1], n_out=spec.fc[-1], name="")
+    return MLPSpec(spec.widths[:-1], spec.activation)
+
+
+def n_body(spec: Spec) -> int:
+    """Parameters before the read-out: the flat layout's first ``n_body`` entries."""
+    return spec.offsets[-1][0]
 
 
 def spec_for_family(family: str, fan_in: int, fan_out: int) -> Spec:

@@ -10,13 +10,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fusion import kernels
+from fusion import kernels, readout
 from fusion.lazy import torch
 from fusion.params import RowLoss, forward, loss_and_grad
 from fusion.spec import MLPSpec
 
 OPTIMIZERS = ("adam", "sgd")
-RECIPES = ("auto", "steps", "residual_gp")
+RECIPES = ("auto", "steps", "residual_gp", "readout")
 LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (pred (P,N,out), y) -> (P,)
 TaskLoss = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (pred, y, descriptors) -> (P,)
 
@@ -57,8 +57,11 @@ class FinetuneConfig(TrainConfig):
 
     ``recipe``: ``"steps"`` is the above; ``"residual_gp"`` corrects the start by a GP over its errors at the
     shots and refits the last layer to it (:mod:`fusion.residual`; regression scenarios with a probe);
-    ``"auto"`` takes ``residual_gp`` where the scenario supports it and ``steps`` elsewhere
-    (:func:`uses_residual_gp`).
+    ``"readout"`` first lets the last layer refit under priors toward the start compete with the start
+    (:mod:`fusion.readout`); whole-model step counts must then beat the chosen read-out by ``step_margin``
+    standard errors (a far richer move needs clearer evidence);
+    ``"auto"`` takes ``residual_gp`` where the scenario supports it, ``readout`` for classifiers and ``steps``
+    elsewhere (:func:`recipe_for`).
     """
 
     steps: int = 300
@@ -67,6 +70,7 @@ class FinetuneConfig(TrainConfig):
     every: int = 20
     margin: float = 2.0
     recipe: str = "auto"
+    step_margin: float = 5.0  # "readout": the margin whole-model steps need over the chosen read-out
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,6 +78,8 @@ class FinetuneConfig(TrainConfig):
             raise ValueError(f"folds must be 0 (no selection) or >= 2, got {self.folds}")
         if self.margin < 0:
             raise ValueError(f"margin must be >= 0 (standard errors), got {self.margin}")
+        if self.step_margin < 0:
+            raise ValueError(f"step_margin must be >= 0 (standard errors), got {self.step_margin}")
         if self.every < 1:
             raise ValueError(f"every must be >= 1, got {self.every}")
         if self.recipe not in RECIPES:
@@ -206,29 +212,37 @@ def _held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candi
     return out
 
 
-def choose_steps(held_out: torch.Tensor, candidates: list[int], margin: float) -> torch.Tensor:
+def choose_steps(
+    held_out: torch.Tensor, candidates: list[int], margin: float, base: torch.Tensor | None = None
+) -> torch.Tensor:
     """Each party's step count from its per-fold held-out losses (F, P, C): (P,) among ``candidates`` (the first
     is 0 steps: the start kept as it is).
 
     A step count qualifies when its loss decrease against 0 steps, paired fold by fold, is more than ``margin``
     standard errors above zero; the qualifying count with the lowest mean loss is chosen (0 steps when none
     qualifies). ``margin`` 0 picks the lowest mean loss; larger margins keep a warm start unless the held-out
-    shots clearly prefer an update.
+    shots clearly prefer an update. ``base`` (F, P): the losses a step count must beat instead of 0 steps' (the
+    read-out recipe's choice); 0 then means "not a step count".
     """
     losses = held_out.nan_to_num(float("inf"))
     mean = losses.mean(0)  # (P, C)
-    gain = (losses[:, :, :1] - losses).nan_to_num(float("-inf"))  # (F, P, C), fold by fold
+    ref = losses[:, :, :1] if base is None else base.nan_to_num(float("inf"))[..., None]
+    gain = (ref - losses).nan_to_num(float("-inf"))  # (F, P, C), fold by fold
     se = gain.std(0) / len(losses) ** 0.5 if len(losses) > 1 else torch.zeros_like(mean)
     sure = gain.mean(0) - margin * se.nan_to_num(0.0) > 0
     sure[:, 0] = True
     best = torch.where(sure, mean, torch.full_like(mean, float("inf"))).argmin(dim=1)
+    if base is not None:  # 0 steps only where no step count qualified
+        best = torch.where(sure[:, 1:].any(1), best, torch.zeros_like(best))
     return torch.as_tensor(candidates, device=held_out.device)[best]
 
 
-def uses_residual_gp(cfg: FinetuneConfig, supported: bool) -> bool:
-    """Whether shots go through :mod:`fusion.residual` for a scenario that does (``supported``) or does not
-    support it (config validation refuses ``recipe = "residual_gp"`` where it does not)."""
-    return cfg.recipe == "residual_gp" or (cfg.recipe == "auto" and supported)
+def recipe_for(cfg: FinetuneConfig, residual: bool, readout: bool) -> str:
+    """The recipe ``cfg`` resolves to for a scenario that supports the residual GP (``residual``) and the read-out
+    refit (``readout``: classifiers); config validation refuses an explicit recipe the scenario does not support."""
+    if cfg.recipe != "auto":
+        return cfg.recipe
+    return "residual_gp" if residual else "readout" if readout else "steps"
 
 
 def _readout_free(constraint: Constraint, spec: MLPSpec) -> bool:
@@ -253,7 +267,7 @@ def finetune(
     does not depend on which other parties share the batch. ``constraint``: what may move (e.g. a head
     only) and a proximal pull toward an anchor, for methods whose k-shot use says so.
     ``probe`` (M, in): given, the shots correct the start by :func:`fusion.residual.residual_gp` (the caller
-    decides by :func:`uses_residual_gp`), for MLPs whose constraint lets the last layer move; its ridge toward
+    decides by :func:`recipe_for`), for MLPs whose constraint lets the last layer move; its ridge toward
     the start stands for a proximal pull.
     """
     if probe is not None and isinstance(spec, MLPSpec) and _readout_free(constraint, spec):
@@ -262,10 +276,11 @@ def finetune(
         return residual_gp(params, spec, x, y, torch.as_tensor(probe, device=params.device))
     task_loss = RowLoss(loss, descriptors)
     folds = min(cfg.folds, x.shape[1])
-    if folds < 2 or cfg.steps == 0:
+    heads = cfg.recipe == "readout" and _readout_free(constraint, spec)
+    if folds < 2 or (cfg.steps == 0 and not heads):
         return train(params, spec, x, y, task_loss, cfg, constraint=constraint)
     candidates = cfg.candidates()
-    held_out = []
+    held_out, held_heads = [], []
     fold_of = torch.arange(x.shape[1], device=x.device) % folds
     # Folds with the same number of held-out shots train as one batch (at most two groups).
     for size in sorted({int((fold_of == f).sum()) for f in range(folds)}):
@@ -273,11 +288,21 @@ def finetune(
         val = torch.stack([torch.nonzero(fold_of == f).squeeze(1) for f in group])  # (G, size)
         fit = torch.stack([torch.nonzero(fold_of != f).squeeze(1) for f in group])  # (G, N - size)
         held_out.append(_held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candidates, constraint))
-    best = choose_steps(torch.cat(held_out), candidates, cfg.margin)
-    chosen = params.detach().clone()
+        if heads:
+            held_heads.append(readout.held_out_losses(params, spec, x, y, loss, descriptors, fit, val))
+    held_out, chosen, base = torch.cat(held_out), params.detach().clone(), None
+    if heads:  # the start or a read-out refit first; whole-model steps must then beat that choice
+        options = torch.cat([held_out[:, :, :1], torch.cat(held_heads)], 2)  # (F, P, 1 + priors)
+        prior = choose_steps(options, list(range(options.shape[2])), cfg.margin)
+        rows = torch.nonzero(prior > 0).squeeze(1)
+        if len(rows):
+            chosen[rows] = readout.refit(params[rows], spec, x[rows], y[rows], loss, descriptors[rows], prior[rows] - 1)
+        base = options.gather(2, prior[None, :, None].expand(len(options), -1, 1)).squeeze(2)
+    best = choose_steps(held_out, candidates, cfg.step_margin if heads else cfg.margin, base)
 
     def keep(step: int, w: torch.Tensor) -> None:
-        chosen[best == step] = w[best == step]
+        if step > 0:
+            chosen[best == step] = w[best == step]
 
     if int(best.max()) > 0:  # the same schedule as in the folds, so step t means the same thing
         train(params, spec, x, y, task_loss, cfg, keep, constraint)

@@ -51,6 +51,7 @@ class Scenario(ABC):
     lower_is_better: bool = True
     outputs: str = "values"  # "logits": classification over all outputs (fusion combines class probabilities)
     residual_shots: bool = False  # shots can go through fusion.residual: y (N, out) values, squared error, a probe
+    readout_shots: bool = False  # a classifier: [finetune] recipe "auto" refits read-outs first (fusion.readout)
 
     def __init__(
         self, spec: Spec, target_spec: Spec | None = None, families: tuple[Spec, ...] = (), own_target: bool = True

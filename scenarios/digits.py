@@ -117,6 +117,7 @@ class DigitsScenario(Scenario):
     name = "digits"
     metric_name = "accuracy"
     lower_is_better = False
+    readout_shots = True
 
     def __init__(self, options: DigitsOptions = DigitsOptions()) -> None:
         super().__init__(*options.specs, families=options.families, own_target=not options.target_arch)

@@ -101,6 +101,7 @@ class DigitsSplitScenario(Scenario):
     metric_name = "accuracy"
     lower_is_better = False
     outputs = "logits"
+    readout_shots = True
 
     def __init__(self, options: DigitsSplitOptions = DigitsSplitOptions()) -> None:
         super().__init__(*options.specs, families=options.families, own_target=not options.target_arch)

@@ -36,8 +36,8 @@ import numpy as np
 
 from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, State, Tensors
 from fusion.lazy import torch
-from fusion.params import RowLoss, forward, init_params, loss_and_grad
-from fusion.spec import CNNSpec, MLPSpec, Spec, spec_from_state, spec_state
+from fusion.params import RowLoss, features, forward, init_params, loss_and_grad
+from fusion.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body, spec_from_state, spec_state
 from fusion.training import Constraint, TrainConfig
 
 _BODY_INIT, _NOVEL_INIT = 0xB0D1, 0x40E1  # stream tags: a party's own model init; a novel party's body
@@ -63,18 +63,6 @@ def feature_dim(cfg_dim: int, specs: tuple[Spec, ...]) -> int:
     return min(widths)
 
 
-def body_spec(spec: Spec) -> Spec:
-    """The model without its head: its output is the feature layer's pre-activation (D,)."""
-    if isinstance(spec, CNNSpec):
-        return dataclasses.replace(spec, fc=spec.fc[:-1], n_out=spec.fc[-1], name="")
-    return MLPSpec(spec.widths[:-1], spec.activation)
-
-
-def n_body(spec: Spec) -> int:
-    """Parameters before the head: the flat layout's first ``n_body`` entries."""
-    return spec.offsets[-1][0]
-
-
 def _act(spec: Spec):
     return torch.tanh if spec.activation == "tanh" else torch.relu
 
@@ -83,11 +71,6 @@ def _split_head(head: torch.Tensor, spec: Spec) -> tuple[torch.Tensor, torch.Ten
     """Head parameters (P, classes * D + classes) -> weight (P, classes, D), bias (P, classes)."""
     c, d = spec.weight_shapes[-1]
     return head[:, : c * d].reshape(-1, c, d), head[:, c * d :]
-
-
-def features(flat: torch.Tensor, spec: Spec, x: torch.Tensor) -> torch.Tensor:
-    """The feature layer's activations: ``flat`` (P, n_params), ``x`` (P, N, in) -> (P, N, D)."""
-    return _act(spec)(forward(flat[:, : n_body(spec)], body_spec(spec), x))
 
 
 FeatureLoss = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (feats, logits, y) -> (P,)

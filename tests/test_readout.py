@@ -1,0 +1,61 @@
+"""The read-out recipe (fusion.readout): the last layer refit under a prior toward the start, chosen by k-fold CV."""
+
+import torch
+
+from fusion import readout
+from fusion.params import forward, init_params
+from fusion.spec import MLPSpec, spec_for_family
+from fusion.training import FinetuneConfig, choose_steps, finetune
+
+SPEC = MLPSpec((4, 8, 3))
+
+
+def _ce(pred, y, descriptors):
+    return torch.nn.functional.cross_entropy(pred.transpose(1, 2), y, reduction="none").mean(1)
+
+
+def _task(p: int, n: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    flat = torch.stack([init_params(SPEC, gen) for _ in range(p)])
+    x = torch.randn(p, n, 4, generator=gen)
+    return flat, x, forward(flat, SPEC, x).argmax(-1), torch.zeros(p, 1)
+
+
+def test_read_outs_round_trip_for_mlps_and_cnns():
+    for spec in (SPEC, spec_for_family("cnn-s", 64, 5)):
+        flat = torch.stack([init_params(spec, torch.Generator().manual_seed(i)) for i in range(3)])
+        v = readout.read_outs(flat, spec)
+        assert torch.equal(readout.with_read_outs(flat, spec, v), flat)
+        x = torch.rand(3, 7, spec.fan_in)
+        phi = torch.cat([readout.features(flat, spec, x), torch.ones(3, 7, 1)], -1)
+        torch.testing.assert_close(phi @ v.transpose(1, 2), forward(flat, spec, x))
+
+
+def test_a_strong_prior_stays_at_the_start_and_a_weak_one_fits_the_shots():
+    flat, x, _, d = _task(4, 12)
+    y = torch.randint(0, 3, (4, 12), generator=torch.Generator().manual_seed(1))  # labels the start does not know
+    strong = readout.refit(flat, SPEC, x, y, _ce, d, torch.zeros(4, dtype=torch.long))
+    weak = readout.refit(flat, SPEC, x, y, _ce, d, torch.full((4,), len(readout.PRIORS) - 1))
+    start_loss = _ce(forward(flat, SPEC, x), y, d)
+    assert (_ce(forward(weak, SPEC, x), y, d) < _ce(forward(strong, SPEC, x), y, d)).all()
+    assert (_ce(forward(strong, SPEC, x), y, d) <= start_loss + 1e-6).all()
+    n_body = SPEC.offsets[-1][0]
+    assert torch.equal(weak[:, :n_body], flat[:, :n_body])  # only the read-out moves
+
+
+def test_a_party_s_result_does_not_depend_on_its_batch():
+    flat, x, _, d = _task(5, 10)
+    y = torch.randint(0, 3, (5, 10), generator=torch.Generator().manual_seed(2))
+    cfg = FinetuneConfig(steps=20, every=10, recipe="readout", margin=0.0, step_margin=0.0)
+    both = finetune(flat, SPEC, x, y, _ce, d, cfg)
+    one = finetune(flat[2:3], SPEC, x[2:3], y[2:3], _ce, d[2:3], cfg)
+    torch.testing.assert_close(both[2:3], one, rtol=1e-4, atol=1e-5)
+
+
+def test_steps_must_beat_the_chosen_read_out_not_only_the_start():
+    # fold losses (F=5, P=1, C=3): 0 steps, 20 steps, 40 steps; the read-out's choice scores 0.5 in every fold
+    twenty = [0.49, 0.51, 0.48, 0.52, 0.5]
+    held = torch.tensor([[[1.0, t, 0.6]] for t in twenty])
+    assert int(choose_steps(held, [0, 20, 40], 2.0)) == 20  # against the start, 20 steps clearly win
+    assert int(choose_steps(held, [0, 20, 40], 2.0, base=torch.full((5, 1), 0.5))) == 0  # not against the read-out
+    assert int(choose_steps(held, [0, 20, 40], 2.0, base=torch.full((5, 1), 0.9))) == 20
