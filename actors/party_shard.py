@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -18,7 +17,7 @@ from fusion.methods import COLD_START
 from fusion.params import RowLoss, forward, init_params
 from fusion.strategies.base import predict_all
 from fusion.strategies.by_family import ByFamily, pack
-from fusion.training import FREE, Constraint, FinetuneConfig, TrainConfig, finetune, recipe_for, train
+from fusion.training import FREE, Constraint, FinetuneConfig, TrainConfig, finetune, train
 from fusion.widths import embed
 from scenarios import (
     Scenario,
@@ -277,9 +276,7 @@ class PartyShard:
         """
         sc = self.scenario
         n_m, n_p = len(members), len(ids)
-        recipe = recipe_for(self.finetune_cfg, sc.residual_shots, sc.readout_shots)
-        probe = sc.probe_inputs() if recipe == "residual_gp" else None
-        ft_cfg = dataclasses.replace(self.finetune_cfg, recipe=recipe)
+        ft_cfg, probe = sc.shot_recipe(self.finetune_cfg)
         warm = torch.cat([start for _, start in members])  # (methods * parties, n_params), method-major
         d_all = torch.as_tensor(np.tile(desc, (n_m, 1)), device=self.device)
         rep = lambda t: t.repeat(n_m, *([1] * (t.dim() - 1)))  # noqa: E731

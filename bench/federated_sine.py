@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fusion.federated import ALGORITHMS, FederatedConfig  # noqa: E402
 from fusion.federated.rounds import Parties, run_rounds  # noqa: E402
 from fusion.params import forward  # noqa: E402
-from fusion.training import FREE, FinetuneConfig, finetune, recipe_for  # noqa: E402
+from fusion.training import FREE, FinetuneConfig, finetune  # noqa: E402
 from scenarios import Stream, build, make_options, party_descriptors, party_torch_generator, training_data  # noqa: E402
 
 
@@ -62,9 +62,7 @@ def main() -> None:
     ex, ey = (torch.as_tensor(np.stack([e[j] for e in ev])) for j in (0, 1))
     k_max = max(args.shots)
     shot_sets = [sc.party_shot_data(seed, i, d, k_max) for i, d in zip(novel, n_desc)]
-    ft_cfg = FinetuneConfig()
-    ft_cfg = FinetuneConfig(recipe=recipe_for(ft_cfg, sc.residual_shots, sc.readout_shots))
-    probe = sc.probe_inputs() if ft_cfg.recipe == "residual_gp" else None  # the run's "auto" recipe
+    ft_cfg, probe = sc.shot_recipe(FinetuneConfig())  # the run's "auto" recipe
 
     def score(warm: torch.Tensor, constraint, tune: bool) -> dict[int, np.ndarray]:
         out = {}

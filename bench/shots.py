@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cluster.checkpoint import Checkpoint  # noqa: E402
 from cluster.config import load_toml, resolve  # noqa: E402
 from fusion.params import forward  # noqa: E402
-from fusion.training import FREE, Constraint, finetune, recipe_for  # noqa: E402
+from fusion.training import FREE, Constraint, finetune  # noqa: E402
 from scenarios.base import party_descriptors  # noqa: E402
 from scenarios.registry import build  # noqa: E402
 
@@ -96,8 +96,7 @@ def main() -> int:
                 n = sc.shot_examples(k)
                 sx, sy = (torch.as_tensor(np.stack([s[j][:n] for s in shot_sets])) for j in (0, 1))
                 pull = Constraint(prox=prox, anchor=start.clone()) if prox else FREE
-                ft_k = dataclasses.replace(ft, recipe=recipe_for(ft, sc.residual_shots, sc.readout_shots))
-                probe = sc.probe_inputs() if ft_k.recipe == "residual_gp" else None
+                ft_k, probe = sc.shot_recipe(ft)
                 means[k] = score(finetune(start, sc.target_spec, sx, sy, sc.loss, d, ft_k, pull, probe))
             row = {
                 "method": method,

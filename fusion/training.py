@@ -232,8 +232,6 @@ def choose_steps(
     sure = gain.mean(0) - margin * se.nan_to_num(0.0) > 0
     sure[:, 0] = True
     best = torch.where(sure, mean, torch.full_like(mean, float("inf"))).argmin(dim=1)
-    if base is not None:  # 0 steps only where no step count qualified
-        best = torch.where(sure[:, 1:].any(1), best, torch.zeros_like(best))
     return torch.as_tensor(candidates, device=held_out.device)[best]
 
 

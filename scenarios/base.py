@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import ABC, abstractmethod
 from enum import IntEnum
 
@@ -11,6 +12,7 @@ import numpy as np
 from fusion.lazy import torch
 from fusion.params import init_params
 from fusion.spec import MLPSpec, Spec, spec_for_family
+from fusion.training import FinetuneConfig, recipe_for
 from fusion.widths import at_width
 
 
@@ -123,6 +125,12 @@ class Scenario(ABC):
     def init_params(self, generator: torch.Generator) -> torch.Tensor:
         """A party's random initial model (n_params,); default: ``torch.nn.Linear``'s init."""
         return init_params(self.spec, generator)
+
+    def shot_recipe(self, cfg: FinetuneConfig) -> tuple[FinetuneConfig, np.ndarray | None]:
+        """``cfg`` with its k-shot recipe resolved for this scenario (:func:`fusion.training.recipe_for`), and the
+        probe inputs the residual GP needs (None for the other recipes): the arguments of ``finetune``."""
+        resolved = dataclasses.replace(cfg, recipe=recipe_for(cfg, self.residual_shots, self.readout_shots))
+        return resolved, self.probe_inputs() if resolved.recipe == "residual_gp" else None
 
     def probe_inputs(self) -> np.ndarray | None:
         """Unlabeled inputs (N, fan_in) covering where the tasks are queried, for function-space fusion.
