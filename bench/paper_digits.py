@@ -41,12 +41,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--train-per-class", type=int, default=0, help="0 = each party's whole disjoint share")
     p.add_argument("--eval-per-class", type=int, default=30)
     p.add_argument("--pretrain-steps", type=int, default=1000)
-    # the recipe of the docs/results.md table: 100 Adam steps at lr 1e-3 for every method, no step selection (the run's
-    # default, 5-fold selection over 300 steps, is far slower on [784-100-10] nets: 7 of 15 K=2 test parties in
-    # 10 min on the 2-core machine shared with another benchmark)
-    p.add_argument("--finetune-steps", type=int, default=100)
-    p.add_argument("--finetune-lr", type=float, default=0.001)
-    p.add_argument("--finetune-folds", type=int, default=0, help="0: no step selection; >= 2: k-fold selection")
+    # unset: the run's default [finetune] (on digits the read-out recipe with 5-fold selection, docs/method.md);
+    # set, e.g. --finetune-steps 100 --finetune-lr 0.001 --finetune-folds 0: that fixed recipe for every method
+    p.add_argument("--finetune-steps", type=int, default=None)
+    p.add_argument("--finetune-lr", type=float, default=None)
+    p.add_argument("--finetune-folds", type=int, default=None, help="0: no step selection; >= 2: k-fold selection")
     p.add_argument("--fusion", default="gp_refit", help="fusion strategy of the 'fusion' method")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--party-actors", type=int, default=0)
@@ -71,6 +70,8 @@ def main(argv: list[str]) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     acc: dict = {m: {} for m in METHODS}
     walls = {}
+    overrides = {"steps": args.finetune_steps, "lr": args.finetune_lr, "folds": args.finetune_folds}
+    finetune = {key: value for key, value in overrides.items() if value is not None}
     try:
         for k in args.ks:
             scenario = {
@@ -91,7 +92,7 @@ def main(argv: list[str]) -> int:
                     "methods": METHODS,
                     "party_actors": args.party_actors,
                     "pretrain": {"steps": args.pretrain_steps},
-                    "finetune": {"steps": args.finetune_steps, "lr": args.finetune_lr, "folds": args.finetune_folds},
+                    "finetune": finetune,
                     "fusion": {"strategy": args.fusion},
                     "out": str(OUT / f"runs/digits-{args.source}-K{k}-{stamp}"),
                 }
