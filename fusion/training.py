@@ -71,6 +71,10 @@ class FinetuneConfig(TrainConfig):
     margin: float = 2.0
     recipe: str = "auto"
     step_margin: float = 5.0  # "readout": the margin whole-model steps need over the chosen read-out
+    # shots come in groups of this many consecutive examples (a classification scenario's draw: one per class);
+    # a fold holds out whole groups, so every fold's fit keeps every class. Fewer than two groups: no fold
+    # can be held out without removing a class, and the start is kept. The scenario sets it (shot_recipe).
+    fold_group: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,6 +86,8 @@ class FinetuneConfig(TrainConfig):
             raise ValueError(f"step_margin must be >= 0 (standard errors), got {self.step_margin}")
         if self.every < 1:
             raise ValueError(f"every must be >= 1, got {self.every}")
+        if self.fold_group < 1:
+            raise ValueError(f"fold_group must be >= 1, got {self.fold_group}")
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {list(RECIPES)}, got {self.recipe!r}")
 
@@ -273,13 +279,16 @@ def finetune(
 
         return residual_gp(params, spec, x, y, torch.as_tensor(probe, device=params.device))
     task_loss = RowLoss(loss, descriptors)
-    folds = min(cfg.folds, x.shape[1])
+    groups = -(-x.shape[1] // cfg.fold_group)  # shots of a group stay together (one per class: fold_group)
+    if cfg.folds >= 2 and cfg.fold_group > 1 and groups < 2:
+        return params.detach().clone()  # one shot per class: any held-out shot takes its class from the fit
+    folds = min(cfg.folds, groups)
     heads = cfg.recipe == "readout" and _readout_free(constraint, spec)
     if folds < 2 or (cfg.steps == 0 and not heads):
         return train(params, spec, x, y, task_loss, cfg, constraint=constraint)
     candidates = cfg.candidates()
     held_out, held_heads = [], []
-    fold_of = torch.arange(x.shape[1], device=x.device) % folds
+    fold_of = (torch.arange(x.shape[1], device=x.device) // cfg.fold_group) % folds
     # Folds with the same number of held-out shots train as one batch (at most two groups).
     for size in sorted({int((fold_of == f).sum()) for f in range(folds)}):
         group = [f for f in range(folds) if int((fold_of == f).sum()) == size]

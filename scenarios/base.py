@@ -54,6 +54,7 @@ class Scenario(ABC):
     outputs: str = "values"  # "logits": classification over all outputs (fusion combines class probabilities)
     residual_shots: bool = False  # shots can go through fusion.residual: y (N, out) values, squared error, a probe
     readout_shots: bool = False  # a classifier: [finetune] recipe "auto" refits read-outs first (fusion.readout)
+    shot_group: int = 1  # shot draws come in groups of this many (one per class): FinetuneConfig.fold_group
 
     def __init__(
         self, spec: Spec, target_spec: Spec | None = None, families: tuple[Spec, ...] = (), own_target: bool = True
@@ -129,7 +130,9 @@ class Scenario(ABC):
     def shot_recipe(self, cfg: FinetuneConfig) -> tuple[FinetuneConfig, np.ndarray | None]:
         """``cfg`` with its k-shot recipe resolved for this scenario (:func:`fusion.training.recipe_for`), and the
         probe inputs the residual GP needs (None for the other recipes): the arguments of ``finetune``."""
-        resolved = dataclasses.replace(cfg, recipe=recipe_for(cfg, self.residual_shots, self.readout_shots))
+        group = cfg.fold_group if cfg.fold_group > 1 else self.shot_group
+        recipe = recipe_for(cfg, self.residual_shots, self.readout_shots)
+        resolved = dataclasses.replace(cfg, recipe=recipe, fold_group=group)
         return resolved, self.probe_inputs() if resolved.recipe == "residual_gp" else None
 
     def probe_inputs(self) -> np.ndarray | None:

@@ -168,6 +168,11 @@ class DigitsScenario(Scenario):
     def shot_examples(self, k: int) -> int:
         return k * self.options.k
 
+    @property
+    def shot_group(self) -> int:
+        """A shot draw interleaves the K digits (``shot_data``): folds hold out whole rounds of K."""
+        return self.options.k
+
     @staticmethod
     def digits_of(descriptor: np.ndarray) -> np.ndarray:
         return np.flatnonzero(np.asarray(descriptor) > 0.5)

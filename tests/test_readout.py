@@ -59,3 +59,31 @@ def test_steps_must_beat_the_chosen_read_out_not_only_the_start():
     assert int(choose_steps(held, [0, 20, 40], 2.0)) == 20  # against the start, 20 steps clearly win
     assert int(choose_steps(held, [0, 20, 40], 2.0, base=torch.full((5, 1), 0.5))) == 0  # not against the read-out
     assert int(choose_steps(held, [0, 20, 40], 2.0, base=torch.full((5, 1), 0.9))) == 20
+
+
+def test_folds_hold_out_whole_rounds_of_an_interleaved_draw():
+    # 5 classes, shots interleaved (class i % 5): folds of i % 5 would each hold out one whole class
+    spec, gen, d = MLPSpec((4, 8, 5)), torch.Generator().manual_seed(3), torch.zeros(1, 1)
+    means = 3 * torch.randn(5, 4, generator=gen)
+
+    def draw(n: int):
+        y = torch.arange(n) % 5
+        return (means[y] + 0.3 * torch.randn(n, 4, generator=gen))[None], y[None]
+
+    start = init_params(spec, gen)[None]
+    (x, y), (xt, yt) = draw(20), draw(200)
+    cfg = FinetuneConfig(steps=60, every=20, recipe="steps", fold_group=5)
+    tuned = finetune(start, spec, x, y, _ce, d, cfg)
+    assert _ce(forward(tuned, spec, xt), yt, d) < 0.5 * _ce(forward(start, spec, xt), yt, d)
+    one_each = finetune(start, spec, x[:, :5], y[:, :5], _ce, d, cfg)  # no fold keeps every class
+    assert torch.equal(one_each, start)
+
+
+def test_the_digits_scenario_groups_its_shots_by_its_digits():
+    from scenarios.registry import build, make_options
+
+    for k in (2, 5):
+        resolved, _ = build("digits", make_options("digits", {"k": k})).shot_recipe(FinetuneConfig())
+        assert resolved.fold_group == k and resolved.recipe == "readout"
+    sine = build("sine-domains", make_options("sine-domains", {}))
+    assert sine.shot_recipe(FinetuneConfig())[0].fold_group == 1
