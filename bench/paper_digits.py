@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import publish  # noqa: E402
+from bench.report import ints, publish  # noqa: E402
 from cluster.config import resolve  # noqa: E402
 from cluster.pipeline import run  # noqa: E402
 
@@ -26,16 +26,12 @@ METHODS = ["fusion", "fusion_noalign", "nearest_task", "average", "cold_start"]
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", default="sklearn", choices=["sklearn", "mnist"])
     p.add_argument("--data-dir", default="", help="folder with the MNIST idx files (or its parent)")
-    p.add_argument("--ks", type=_ints, default=[2, 3, 4, 5], help="digits per task, comma list")
-    p.add_argument("--shots", type=_ints, default=[0, 1, 10], help="shots per class, comma list")
+    p.add_argument("--ks", type=ints, default=[2, 3, 4, 5], help="digits per task, comma list")
+    p.add_argument("--shots", type=ints, default=[0, 1, 10], help="shots per class, comma list")
     p.add_argument("--parties", type=int, default=40, help="training tasks per K (paper: 40)")
     p.add_argument("--test-parties", type=int, default=15, help="test tasks per K (paper: 15)")
     p.add_argument("--train-per-class", type=int, default=0, help="0 = each party's whole disjoint share")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import publish  # noqa: E402
+from bench.report import ints, publish  # noqa: E402
 from cluster.config import resolve  # noqa: E402
 from cluster.pipeline import run  # noqa: E402
 from scenarios import build  # noqa: E402
@@ -31,17 +31,13 @@ OUT = Path(__file__).resolve().parent / "out"
 ORACLE = "oracle_cf"
 
 
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data-dir", help="an ml-100k folder (u.data, u.item, u.user)")
     src.add_argument("--synthetic", action="store_true", help="write and use a synthetic ml-100k-format folder")
-    p.add_argument("--dims", type=_ints, default=[20, 30, 40], help="embedding sizes, comma list")
-    p.add_argument("--shots", type=_ints, default=[0], help="shots (the user's own ratings), comma list")
+    p.add_argument("--dims", type=ints, default=[20, 30, 40], help="embedding sizes, comma list")
+    p.add_argument("--shots", type=ints, default=[0], help="shots (the user's own ratings), comma list")
     p.add_argument("--parties", type=int, default=800, help="seen users (paper: 800)")
     p.add_argument("--test-parties", type=int, default=143, help="unseen users (paper: 143)")
     p.add_argument("--context-items", type=int, default=300)

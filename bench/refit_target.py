@@ -26,24 +26,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.checkpoint import Checkpoint  # noqa: E402
-from cluster.config import load_toml, resolve  # noqa: E402
+from bench.finished import load_run  # noqa: E402
+from bench.report import ints  # noqa: E402
+from cluster.results import weighted_mean_std  # noqa: E402
 from fusion.params import forward  # noqa: E402
 from fusion.strategies.gp_refit import kl_to_probabilities  # noqa: E402
 from fusion.training import TrainConfig, train  # noqa: E402
-from scenarios.base import party_descriptors  # noqa: E402
-from scenarios.registry import build  # noqa: E402
-
-
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="a finished run's folder (config.toml, checkpoint/)")
     p.add_argument("--method", default="fusion", help="the gp_refit method whose target is examined")
-    p.add_argument("--steps", type=_ints, default=[10, 25, 50], help="refit steps to report, comma list")
+    p.add_argument("--steps", type=ints, default=[10, 25, 50], help="refit steps to report, comma list")
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--support", type=float, default=0.05, help="a class is in a descriptor's support above this")
     p.add_argument("--threads", type=int, default=1)
@@ -53,19 +48,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     torch.set_num_threads(args.threads)
-    tree = load_toml(args.run / "config.toml")
-    tree["out"] = str(args.run)
-    cfg = resolve(tree)
-    sc = build(cfg.scenario, cfg.scenario_options)
-    sc.prepare(cfg.seed, cfg.parties, cfg.test_parties)
-    ids = np.arange(cfg.parties, cfg.parties + cfg.test_parties)
-    desc = party_descriptors(sc, cfg.seed, ids)
-    d = torch.as_tensor(desc)
-    evals = [sc.party_eval_data(cfg.seed, int(i), di) for i, di in zip(ids, desc)]
-    ex, ey = (torch.as_tensor(np.stack([e[j] for e in evals])) for j in (0, 1))
-    weights = torch.as_tensor(sc.party_weights(cfg.seed, ids))
-
-    ck = Checkpoint(args.run, sc, cfg.seed, cfg.parties)
+    run = load_run(args.run)
+    cfg, sc, ck, ids, desc, d, ex, ey = run.cfg, run.scenario, run.checkpoint, run.ids, run.desc, run.d, run.ex, run.ey
+    weights = sc.party_weights(cfg.seed, ids)
     parts = ck.load_pretrained()
     pid = np.concatenate([p["party_id"] for p in parts])
     keep = ~np.isin(pid, list(ck.load_quarantine()))
@@ -81,24 +66,20 @@ def main(argv: list[str]) -> int:
             return sc.metric(forward(torch.as_tensor(w), spec, ex), ey, d)
 
     def weighted(a: torch.Tensor) -> float:
-        return round(float((a * weights).sum() / weights.sum()), 4)
+        return round(weighted_mean_std(a.numpy(), weights)[0], 4)
+
+    def ensemble(rows: np.ndarray, x: torch.Tensor) -> torch.Tensor:
+        """The mean class probabilities (N, C) of ``models[rows]`` on inputs ``x`` (N, in)."""
+        with torch.no_grad():
+            logits = forward(torch.as_tensor(models[rows]), spec, x.expand(len(rows), *x.shape))
+        return torch.softmax(logits, -1).mean(0)
 
     support = train_desc > args.support
     same = [np.flatnonzero((support == (row > args.support)).all(1)) for row in desc]
     if any(len(s) == 0 for s in same):
         raise SystemExit("some novel party has no training party with its descriptor's support (--support?)")
-    with torch.no_grad():
-        probs = [
-            torch.softmax(forward(torch.as_tensor(models[s]), spec, x.expand(len(s), *x.shape)), -1).mean(0)
-            for s, x in zip(same, ex)
-        ]
-        ens_acc = sc.metric(torch.log(torch.stack(probs)), ey, d)
-        ens_probe = torch.stack(
-            [
-                torch.softmax(forward(torch.as_tensor(models[s]), spec, probe.expand(len(s), *probe.shape)), -1).mean(0)
-                for s in same
-            ]
-        )
+    ens_acc = sc.metric(torch.log(torch.stack([ensemble(s, x) for s, x in zip(same, ex)])), ey, d)
+    ens_probe = torch.stack([ensemble(s, probe) for s in same])
     near = fitted["nearest_task"].predict(desc)
     near_acc = accuracy(near)
     start, target = starter._start(desc)  # the run's refit start per party (refit_from) and its target

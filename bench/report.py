@@ -1,4 +1,5 @@
-"""How every paper benchmark ends: its Markdown tables on disk and on screen, then one JSON line on stdout."""
+"""What the benchmarks share: how every paper benchmark ends (its Markdown tables on disk and on screen, then one JSON
+line on stdout), and their comma-list arguments."""
 
 from __future__ import annotations
 
@@ -16,3 +17,8 @@ def publish(text: str, path: Path, record: dict, screen: TextIO = sys.stderr) ->
     tmp.replace(path)
     print(text, file=screen)
     print(json.dumps(record), flush=True)
+
+
+def ints(text: str) -> list[int]:
+    """A comma list of integers (an argparse ``type``): ``"0,10,20"`` -> ``[0, 10, 20]``."""
+    return [int(t) for t in text.split(",") if t.strip()]

@@ -24,12 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.checkpoint import Checkpoint  # noqa: E402
-from cluster.config import load_toml, resolve  # noqa: E402
+from bench.finished import load_run  # noqa: E402
 from fusion.params import forward  # noqa: E402
 from fusion.training import FREE, Constraint, finetune  # noqa: E402
-from scenarios.base import party_descriptors  # noqa: E402
-from scenarios.registry import build  # noqa: E402
 
 # name: (changes to the run's [finetune], proximal pull toward the warm start: prox/2 · ||w - w0||^2)
 VARIANTS = {
@@ -58,13 +55,10 @@ def main() -> int:
     p.add_argument("--variants", default="", help="comma list of names in VARIANTS (default all)")
     args = p.parse_args()
     folder = Path(args.run)
-    tree = load_toml(folder / "config.toml")
-    tree["out"] = str(folder)
-    cfg = resolve(tree)
-    sc = build(cfg.scenario, cfg.scenario_options)
-    sc.prepare(cfg.seed, cfg.parties, cfg.test_parties)
+    run = load_run(folder)
+    cfg, sc = run.cfg, run.scenario
     methods = args.methods.split(",") if args.methods else list(cfg.methods)
-    fitted = Checkpoint(folder, sc, cfg.seed, cfg.parties).load_fitted(methods)
+    fitted = run.checkpoint.load_fitted(methods)
     if fitted is None:
         print(f"{folder}: no checkpoint/fitted-<method>.pt for every one of {methods}", file=sys.stderr)
         return 2
@@ -73,11 +67,7 @@ def main() -> int:
         p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     shots = [int(k) for k in args.shots.split(",")]
 
-    ids = np.arange(cfg.parties, cfg.parties + cfg.test_parties)
-    desc = party_descriptors(sc, cfg.seed, ids)
-    d = torch.as_tensor(desc)
-    evals = [sc.party_eval_data(cfg.seed, int(i), di) for i, di in zip(ids, desc)]
-    ex, ey = (torch.as_tensor(np.stack([e[j] for e in evals])) for j in (0, 1))
+    ids, desc, d, ex, ey = run.ids, run.desc, run.d, run.ex, run.ey
     shot_sets = [sc.party_shot_data(cfg.seed, int(i), di, max(shots)) for i, di in zip(ids, desc)]
 
     def score(w: torch.Tensor) -> float:

@@ -29,54 +29,39 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.checkpoint import Checkpoint  # noqa: E402
-from cluster.config import load_toml, resolve  # noqa: E402
+from bench.finished import load_run  # noqa: E402
+from bench.report import ints  # noqa: E402
 from fusion.params import forward  # noqa: E402
-from scenarios.base import party_descriptors  # noqa: E402
-from scenarios.registry import build  # noqa: E402
-
-
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="a finished sine run's folder (config.toml, checkpoint/, results.parquet)")
-    p.add_argument("--neighbours", type=_ints, default=[1, 5, 20, 50], help="k, comma list")
+    p.add_argument("--neighbours", type=ints, default=[1, 5, 20, 50], help="k, comma list")
     return p.parse_args(argv)
-
-
-def nrmse(pred: np.ndarray, truth: np.ndarray, amplitude: np.ndarray) -> np.ndarray:
-    return np.sqrt(((pred - truth) ** 2).mean(-1)) / np.abs(amplitude)
 
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    tree = load_toml(args.run / "config.toml")
-    tree["out"] = str(args.run)
-    cfg = resolve(tree)
-    sc = build(cfg.scenario, cfg.scenario_options)
+    run = load_run(args.run)
+    cfg, sc = run.cfg, run.scenario
     if not cfg.scenario.startswith("sine"):
         raise SystemExit(f"{args.run}: a sine run is needed, this one is {cfg.scenario}")
-    sc.prepare(cfg.seed, cfg.parties, cfg.test_parties)
-    ck = Checkpoint(args.run, sc, cfg.seed, cfg.parties)
-    parts = ck.load_pretrained()
+    parts = run.checkpoint.load_pretrained()
     models = np.concatenate([p["params"] for p in parts])
     train_desc = np.concatenate([p["descriptor"] for p in parts]).astype(np.float64)
-    ids = np.arange(cfg.parties, cfg.parties + cfg.test_parties)
-    test_desc = party_descriptors(sc, cfg.seed, ids).astype(np.float64)
-    grid = np.asarray(sc.eval_data(test_desc[0], None)[0], np.float32).reshape(-1)  # the same grid for every party
+    test_desc = run.desc.astype(np.float64)
+    x = run.ex[0]  # the evaluation grid (N, 1), the same for every party; run.ey: the novel parties' true values
+    truth = torch.as_tensor(np.stack([sc.truth_curve(row)[1] for row in train_desc]))
 
-    def truth(desc: np.ndarray) -> np.ndarray:
-        return desc[:, :1] * np.sin(grid[None, :] + desc[:, 1:2])
+    def nrmse(funcs: np.ndarray, y: torch.Tensor, desc: np.ndarray) -> np.ndarray:
+        """The scenario's metric of functions (P, N) on the grid against ``y`` (P, N, 1)."""
+        return sc.metric(torch.as_tensor(funcs, dtype=y.dtype)[..., None], y, torch.as_tensor(desc)).numpy()
 
     with torch.no_grad():
-        x = torch.as_tensor(grid)[:, None]
         funcs = forward(torch.as_tensor(models), sc.spec, x.expand(len(models), *x.shape)).numpy()[..., 0]
-    own = nrmse(funcs, truth(train_desc), train_desc[:, 0])
-    new_truth = truth(test_desc)
-    rows = {"own (training models, their own tasks)": own}
+    rows = {"own (training models, their own tasks)": nrmse(funcs, truth, train_desc)}
+    new_truth = run.ey[..., 0].numpy()
     for k in args.neighbours:
         mean, rescaled, best = [], [], []
         for j, (a, b) in enumerate(test_desc):
@@ -86,10 +71,9 @@ def main(argv: list[str]) -> int:
             rescaled.append((funcs[near] * (a / train_desc[near, 0])[:, None]).mean(0))
             coef = np.linalg.lstsq(funcs[near].T, new_truth[j], rcond=None)[0]
             best.append(coef @ funcs[near])
-        amp = test_desc[:, 0]
-        rows[f"mean of the {k} nearest"] = nrmse(np.stack(mean), new_truth, amp)
-        rows[f"rescaled mean of the {k} nearest"] = nrmse(np.stack(rescaled), new_truth, amp)
-        rows[f"best combination of the {k} nearest (oracle)"] = nrmse(np.stack(best), new_truth, amp)
+        rows[f"mean of the {k} nearest"] = nrmse(np.stack(mean), run.ey, test_desc)
+        rows[f"rescaled mean of the {k} nearest"] = nrmse(np.stack(rescaled), run.ey, test_desc)
+        rows[f"best combination of the {k} nearest (oracle)"] = nrmse(np.stack(best), run.ey, test_desc)
     table = pq.read_table(args.run / "results.parquet").to_pylist()
     for method in dict.fromkeys(r["method"] for r in table):
         rows[f"run: {method}, 0 shots"] = np.array(
