@@ -259,6 +259,24 @@ class MovieLensScenario(Scenario):
             out.append(float(np.sqrt((err**2).mean())))
         return np.asarray(out)
 
+    def user_fit_rmse(self, party_ids, context_only: bool) -> np.ndarray:
+        """Reference: each user's own ridge fit (user vector and bias, the seen users' item embeddings, the
+        pretraining objective) on its known ratings, on the context items only (``context_only``: what every
+        0-shot method is told) or on all of them (what the oracle is told), evaluated on its held-out ratings.
+        RMSE per party (the order of ``party_ids``)."""
+        w, data, mf, opt = self.world, self.data, self.world.mf, self.options
+        out = []
+        for p in party_ids:
+            rows = w.known[p]
+            if context_only:
+                rows = rows[np.isin(data.item[rows], w.context)]
+            items = data.item[rows]
+            z = ridge_solve(mf.items[items], data.rating[rows] - mf.mu - mf.item_bias[items], opt.reg)
+            held = data.item[w.held_out[p]]
+            pred = mf.mu + mf.item_bias[held] + mf.items[held] @ z[:-1] + z[-1]
+            out.append(float(np.sqrt(((pred - data.rating[w.held_out[p]]) ** 2).mean())))
+        return np.asarray(out)
+
     # Parties are fixed users, not draws: the per-rng entry points do not apply.
     def _not_drawn(self, *_args):
         raise TypeError("movielens parties are fixed users: use party_descriptor / party_*_data(seed, party_id, ...)")

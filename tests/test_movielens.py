@@ -150,3 +150,18 @@ def test_movielens_end_to_end_on_ray_with_the_oracle(ray_session, folder, tmp_pa
     sc.prepare(1, 30, 8)
     oracle = sc.oracle_rmse(list(range(30, 38)))
     assert oracle.shape == (8,) and oracle.mean() < means[("average", 0)]  # personalization helps on low-rank data
+
+
+def test_own_fit_references_are_the_descriptor_and_the_full_fit(folder):
+    """The context-only fit scores the embedding descriptor used as the model; with every item a context item
+    the two fits are one."""
+    sc = scenario(folder)
+    w, data, mf, test = sc.world, sc.data, sc.world.mf, list(range(24, 32))
+    ctx = sc.user_fit_rmse(test, context_only=True)
+    for i, p in enumerate(test):
+        z, held = sc.party_descriptor(3, p), w.held_out[p]
+        pred = mf.mu + mf.item_bias[data.item[held]] + mf.items[data.item[held]] @ z[:-1] + z[-1]
+        assert ctx[i] == pytest.approx(np.sqrt(((pred - data.rating[held]) ** 2).mean()))
+    every = scenario(folder, context_items=60)
+    assert np.allclose(every.user_fit_rmse(test, True), every.user_fit_rmse(test, False))
+    assert not np.allclose(ctx, sc.user_fit_rmse(test, False))  # 15 of 60 items: the fits differ
