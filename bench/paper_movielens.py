@@ -56,6 +56,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--finetune-lr", type=float, default=0.001)  # the recipe of the docs/results.md table
     p.add_argument("--finetune-folds", type=int, default=0, help="0: no step selection; >= 2: k-fold selection")
     p.add_argument("--fusion", default="gp_refit")
+    p.add_argument("--gp-kernel", default="rbf", choices=["rbf", "rbf+linear"], help="[fusion.gp] kernel")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -103,7 +104,7 @@ def main(argv: list[str]) -> int:
                     "methods": methods,
                     "pretrain": {"steps": args.pretrain_steps},
                     "finetune": {"steps": args.finetune_steps, "lr": args.finetune_lr, "folds": args.finetune_folds},
-                    "fusion": {"strategy": args.fusion},
+                    "fusion": {"strategy": args.fusion, "gp": {"kernel": args.gp_kernel}},
                     "out": str(OUT / f"runs/movielens-{label}-d{dim}-{stamp}"),
                 }
             )
@@ -123,7 +124,7 @@ def main(argv: list[str]) -> int:
     title = (
         f"MovieLens ({label}), RMSE on held-out ratings of {args.test_parties} unseen users (mean over users), "
         f"{args.parties} seen users, {args.context_items} context items, descriptor {args.descriptor}, "
-        f"fusion {args.fusion}, seed {args.seed}"
+        f"fusion {args.fusion} (GP kernel {args.gp_kernel}), seed {args.seed}"
     )
     text = markdown(rmse, methods, args.dims, args.shots, title)
     record = {"bench": "paper_movielens", "args": vars(args), "rmse": rmse, "wall_s": walls}

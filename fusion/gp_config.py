@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+KERNELS = ("rbf", "rbf+linear")
+
 
 @dataclass(frozen=True)
 class GPConfig:
@@ -15,6 +17,7 @@ class GPConfig:
     max_steps: int = 300  # Adam steps on the bound
     lr: float = 0.05
     tol: float = 1e-4  # stop when the bound improves less than this (relative) over 20 steps
+    kernel: str = "rbf"  # "rbf" (ARD) or "rbf+linear" (adds a linear kernel: near-linear descriptor-to-model maps)
 
     def __post_init__(self) -> None:
         if self.max_components < 1:
@@ -23,5 +26,7 @@ class GPConfig:
             raise ValueError(f"fusion.gp.explained_variance must be in (0, 1], got {self.explained_variance}")
         if self.inducing < 1 or self.max_steps < 1:
             raise ValueError("fusion.gp.inducing and fusion.gp.max_steps must be >= 1")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"fusion.gp.kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
         if not self.lr > 0 or self.tol < 0:
             raise ValueError("fusion.gp.lr must be > 0 and fusion.gp.tol >= 0")

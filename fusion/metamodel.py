@@ -2,7 +2,7 @@
 
 The (aligned) training models are centred and projected on their ``e`` leading principal
 directions; the whitened scores are ``e`` outputs of one sparse GP over the standardized
-descriptors (SGPR: ``gpytorch.kernels.InducingPointKernel`` over an ARD RBF kernel, Titsias'
+descriptors (SGPR over an ARD RBF kernel, plus a linear kernel with ``kernel = "rbf+linear"``; Titsias'
 collapsed bound). Kernel hyper-parameters, noise and inducing descriptors are trained by
 maximizing that marginal-likelihood bound, until it stops improving. The predictive mean at a new
 descriptor, mapped back through the components, is a model: the new task's parameters as a
@@ -24,9 +24,16 @@ from fusion.gp_config import GPConfig
 from fusion.training import TrainConfig, _Optimizer
 
 
-def _base_kernel(dim: int) -> gpytorch.kernels.Kernel:
-    """Unit-scale ARD RBF kernel shared by all outputs (each output has its own scale and noise)."""
-    return gpytorch.kernels.RBFKernel(ard_num_dims=dim)
+def _base_kernel(dim: int, kind: str = "rbf") -> gpytorch.kernels.Kernel:
+    """Unit-scale ARD RBF kernel shared by all outputs (each output has its own scale and noise); with
+    ``kind = "rbf+linear"`` plus a linear kernel of its own variance (a descriptor-to-model map that is close to
+    linear, which an RBF kernel of a few lengthscales shrinks toward the mean far from the training tasks)."""
+    rbf = gpytorch.kernels.RBFKernel(ard_num_dims=dim)
+    if kind == "rbf":
+        return rbf
+    linear = gpytorch.kernels.LinearKernel()
+    linear.variance = 1.0 / dim  # a linear share comparable to the RBF's unit scale on standardized descriptors
+    return rbf + linear
 
 
 class _LogdetQuad(torch.autograd.Function):
@@ -68,10 +75,10 @@ class _CollapsedSGPR(torch.nn.Module):
     O(n m^2 + m^3 + e m^2).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, inducing: torch.Tensor) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, inducing: torch.Tensor, kind: str = "rbf") -> None:
         super().__init__()
         self.x, self.y = x, y  # (n, d), (n, e)
-        self.kernel = _base_kernel(x.shape[-1]).to(x.dtype)
+        self.kernel = _base_kernel(x.shape[-1], kind).to(x.dtype)
         self.inducing = torch.nn.Parameter(inducing.clone())
         var = y.var(0, unbiased=False).clamp_min(1e-12)
         positive = gpytorch.constraints.Positive()
@@ -95,7 +102,7 @@ class _CollapsedSGPR(torch.nn.Module):
         # B_c = I + (s_c / sigma_c^2) A0 A0^T; with A = sqrt(s) A0 / sigma the data fit is y^T A^T B^-1 A y / sigma^2
         logdet_b, quad = _LogdetQuad.apply(aat, scale / noise, ay)
         yy = (self.y**2).sum(0)
-        trace = scale * (n - aat.diagonal().sum())
+        trace = scale * (self.kernel(self.x, diag=True).sum() - aat.diagonal().sum())  # the RBF's diagonal is 1
         value = (
             -0.5 * n * np.log(2 * np.pi)
             - 0.5 * logdet_b
@@ -123,7 +130,7 @@ class GPMetaModel:
 
     def __init__(self, state: dict) -> None:
         self.state = state
-        self.kernel = _base_kernel(state["x_mean"].shape[0]).double()
+        self.kernel = _base_kernel(state["x_mean"].shape[0], state["config"].get("kernel", "rbf")).double()
         self.kernel.load_state_dict(state["kernel"])
         self.kernel.eval()
 
@@ -144,7 +151,7 @@ class GPMetaModel:
         gen = torch.Generator().manual_seed(seed)
         m = min(cfg.inducing, n)
         inducing = xs[torch.randperm(n, generator=gen)[:m]]
-        model = _CollapsedSGPR(xs, scores, inducing)
+        model = _CollapsedSGPR(xs, scores, inducing, cfg.kernel)
         # torch.optim.Adam's arithmetic without torch.optim (whose first use in a process imports torch._dynamo: ~1.5 s)
         weights = list(model.parameters())
         opts = [_Optimizer(TrainConfig(lr=cfg.lr, decay=False), w.detach(), cfg.max_steps) for w in weights]
