@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import ints, publish  # noqa: E402
 from cluster.config import resolve  # noqa: E402
 from cluster.pipeline import run  # noqa: E402
+from fusion.gp_config import KERNELS  # noqa: E402
 from scenarios import build  # noqa: E402
 from scenarios.movielens import DESCRIPTORS  # noqa: E402
 from scenarios.movielens_synthetic import write_synthetic_ml100k  # noqa: E402
@@ -56,7 +57,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--finetune-lr", type=float, default=0.001)  # the recipe of the docs/results.md table
     p.add_argument("--finetune-folds", type=int, default=0, help="0: no step selection; >= 2: k-fold selection")
     p.add_argument("--fusion", default="gp_refit")
-    p.add_argument("--gp-kernel", default="rbf", choices=["rbf", "rbf+linear"], help="[fusion.gp] kernel")
+    p.add_argument("--gp-kernel", default="rbf", choices=KERNELS, help="[fusion.gp] kernel")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -116,8 +117,8 @@ def main(argv: list[str]) -> int:
             sc.prepare(args.seed, args.parties, args.test_parties)
             test = range(args.parties, args.parties + args.test_parties)
             rmse[ORACLE][str(dim)] = float(sc.oracle_rmse(test).mean())
-            rmse["own_fit_known"][str(dim)] = float(sc.user_fit_rmse(test, context_only=False).mean())
-            rmse["own_fit_context"][str(dim)] = float(sc.user_fit_rmse(test, context_only=True).mean())
+            rmse["own_fit_known"][str(dim)] = float(sc.own_fit_rmse(test, context_only=False).mean())
+            rmse["own_fit_context"][str(dim)] = float(sc.own_fit_rmse(test, context_only=True).mean())
             walls[str(dim)] = round(time.perf_counter() - clock, 1)
     finally:
         ray.shutdown()

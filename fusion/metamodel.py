@@ -20,16 +20,18 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from fusion.gp_config import GPConfig
+from fusion.gp_config import KERNELS, GPConfig
 from fusion.training import TrainConfig, _Optimizer
 
 
-def _base_kernel(dim: int, kind: str = "rbf") -> gpytorch.kernels.Kernel:
+def _base_kernel(dim: int, kernel: str = "rbf") -> gpytorch.kernels.Kernel:
     """Unit-scale ARD RBF kernel shared by all outputs (each output has its own scale and noise); with
-    ``kind = "rbf+linear"`` plus a linear kernel of its own variance (a descriptor-to-model map that is close to
+    ``kernel = "rbf+linear"`` plus a linear kernel of its own variance (a descriptor-to-model map that is close to
     linear, which an RBF kernel of a few lengthscales shrinks toward the mean far from the training tasks)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"fusion.gp.kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     rbf = gpytorch.kernels.RBFKernel(ard_num_dims=dim)
-    if kind == "rbf":
+    if kernel == "rbf":
         return rbf
     linear = gpytorch.kernels.LinearKernel()
     linear.variance = 1.0 / dim  # a linear share comparable to the RBF's unit scale on standardized descriptors
@@ -75,10 +77,10 @@ class _CollapsedSGPR(torch.nn.Module):
     O(n m^2 + m^3 + e m^2).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, inducing: torch.Tensor, kind: str = "rbf") -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, inducing: torch.Tensor, kernel: str = "rbf") -> None:
         super().__init__()
         self.x, self.y = x, y  # (n, d), (n, e)
-        self.kernel = _base_kernel(x.shape[-1], kind).to(x.dtype)
+        self.kernel = _base_kernel(x.shape[-1], kernel).to(x.dtype)
         self.inducing = torch.nn.Parameter(inducing.clone())
         var = y.var(0, unbiased=False).clamp_min(1e-12)
         positive = gpytorch.constraints.Positive()
@@ -102,7 +104,9 @@ class _CollapsedSGPR(torch.nn.Module):
         # B_c = I + (s_c / sigma_c^2) A0 A0^T; with A = sqrt(s) A0 / sigma the data fit is y^T A^T B^-1 A y / sigma^2
         logdet_b, quad = _LogdetQuad.apply(aat, scale / noise, ay)
         yy = (self.y**2).sum(0)
-        trace = scale * (self.kernel(self.x, diag=True).sum() - aat.diagonal().sum())  # the RBF's diagonal is 1
+        trace = scale * (
+            self.kernel(self.x, diag=True).sum() - aat.diagonal().sum()
+        )  # tr K0 - tr Q (K0's diagonal is 1 for the RBF alone)
         value = (
             -0.5 * n * np.log(2 * np.pi)
             - 0.5 * logdet_b

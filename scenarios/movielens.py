@@ -146,12 +146,23 @@ def _svd(w: World, data: movielens_data.Ratings, rows: np.ndarray, opt: MovieLen
     return (context_ratings(data, rows, w.context, opt.missing) - w.centre) @ w.basis
 
 
+def own_fit(mf: Factorization, data: movielens_data.Ratings, rows: np.ndarray, reg: float) -> np.ndarray:
+    """The user vector and bias (dim + 1,) of the rating rows ``rows`` under ``mf``'s item embeddings: the ridge fit of
+    their residual ratings (rating - mu - item bias), the ridge ``reg`` times the count (the pretraining objective)."""
+    items = data.item[rows]
+    return ridge_solve(mf.items[items], data.rating[rows] - mf.mu - mf.item_bias[items], reg)
+
+
+def model_rmse(mf: Factorization, data: movielens_data.Ratings, rows: np.ndarray, z: np.ndarray) -> float:
+    """RMSE of the user model ``z`` (dim + 1,) under ``mf`` on the rating rows ``rows``."""
+    items = data.item[rows]
+    pred = mf.mu + mf.item_bias[items] + mf.items[items] @ z[:-1] + z[-1]
+    return float(np.sqrt(((pred - data.rating[rows]) ** 2).mean()))
+
+
 def _embedding(w: World, data: movielens_data.Ratings, rows: np.ndarray, opt: MovieLensOptions) -> np.ndarray:
-    """(dim + 1,): ridge user vector and bias fitting the rated context items' residual ratings
-    (rating - mu - item bias) over their embeddings; the ridge is ``reg`` times the count, as in the factorization."""
-    mf, items = w.mf, data.item[rows]
-    on = np.isin(items, w.context)
-    return ridge_solve(mf.items[items[on]], data.rating[rows][on] - mf.mu - mf.item_bias[items[on]], opt.reg)
+    """(dim + 1,): :func:`own_fit` of the user's rated context items."""
+    return own_fit(w.mf, data, rows[np.isin(data.item[rows], w.context)], opt.reg)
 
 
 # descriptor name -> (world, ratings, the user's known rows, options) -> descriptor
@@ -259,22 +270,17 @@ class MovieLensScenario(Scenario):
             out.append(float(np.sqrt((err**2).mean())))
         return np.asarray(out)
 
-    def user_fit_rmse(self, party_ids, context_only: bool) -> np.ndarray:
-        """Reference: each user's own ridge fit (user vector and bias, the seen users' item embeddings, the
-        pretraining objective) on its known ratings, on the context items only (``context_only``: what every
-        0-shot method is told) or on all of them (what the oracle is told), evaluated on its held-out ratings.
-        RMSE per party (the order of ``party_ids``)."""
-        w, data, mf, opt = self.world, self.data, self.world.mf, self.options
+    def own_fit_rmse(self, party_ids, context_only: bool) -> np.ndarray:
+        """Reference: each user's :func:`own_fit` on its known ratings, of the context items only (``context_only``:
+        what every 0-shot method is told, the ``embedding`` descriptor) or of all items (what the oracle is told),
+        evaluated on its held-out ratings. RMSE per party (the order of ``party_ids``)."""
+        w, data = self.world, self.data
         out = []
         for p in party_ids:
             rows = w.known[p]
             if context_only:
                 rows = rows[np.isin(data.item[rows], w.context)]
-            items = data.item[rows]
-            z = ridge_solve(mf.items[items], data.rating[rows] - mf.mu - mf.item_bias[items], opt.reg)
-            held = data.item[w.held_out[p]]
-            pred = mf.mu + mf.item_bias[held] + mf.items[held] @ z[:-1] + z[-1]
-            out.append(float(np.sqrt(((pred - data.rating[w.held_out[p]]) ** 2).mean())))
+            out.append(model_rmse(w.mf, data, w.held_out[p], own_fit(w.mf, data, rows, self.options.reg)))
         return np.asarray(out)
 
     # Parties are fixed users, not draws: the per-rng entry points do not apply.

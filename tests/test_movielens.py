@@ -157,11 +157,11 @@ def test_own_fit_references_are_the_descriptor_and_the_full_fit(folder):
     the two fits are one."""
     sc = scenario(folder)
     w, data, mf, test = sc.world, sc.data, sc.world.mf, list(range(24, 32))
-    ctx = sc.user_fit_rmse(test, context_only=True)
+    ctx = sc.own_fit_rmse(test, context_only=True)
     for i, p in enumerate(test):
         z, held = sc.party_descriptor(3, p), w.held_out[p]
         pred = mf.mu + mf.item_bias[data.item[held]] + mf.items[data.item[held]] @ z[:-1] + z[-1]
-        assert ctx[i] == pytest.approx(np.sqrt(((pred - data.rating[held]) ** 2).mean()))
+        assert ctx[i] == pytest.approx(np.sqrt(((pred - data.rating[held]) ** 2).mean()))  # by hand, not model_rmse
     every = scenario(folder, context_items=60)
-    assert np.allclose(every.user_fit_rmse(test, True), every.user_fit_rmse(test, False))
-    assert not np.allclose(ctx, sc.user_fit_rmse(test, False))  # 15 of 60 items: the fits differ
+    assert np.allclose(every.own_fit_rmse(test, True), every.own_fit_rmse(test, False))
+    assert not np.allclose(ctx, sc.own_fit_rmse(test, False))  # 15 of 60 items: the fits differ
