@@ -72,8 +72,8 @@ def pytest_unconfigure(config):
     """Leave without the interpreter's teardown once pytest has reported and every fixture has finished.
 
     The teardown of a process that hosted Ray's driver threads next to torch's can crash after the last result
-    is written (a segfault after the summary, seen in CI with every test passed), turning a green run red. The
-    exit status stays pytest's own.
+    is written (a segfault after the summary with every test passed), turning a green run red. The exit status
+    stays pytest's own.
     """
     if _EXIT_STATUS:
         import sys
