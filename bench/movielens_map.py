@@ -20,6 +20,7 @@ this isolates the meta-model. On the synthetic ml-100k-format data of ``--seed``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -55,8 +56,7 @@ def main(argv: list[str]) -> int:
         return float(np.mean([model_rmse(mf, data, w.held_out[q], z) for z, q in zip(models, test)]))
 
     def context_fit(mf, q: int) -> np.ndarray:  # the embedding descriptor under the factorization mf
-        rows = w.known[q]
-        return own_fit(mf, data, rows[np.isin(data.item[rows], w.context)], opt.reg)
+        return DESCRIPTORS["embedding"](dataclasses.replace(w, mf=mf), data, w.known[q], opt)
 
     ones = lambda d: np.c_[d, np.ones(len(d))]  # noqa: E731
     fits = np.stack([own_fit(w.mf, data, w.known[q], opt.reg) for q in seen])

@@ -104,9 +104,8 @@ class _CollapsedSGPR(torch.nn.Module):
         # B_c = I + (s_c / sigma_c^2) A0 A0^T; with A = sqrt(s) A0 / sigma the data fit is y^T A^T B^-1 A y / sigma^2
         logdet_b, quad = _LogdetQuad.apply(aat, scale / noise, ay)
         yy = (self.y**2).sum(0)
-        trace = scale * (
-            self.kernel(self.x, diag=True).sum() - aat.diagonal().sum()
-        )  # tr K0 - tr Q (K0's diagonal is 1 for the RBF alone)
+        tr_k0 = self.kernel(self.x, diag=True).sum()  # n for the RBF alone (unit diagonal)
+        trace = scale * (tr_k0 - aat.diagonal().sum())  # tr K0 - tr Q
         value = (
             -0.5 * n * np.log(2 * np.pi)
             - 0.5 * logdet_b

@@ -274,14 +274,13 @@ class MovieLensScenario(Scenario):
         """Reference: each user's :func:`own_fit` on its known ratings, of the context items only (``context_only``:
         what every 0-shot method is told, the ``embedding`` descriptor) or of all items (what the oracle is told),
         evaluated on its held-out ratings. RMSE per party (the order of ``party_ids``)."""
-        w, data = self.world, self.data
-        out = []
-        for p in party_ids:
-            rows = w.known[p]
-            if context_only:
-                rows = rows[np.isin(data.item[rows], w.context)]
-            out.append(model_rmse(w.mf, data, w.held_out[p], own_fit(w.mf, data, rows, self.options.reg)))
-        return np.asarray(out)
+        w, data, opt = self.world, self.data, self.options
+        fit = (
+            (lambda rows: _embedding(w, data, rows, opt))
+            if context_only
+            else (lambda rows: own_fit(w.mf, data, rows, opt.reg))
+        )
+        return np.asarray([model_rmse(w.mf, data, w.held_out[p], fit(w.known[p])) for p in party_ids])
 
     # Parties are fixed users, not draws: the per-rng entry points do not apply.
     def _not_drawn(self, *_args):
