@@ -1,6 +1,6 @@
 """Parallel efficiency of the assignment stage: the per-model hidden-unit assignments solved as Ray tasks.
 
-    python bench/assign_parallel.py --models 1000 --hidden 100 --repeats 5
+    python -m bench.assign_parallel --models 1000 --hidden 100 --repeats 5
 
 The problems are the ones the fusion actor solves in one alignment iteration: N models' units
 (N, hidden, features) against a template. Each model is the template's units permuted and perturbed,
@@ -13,13 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def problems(n_models: int, hidden: int, features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

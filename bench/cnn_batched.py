@@ -11,25 +11,21 @@ Prints wall seconds, CPU seconds of this process (the steadier figure on a share
 second and the ratios to batched for each, and the largest difference between the batched and the
 torch-loop parameters (float rounding, scaled up by Adam on near-zero gradients).
 
-    python bench/cnn_batched.py                       # 50 parties x 50 steps x 100 images, cnn-s
-    python bench/cnn_batched.py --parties 10 --steps 5 --family cnn-m
+    python -m bench.cnn_batched                       # 50 parties x 50 steps x 100 images, cnn-s
+    python -m bench.cnn_batched --parties 10 --steps 5 --family cnn-m
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fusion.params import RowLoss, init_params, layers  # noqa: E402
-from fusion.spec import spec_for_family  # noqa: E402
-from fusion.training import TrainConfig, train  # noqa: E402
-from tests.test_cnn import sequential  # noqa: E402
+from fusion.params import RowLoss, init_params, layers
+from fusion.spec import spec_for_family
+from fusion.training import TrainConfig, train
+from tests.test_cnn import sequential
 
 
 def per_model_ce(pred: torch.Tensor, y: torch.Tensor, _) -> torch.Tensor:

@@ -7,28 +7,24 @@ batch, the strategies are fitted in process, and the same shard fine-tunes and s
 shared 2-core machine Ray's niced workers get a small share of the cores; this runs at the caller's priority.)
 Prints the summary table (sample-weighted mean accuracy ± std over the test parties) and stage timings.
 
-    python bench/cnn_digits_split.py --data-dir /work/shared/data/mnist
-    python bench/cnn_digits_split.py --data-dir ... --pretrain-steps 30 --refit-steps 100 --shots 0,5
+    python -m bench.cnn_digits_split --data-dir /work/shared/data/mnist
+    python -m bench.cnn_digits_split --data-dir ... --pretrain-steps 30 --refit-steps 100 --shots 0,5
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from actors.party_shard import PartyShard  # noqa: E402
-from cluster import results  # noqa: E402
-from fusion.metamodel import GPConfig  # noqa: E402
-from fusion.methods import strategy_for  # noqa: E402
-from fusion.strategies import FitContext, FusionConfig  # noqa: E402
-from fusion.training import FinetuneConfig, TrainConfig  # noqa: E402
-from scenarios import build, make_options  # noqa: E402
+from actors.party_shard import PartyShard
+from cluster import results
+from fusion.metamodel import GPConfig
+from fusion.methods import strategy_for
+from fusion.strategies import FitContext, FusionConfig
+from fusion.training import FinetuneConfig, TrainConfig
+from scenarios import build, make_options
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ layer-by-layer backward pass every other architecture takes).
 party shard's). ``ratio`` = pretrain / sgemm. Times are process CPU seconds (the machine is shared; CPU time is
 disturbed less than wall time); wall seconds are printed beside them.
 
-    python bench/efficiency.py                       # 100 parties, 2000 steps, chunks of 25, 1 thread
-    python bench/efficiency.py --path torch
+    python -m bench.efficiency                       # 100 parties, 2000 steps, chunks of 25, 1 thread
+    python -m bench.efficiency --path torch
 """
 
 from __future__ import annotations
@@ -34,18 +34,14 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from actors.party_shard import PartyShard  # noqa: E402
-from fusion import kernels, params  # noqa: E402
-from fusion.training import TrainConfig  # noqa: E402
-from scenarios import build, make_options  # noqa: E402
+from actors.party_shard import PartyShard
+from fusion import kernels, params
+from fusion.training import TrainConfig
+from scenarios import build, make_options
 
 SCENARIO = "sine-domains"
 

@@ -1,8 +1,8 @@
 """Novel-party nRMSE of every iterative federated algorithm on sine, in one process (no Ray).
 
-    python bench/federated_sine.py                          # 60 training / 20 novel parties, default [federated]
-    python bench/federated_sine.py --algorithms ditto pfedhn --rounds 20
-    python bench/federated_sine.py --algorithms per_fedavg --set per_fedavg.alpha=0.001
+    python -m bench.federated_sine                          # 60 training / 20 novel parties, default [federated]
+    python -m bench.federated_sine --algorithms ditto pfedhn --rounds 20
+    python -m bench.federated_sine --algorithms per_fedavg --set per_fedavg.alpha=0.001
 
 Each algorithm runs :func:`fusion.federated.rounds.run_rounds` on the training parties' private data; a novel
 party then takes ``algorithm.novel(...)``'s 0-shot model, or fine-tunes it on k shots by the run's recipe
@@ -17,18 +17,15 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fusion.federated import ALGORITHMS, FederatedConfig  # noqa: E402
-from fusion.federated.rounds import Parties, run_rounds  # noqa: E402
-from fusion.params import forward  # noqa: E402
-from fusion.training import FREE, FinetuneConfig, finetune  # noqa: E402
-from scenarios import Stream, build, make_options, party_descriptors, party_torch_generator, training_data  # noqa: E402
+from fusion.federated import ALGORITHMS, FederatedConfig
+from fusion.federated.rounds import Parties, run_rounds
+from fusion.params import forward
+from fusion.training import FREE, FinetuneConfig, finetune
+from scenarios import Stream, build, make_options, party_descriptors, party_torch_generator, training_data
 
 
 def main() -> None:

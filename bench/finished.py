@@ -3,19 +3,16 @@ novel parties with their evaluation data, exactly as the run's evaluation drew t
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cluster.checkpoint import Checkpoint  # noqa: E402
-from cluster.config import RunConfig, load_toml, resolve  # noqa: E402
-from scenarios.base import Scenario, party_descriptors  # noqa: E402
-from scenarios.registry import build  # noqa: E402
+from cluster.checkpoint import Checkpoint
+from cluster.config import RunConfig, load_toml, resolve
+from scenarios.base import Scenario, party_descriptors
+from scenarios.registry import build
 
 
 @dataclass

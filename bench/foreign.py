@@ -1,7 +1,7 @@
 """Fusing models trained elsewhere: ``fusion-cluster fuse`` on sine nets from a plain PyTorch loop.
 
-    python bench/foreign.py                         # 300 foreign [1-100-1] nets, 100 held-out tasks, seed 21
-    python bench/foreign.py --models 900 --seed 22 --fusion gp_refit,gp
+    python -m bench.foreign                         # 300 foreign [1-100-1] nets, 100 held-out tasks, seed 21
+    python -m bench.foreign --models 900 --seed 22 --fusion gp_refit,gp
 
 The nets are what a user brings: ``torch.nn.Sequential(Linear(1, 100), ReLU(), Linear(100, 1))`` with PyTorch's
 default init, each trained alone by ``torch.optim.Adam`` on its own 100 points of y = a·sin(x + b) (x ~ U[-10, 10],
@@ -25,9 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scenarios import build, make_options  # noqa: E402
+from scenarios import build, make_options
 
 SCENARIO = build("sine-domains", make_options("sine-domains", {}))
 PROBED = {"default", "gp_refit", "mfpl_refit"}  # strategies given the probe (the others refuse one)

@@ -1,8 +1,8 @@
 """Garbage among the parties: fusion's 0-shot metric with a share of corrupt uploads, against the clean run,
 and the precision / recall of the function-space quarantine.
 
-    python bench/garbage.py                                   # sine 200/50, 10% of each kind, seed 11
-    python bench/garbage.py --kinds scaled --share 0.2 --seeds 11,12
+    python -m bench.garbage                                   # sine 200/50, 10% of each kind, seed 11
+    python -m bench.garbage --kinds scaled --share 0.2 --seeds 11,12
 
 One run per (seed, kind) plus a clean run per seed, all on one embedded Ray; prints one JSON line per run and a
 Markdown table. The corrupt parties are known from the same rule the shards use ((seed, party id) draws).
@@ -19,12 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from actors.faults import CORRUPT_KINDS, FaultConfig  # noqa: E402
-from cluster.config import resolve  # noqa: E402
-from cluster.pipeline import run  # noqa: E402
-from scenarios import Stream, party_rng  # noqa: E402
+from actors.faults import CORRUPT_KINDS, FaultConfig
+from cluster.config import resolve
+from cluster.pipeline import run
+from scenarios import Stream, party_rng
 
 
 def corrupt_ids(seed: int, parties: int, share: float) -> set[int]:

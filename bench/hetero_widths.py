@@ -19,7 +19,7 @@ ask for a warm start at their own width. Methods, all at 0 shots, metric = sine 
 - ``gp_same_width`` (reference, not a heterogeneous method): the foundation's ``gp`` strategy (template
   alignment + GP) fitted on the training models of the test party's width only.
 
-    python bench/hetero_widths.py            # 200 + 50 parties, 2000 steps (the run defaults)
+    python -m bench.hetero_widths            # 200 + 50 parties, 2000 steps (the run defaults)
 """
 
 from __future__ import annotations
@@ -28,22 +28,19 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fusion.matching import align  # noqa: E402
-from fusion.metamodel import GPConfig, GPMetaModel  # noqa: E402
-from fusion.params import forward, init_params  # noqa: E402
-from fusion.pfnm import PFNMConfig, expand, match_models, matched_average, to_width  # noqa: E402
-from fusion.spec import MLPSpec  # noqa: E402
-from fusion.strategies import STRATEGIES, FitContext, FusionConfig  # noqa: E402
-from fusion.training import TrainConfig, train  # noqa: E402
-from fusion.widths import embed  # noqa: E402
-from scenarios import Stream, build, make_options, party_rng, party_torch_generator  # noqa: E402
+from fusion.matching import align
+from fusion.metamodel import GPConfig, GPMetaModel
+from fusion.params import forward, init_params
+from fusion.pfnm import PFNMConfig, expand, match_models, matched_average, to_width
+from fusion.spec import MLPSpec
+from fusion.strategies import STRATEGIES, FitContext, FusionConfig
+from fusion.training import TrainConfig, train
+from fusion.widths import embed
+from scenarios import Stream, build, make_options, party_rng, party_torch_generator
 
 
 def scenario_for(name: str, width: int):

@@ -1,7 +1,7 @@
 """Heterogeneous architectures: one-shot fusion against the HtFL algorithms on novel parties (issue 12, item 6).
 
-    python bench/htfl.py                                   # seeds 1,2,3, full budget
-    python bench/htfl.py --seeds 1 --budget 0.01 --pool 5000 --finetune-steps 40 --out runs/htfl.md
+    python -m bench.htfl                                   # seeds 1,2,3, full budget
+    python -m bench.htfl --seeds 1 --budget 0.01 --pool 5000 --finetune-steps 40 --out runs/htfl.md
 
 Protocol: MNIST ``digits-split`` Dirichlet(0.1), 100 training / 25 novel parties, each party's architecture
 family drawn from (seed, party id) among ``mlp-100``, ``cnn-s``, ``cnn-m`` (novel parties receive their own
@@ -29,12 +29,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench import pfl_novel  # noqa: E402
-from bench.report import publish  # noqa: E402
-from cluster import pipeline  # noqa: E402
-from cluster.config import ConfigError  # noqa: E402
+from bench import pfl_novel
+from bench.report import publish
+from cluster import pipeline
+from cluster.config import ConfigError
 
 METHODS = ("fusion", "nearest_task", "average", "cold_start", "lg_fedavg", "fd", "fedproto", "fedtgp", "fedgh")
 ARCHS = ["mlp-100", "cnn-s", "cnn-m"]

@@ -1,7 +1,7 @@
 """Run a command and report its wall time and the peak of the summed RSS of it and all its descendants
 (the driver, raylet, GCS, dashboard and every Ray worker of an embedded cluster).
 
-    python bench/memwatch.py -- fusion-cluster run sine
+    python -m bench.memwatch -- fusion-cluster run sine
 """
 
 from __future__ import annotations

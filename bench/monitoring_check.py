@@ -1,8 +1,8 @@
 """Monitoring as a person sees it, checked during a small run on an embedded Ray with token authentication on.
 
-    python bench/monitoring_check.py                          # sine, 12+4 parties, fusion,nearest_task,fedavg_ft
-    python bench/monitoring_check.py --screenshots docs/img   # also the dashboard in headless Chromium
-    python bench/monitoring_check.py --prometheus             # also every board query on a real Prometheus
+    python -m bench.monitoring_check                          # sine, 12+4 parties, fusion,nearest_task,fedavg_ft
+    python -m bench.monitoring_check --screenshots docs/img   # also the dashboard in headless Chromium
+    python -m bench.monitoring_check --prometheus             # also every board query on a real Prometheus
 
 Starts a local Ray with the dashboard (on 127.0.0.1, a free port) and Ray's default token authentication (a
 ``RAY_AUTH_MODE=disabled`` in the environment is dropped: users keep it on), gets the token with
@@ -304,7 +304,6 @@ def main(argv: list[str]) -> int:
 
     if os.environ.get("RAY_AUTH_MODE") == "disabled":
         del os.environ["RAY_AUTH_MODE"]  # Ray's default (token authentication on), as users have it
-    sys.path.insert(0, str(ROOT))
     import ray
 
     from cluster.config import resolve

@@ -2,7 +2,8 @@
 
 No Ray, no pretraining: the seen users' models are their exact ridge fits (what pretraining converges to), so
 this isolates the meta-model. On the synthetic ml-100k-format data of ``--seed`` (the same data as
-``bench/paper_movielens.py --synthetic --seed``), RMSE on the unseen users' held-out ratings (mean over users) of
+``python -m bench.paper_movielens --synthetic --seed``), RMSE on the unseen users' held-out ratings (mean over
+users) of
 
 - the unseen user's ``embedding`` descriptor used as its model (its own fit on its known context ratings);
 - the parameter-space GP meta-model (``[fusion.gp]`` defaults) fitted to the seen users' fits, at the descriptor;
@@ -14,7 +15,7 @@ this isolates the meta-model. On the synthetic ml-100k-format data of ``--seed``
   run) against the map learned on the other half B (out-of-sample, as the unseen users are), with the descriptor
   used as the model under the same embeddings beside them.
 
-    python bench/movielens_map.py --seed 31
+    python -m bench.movielens_map --seed 31
 """
 
 from __future__ import annotations
@@ -26,14 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.report import publish  # noqa: E402
-from fusion.gp_config import GPConfig  # noqa: E402
-from fusion.metamodel import GPMetaModel  # noqa: E402
-from scenarios.matrix_factorization import fit_als  # noqa: E402
-from scenarios.movielens import DESCRIPTORS, MovieLensOptions, MovieLensScenario, model_rmse, own_fit  # noqa: E402
-from scenarios.movielens_synthetic import write_synthetic_ml100k  # noqa: E402
+from bench.report import publish
+from fusion.gp_config import GPConfig
+from fusion.metamodel import GPMetaModel
+from scenarios.matrix_factorization import fit_als
+from scenarios.movielens import DESCRIPTORS, MovieLensOptions, MovieLensScenario, model_rmse, own_fit
+from scenarios.movielens_synthetic import write_synthetic_ml100k
 
 OUT = Path(__file__).resolve().parent / "out"
 

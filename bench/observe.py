@@ -1,7 +1,7 @@
 """Run fusion-cluster on a local Ray with the dashboard, and while it evaluates, list its named actors
 (state API) and scrape one value of each custom metric from the node's Prometheus endpoint.
 
-    python bench/observe.py sine --parties 300 --test-parties 50 --shots 0,10 --out /tmp/obs300
+    python -m bench.observe sine --parties 300 --test-parties 50 --shots 0,10 --out /tmp/obs300
 
 Prints the run's usual output, then one JSON line: {"actors": [...], "metrics": {name: value}}.
 Ray starts here (with the metrics reported every second instead of every 10 s) and the run joins it.

@@ -4,8 +4,8 @@ One ``fusion-cluster`` run per K on one Ray instance; every method sees the same
 test images. Prints one JSON line with every figure at the end and writes a Markdown table to
 ``bench/out/paper_digits_<source>.md``.
 
-    python bench/paper_digits.py                                    # sklearn 8x8 digits (offline)
-    python bench/paper_digits.py --source mnist --data-dir ../shared/data
+    python -m bench.paper_digits                                    # sklearn 8x8 digits (offline)
+    python -m bench.paper_digits --source mnist --data-dir ../shared/data
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.report import ints, publish  # noqa: E402
-from cluster.config import resolve  # noqa: E402
-from cluster.pipeline import run  # noqa: E402
+from bench.report import ints, publish
+from cluster.config import resolve
+from cluster.pipeline import run
 
 METHODS = ["fusion", "fusion_noalign", "nearest_task", "average", "cold_start"]
 OUT = Path(__file__).resolve().parent / "out"

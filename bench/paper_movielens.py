@@ -7,8 +7,8 @@ factorization that also sees the test users' known ratings), each test user's ow
 known ratings, and on its known ratings of the context items only (the information a 0-shot method has).
 Prints one JSON line with every figure and writes a Markdown table to ``bench/out/paper_movielens_<data>.md``.
 
-    python bench/paper_movielens.py --synthetic
-    python bench/paper_movielens.py --data-dir ~/data/ml-100k
+    python -m bench.paper_movielens --synthetic
+    python -m bench.paper_movielens --data-dir ~/data/ml-100k
 """
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.report import ints, publish  # noqa: E402
-from cluster.config import resolve  # noqa: E402
-from cluster.pipeline import run  # noqa: E402
-from fusion.gp_config import KERNELS  # noqa: E402
-from scenarios import build  # noqa: E402
-from scenarios.movielens import DESCRIPTORS  # noqa: E402
-from scenarios.movielens_synthetic import write_synthetic_ml100k  # noqa: E402
+from bench.report import ints, publish
+from cluster.config import resolve
+from cluster.pipeline import run
+from fusion.gp_config import KERNELS
+from scenarios import build
+from scenarios.movielens import DESCRIPTORS
+from scenarios.movielens_synthetic import write_synthetic_ml100k
 
 OUT = Path(__file__).resolve().parent / "out"
 ORACLE = "oracle_cf"

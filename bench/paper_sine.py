@@ -1,8 +1,8 @@
 """Reproduce the paper's Table 1 layout on sine-domains: methods x shots, mean ± std over test
 parties (pooled over seeds), for a dense regime (900 training parties) and a sparse one (25).
 
-    python bench/paper_sine.py                       # 900/100 parties, seeds 1,2,3, sparse 25
-    python bench/paper_sine.py --parties 300 --seeds 1 --sparse-parties 25
+    python -m bench.paper_sine                       # 900/100 parties, seeds 1,2,3, sparse 25
+    python -m bench.paper_sine --parties 300 --seeds 1 --sparse-parties 25
 
 Writes bench/out/paper_sine.md (tables) and bench/out/paper_sine_warm_starts.png (the paper's
 Fig. 2: 0-shot warm starts against the true functions), and ends with one JSON line of figures.
@@ -20,11 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.report import publish  # noqa: E402
-from cluster.config import resolve  # noqa: E402
-from cluster.pipeline import run  # noqa: E402
+from bench.report import publish
+from cluster.config import resolve
+from cluster.pipeline import run
 
 METHODS = ["fusion", "fusion_noalign", "nearest_task", "average", "cold_start", "maml", "maml_40_40"]
 SHOTS = [0, 10, 20, 30, 40]

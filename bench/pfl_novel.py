@@ -1,8 +1,8 @@
 """Novel parties: one-shot fusion against iterative personalized FL (issue 11, scope item 6).
 
-    python bench/pfl_novel.py                                       # (a), (b), (c); seeds 1,2,3; full budget
-    python bench/pfl_novel.py --protocols a --seeds 1,2,3 --out runs/pfl_novel_a.md
-    python bench/pfl_novel.py --protocols b,c --budget 0.1 --seeds 1 --parties 20 --test-parties 10
+    python -m bench.pfl_novel                                       # (a), (b), (c); seeds 1,2,3; full budget
+    python -m bench.pfl_novel --protocols a --seeds 1,2,3 --out runs/pfl_novel_a.md
+    python -m bench.pfl_novel --protocols b,c --budget 0.1 --seeds 1 --parties 20 --test-parties 10
 
 Protocols (test parties never take part in training; every method in one ``cluster.pipeline.run`` per seed):
   a  sine-domains, 200 training / 50 novel parties, shots 0/10/20;
@@ -34,11 +34,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.report import publish  # noqa: E402
-from cluster import pipeline  # noqa: E402
-from cluster.config import ConfigError, resolve  # noqa: E402
+from bench.report import publish
+from cluster import pipeline
+from cluster.config import ConfigError, resolve
 
 METHODS = (
     "fusion",

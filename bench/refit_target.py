@@ -1,7 +1,7 @@
 """Where a classifier's fused warm start loses to the nearest model: the output GP's target or the refit toward it?
 
     fusion-cluster run cnn3.toml --out runs/cnn3          # digits-split, pathological, gp_refit
-    python bench/refit_target.py runs/cnn3 --steps 10,25,50 --lr 0.001
+    python -m bench.refit_target runs/cnn3 --steps 10,25,50 --lr 0.001
 
 Loads the run's ``config.toml``, pretrained models and ``checkpoint/fitted-<method>.pt`` (no Ray). For each novel
 party, its *task ensemble* is the mean class probabilities of the training models whose descriptor has the same
@@ -24,14 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.finished import load_run  # noqa: E402
-from bench.report import ints  # noqa: E402
-from cluster.results import weighted_mean_std  # noqa: E402
-from fusion.params import forward  # noqa: E402
-from fusion.strategies.gp_refit import kl_to_probabilities  # noqa: E402
-from fusion.training import TrainConfig, train  # noqa: E402
+from bench.finished import load_run
+from bench.report import ints
+from cluster.results import weighted_mean_std
+from fusion.params import forward
+from fusion.strategies.gp_refit import kl_to_probabilities
+from fusion.training import TrainConfig, train
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Engine overhead of one federated round: FedAvg with ``local_steps = 0`` on Ray, 100 sampled parties, 2 shards.
 
-    python bench/rounds_overhead.py --parties 100 --shards 2 --rounds 50
+    python -m bench.rounds_overhead --parties 100 --shards 2 --rounds 50
 
 With no local steps a round is only the engine: sampling, the server's broadcast (one object), one ``fed_round``
 call per shard (a LocalBatch from the cached data, ``shard_round``, the uploads stacked), the server's
@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """Scaling: the full pipeline (pretrain, align, fit, broadcast, 0/10-shot eval) at N parties.
 
-    python bench/scale.py --parties 100,1000          # a sweep; one JSON line per size, then a summary line
+    python -m bench.scale --parties 100,1000          # a sweep; one JSON line per size, then a summary line
 
 Per size it prints wall time per stage, the peak of the summed RSS of this process and all its
 descendants (the driver and every process of the embedded Ray), and parties per second.
@@ -16,11 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.memwatch import tree_rss  # noqa: E402
-from cluster.config import resolve  # noqa: E402
-from cluster.pipeline import run  # noqa: E402
+from bench.memwatch import tree_rss
+from cluster.config import resolve
+from cluster.pipeline import run
 
 
 class PeakRSS(threading.Thread):

@@ -1,7 +1,7 @@
 """Do shots help a warm start? The fine-tuning recipe's variants on a finished run's fitted warm starters.
 
     fusion-cluster run sine --seed 11 --methods fusion,nearest_task --shots 0 --out runs/shots-s11
-    python bench/shots.py runs/shots-s11 --shots 5,10,20,40
+    python -m bench.shots runs/shots-s11 --shots 5,10,20,40
 
 Loads the run's ``config.toml`` and ``checkpoint/fitted-<method>.pt`` (no Ray), gives its test parties their warm
 starts, and fine-tunes them on k shots with each variant of ``[finetune]`` (the residual-GP recipe,
@@ -22,11 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.finished import load_run  # noqa: E402
-from fusion.params import forward  # noqa: E402
-from fusion.training import FREE, Constraint, finetune  # noqa: E402
+from bench.finished import load_run
+from fusion.params import forward
+from fusion.training import FREE, Constraint, finetune
 
 # name: (changes to the run's [finetune], proximal pull toward the warm start: prox/2 · ||w - w0||^2)
 VARIANTS = {

@@ -1,7 +1,7 @@
 """How close can a fusion of the pretrained sine models get? Combinations of their functions against the truth.
 
     fusion-cluster run lim.toml --out runs/lim-base       # sine-domains, 900 / 100 parties, shots = [0]
-    python bench/sine_floor.py runs/lim-base
+    python -m bench.sine_floor runs/lim-base
 
 Loads a finished sine run's ``config.toml``, pretrained models (``checkpoint/``) and ``results.parquet`` (no Ray).
 On each novel party's evaluation grid, against its true function ``a·sin(x + b)``, in nRMSE (RMSE / amplitude):
@@ -27,11 +27,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.finished import load_run  # noqa: E402
-from bench.report import ints  # noqa: E402
-from fusion.params import forward  # noqa: E402
+from bench.finished import load_run
+from bench.report import ints
+from fusion.params import forward
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

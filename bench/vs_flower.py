@@ -26,8 +26,8 @@ Adam's scale invariance), so the comparison is of equal work.
 Timing on a shared machine: ``--repeat R`` keeps the fastest of R runs of the non-Flower peers, and the two
 in-process peers also report their process CPU time, which other jobs disturb much less than wall time.
 
-    python bench/vs_flower.py                      # N=100, 500 steps
-    python bench/vs_flower.py --parties 1000 --steps 1000 --ray-actors 2
+    python -m bench.vs_flower                      # N=100, 500 steps
+    python -m bench.vs_flower --parties 1000 --steps 1000 --ray-actors 2
 """
 
 from __future__ import annotations
@@ -43,13 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from fusion.params import init_params
+from fusion.training import TrainConfig
+from scenarios import Stream, build, make_options, party_rng, party_torch_generator
 
-from fusion.params import init_params  # noqa: E402
-from fusion.training import TrainConfig  # noqa: E402
-from scenarios import Stream, build, make_options, party_rng, party_torch_generator  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]  # the Flower peer's PYTHONPATH
 SCENARIO = "sine-domains"
 
 
@@ -227,7 +225,7 @@ def run_flower(args) -> dict:
     check = subprocess.run([python, "-c", "import flwr"], capture_output=True, text=True)
     if check.returncode != 0:
         return {"skipped": f"{python} cannot import flwr"}
-    cmd = [python, str(Path(__file__).resolve()), "--peer-only", "flower", *forwarded(args)]
+    cmd = [python, "-m", "bench.vs_flower", "--peer-only", "flower", *forwarded(args)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.flower_timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
