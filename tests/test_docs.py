@@ -1,4 +1,5 @@
-"""The README stays short and the docs keep up with the CLI: every flag is documented, every local link resolves."""
+"""The README stays short and the docs keep up with the CLI: every flag is documented, every local link resolves,
+every bench command runs a bench module."""
 
 from __future__ import annotations
 
@@ -25,7 +26,27 @@ def test_readme_is_short_and_every_flag_is_documented():
     assert not missing, f"flags not in README.md or docs/: {missing}"
 
 
+def _pages() -> list[Path]:
+    return [ROOT / "README.md", ROOT / "bench" / "README.md", *(ROOT / "docs").glob("*.md")]
+
+
 def test_local_links_resolve():
-    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+    for page in _pages():
         for target in re.findall(r"\]\(([\w./-]+\.(?:md|png))(?:#[^)]*)?\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
+
+
+def test_every_bench_command_runs_an_existing_bench_module():
+    # Prepare
+    modules = {p.stem for p in (ROOT / "bench").glob("*.py")}
+    texts = {str(p.relative_to(ROOT)): p.read_text() for p in [*_pages(), *(ROOT / "bench").glob("*.py")]}
+
+    # Execute
+    named = {(page, m) for page, text in texts.items() for m in re.findall(r"python -m bench\.(\w+)", text)}
+    as_files = {(page, c) for page, text in texts.items() for c in re.findall(r"python3? \S*bench/\w+\.py", text)}
+
+    # Assert
+    assert named, "no python -m bench.<name> command found"
+    assert not as_files, f"bench scripts run as files (python -m bench.<name> instead): {sorted(as_files)}"
+    unknown = sorted((page, m) for page, m in named if m not in modules)
+    assert not unknown, f"commands naming no module in bench/: {unknown}"
