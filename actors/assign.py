@@ -15,8 +15,8 @@ import numpy as np
 import ray
 
 from actors import metrics
-from fusion.matching import SolveMany, solve_many_serial
-from fusion.pfnm import SolveRect, solve_rect_serial
+from fusion.matching.alignment import SolveMany, solve_many_serial
+from fusion.matching.pfnm import SolveRect, solve_rect_serial
 
 SliceSolve = Callable[[Any, int, int], Any]  # (problems, lo, hi) -> solutions of problems lo..hi-1
 

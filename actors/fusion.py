@@ -9,13 +9,13 @@ import ray
 import torch
 
 from actors.assign import parallel_solvers
-from fusion.matching import solve_many_serial
+from fusion.matching.alignment import solve_many_serial
+from fusion.matching.pfnm import solve_rect_serial
 from fusion.methods import strategy_for
-from fusion.outliers import function_outliers, outliers_of
-from fusion.params import init_params
-from fusion.pfnm import solve_rect_serial
-from fusion.quarantine import finite_models
-from fusion.spec import Spec
+from fusion.models.params import init_params
+from fusion.models.spec import Spec
+from fusion.screening.outliers import function_outliers, outliers_of
+from fusion.screening.quarantine import finite_models
 from fusion.strategies import FitContext, FusionConfig, by_family
 from fusion.strategies.by_family import fit_strategy
 from scenarios import Scenario, party_widths, training_data

@@ -2,7 +2,7 @@
 
 Three ways to train the same ``P`` models on the same data (28x28 random images, random labels of 10 classes):
 
-- ``batched``: ``fusion.training.train`` on the (P, n_params) stack: grouped convolutions (``groups=P``) and
+- ``batched``: ``fusion.adapt.training.train`` on the (P, n_params) stack: grouped convolutions (``groups=P``) and
   batched matrix products, one tensor program for all parties (what party shards run);
 - ``loop (ours)``: the same ``train`` called once per party (P = 1);
 - ``loop (torch)``: a ``torch.nn.Sequential`` and ``torch.optim.Adam`` per party, one after the other.
@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusion.params import RowLoss, init_params, layers  # noqa: E402
-from fusion.spec import spec_for_family  # noqa: E402
-from fusion.training import TrainConfig, train  # noqa: E402
+from fusion.adapt.training import TrainConfig, train  # noqa: E402
+from fusion.models.params import RowLoss, init_params, layers  # noqa: E402
+from fusion.models.spec import spec_for_family  # noqa: E402
 from tests.test_cnn import sequential  # noqa: E402
 
 

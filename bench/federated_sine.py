@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fusion.adapt.training import FREE, FinetuneConfig, finetune  # noqa: E402
 from fusion.federated import ALGORITHMS, FederatedConfig  # noqa: E402
 from fusion.federated.rounds import Parties, run_rounds  # noqa: E402
-from fusion.params import forward  # noqa: E402
-from fusion.training import FREE, FinetuneConfig, finetune  # noqa: E402
+from fusion.models.params import forward  # noqa: E402
 from scenarios import Stream, build, make_options, party_descriptors, party_torch_generator, training_data  # noqa: E402
 
 

@@ -29,8 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import publish  # noqa: E402
-from fusion.gp_config import GPConfig  # noqa: E402
-from fusion.metamodel import GPMetaModel  # noqa: E402
+from fusion.metamodels.gp import GPMetaModel  # noqa: E402
+from fusion.metamodels.gp_config import GPConfig  # noqa: E402
 from scenarios.matrix_factorization import fit_als  # noqa: E402
 from scenarios.movielens import DESCRIPTORS, MovieLensOptions, MovieLensScenario, model_rmse, own_fit  # noqa: E402
 from scenarios.movielens_synthetic import write_synthetic_ml100k  # noqa: E402

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import ints, publish  # noqa: E402
 from cluster.config import resolve  # noqa: E402
 from cluster.pipeline import run  # noqa: E402
-from fusion.gp_config import KERNELS  # noqa: E402
+from fusion.metamodels.gp_config import KERNELS  # noqa: E402
 from scenarios import build  # noqa: E402
 from scenarios.movielens import DESCRIPTORS  # noqa: E402
 from scenarios.movielens_synthetic import write_synthetic_ml100k  # noqa: E402

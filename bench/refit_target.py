@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.finished import load_run  # noqa: E402
 from bench.report import ints  # noqa: E402
 from cluster.results import weighted_mean_std  # noqa: E402
-from fusion.params import forward  # noqa: E402
+from fusion.adapt.training import TrainConfig, train  # noqa: E402
+from fusion.models.params import forward  # noqa: E402
 from fusion.strategies.gp_refit import kl_to_probabilities  # noqa: E402
-from fusion.training import TrainConfig, train  # noqa: E402
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -5,8 +5,8 @@
 
 Loads the run's ``config.toml`` and ``checkpoint/fitted-<method>.pt`` (no Ray), gives its test parties their warm
 starts, and fine-tunes them on k shots with each variant of ``[finetune]`` (the residual-GP recipe,
-:mod:`fusion.residual`; the step recipe and its step-selection margin, a proximal pull toward the warm start, the
-learning rate): the same shots, test points and code as the run's evaluation (``fusion.training.finetune``).
+:mod:`fusion.adapt.residual`; the step recipe and its step-selection margin, a proximal pull toward the warm start, the
+learning rate): the same shots, test points and code as the run's evaluation (``fusion.adapt.training.finetune``).
 Prints one JSON line per (method, variant) and a Markdown table of the mean metric per k. ``--variants`` picks
 among the built-in ones (default all).
 """
@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.finished import load_run  # noqa: E402
-from fusion.params import forward  # noqa: E402
-from fusion.training import FREE, Constraint, finetune  # noqa: E402
+from fusion.adapt.training import FREE, Constraint, finetune  # noqa: E402
+from fusion.models.params import forward  # noqa: E402
 
 # name: (changes to the run's [finetune], proximal pull toward the warm start: prox/2 · ||w - w0||^2)
 VARIANTS = {

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.finished import load_run  # noqa: E402
 from bench.report import ints  # noqa: E402
-from fusion.params import forward  # noqa: E402
+from fusion.models.params import forward  # noqa: E402
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

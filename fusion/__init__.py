@@ -3,6 +3,6 @@
 Pure numpy / scipy / torch / gpytorch; never imports Ray.
 """
 
-from fusion.spec import CNNSpec, MLPSpec, spec_for_family
+from fusion.models.spec import CNNSpec, MLPSpec, spec_for_family
 
 __all__ = ["CNNSpec", "MLPSpec", "spec_for_family"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from fusion.adapt.training import Constraint, train
 from fusion.federated.base import FederatedAlgorithm, LocalBatch, State, Tensors, weighted_mean
 from fusion.federated.fedavg import GlobalModel
-from fusion.spec import MLPSpec
-from fusion.training import Constraint, train
+from fusion.models.spec import MLPSpec
 
 
 class PersonalToy(FederatedAlgorithm):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fusion import kernels, params
-from fusion.params import RowLoss, forward, init_params, layers, loss_and_grad
-from fusion.spec import MLPSpec
-from fusion.training import TrainConfig, _Optimizer, relative_mse, train
+from fusion.adapt.training import TrainConfig, _Optimizer, relative_mse, train
+from fusion.models import kernels, params
+from fusion.models.params import RowLoss, forward, init_params, layers, loss_and_grad
+from fusion.models.spec import MLPSpec
 from scenarios import build, make_options
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="fusion._kernels not built (no C compiler)")

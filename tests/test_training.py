@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusion.params import forward, init_params
-from fusion.spec import MLPSpec
-from fusion.training import FinetuneConfig, TrainConfig, _Optimizer, finetune, train
+from fusion.adapt.training import FinetuneConfig, TrainConfig, _Optimizer, finetune, train
+from fusion.models.params import forward, init_params
+from fusion.models.spec import MLPSpec
 
 SPEC = MLPSpec((1, 16, 1))
 
@@ -95,14 +95,14 @@ def test_bad_finetune_configs_are_refused(kwargs):
 
 
 def test_choose_steps_margin_zero_is_the_lowest_mean_loss():
-    from fusion.training import choose_steps
+    from fusion.adapt.training import choose_steps
 
     held = torch.tensor([[[1.0, 0.9, 0.95]], [[1.0, 0.7, 0.8]]], dtype=torch.float64)  # (F=2, P=1, C=3)
     assert choose_steps(held, [0, 10, 20], margin=0.0).tolist() == [10]
 
 
 def test_choose_steps_keeps_the_start_unless_every_fold_clearly_prefers_an_update():
-    from fusion.training import choose_steps
+    from fusion.adapt.training import choose_steps
 
     noisy = torch.tensor([[[1.0, 0.5]], [[1.0, 1.4]], [[1.0, 0.9]]], dtype=torch.float64)  # mean gain 0.07, noisy
     clear = torch.tensor([[[1.0, 0.50]], [[1.0, 0.52]], [[1.0, 0.49]]], dtype=torch.float64)

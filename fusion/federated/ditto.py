@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fusion.adapt.training import FREE, Constraint, TrainConfig, train
 from fusion.federated.base import (
     FederatedAlgorithm,
     LocalBatch,
@@ -25,8 +26,7 @@ from fusion.federated.base import (
 )
 from fusion.federated.fedavg import GlobalModel
 from fusion.lazy import torch
-from fusion.spec import MLPSpec
-from fusion.training import FREE, Constraint, TrainConfig, train
+from fusion.models.spec import MLPSpec
 
 
 @dataclass(frozen=True)

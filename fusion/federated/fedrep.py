@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fusion.adapt.training import Constraint, TrainConfig, train
 from fusion.federated.base import (
     FederatedAlgorithm,
     LocalBatch,
@@ -29,8 +30,7 @@ from fusion.federated.base import (
 )
 from fusion.federated.fedavg import GlobalModel
 from fusion.lazy import torch
-from fusion.spec import MLPSpec
-from fusion.training import Constraint, TrainConfig, train
+from fusion.models.spec import MLPSpec
 
 
 @dataclass(frozen=True)

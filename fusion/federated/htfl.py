@@ -34,11 +34,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fusion.adapt.training import Constraint, TrainConfig
 from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, State, Tensors
 from fusion.lazy import torch
-from fusion.params import RowLoss, features, forward, init_params, loss_and_grad
-from fusion.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body, spec_from_state, spec_state
-from fusion.training import Constraint, TrainConfig
+from fusion.models.params import RowLoss, features, forward, init_params, loss_and_grad
+from fusion.models.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body, spec_from_state, spec_state
 
 _BODY_INIT, _NOVEL_INIT = 0xB0D1, 0x40E1  # stream tags: a party's own model init; a novel party's body
 
@@ -83,7 +83,7 @@ def loss_and_grad_features(
 
     The loss and the head go through autograd; the body's gradient is its vector-Jacobian product with the
     loss's gradient w.r.t. the feature layer's pre-activation, by the batched (for CNNs chunked)
-    :func:`fusion.params.loss_and_grad` of the body: no graph over the whole network is kept.
+    :func:`fusion.models.params.loss_and_grad` of the body: no graph over the whole network is kept.
     """
     nb, bspec = n_body(spec), body_spec(spec)
     with torch.no_grad():

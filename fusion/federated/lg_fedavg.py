@@ -16,7 +16,7 @@ import numpy as np
 
 from fusion.federated.base import LocalBatch, State, Tensors, register, weighted_mean
 from fusion.federated.htfl import SharedHead, n_body
-from fusion.spec import Spec
+from fusion.models.spec import Spec
 
 _HEAD = 0x1C
 

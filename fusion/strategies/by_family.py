@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from fusion.lazy import torch
-from fusion.params import forward
-from fusion.spec import Spec, spec_from_state, spec_state
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, warm_starter_class
+from fusion.models.params import forward
+from fusion.models.spec import Spec, spec_from_state, spec_state
+from fusion.strategies.base import FitContext, Strategy
+from fusion.warm_start import WarmStarter, warm_starter_class
 
 
 def pack(params: np.ndarray, width: int) -> np.ndarray:

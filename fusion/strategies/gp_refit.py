@@ -23,22 +23,23 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fusion.adapt.training import TrainConfig, relative_mse, train
 from fusion.lazy import lazy, torch
-from fusion.params import forward, init_params
-from fusion.spec import Spec, spec_from_state, spec_state
+from fusion.models.params import forward, init_params
+from fusion.models.spec import Spec, spec_from_state, spec_state
+from fusion.models.widths import at_width, embed, own_width
 from fusion.strategies import by_family
 from fusion.strategies.average import Constant
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register, warm_starter_class
+from fusion.strategies.base import FitContext, Strategy, register
 from fusion.strategies.gp import GPFusion
 from fusion.strategies.mixed_widths import fit_width_gp
 from fusion.strategies.nearest_task import Lookup
-from fusion.training import TrainConfig, relative_mse, train
-from fusion.widths import at_width, embed, own_width
+from fusion.warm_start import WarmStarter, warm_starter_class
 
 if TYPE_CHECKING:
-    from fusion.metamodel import GPMetaModel
+    from fusion.metamodels.gp import GPMetaModel
 
-metamodel = lazy("fusion.metamodel")  # gpytorch: imported when a strategy fits or restores
+metamodel = lazy("fusion.metamodels.gp")  # gpytorch: imported when a strategy fits or restores
 
 
 def combinable(outputs: torch.Tensor, kind: str) -> torch.Tensor:

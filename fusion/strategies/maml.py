@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.lazy import torch
-from fusion.params import forward
-from fusion.spec import MLPSpec, Spec, spec_from_state, spec_state
+from fusion.models.params import forward
+from fusion.models.spec import MLPSpec, Spec, spec_from_state, spec_state
 from fusion.strategies.average import Constant
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.base import FitContext, Strategy, register
+from fusion.warm_start import WarmStarter
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusion.matching import align
-from fusion.pfnm import PFNMConfig, match_models, matched_average, to_width
+from fusion.matching.alignment import align
+from fusion.matching.pfnm import PFNMConfig, match_models, matched_average, to_width
 from fusion.strategies.average import Constant
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.base import FitContext, Strategy, register
+from fusion.warm_start import WarmStarter
 
 
 @register

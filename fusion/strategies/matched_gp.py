@@ -15,16 +15,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fusion.gp_config import GPConfig
 from fusion.lazy import lazy, torch
-from fusion.pfnm import PFNMConfig, SolveRect, expand, match_models, solve_rect_serial, to_width
-from fusion.spec import MLPSpec, spec_from_state, spec_state
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.matching.pfnm import PFNMConfig, SolveRect, expand, match_models, solve_rect_serial, to_width
+from fusion.metamodels.gp_config import GPConfig
+from fusion.models.spec import MLPSpec, spec_from_state, spec_state
+from fusion.strategies.base import FitContext, Strategy, register
+from fusion.warm_start import WarmStarter
 
 if TYPE_CHECKING:
-    from fusion.metamodel import GPMetaModel
+    from fusion.metamodels.gp import GPMetaModel
 
-metamodel = lazy("fusion.metamodel")  # gpytorch: imported when a strategy fits or restores
+metamodel = lazy("fusion.metamodels.gp")  # gpytorch: imported when a strategy fits or restores
 
 
 class MatchedGPWarmStarter(WarmStarter):

@@ -1,6 +1,6 @@
 """Fusion of parties of different hidden widths: the warm starters of ``gp_refit`` and ``average`` for them.
 
-In a run with ``widths`` every model arrives embedded at the widest spec (:mod:`fusion.widths`) next to its own
+In a run with ``widths`` every model arrives embedded at the widest spec (:mod:`fusion.models.widths`) next to its own
 width (``FitContext.widths``). Matching uses PFNM (:mod:`fusion.pfnm`, ``FusionConfig.pfnm``) on the models at
 their own widths, once per fit (shared through ``FitContext.cache``).
 
@@ -21,15 +21,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fusion.lazy import lazy, torch
-from fusion.pfnm import Matching, expand, match_models, matched_average, to_width
-from fusion.spec import MLPSpec, spec_from_state, spec_state
-from fusion.strategies.base import FitContext, WarmStarter
-from fusion.widths import at_width, embed, own_width
+from fusion.matching.pfnm import Matching, expand, match_models, matched_average, to_width
+from fusion.models.spec import MLPSpec, spec_from_state, spec_state
+from fusion.models.widths import at_width, embed, own_width
+from fusion.strategies.base import FitContext
+from fusion.warm_start import WarmStarter
 
 if TYPE_CHECKING:
-    from fusion.metamodel import GPMetaModel
+    from fusion.metamodels.gp import GPMetaModel
 
-metamodel = lazy("fusion.metamodel")  # gpytorch: imported when a strategy fits or restores
+metamodel = lazy("fusion.metamodels.gp")  # gpytorch: imported when a strategy fits or restores
 
 
 def matched(models: np.ndarray, ctx: FitContext) -> tuple[list[np.ndarray], list[MLPSpec], Matching]:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from fusion.gp_config import KERNELS, GPConfig
-from fusion.training import TrainConfig, _Optimizer
+from fusion.adapt.training import TrainConfig, _Optimizer
+from fusion.metamodels.gp_config import KERNELS, GPConfig
 
 
 def _base_kernel(dim: int, kernel: str = "rbf") -> gpytorch.kernels.Kernel:

@@ -2,7 +2,7 @@
 
 Shapes: a stack of ``P`` models is a float32 array ``(P, n_params)``; a batched forward pass
 takes inputs ``(P, N, fan_in)`` (or ``(N, fan_in)`` shared by all) and returns ``(P, N, fan_out)``.
-Every function takes any spec of :mod:`fusion.spec` (an MLP or a CNN) and dispatches on its type:
+Every function takes any spec of :mod:`fusion.models.spec` (an MLP or a CNN) and dispatches on its type:
 training, fine-tuning and fusion code never ask which one it is.
 """
 
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion import conv, kernels
 from fusion.lazy import torch
-from fusion.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body
+from fusion.models import conv, kernels
+from fusion.models.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body
 
 
 def layers(flat: torch.Tensor, spec: Spec) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -69,7 +69,7 @@ def _affine(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torc
 class RowLoss:
     """A per-model loss ``fn(pred, y, per_row)``: model ``p``'s loss depends on its own predictions, targets and
     ``per_row[p]`` only (e.g. its descriptor), so the loss of a slice of the stack is :meth:`rows`. CNN stacks too
-    large for one graph then run their passes slice by slice (:func:`fusion.conv.loss_and_grad`); any other
+    large for one graph then run their passes slice by slice (:func:`fusion.models.conv.loss_and_grad`); any other
     callable ``loss_fn(pred, y)`` works everywhere, with a second forward pass there."""
 
     fn: Callable
@@ -139,8 +139,8 @@ def loss_and_grad(
     no fresh activation buffers either; about 2× faster on CPU for the small batched nets here.
     Only the loss, a function of the predictions, goes through autograd. ``out``: a (P, n_params) tensor the
     gradient is written into (a training loop reuses one; a fresh one each step costs page faults for wide models).
-    ``[1-H-1]`` ReLU nets (the sine scenario's) take the compiled kernel of :mod:`fusion.kernels` where it loaded,
-    else :func:`_one_input_relu` from 64 points. CNNs: :func:`fusion.conv.loss_and_grad`.
+    ``[1-H-1]`` ReLU nets (the sine scenario's) take the compiled kernel of :mod:`fusion.models.kernels` where it
+    loaded, else :func:`_one_input_relu` from 64 points. CNNs: :func:`fusion.models.conv.loss_and_grad`.
     """
     if isinstance(spec, CNNSpec):
         return conv.loss_and_grad(flat, spec, x, y, loss_fn, work)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.lazy import lazy, torch
-from fusion.params import forward
-from fusion.spec import MLPSpec
+from fusion.models.params import forward
+from fusion.models.spec import MLPSpec
 
 spatial = lazy("scipy.spatial")
 

@@ -10,10 +10,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fusion import kernels, readout
+from fusion.adapt import readout
 from fusion.lazy import torch
-from fusion.params import RowLoss, forward, loss_and_grad
-from fusion.spec import MLPSpec
+from fusion.models import kernels
+from fusion.models.params import RowLoss, forward, loss_and_grad
+from fusion.models.spec import MLPSpec
 
 OPTIMIZERS = ("adam", "sgd")
 RECIPES = ("auto", "steps", "residual_gp", "readout")
@@ -56,9 +57,9 @@ class FinetuneConfig(TrainConfig):
     (:func:`choose_steps`; 0 = the lowest mean loss). ``folds`` = 0 trains every party for ``steps`` steps.
 
     ``recipe``: ``"steps"`` is the above; ``"residual_gp"`` corrects the start by a GP over its errors at the
-    shots and refits the last layer to it (:mod:`fusion.residual`; regression scenarios with a probe);
+    shots and refits the last layer to it (:mod:`fusion.adapt.residual`; regression scenarios with a probe);
     ``"readout"`` first lets the last layer refit under priors toward the start compete with the start
-    (:mod:`fusion.readout`); whole-model step counts must then beat the chosen read-out by ``step_margin``
+    (:mod:`fusion.adapt.readout`); whole-model step counts must then beat the chosen read-out by ``step_margin``
     standard errors (a far richer move needs clearer evidence);
     ``"auto"`` takes ``residual_gp`` where the scenario supports it, ``readout`` for classifiers and ``steps``
     elsewhere (:func:`recipe_for`).
@@ -108,7 +109,7 @@ class _Optimizer:
         if cfg.optimizer == "adam":
             self.m, self.v = torch.zeros_like(weights), torch.zeros_like(weights)
             self.denom = torch.empty_like(weights)  # kept: fresh pages each step cost more than the update
-        self.fused = cfg.optimizer == "adam" and kernels.adam_applies(weights)  # one C pass (fusion.kernels)
+        self.fused = cfg.optimizer == "adam" and kernels.adam_applies(weights)  # one C pass (fusion.models.kernels)
 
     def lr(self) -> float:
         if not (self.cfg.decay and self.steps):
@@ -270,12 +271,12 @@ def finetune(
     Every party's choice uses only its own shots, and the optimizer is element-wise: a party's result
     does not depend on which other parties share the batch. ``constraint``: what may move (e.g. a head
     only) and a proximal pull toward an anchor, for methods whose k-shot use says so.
-    ``probe`` (M, in): given, the shots correct the start by :func:`fusion.residual.residual_gp` (the caller
+    ``probe`` (M, in): given, the shots correct the start by :func:`fusion.adapt.residual.residual_gp` (the caller
     decides by :func:`recipe_for`), for MLPs whose constraint lets the last layer move; its ridge toward
     the start stands for a proximal pull.
     """
     if probe is not None and isinstance(spec, MLPSpec) and _readout_free(constraint, spec):
-        from fusion.residual import residual_gp
+        from fusion.adapt.residual import residual_gp
 
         return residual_gp(params, spec, x, y, torch.as_tensor(probe, device=params.device))
     task_loss = RowLoss(loss, descriptors)

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from scipy.cluster.vq import kmeans2
 
-from fusion.matching import SolveMany, align, compose, identity_perms, solve_many_serial
-from fusion.mfpl_config import MFPLConfig
-from fusion.params import permute, unit_features
-from fusion.pfnm import SolveRect, solve_rect_serial
-from fusion.spec import Spec
+from fusion.matching.alignment import SolveMany, align, compose, identity_perms, solve_many_serial
+from fusion.matching.pfnm import SolveRect, solve_rect_serial
+from fusion.metamodels.mfpl_config import MFPLConfig
+from fusion.models.params import permute, unit_features
+from fusion.models.spec import Spec
 
 LOG_2PI = float(np.log(2 * np.pi))
 
@@ -263,7 +263,7 @@ def fit_elbo(
 def likelihood_costs(units: np.ndarray, slots: dict[str, np.ndarray]) -> np.ndarray:
     """-D_i^{uv}: minus the expected log-likelihood of unit u in slot v, summed over the unit's scalars.
 
-    ``units`` (P, H, k) a layer's units (:func:`fusion.params.unit_features`), ``slots`` the same view of
+    ``units`` (P, H, k) a layer's units (:func:`fusion.models.params.unit_features`), ``slots`` the same view of
     :meth:`MFPLModel.moments`. Returns costs (P, H slots, H units) to be minimized. Computed in the stable
     form ``E[1/v] (x - c)^2 + (E[m^2/v] - E[m/v]^2 / E[1/v])`` with ``c = E[m/v] / E[1/v]``.
     """

@@ -1,7 +1,7 @@
 """Bayesian nonparametric neuron matching (PFNM / SPAHM) for single-hidden-layer nets of different widths.
 
 The hidden units of ``J`` local nets are noisy observations of global *atoms*: a unit ``v`` (its incoming
-weights, bias and outgoing weights, see :func:`fusion.params.unit_features`) of a net matched to atom ``i``
+weights, bias and outgoing weights, see :func:`fusion.models.params.unit_features`) of a net matched to atom ``i``
 is ``v ~ N(theta_i, sigma^2 I)``, atoms ``theta_i ~ N(mu0, sigma0^2 I)``, and which atoms a net uses follows
 a Beta-Bernoulli (Indian buffet) process with mass ``gamma``. The number of atoms ``L`` is not fixed: a net's
 unit that fits no existing atom opens a new one, which is how nets of different widths fuse into one
@@ -50,8 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.lazy import lazy
-from fusion.params import unit_features
-from fusion.spec import MLPSpec
+from fusion.models.params import unit_features
+from fusion.models.spec import MLPSpec
 
 optimize = lazy("scipy.optimize")
 
