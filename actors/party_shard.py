@@ -15,7 +15,8 @@ from fusion.adapt.training import FREE, Constraint, FinetuneConfig, TrainConfig,
 from fusion.federated.base import FederatedStart
 from fusion.federated.rounds import Parties, PartyStore, local_round
 from fusion.methods import COLD_START
-from fusion.models.params import RowLoss, forward, init_params
+from fusion.models.loss import RowLoss
+from fusion.models.params import forward, init_params
 from fusion.models.widths import embed
 from fusion.strategies.by_family import ByFamily, pack
 from fusion.warm_start import predict_all

@@ -8,7 +8,8 @@ import torch
 from fusion.adapt.training import TrainConfig, train
 from fusion.matching.alignment import align
 from fusion.models import conv
-from fusion.models.params import RowLoss, flatten, forward, init_params, layers, loss_and_grad, permute, unit_features
+from fusion.models.loss import RowLoss
+from fusion.models.params import flatten, forward, init_params, layers, loss_and_grad, permute, unit_features
 from fusion.models.spec import CNNSpec, MLPSpec, spec_for_family, spec_from_state, spec_state
 
 SMALL = spec_for_family("cnn-s", 64, 10)  # 8x8 images: 8 -> 4 -> 2, 32 * 2 * 2 flat features

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from fusion.adapt import readout
 from fusion.lazy import torch
 from fusion.models import kernels
-from fusion.models.params import RowLoss, forward, loss_and_grad
+from fusion.models.loss import RowLoss
+from fusion.models.params import forward, loss_and_grad
 from fusion.models.spec import MLPSpec
 
 OPTIMIZERS = ("adam", "sgd")

@@ -37,7 +37,8 @@ import numpy as np
 from fusion.adapt.training import Constraint, TrainConfig
 from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, State, Tensors
 from fusion.lazy import torch
-from fusion.models.params import RowLoss, features, forward, init_params, loss_and_grad
+from fusion.models.loss import RowLoss
+from fusion.models.params import features, forward, init_params, loss_and_grad
 from fusion.models.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body, spec_from_state, spec_state
 
 _BODY_INIT, _NOVEL_INIT = 0xB0D1, 0x40E1  # stream tags: a party's own model init; a novel party's body

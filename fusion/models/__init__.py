@@ -3,6 +3,7 @@ over stacks of them (:mod:`~fusion.models.params`, CNNs in :mod:`~fusion.models.
 :mod:`~fusion.models.kernels`), nets of several widths in one stack (:mod:`~fusion.models.widths`), and
 ``torch.nn.Sequential`` state dicts (:mod:`~fusion.models.state_dicts`)."""
 
+from fusion.models.loss import RowLoss
 from fusion.models.params import (
     features,
     flatten,
@@ -21,6 +22,7 @@ from fusion.models.widths import at_width, embed, own_width
 __all__ = [
     "CNNSpec",
     "MLPSpec",
+    "RowLoss",
     "Spec",
     "at_width",
     "body_spec",
