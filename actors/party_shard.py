@@ -11,7 +11,10 @@ import torch
 
 from actors import metrics
 from actors.faults import FaultConfig
-from fusion.adapt.training import FREE, Constraint, FinetuneConfig, TrainConfig, finetune, train
+from fusion.adapt.constraint import FREE, Constraint
+from fusion.adapt.finetuning import finetune
+from fusion.adapt.train_config import FinetuneConfig, TrainConfig
+from fusion.adapt.training import train
 from fusion.federated.base import FederatedStart
 from fusion.federated.rounds import Parties, PartyStore, local_round
 from fusion.methods import COLD_START

@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusion.adapt.training import TrainConfig, train  # noqa: E402
+from fusion.adapt.train_config import TrainConfig  # noqa: E402
+from fusion.adapt.training import train  # noqa: E402
 from fusion.models.loss import RowLoss  # noqa: E402
 from fusion.models.params import init_params, layers  # noqa: E402
 from fusion.models.spec import spec_for_family  # noqa: E402

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.party_shard import PartyShard  # noqa: E402
 from cluster import results  # noqa: E402
-from fusion.adapt.training import FinetuneConfig, TrainConfig  # noqa: E402
+from fusion.adapt.train_config import FinetuneConfig, TrainConfig  # noqa: E402
 from fusion.metamodels.gp_config import GPConfig  # noqa: E402
 from fusion.methods import strategy_for  # noqa: E402
 from fusion.strategies import FitContext, FusionConfig  # noqa: E402

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from actors.party_shard import PartyShard  # noqa: E402
-from fusion.adapt.training import TrainConfig  # noqa: E402
+from fusion.adapt.train_config import TrainConfig  # noqa: E402
 from fusion.models import kernels, params  # noqa: E402
 from scenarios import build, make_options  # noqa: E402
 

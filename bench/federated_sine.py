@@ -24,7 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusion.adapt.training import FREE, FinetuneConfig, finetune  # noqa: E402
+from fusion.adapt.constraint import FREE  # noqa: E402
+from fusion.adapt.finetuning import finetune  # noqa: E402
+from fusion.adapt.train_config import FinetuneConfig  # noqa: E402
 from fusion.federated import ALGORITHMS, FederatedConfig  # noqa: E402
 from fusion.federated.rounds import Parties, run_rounds  # noqa: E402
 from fusion.models.params import forward  # noqa: E402

@@ -35,7 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusion.adapt.training import TrainConfig, train  # noqa: E402
+from fusion.adapt.train_config import TrainConfig  # noqa: E402
+from fusion.adapt.training import train  # noqa: E402
 from fusion.matching.alignment import align  # noqa: E402
 from fusion.matching.pfnm import PFNMConfig, expand, match_models, matched_average, to_width  # noqa: E402
 from fusion.metamodels.gp import GPMetaModel

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.finished import load_run  # noqa: E402
 from bench.report import ints  # noqa: E402
 from cluster.results import weighted_mean_std  # noqa: E402
-from fusion.adapt.training import TrainConfig, train  # noqa: E402
+from fusion.adapt.train_config import TrainConfig  # noqa: E402
+from fusion.adapt.training import train  # noqa: E402
 from fusion.models.params import forward  # noqa: E402
 from fusion.strategies.gp_refit import kl_to_probabilities  # noqa: E402
 

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     from actors.party_shard import PartyShardActor
     from cluster.checkpoint import Checkpoint
     from cluster.rounds import RoundsEngine
-    from fusion.adapt.training import FinetuneConfig, TrainConfig
+    from fusion.adapt.train_config import FinetuneConfig, TrainConfig
     from fusion.federated import ALGORITHMS, FederatedConfig
     from scenarios import build, make_options
 

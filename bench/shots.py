@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.finished import load_run  # noqa: E402
-from fusion.adapt.training import FREE, Constraint, finetune  # noqa: E402
+from fusion.adapt.constraint import FREE, Constraint  # noqa: E402
+from fusion.adapt.finetuning import finetune  # noqa: E402
 from fusion.models.params import forward  # noqa: E402
 
 # name: (changes to the run's [finetune], proximal pull toward the warm start: prox/2 · ||w - w0||^2)

@@ -46,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fusion.adapt.training import TrainConfig  # noqa: E402
+from fusion.adapt.train_config import TrainConfig  # noqa: E402
 from fusion.models.params import init_params  # noqa: E402
 from scenarios import Stream, build, make_options, party_rng, party_torch_generator  # noqa: E402
 

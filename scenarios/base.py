@@ -9,7 +9,8 @@ from enum import IntEnum
 
 import numpy as np
 
-from fusion.adapt.training import FinetuneConfig, recipe_for
+from fusion.adapt.finetuning import recipe_for
+from fusion.adapt.train_config import FinetuneConfig
 from fusion.lazy import torch
 from fusion.models.params import init_params
 from fusion.models.spec import MLPSpec, Spec, spec_for_family

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusion.adapt.training import Constraint, train
+from fusion.adapt.constraint import Constraint
+from fusion.adapt.training import train
 from fusion.federated.base import FederatedAlgorithm, LocalBatch, State, Tensors, weighted_mean
 from fusion.federated.fedavg import GlobalModel
 from fusion.models.spec import MLPSpec

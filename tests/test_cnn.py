@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.adapt.training import TrainConfig, train
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import train
 from fusion.matching.alignment import align
 from fusion.models import conv
 from fusion.models.loss import RowLoss
@@ -277,7 +278,8 @@ def test_fuse_arch_names_a_family_and_takes_the_image_size_from_the_files(tmp_pa
 
 
 def test_finetune_selects_steps_for_cnn_parties_as_for_mlps():
-    from fusion.adapt.training import FinetuneConfig, finetune
+    from fusion.adapt.finetuning import finetune
+    from fusion.adapt.train_config import FinetuneConfig
 
     flat, x = torch.as_tensor(random_stack(SMALL, 3, seed=16)), images(3, 6, SMALL, seed=17)
     y = torch.randint(0, 10, (3, 6), generator=torch.Generator().manual_seed(18))

@@ -9,7 +9,7 @@ import torch
 from actors.party_shard import PartyShard
 from cluster.config import ConfigError, resolve
 from cluster.pipeline import run
-from fusion.adapt.training import FinetuneConfig, TrainConfig
+from fusion.adapt.train_config import FinetuneConfig, TrainConfig
 from fusion.metamodels.gp_config import GPConfig
 from fusion.methods import strategy_for
 from fusion.models.params import init_params

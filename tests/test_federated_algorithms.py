@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.adapt.training import FinetuneConfig, TrainConfig, finetune, train
+from fusion.adapt.finetuning import finetune
+from fusion.adapt.train_config import FinetuneConfig, TrainConfig
+from fusion.adapt.training import train
 from fusion.federated import ALGORITHMS, FederatedConfig
 from fusion.federated.base import sample
 from fusion.federated.fedrep import body_size

@@ -13,7 +13,7 @@ from actors.party_shard import PartyShard
 from cluster.cli import main
 from cluster.config import resolve
 from cluster.pipeline import run
-from fusion.adapt.training import TrainConfig
+from fusion.adapt.train_config import TrainConfig
 from fusion.io import load_warm_starter
 from fusion.models.params import forward, init_params
 from fusion.models.spec import MLPSpec, spec_for_family

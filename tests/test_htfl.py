@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from cluster.config import ConfigError, resolve
-from fusion.adapt.training import FinetuneConfig, finetune
+from fusion.adapt.finetuning import finetune
+from fusion.adapt.train_config import FinetuneConfig
 from fusion.federated import ALGORITHMS, FederatedConfig, htfl
 from fusion.federated.fedtgp import adaptive_margin
 from fusion.federated.rounds import Parties, run_rounds

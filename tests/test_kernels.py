@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.adapt.training import TrainConfig, _Optimizer, relative_mse, train
+from fusion.adapt.optimizer import Optimizer
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import relative_mse, train
 from fusion.models import kernels
 from fusion.models.loss import RowLoss, autograd_value_and_grad
 from fusion.models.params import forward, init_params, layers, loss_and_grad
@@ -86,9 +88,8 @@ def test_fused_adam_equals_the_torch_update():
     g = torch.Generator().manual_seed(4)
     start = torch.randn(7, 31, generator=g)
     cfg = TrainConfig(steps=50)
-    fused, plain = _Optimizer(cfg, start.clone(), 50), _Optimizer(cfg, start.clone(), 50)
-    plain.fused = False
-    assert fused.fused
+    fused, plain = Optimizer(cfg, start.clone(), 50), Optimizer(cfg, start.clone(), 50, fused=False)
+    assert fused.fused and not plain.fused
     for _ in range(50):
         grad = torch.randn(7, 31, generator=g)
         grad[0, :5] = 0.0  # exact zeros (units off at every point)

@@ -87,7 +87,8 @@ def test_one_input_path_equals_the_layered_path_with_flat_units_and_repeated_poi
 
 
 def test_training_on_the_one_input_path_ends_at_autograds_functions(monkeypatch):
-    from fusion.adapt.training import TrainConfig, relative_mse, train
+    from fusion.adapt.train_config import TrainConfig
+    from fusion.adapt.training import relative_mse, train
     from fusion.models import kernels
 
     monkeypatch.setattr(kernels, "available", lambda: False)  # the torch passes (the kernels: test_kernels.py)

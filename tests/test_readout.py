@@ -4,7 +4,8 @@ CV."""
 import torch
 
 from fusion.adapt import readout
-from fusion.adapt.training import FinetuneConfig, choose_steps, finetune
+from fusion.adapt.finetuning import choose_steps, finetune
+from fusion.adapt.train_config import FinetuneConfig
 from fusion.models.params import forward, init_params
 from fusion.models.spec import MLPSpec, spec_for_family
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from fusion.adapt.constraint import Constraint
+from fusion.adapt.finetuning import finetune
 from fusion.adapt.residual import conditioned, refit_readout, residual_gp
-from fusion.adapt.training import Constraint, FinetuneConfig, TrainConfig, finetune, train
+from fusion.adapt.train_config import FinetuneConfig, TrainConfig
+from fusion.adapt.training import train
 from fusion.models.params import forward, init_params, layers
 from fusion.models.spec import MLPSpec
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cluster.cli import EXIT_BAD_INPUT, main
-from fusion.adapt.training import TrainConfig, relative_mse, train
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import relative_mse, train
 from fusion.federated import ALGORITHMS, FederatedConfig
 from fusion.federated.base import sample
 from fusion.federated.rounds import Parties, run_rounds

@@ -9,7 +9,8 @@ import torch
 
 from cluster.config import ConfigError, resolve
 from cluster.pipeline import run
-from fusion.adapt.training import TrainConfig, train
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import train
 from fusion.metamodels.gp_config import GPConfig
 from fusion.models.params import forward, init_params
 from fusion.models.spec import MLPSpec

@@ -17,6 +17,8 @@ depending only on its own start and shots.
 
 from __future__ import annotations
 
+from fusion.adapt.optimizer import Optimizer
+from fusion.adapt.train_config import TrainConfig
 from fusion.lazy import torch
 from fusion.models.params import features, layers
 from fusion.models.spec import Spec
@@ -49,16 +51,16 @@ def with_read_outs(flat: torch.Tensor, spec: Spec, v: torch.Tensor) -> torch.Ten
 
 def fit(phi: torch.Tensor, y: torch.Tensor, v0: torch.Tensor, lam: torch.Tensor, loss, descriptors) -> torch.Tensor:
     """The read-outs (B, out, H + 1) minimizing ``loss(φ Vᵀ, y, descriptors) + lam/2 · ‖V − V₀‖²`` per row."""
-    v = v0.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([v], lr=LR)
+    v = v0.detach().clone()
+    opt = Optimizer(TrainConfig(lr=LR, decay=False), v, STEPS, fused=False)  # torch's ops: torch.optim.Adam's updates
     lam = lam.to(v.dtype)[:, None, None]
     with torch.enable_grad():
         for _ in range(STEPS):
-            opt.zero_grad(set_to_none=False)
-            objective = loss(phi @ v.transpose(1, 2), y, descriptors) + 0.5 * (lam * (v - v0) ** 2).sum((1, 2))
-            objective.sum().backward()
-            opt.step()
-    return v.detach()
+            leaf = v.detach().requires_grad_(True)
+            objective = loss(phi @ leaf.transpose(1, 2), y, descriptors) + 0.5 * (lam * (leaf - v0) ** 2).sum((1, 2))
+            (grad,) = torch.autograd.grad(objective.sum(), leaf)
+            opt.step(grad)
+    return v
 
 
 def _scale(phi: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fusion.adapt.training import FREE, Constraint, TrainConfig
+from fusion.adapt.constraint import FREE, Constraint
+from fusion.adapt.train_config import TrainConfig
 from fusion.lazy import torch
 from fusion.models.spec import MLPSpec, Spec
 from fusion.warm_start import WarmStarter

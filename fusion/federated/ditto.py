@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.adapt.training import FREE, Constraint, TrainConfig, train
+from fusion.adapt.constraint import FREE, Constraint
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import train
 from fusion.federated.base import (
     FederatedAlgorithm,
     LocalBatch,

@@ -34,7 +34,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fusion.adapt.training import Constraint, TrainConfig
+from fusion.adapt.constraint import Constraint
+from fusion.adapt.optimizer import Optimizer
+from fusion.adapt.train_config import TrainConfig
 from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, State, Tensors
 from fusion.lazy import torch
 from fusion.models.loss import RowLoss
@@ -115,17 +117,15 @@ def train_features(
     cfg: TrainConfig,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Train a stack (P, n_params) for ``cfg.steps`` full-batch steps of ``cfg.optimizer`` at ``cfg.lr`` (no decay)
-    on a loss of features and logits; ``mask`` (n_params,) bool: only those parameters move. Element-wise
-    optimizers: each model gets the updates it would get alone."""
+    """Train a stack (P, n_params) for ``cfg.steps`` full-batch steps of ``cfg.optimizer`` at ``cfg.lr`` (cosine-decayed
+    when ``cfg.decay``; a round's local training has none) on a loss of features and logits; ``mask`` (n_params,)
+    bool: only those parameters move. Element-wise optimizers: each model gets the updates it would get alone."""
     weights = params.detach().clone()
-    if cfg.steps == 0 or x.shape[1] == 0:
-        return weights
-    opt = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)([weights], lr=cfg.lr)
-    for _ in range(cfg.steps):
+    steps = cfg.steps if x.shape[1] > 0 else 0
+    opt = Optimizer(cfg, weights, steps, fused=False)  # torch's ops: torch.optim's updates bit for bit
+    for _ in range(steps):
         grad = loss_and_grad_features(weights, spec, x, y, loss_fn)[1]
-        weights.grad = grad if mask is None else grad * mask
-        opt.step()
+        opt.step(grad if mask is None else grad * mask)
     return weights
 
 
@@ -134,14 +134,14 @@ def server_train(
 ) -> np.ndarray:
     """The server's own training (a global head, a prototype generator): ``steps`` full-batch Adam steps at ``lr`` on
     ``loss_fn(params (n_params,)) -> scalar``, deterministic; returns float32 (n_params,)."""
-    w = torch.tensor(np.asarray(params, np.float32), requires_grad=True)
-    opt = torch.optim.Adam([w], lr=lr)
+    w = torch.tensor(np.asarray(params, np.float32))
+    opt = Optimizer(TrainConfig(lr=lr, decay=False), w, steps, fused=False)
     for _ in range(steps):
-        opt.zero_grad()
+        leaf = w.detach().requires_grad_(True)
         with torch.enable_grad():
-            loss_fn(w).backward()
-        opt.step()
-    return w.detach().numpy().astype(np.float32)
+            (grad,) = torch.autograd.grad(loss_fn(leaf), leaf)
+        opt.step(grad)
+    return w.numpy().astype(np.float32)
 
 
 def head_init(dim: int, n_classes: int, seed: int, tag: int) -> np.ndarray:

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fusion.adapt.training import TrainConfig, relative_mse, train
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import relative_mse, train
 from fusion.lazy import lazy, torch
 from fusion.models.params import forward, init_params
 from fusion.models.spec import Spec, spec_from_state, spec_state
