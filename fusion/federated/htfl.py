@@ -39,6 +39,7 @@ from fusion.adapt.optimizer import Optimizer
 from fusion.adapt.train_config import TrainConfig
 from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, State, Tensors
 from fusion.lazy import torch
+from fusion.models.activation import activate
 from fusion.models.loss import RowLoss
 from fusion.models.params import features, forward, init_params, loss_and_grad
 from fusion.models.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body, spec_from_state, spec_state
@@ -66,10 +67,6 @@ def feature_dim(cfg_dim: int, specs: tuple[Spec, ...]) -> int:
     return min(widths)
 
 
-def _act(spec: Spec):
-    return torch.tanh if spec.activation == "tanh" else torch.relu
-
-
 def _split_head(head: torch.Tensor, spec: Spec) -> tuple[torch.Tensor, torch.Tensor]:
     """Head parameters (P, classes * D + classes) -> weight (P, classes, D), bias (P, classes)."""
     c, d = spec.weight_shapes[-1]
@@ -94,7 +91,7 @@ def loss_and_grad_features(
     z.requires_grad_(True)
     head = flat[:, nb:].detach().requires_grad_(True)
     with torch.enable_grad():
-        feats = _act(spec)(z)
+        feats = activate(z, spec.activation)
         weight, bias = _split_head(head, spec)
         logits = torch.baddbmm(bias.unsqueeze(1), feats, weight.transpose(1, 2))
         losses = loss_fn(feats, logits, y)

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.lazy import lazy
+from fusion.models.activation import activate
 from fusion.models.params import unit_features
 from fusion.models.spec import MLPSpec
 
@@ -384,13 +385,9 @@ def to_width(
     return out
 
 
-def _act(spec: MLPSpec):
-    return (lambda z: np.maximum(z, 0.0)) if spec.activation == "relu" else np.tanh
-
-
 def _refit_outputs(narrow, spec_n, wide, spec_w, x, ridge) -> np.ndarray:
     """Least-squares outgoing weights + output bias of ``narrow`` (m, n) matching ``wide``'s outputs on ``x``."""
-    act = _act(spec_n)
+    act = spec_n.activation
     fan_in, H, fan_out = spec_n.widths
     (w0, b0, b1), (v0, v1, c1) = spec_n.offsets
     (gw0, gb0, gb1), (gv0, gv1, gc1) = spec_w.offsets
@@ -398,9 +395,10 @@ def _refit_outputs(narrow, spec_n, wide, spec_w, x, ridge) -> np.ndarray:
     out = narrow.copy()
     for row, big in zip(out, wide):
         big = big.astype(np.float64)
-        target = act(x @ big[gw0:gb0].reshape(L, fan_in).T + big[gb0:gb1]) @ big[gv0:gv1].reshape(fan_out, L).T
+        features = activate(x @ big[gw0:gb0].reshape(L, fan_in).T + big[gb0:gb1], act)
+        target = features @ big[gv0:gv1].reshape(fan_out, L).T
         target += big[gv1:gc1]
-        hidden = act(x @ row[w0:b0].reshape(H, fan_in).T.astype(np.float64) + row[b0:b1])
+        hidden = activate(x @ row[w0:b0].reshape(H, fan_in).T.astype(np.float64) + row[b0:b1], act)
         design = np.concatenate([hidden, np.ones((len(x), 1))], axis=1)
         gram = design.T @ design + ridge * len(x) * np.eye(H + 1)
         coef = np.linalg.solve(gram, design.T @ target)  # (H + 1, fan_out)

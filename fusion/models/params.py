@@ -14,6 +14,7 @@ import numpy as np
 
 from fusion.lazy import torch
 from fusion.models import conv, kernels
+from fusion.models.activation import activate
 from fusion.models.loss import autograd_value_and_grad
 from fusion.models.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body
 from fusion.models.workspace import buffer
@@ -36,10 +37,6 @@ def flatten(layer_list: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor
     for weight, bias in layer_list:
         parts += [weight.reshape(weight.shape[0], -1), bias]
     return torch.cat(parts, dim=1)
-
-
-def _act(spec: MLPSpec):
-    return torch.relu if spec.activation == "relu" else torch.tanh
 
 
 def _affine(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -66,10 +63,9 @@ def forward(flat: torch.Tensor, spec: Spec, x: torch.Tensor) -> torch.Tensor:
 def last_hidden(flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor) -> torch.Tensor:
     """The last hidden layer's activations (P, N, H) of an MLP stack ``flat`` (P, n_params) at ``x`` (P, N, in) or
     (N, in): :func:`forward` without its read-out (the same arithmetic, so a model's features ignore its batch)."""
-    act = _act(spec)
     h = x if x.dim() == 3 else x.expand(flat.shape[0], *x.shape)
     for weight, bias in layers(flat, spec)[:-1]:
-        h = act(_affine(h, weight, bias))
+        h = activate(_affine(h, weight, bias), spec.activation)
     return h
 
 

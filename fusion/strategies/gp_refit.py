@@ -13,8 +13,8 @@ divergence. The output GP needs no shared architecture: asked for warm starts of
 family to regress its parameters on). Parties of several families (``FitContext.families``): one output GP over
 all of them, and per target family the parameter GP over that family's models as the init (:meth:`fit_mixed`).
 With mixed widths the init is
-:class:`fusion.strategies.mixed_widths.WidthGP` (PFNM matching, cut to each party's width) and the refit runs at
-each party's width.
+:func:`fusion.strategies.mixed_widths.fit_width_gp` (PFNM matching, cut to each party's width) and the refit runs
+at each party's width.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from fusion.adapt.train_config import TrainConfig
 from fusion.adapt.training import relative_mse, train
 from fusion.lazy import lazy, torch
 from fusion.models.params import forward, init_params
+from fusion.models.probe import probe_outputs
 from fusion.models.spec import Spec, spec_from_state, spec_state
 from fusion.models.widths import at_width, embed, own_width
 from fusion.strategies import by_family
@@ -230,7 +231,7 @@ class GPRefit(Strategy):
         if cached is not None and cached[0] is models and cached[1] is descriptors:
             gp_out = cached[2]  # fusion and fusion_noalign share it
         else:
-            gp_out = output_gp(by_family.probe_outputs(models, ctx), descriptors, ctx)
+            gp_out = output_gp(probe_outputs(models, ctx.families, ctx.probe), descriptors, ctx)
             ctx.cache["output_gp"] = (models, descriptors, gp_out)
         starters = {}
         for spec in ctx.target_families:
