@@ -9,7 +9,7 @@ ask for a warm start at their own width. Methods, all at 0 shots, metric = sine 
 - ``gp_refit``: what ``fusion-cluster run`` with ``widths = [...]`` does (the ``gp_refit`` strategy with
   ``FitContext.widths``, models embedded at the widest width): the PFNM + GP init cut to the party's width, refit
   to the output-space GP's prediction on the probe inputs (``fusion/strategies/mixed_widths.py``);
-- ``pfnm_gp``: ``fusion.pfnm.match_models`` -> ``expand`` (one canonical order at the global width) -> the GP
+- ``pfnm_gp``: ``fusion.matching.pfnm.match_models`` -> ``expand`` (one canonical order at the global width) -> the GP
   meta-model (``fusion.metamodels.gp.GPMetaModel``) -> ``to_width(target width, importance=popularity)``;
 - ``pfnm_gp_global``: diagnostic: the same GP mean at the global width, not cut to the party's width;
 - ``matched_average``: the PFNM matched average cut to the target width;

@@ -6,7 +6,7 @@
 Loads the run's ``config.toml`` and ``checkpoint/fitted-<method>.pt`` (no Ray), gives its test parties their warm
 starts, and fine-tunes them on k shots with each variant of ``[finetune]`` (the residual-GP recipe,
 :mod:`fusion.adapt.residual`; the step recipe and its step-selection margin, a proximal pull toward the warm start, the
-learning rate): the same shots, test points and code as the run's evaluation (``fusion.adapt.training.finetune``).
+learning rate): the same shots, test points and code as the run's evaluation (``fusion.adapt.finetuning.finetune``).
 Prints one JSON line per (method, variant) and a Markdown table of the mean metric per k. ``--variants`` picks
 among the built-in ones (default all).
 """

@@ -2,7 +2,8 @@
 
 Workload: ``N`` parties of ``sine`` (sine-domains), each with its own descriptor, its own 100 private points,
 its own init (all from (seed, party id) exactly as in a run), the same [1-100-1] ReLU MLP, ``steps`` steps of
-full-batch Adam (lr 0.01, cosine decay to lr/10: ``fusion.adapt.training.TrainConfig``), the amplitude-normalized MSE.
+full-batch Adam (lr 0.01, cosine decay to lr/10: ``fusion.adapt.train_config.TrainConfig``), the amplitude-normalized
+MSE.
 
 Peers:
 

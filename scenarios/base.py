@@ -63,8 +63,8 @@ class Scenario(ABC):
         self.spec = spec  # the parties' model (a run of mixed families: the largest family, the packed row's size)
         self.target_spec = spec if target_spec is None else target_spec  # the model novel parties receive
         # A run whose parties mix architecture families: each party's family drawn from (seed, party id)
-        # (:func:`party_families`); models travel packed (:mod:`fusion.families`). ``own_target``: novel parties
-        # receive their own drawn family (no ``target_arch``).
+        # (:func:`party_families`); models travel packed (:mod:`fusion.strategies.by_family`). ``own_target``: novel
+        # parties receive their own drawn family (no ``target_arch``).
         self.families = tuple(families) if len(families) > 1 else ()
         self.own_target = own_target
 
@@ -129,8 +129,8 @@ class Scenario(ABC):
         return init_params(self.spec, generator)
 
     def shot_recipe(self, cfg: FinetuneConfig) -> tuple[FinetuneConfig, np.ndarray | None]:
-        """``cfg`` with its k-shot recipe resolved for this scenario (:func:`fusion.adapt.training.recipe_for`), and the
-        probe inputs the residual GP needs (None for the other recipes): the arguments of ``finetune``."""
+        """``cfg`` with its k-shot recipe resolved for this scenario (:func:`fusion.adapt.finetuning.recipe_for`), and
+        the probe inputs the residual GP needs (None for the other recipes): the arguments of ``finetune``."""
         group = cfg.fold_group if cfg.fold_group > 1 else self.shot_group
         recipe = recipe_for(cfg, self.residual_shots, self.readout_shots)
         resolved = dataclasses.replace(cfg, recipe=recipe, fold_group=group)

@@ -6,9 +6,9 @@ read-out should move (which classes the party holds, how sure to be), not how ev
 hidden layer) and refits the read-out ``V = [W b]`` to the shots by the task loss plus the prior
 ``(λ/2)·‖V − V₀‖²`` toward the start's read-out ``V₀``, for a grid of prior precisions ``λ`` (relative to the
 features' mean power). Which one, if any, a party takes is decided by k-fold cross-validation on its own shots
-with the step recipe's paired margin rule (:func:`fusion.adapt.training.choose_steps`), and whole-model training steps
-compete only against the chosen read-out (:func:`fusion.adapt.training.finetune`): a model class more flexible than the
-one below it is taken only when the held-out shots clearly prefer it.
+with the step recipe's paired margin rule (:func:`fusion.adapt.finetuning.choose_steps`), and whole-model training
+steps compete only against the chosen read-out (:func:`fusion.adapt.finetuning.finetune`): a model class more flexible
+than the one below it is taken only when the held-out shots clearly prefer it.
 
 Each refit is a small convex problem (C·(H+1) parameters), solved for every party, fold and prior at once by a
 fixed number of full-batch Adam steps on precomputed features: one batched program, each party's result
@@ -70,7 +70,7 @@ def _scale(phi: torch.Tensor) -> torch.Tensor:
 
 def held_out_losses(flat, spec, x, y, loss, descriptors, fit_idx, val_idx) -> torch.Tensor:
     """Held-out losses (G, P, len(PRIORS)) of the read-outs refit on shots ``fit_idx`` (G, n_fit) and scored on
-    ``val_idx`` (G, n_val), one fold per row of the indices (the layout of :func:`fusion.adapt.training.finetune`)."""
+    ``val_idx`` (G, n_val), one fold per row of the indices (the layout of :func:`fusion.adapt.finetuning.finetune`)."""
     g, p, r = len(fit_idx), len(flat), len(PRIORS)
     phi, v0 = _phi(flat, spec, x), read_outs(flat, spec).detach()
     lam_p = torch.stack([prior * _scale(phi) for prior in PRIORS])  # (R, P)

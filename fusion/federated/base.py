@@ -1,7 +1,7 @@
 """The federated-algorithm interface, its settings and its registry.
 
-A round, whoever runs it (:mod:`fusion.federated.loop` in one process, the Ray engine in ``actors/``; both call
-the functions below, so they compute the same numbers):
+A round, whoever runs it (:func:`fusion.federated.rounds.run_rounds` in one process, the Ray engine in ``actors/``;
+both call the functions below, so they compute the same numbers):
 
 1. the server samples a fraction of the training parties from (seed, round) (:func:`sample`) and publishes
    ``algorithm.broadcast(server)`` once;
@@ -12,7 +12,7 @@ the functions below, so they compute the same numbers):
    concatenated in party-id order, so the result does not depend on the sharding.
 
 After the last round ``algorithm.novel(server)`` is what a novel party receives: a :class:`FederatedStart`, a
-warm starter with its own rule for using k shots (a :class:`fusion.adapt.training.Constraint`, or no fine-tuning).
+warm starter with its own rule for using k shots (a :class:`fusion.adapt.constraint.Constraint`, or no fine-tuning).
 
 Adding an algorithm is one file with a subclass and ``@register``; its own settings are a frozen dataclass
 (``settings``), read from ``[federated.<name>]``.

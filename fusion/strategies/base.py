@@ -72,7 +72,7 @@ class FitContext:
     """What every strategy may use besides the models.
 
     ``solve_many`` solves square template assignments (:mod:`fusion.matching`); ``solve_rect`` solves the
-    rectangular per-model problems of nonparametric matching (:data:`fusion.pfnm.SolveRect`).
+    rectangular per-model problems of nonparametric matching (:data:`fusion.matching.pfnm.SolveRect`).
     ``probe``: unlabeled inputs (N, fan_in) where the scenario's tasks live, for strategies that
     compare models by their outputs (no labels, no private data: any party could publish them).
     ``tasks``: for baselines that need the training parties' data (MAML), a callable returning

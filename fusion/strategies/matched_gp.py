@@ -1,11 +1,12 @@
 """``matched_gp``: PFNM matching to a global model (any widths), the GP meta-model over it, warm starts at any width.
 
-The models are matched with :func:`fusion.pfnm.match_models` (nets of different widths allowed), expanded to the
-global width in one canonical order (:func:`fusion.pfnm.expand`), and the GP meta-model regresses the expanded
-parameters on the descriptors. A warm start is the GP mean decoded at the global width and cut (or padded) to the
-requested width with :func:`fusion.pfnm.to_width` (most popular atoms; optional function-space refit on
-``refit_x``). :func:`fit_matched_gp` is the entry point for parties of different widths; the registered strategy
-is the same with every party at ``ctx.spec``.
+The models are matched with :func:`fusion.matching.pfnm.match_models` (nets of different widths allowed), expanded to
+the global width in one canonical order (:func:`fusion.matching.pfnm.expand`), and the GP meta-model regresses the
+expanded parameters on the descriptors. A warm start is the GP mean decoded at the global width and cut (or padded)
+to the requested width with :func:`fusion.matching.pfnm.to_width` (most popular atoms; optional function-space refit
+on ``refit_x``). :func:`fit_matched_gp` is the entry point for parties of different widths; the registered strategy
+is the same with every party at ``ctx.spec``, and ``gp_refit``'s init in runs of mixed widths is this warm starter
+too (:func:`fusion.strategies.mixed_widths.fit_width_gp`).
 """
 
 from __future__ import annotations

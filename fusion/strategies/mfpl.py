@@ -1,4 +1,5 @@
-"""``mfpl``: the MFPL meta-model (:mod:`fusion.mfpl`) as a fusion strategy, warm start = decoder at the GP mean."""
+"""``mfpl``: the MFPL meta-model (:mod:`fusion.metamodels.mfpl`) as a fusion strategy, warm start = decoder at the GP
+mean."""
 
 from __future__ import annotations
 

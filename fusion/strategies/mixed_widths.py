@@ -1,16 +1,16 @@
 """Fusion of parties of different hidden widths: the warm starters of ``gp_refit`` and ``average`` for them.
 
 In a run with ``widths`` every model arrives embedded at the widest spec (:mod:`fusion.models.widths`) next to its own
-width (``FitContext.widths``). Matching uses PFNM (:mod:`fusion.pfnm`, ``FusionConfig.pfnm``) on the models at
+width (``FitContext.widths``). Matching uses PFNM (:mod:`fusion.matching.pfnm`, ``FusionConfig.pfnm``) on the models at
 their own widths, once per fit (shared through ``FitContext.cache``).
 
 - ``gp_refit``: :func:`fit_width_gp`, the GP over the PFNM-expanded parameters (the global model, one canonical
   order) of ``matched_gp`` (:class:`fusion.strategies.matched_gp.MatchedGPWarmStarter`), gives the init, cut to the
-  width the party asks for (:func:`fusion.pfnm.to_width`, most popular atoms, outgoing weights refit by least
+  width the party asks for (:func:`fusion.matching.pfnm.to_width`, most popular atoms, outgoing weights refit by least
   squares to the uncut model's outputs on the probe inputs); ``gp_refit``'s
   ``RefitWarmStarter`` trains it at that width to the output GP's function, as for one width. Without alignment
   (``fusion_noalign``) the parameter GP regresses the embedded models as they are.
-- ``average``: the PFNM matched average (:func:`fusion.pfnm.matched_average`) cut to the party's width, its
+- ``average``: the PFNM matched average (:func:`fusion.matching.pfnm.matched_average`) cut to the party's width, its
   outgoing weights refit by least squares to the global average's outputs on the probe inputs.
 - ``nearest_task`` needs nothing new: the nearest model is copied at whatever width it has.
 """
