@@ -1,7 +1,7 @@
 """Assignment problems solved in parallel as Ray tasks over chunks of models.
 
 :func:`parallel_solvers` gives both solver kinds the fusion strategies take (:data:`fusion.matching.SolveMany`
-for square template assignments, :data:`fusion.pfnm.SolveRect` for nonparametric matching) on one code path:
+for square template assignments, :data:`fusion.matching.pfnm.SolveRect` for nonparametric matching) on one code path:
 the problems are put in the object store once and ~``n_chunks`` slices of them are solved as tasks.
 """
 
@@ -15,8 +15,8 @@ import numpy as np
 import ray
 
 from actors import metrics
-from fusion.matching import SolveMany, solve_many_serial
-from fusion.pfnm import SolveRect, solve_rect_serial
+from fusion.matching.alignment import SolveMany, solve_many_serial
+from fusion.matching.pfnm import SolveRect, solve_rect_serial
 
 SliceSolve = Callable[[Any, int, int], Any]  # (problems, lo, hi) -> solutions of problems lo..hi-1
 

@@ -17,7 +17,7 @@ import ray
 
 from fusion.federated.base import FederatedAlgorithm, FederatedConfig, State
 from fusion.federated.rounds import Costs, server_round
-from fusion.spec import MLPSpec
+from fusion.models.spec import MLPSpec
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,15 @@ import ray
 import torch
 
 from actors.assign import parallel_solvers
-from fusion.matching import solve_many_serial
+from fusion.matching.alignment import solve_many_serial
+from fusion.matching.pfnm import solve_rect_serial
 from fusion.methods import strategy_for
-from fusion.outliers import function_outliers, outliers_of
-from fusion.params import init_params
-from fusion.pfnm import solve_rect_serial
-from fusion.quarantine import finite_models
-from fusion.spec import Spec
-from fusion.strategies import FitContext, FusionConfig, by_family
+from fusion.models.params import init_params
+from fusion.models.probe import probe_outputs
+from fusion.models.spec import Spec
+from fusion.screening.outliers import function_outliers, outliers_of
+from fusion.screening.quarantine import finite_models
+from fusion.strategies import FitContext, FusionConfig
 from fusion.strategies.by_family import fit_strategy
 from scenarios import Scenario, party_widths, training_data
 
@@ -81,7 +82,7 @@ class FusionActor:
         if probe is not None and self.cfg.outliers.enabled:
             # (models of mixed widths travel embedded at the widest spec: the same functions)
             if self._mixed:  # each model through its own family's forward pass
-                funcs = by_family.probe_outputs(models, self._context(ids, probe, None)).double()
+                funcs = probe_outputs(models, self._context(ids, probe, None).families, probe).double()
                 funcs = (torch.softmax(funcs, -1) if self.outputs == "logits" else funcs).numpy()
                 bad, score = outliers_of(funcs, descriptors, self.outputs, self.cfg.outliers)
             else:

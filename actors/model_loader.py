@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from fusion.spec import Spec
-from fusion.state_dicts import ArchitectureMismatch, load_model_file
+from fusion.models.spec import Spec
+from fusion.models.state_dicts import ArchitectureMismatch, load_model_file
 
 
 @ray.remote(num_returns=2)
@@ -16,7 +16,7 @@ def load_chunk(paths: list[str], party_ids: np.ndarray, descriptors: np.ndarray,
     Returns two objects: the shard dict ``{party_id (n,), descriptor (n, d), params (n, n_params)}``
     that :class:`actors.fusion.FusionActor` takes, and a small report ``{"error", "architecture"}`` for the
     driver (the first problem of the chunk, naming its file, or None; ``architecture``: the problem is an
-    :class:`~fusion.state_dicts.ArchitectureMismatch`), so the driver never fetches weights.
+    :class:`~fusion.models.state_dicts.ArchitectureMismatch`), so the driver never fetches weights.
     """
     try:
         params = np.stack([load_model_file(path, spec)[0] for path in paths]).astype(np.float32)

@@ -11,14 +11,18 @@ import torch
 
 from actors import metrics
 from actors.faults import FaultConfig
+from fusion.adapt.constraint import FREE, Constraint
+from fusion.adapt.finetuning import finetune
+from fusion.adapt.train_config import FinetuneConfig, TrainConfig
+from fusion.adapt.training import train
 from fusion.federated.base import FederatedStart
 from fusion.federated.rounds import Parties, PartyStore, local_round
 from fusion.methods import COLD_START
-from fusion.params import RowLoss, forward, init_params
-from fusion.strategies.base import predict_all
+from fusion.models.loss import RowLoss
+from fusion.models.params import forward, init_params
+from fusion.models.widths import embed
 from fusion.strategies.by_family import ByFamily, pack
-from fusion.training import FREE, Constraint, FinetuneConfig, TrainConfig, finetune, train
-from fusion.widths import embed
+from fusion.warm_start import predict_all
 from scenarios import (
     Scenario,
     Stream,
@@ -59,7 +63,7 @@ class PartyShard:
     Every party's data, init and shots derive from (seed, party id), so any sharding of the same
     parties gives the same numbers. ``widths``: a run that mixes hidden widths (each party's drawn from
     (seed, party id)); the scenario's spec is then the widest and every model travels embedded in it
-    (:mod:`fusion.widths`).
+    (:mod:`fusion.models.widths`).
     """
 
     def __init__(

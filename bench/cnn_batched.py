@@ -2,7 +2,7 @@
 
 Three ways to train the same ``P`` models on the same data (28x28 random images, random labels of 10 classes):
 
-- ``batched``: ``fusion.training.train`` on the (P, n_params) stack: grouped convolutions (``groups=P``) and
+- ``batched``: ``fusion.adapt.training.train`` on the (P, n_params) stack: grouped convolutions (``groups=P``) and
   batched matrix products, one tensor program for all parties (what party shards run);
 - ``loop (ours)``: the same ``train`` called once per party (P = 1);
 - ``loop (torch)``: a ``torch.nn.Sequential`` and ``torch.optim.Adam`` per party, one after the other.
@@ -22,9 +22,11 @@ import time
 
 import torch
 
-from fusion.params import RowLoss, init_params, layers
-from fusion.spec import spec_for_family
-from fusion.training import TrainConfig, train
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import train
+from fusion.models.loss import RowLoss
+from fusion.models.params import init_params, layers
+from fusion.models.spec import spec_for_family
 from tests.test_cnn import sequential
 
 

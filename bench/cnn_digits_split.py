@@ -20,10 +20,10 @@ import numpy as np
 
 from actors.party_shard import PartyShard
 from cluster import results
-from fusion.metamodel import GPConfig
+from fusion.adapt.train_config import FinetuneConfig, TrainConfig
+from fusion.metamodels.gp_config import GPConfig
 from fusion.methods import strategy_for
 from fusion.strategies import FitContext, FusionConfig
-from fusion.training import FinetuneConfig, TrainConfig
 from scenarios import build, make_options
 
 

@@ -15,8 +15,8 @@ forward and backward pass, per party and step, with N points and H hidden units:
 (N = H = 100: 120 kFLOP per party-step.) ``--path`` picks the training path of the ``[1-H-1]`` ReLU nets:
 ``kernel`` (the default where ``fusion._kernels`` is built: fused C forward and backward passes, the loss's
 closed-form gradient, a one-pass Adam), ``torch`` (the torch passes, ``FUSION_KERNELS=0``: the sorted-kinks pass
-``fusion.params._one_input_relu``, which does less arithmetic than the formula counts) or ``layered`` (the general
-layer-by-layer backward pass every other architecture takes).
+``fusion.models.params._one_input_relu``, which does less arithmetic than the formula counts) or ``layered`` (the
+general layer-by-layer backward pass every other architecture takes).
 
 ``sgemm_flops_per_s``: ``torch.mm`` of two 1024 x 1024 float32 matrices (2 * 1024^3 flops each), the best of
 ``--gemm-repeat`` timed products, in the same process with the same torch threads (``--threads``, default 1: a
@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from actors.party_shard import PartyShard
-from fusion import kernels, params
-from fusion.training import TrainConfig
+from fusion.adapt.train_config import TrainConfig
+from fusion.models import kernels, params
 from scenarios import build, make_options
 
 SCENARIO = "sine-domains"

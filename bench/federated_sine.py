@@ -21,10 +21,12 @@ import time
 import numpy as np
 import torch
 
+from fusion.adapt.constraint import FREE
+from fusion.adapt.finetuning import finetune
+from fusion.adapt.train_config import FinetuneConfig
 from fusion.federated import ALGORITHMS, FederatedConfig
 from fusion.federated.rounds import Parties, run_rounds
-from fusion.params import forward
-from fusion.training import FREE, FinetuneConfig, finetune
+from fusion.models.params import forward
 from scenarios import Stream, build, make_options, party_descriptors, party_torch_generator, training_data
 
 

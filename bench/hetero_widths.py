@@ -3,14 +3,14 @@
 The algorithmic half of issue 5's "a run mixing widths 50/100/150 fuses and its warm starts beat ``average`` and
 ``nearest_task`` at 0 shots", without Ray (the pipeline integration is separate). Training parties cycle through
 ``--widths``; every party's data and init come from (seed, party id) like in a run; parties of one width are
-pretrained as one batched program (``fusion.training.train``). Test parties also cycle through the widths and
+pretrained as one batched program (``fusion.adapt.training.train``). Test parties also cycle through the widths and
 ask for a warm start at their own width. Methods, all at 0 shots, metric = sine nRMSE on 200 points:
 
 - ``gp_refit``: what ``fusion-cluster run`` with ``widths = [...]`` does (the ``gp_refit`` strategy with
   ``FitContext.widths``, models embedded at the widest width): the PFNM + GP init cut to the party's width, refit
   to the output-space GP's prediction on the probe inputs (``fusion/strategies/mixed_widths.py``);
-- ``pfnm_gp``: ``fusion.pfnm.match_models`` -> ``expand`` (one canonical order at the global width) -> the GP
-  meta-model (``fusion.metamodel.GPMetaModel``) -> ``to_width(target width, importance=popularity)``;
+- ``pfnm_gp``: ``fusion.matching.pfnm.match_models`` -> ``expand`` (one canonical order at the global width) -> the GP
+  meta-model (``fusion.metamodels.gp.GPMetaModel``) -> ``to_width(target width, importance=popularity)``;
 - ``pfnm_gp_global``: diagnostic: the same GP mean at the global width, not cut to the party's width;
 - ``matched_average``: the PFNM matched average cut to the target width;
 - ``average``: plain parameter average of the training models that have the target width (the only plain
@@ -32,14 +32,16 @@ import time
 import numpy as np
 import torch
 
-from fusion.matching import align
-from fusion.metamodel import GPConfig, GPMetaModel
-from fusion.params import forward, init_params
-from fusion.pfnm import PFNMConfig, expand, match_models, matched_average, to_width
-from fusion.spec import MLPSpec
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import train
+from fusion.matching.alignment import align
+from fusion.matching.pfnm import PFNMConfig, expand, match_models, matched_average, to_width
+from fusion.metamodels.gp import GPMetaModel
+from fusion.metamodels.gp_config import GPConfig
+from fusion.models.params import forward, init_params
+from fusion.models.spec import MLPSpec
+from fusion.models.widths import embed
 from fusion.strategies import STRATEGIES, FitContext, FusionConfig
-from fusion.training import TrainConfig, train
-from fusion.widths import embed
 from scenarios import Stream, build, make_options, party_rng, party_torch_generator
 
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.report import publish
-from fusion.gp_config import GPConfig
-from fusion.metamodel import GPMetaModel
+from fusion.metamodels.gp import GPMetaModel
+from fusion.metamodels.gp_config import GPConfig
 from scenarios.matrix_factorization import fit_als
 from scenarios.movielens import DESCRIPTORS, MovieLensOptions, MovieLensScenario, model_rmse, own_fit
 from scenarios.movielens_synthetic import write_synthetic_ml100k

@@ -22,7 +22,7 @@ from pathlib import Path
 from bench.report import ints, publish
 from cluster.config import resolve
 from cluster.pipeline import run
-from fusion.gp_config import KERNELS
+from fusion.metamodels.gp_config import KERNELS
 from scenarios import build
 from scenarios.movielens import DESCRIPTORS
 from scenarios.movielens_synthetic import write_synthetic_ml100k

@@ -90,7 +90,7 @@ def plot_warm_starts(run_dir: Path, path: Path) -> None:
     import torch
 
     from fusion.io import load_warm_starter
-    from fusion.params import forward
+    from fusion.models.params import forward
     from scenarios import Stream, build, make_options, party_rng
 
     model, spec = load_warm_starter(run_dir / "fusion_model.pt")

@@ -27,9 +27,10 @@ import torch
 from bench.finished import load_run
 from bench.report import ints
 from cluster.results import weighted_mean_std
-from fusion.params import forward
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import train
+from fusion.models.params import forward
 from fusion.strategies.gp_refit import kl_to_probabilities
-from fusion.training import TrainConfig, train
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     from actors.party_shard import PartyShardActor
     from cluster.checkpoint import Checkpoint
     from cluster.rounds import RoundsEngine
+    from fusion.adapt.train_config import FinetuneConfig, TrainConfig
     from fusion.federated import ALGORITHMS, FederatedConfig
-    from fusion.training import FinetuneConfig, TrainConfig
     from scenarios import build, make_options
 
     scenario = build(args.scenario, make_options(args.scenario, {}))

@@ -5,8 +5,8 @@
 
 Loads the run's ``config.toml`` and ``checkpoint/fitted-<method>.pt`` (no Ray), gives its test parties their warm
 starts, and fine-tunes them on k shots with each variant of ``[finetune]`` (the residual-GP recipe,
-:mod:`fusion.residual`; the step recipe and its step-selection margin, a proximal pull toward the warm start, the
-learning rate): the same shots, test points and code as the run's evaluation (``fusion.training.finetune``).
+:mod:`fusion.adapt.residual`; the step recipe and its step-selection margin, a proximal pull toward the warm start, the
+learning rate): the same shots, test points and code as the run's evaluation (``fusion.adapt.finetuning.finetune``).
 Prints one JSON line per (method, variant) and a Markdown table of the mean metric per k. ``--variants`` picks
 among the built-in ones (default all).
 """
@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from bench.finished import load_run
-from fusion.params import forward
-from fusion.training import FREE, Constraint, finetune
+from fusion.adapt.constraint import FREE, Constraint
+from fusion.adapt.finetuning import finetune
+from fusion.models.params import forward
 
 # name: (changes to the run's [finetune], proximal pull toward the warm start: prox/2 · ||w - w0||^2)
 VARIANTS = {

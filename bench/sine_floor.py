@@ -29,7 +29,7 @@ import torch
 
 from bench.finished import load_run
 from bench.report import ints
-from fusion.params import forward
+from fusion.models.params import forward
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

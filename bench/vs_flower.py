@@ -2,7 +2,8 @@
 
 Workload: ``N`` parties of ``sine`` (sine-domains), each with its own descriptor, its own 100 private points,
 its own init (all from (seed, party id) exactly as in a run), the same [1-100-1] ReLU MLP, ``steps`` steps of
-full-batch Adam (lr 0.01, cosine decay to lr/10: ``fusion.training.TrainConfig``), the amplitude-normalized MSE.
+full-batch Adam (lr 0.01, cosine decay to lr/10: ``fusion.adapt.train_config.TrainConfig``), the amplitude-normalized
+MSE.
 
 Peers:
 
@@ -43,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusion.params import init_params
-from fusion.training import TrainConfig
+from fusion.adapt.train_config import TrainConfig
+from fusion.models.params import init_params
 from scenarios import Stream, build, make_options, party_rng, party_torch_generator
 
 ROOT = Path(__file__).resolve().parents[1]  # the Flower peer's PYTHONPATH
@@ -78,7 +79,7 @@ def sequential_model(flat: torch.Tensor, spec) -> torch.nn.Sequential:
 
 
 def train_one(net: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, amplitude: float, cfg: TrainConfig):
-    """One party's local training: the same recipe as ``fusion.training.train`` for one model."""
+    """One party's local training: the same recipe as ``fusion.adapt.training.train`` for one model."""
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr / 10) if cfg.decay else None
     for _ in range(cfg.steps):
@@ -240,7 +241,7 @@ def same_work(args, a: np.ndarray, b: np.ndarray) -> dict:
     Exact agreement is not expected over many steps: the two compute the same sums in different orders, and
     Adam turns a gradient of 1e-12 versus 0 (a nearly dead unit) into a full step, so single weights drift apart.
     """
-    from fusion.params import forward
+    from fusion.models.params import forward
 
     scenario, desc, _, _, _ = workload(args.parties, args.seed, args.hidden)
     x = torch.linspace(-10, 10, 200)[:, None]

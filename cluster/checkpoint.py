@@ -26,7 +26,7 @@ import numpy as np
 
 from cluster.config import ConfigError, load_toml
 from fusion.io import load_warm_starter, save_warm_starter, write_atomic
-from fusion.strategies import WarmStarter
+from fusion.warm_start import WarmStarter
 from scenarios import Scenario
 
 CONFIG = "config.toml"

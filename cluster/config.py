@@ -15,8 +15,9 @@ from typing import Any
 from actors.faults import FaultConfig
 from cluster.errors import ConfigError, StartError  # noqa: F401  (re-exported: the config's errors)
 from cluster.system import PartyClass, SystemConfig, check_classes
+from fusion.adapt.train_config import FinetuneConfig, TrainConfig
 from fusion.federated import ALGORITHMS, FederatedConfig
-from fusion.gp_config import GPConfig
+from fusion.metamodels.gp_config import GPConfig
 from fusion.methods import (
     COLD_START,
     DEFAULT_METHODS,
@@ -27,7 +28,6 @@ from fusion.methods import (
 )
 from fusion.strategies import FusionConfig
 from fusion.strategies.base import settings_classes
-from fusion.training import FinetuneConfig, TrainConfig
 from scenarios import SCENARIOS, canonical_name, make_options
 
 

@@ -1,7 +1,7 @@
 """``fusion-cluster fuse``: fuse models that already exist and write one warm start per target descriptor.
 
 Inputs: a folder of ``<party_id>.pt`` state dicts of ``torch.nn.Sequential(Linear, ReLU, Linear, ...)`` or of
-a CNN (:mod:`fusion.state_dicts`; read with ``weights_only=True``), a descriptors table (CSV or Parquet:
+a CNN (:mod:`fusion.models.state_dicts`; read with ``weights_only=True``), a descriptors table (CSV or Parquet:
 ``party_id`` plus descriptor columns, in the table's order) and a targets table with the same descriptor
 columns; for strategies that refit on unlabeled inputs (``gp_refit``) a probe file (``.npy`` or CSV,
 (N, fan_in)). The files are loaded and validated by Ray tasks, one per chunk of files; the fusion actor fits
@@ -26,8 +26,8 @@ import torch
 from cluster import results
 from cluster.config import ClusterConfig, ConfigError
 from fusion.io import save_warm_starter
-from fusion.spec import CNN_FAMILIES, MLPSpec, Spec, spec_for_family
-from fusion.state_dicts import infer_cnn_spec, load_model_file, load_state_file, state_from_flat
+from fusion.models.spec import CNN_FAMILIES, MLPSpec, Spec, spec_for_family
+from fusion.models.state_dicts import infer_cnn_spec, load_model_file, load_state_file, state_from_flat
 from fusion.strategies import STRATEGIES, FusionConfig
 from fusion.strategies.base import OUTPUT_KINDS
 

@@ -36,7 +36,7 @@ from cluster.system import Schedule, left_out_csv, party_classes_of, schedule
 from fusion.io import save_warm_starter, write_atomic
 from fusion.lazy import lazy
 from fusion.methods import is_federated, strategy_for
-from fusion.quarantine import finite_models
+from fusion.screening.quarantine import finite_models
 from scenarios import build, with_hidden_width
 
 # torch, matplotlib, pyarrow: imported by a thread while Ray starts (_preload), not before the run's checks
@@ -123,7 +123,7 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float |
         check_out(out)
     cfg = dataclasses.replace(cfg, out=str(out))
     scenario = build(cfg.scenario, cfg.scenario_options)
-    if cfg.widths:  # models of every width travel embedded at the widest (fusion/widths.py)
+    if cfg.widths:  # models of every width travel embedded at the widest (fusion/models/widths.py)
         if scenario.spec.n_layers != 2:
             raise ConfigError(f"widths needs single-hidden-layer nets; scenario {cfg.scenario} has {scenario.spec}")
         scenario = with_hidden_width(scenario, max(cfg.widths))

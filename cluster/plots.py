@@ -11,7 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from fusion.params import forward
+from fusion.models.params import forward
 from scenarios import Scenario
 
 SHOTS_PNG = "metric_vs_shots.png"

@@ -34,7 +34,7 @@ from fusion.federated import ALGORITHMS, FederatedConfig, FederatedStart
 from fusion.federated.base import State, sample
 from fusion.federated.htfl import HtFLAlgorithm, feature_dim
 from fusion.federated.rounds import merge_exports
-from fusion.spec import MLPSpec
+from fusion.models.spec import MLPSpec
 from fusion.strategies.by_family import ByFamily
 from scenarios import Scenario, party_descriptors
 

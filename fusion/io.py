@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fusion.lazy import torch
-from fusion.spec import Spec, spec_from_state, spec_state
-from fusion.strategies.base import LEGACY_KINDS, WARM_STARTERS, WarmStarter, warm_starter_class
+from fusion.models.spec import Spec, spec_from_state, spec_state
+from fusion.warm_start import LEGACY_KINDS, WARM_STARTERS, WarmStarter, warm_starter_class
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:

@@ -9,11 +9,12 @@ from enum import IntEnum
 
 import numpy as np
 
+from fusion.adapt.finetuning import recipe_for
+from fusion.adapt.train_config import FinetuneConfig
 from fusion.lazy import torch
-from fusion.params import init_params
-from fusion.spec import MLPSpec, Spec, spec_for_family
-from fusion.training import FinetuneConfig, recipe_for
-from fusion.widths import at_width
+from fusion.models.params import init_params
+from fusion.models.spec import MLPSpec, Spec, spec_for_family
+from fusion.models.widths import at_width
 
 
 class Stream(IntEnum):
@@ -52,8 +53,8 @@ class Scenario(ABC):
     metric_name: str
     lower_is_better: bool = True
     outputs: str = "values"  # "logits": classification over all outputs (fusion combines class probabilities)
-    residual_shots: bool = False  # shots can go through fusion.residual: y (N, out) values, squared error, a probe
-    readout_shots: bool = False  # a classifier: [finetune] recipe "auto" refits read-outs first (fusion.readout)
+    residual_shots: bool = False  # shots can take the residual GP (fusion.adapt.residual): values, squared error, probe
+    readout_shots: bool = False  # a classifier: [finetune] recipe "auto" refits read-outs first (fusion.adapt.readout)
     shot_group: int = 1  # shot draws come in groups of this many (one per class): FinetuneConfig.fold_group
 
     def __init__(
@@ -62,8 +63,8 @@ class Scenario(ABC):
         self.spec = spec  # the parties' model (a run of mixed families: the largest family, the packed row's size)
         self.target_spec = spec if target_spec is None else target_spec  # the model novel parties receive
         # A run whose parties mix architecture families: each party's family drawn from (seed, party id)
-        # (:func:`party_families`); models travel packed (:mod:`fusion.families`). ``own_target``: novel parties
-        # receive their own drawn family (no ``target_arch``).
+        # (:func:`party_families`); models travel packed (:mod:`fusion.strategies.by_family`). ``own_target``: novel
+        # parties receive their own drawn family (no ``target_arch``).
         self.families = tuple(families) if len(families) > 1 else ()
         self.own_target = own_target
 
@@ -128,8 +129,8 @@ class Scenario(ABC):
         return init_params(self.spec, generator)
 
     def shot_recipe(self, cfg: FinetuneConfig) -> tuple[FinetuneConfig, np.ndarray | None]:
-        """``cfg`` with its k-shot recipe resolved for this scenario (:func:`fusion.training.recipe_for`), and the
-        probe inputs the residual GP needs (None for the other recipes): the arguments of ``finetune``."""
+        """``cfg`` with its k-shot recipe resolved for this scenario (:func:`fusion.adapt.finetuning.recipe_for`), and
+        the probe inputs the residual GP needs (None for the other recipes): the arguments of ``finetune``."""
         group = cfg.fold_group if cfg.fold_group > 1 else self.shot_group
         recipe = recipe_for(cfg, self.residual_shots, self.readout_shots)
         resolved = dataclasses.replace(cfg, recipe=recipe, fold_group=group)
@@ -215,7 +216,7 @@ def model_specs(
     archs: tuple[str, ...], target_arch: str, hidden: tuple[int, ...], fan_in: int, fan_out: int
 ) -> tuple[Spec, Spec]:
     """The parties' model and the one novel parties receive, for a scenario with ``[scenario] archs`` /
-    ``target_arch`` keys (:func:`fusion.spec.spec_for_family` names: ``mlp-100``, ``cnn-s``, ``cnn-m``); without
+    ``target_arch`` keys (:func:`fusion.models.spec.spec_for_family` names: ``mlp-100``, ``cnn-s``, ``cnn-m``); without
     ``archs`` the parties' model is an MLP ``[fan_in, *hidden, fan_out]``, without ``target_arch`` the same.
     Several ``archs`` (a run of mixed families, :func:`model_families`): the largest of them (the size models are
     packed to).

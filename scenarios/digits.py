@@ -24,7 +24,7 @@ from functools import lru_cache
 import numpy as np
 
 from fusion.lazy import torch
-from fusion.spec import Spec
+from fusion.models.spec import Spec
 from scenarios import digit_sources
 from scenarios.base import Scenario, Stream, model_families, model_specs, party_rng
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.lazy import torch
-from fusion.spec import Spec
+from fusion.models.spec import Spec
 from scenarios import digit_sources
 from scenarios.base import Scenario, Stream, model_families, model_specs, party_rng
 from scenarios.splits import PARTITIONS, PartySplit, SplitConfig, split_labels

@@ -36,7 +36,7 @@ from functools import lru_cache
 import numpy as np
 
 from fusion.lazy import torch
-from fusion.spec import MLPSpec
+from fusion.models.spec import MLPSpec
 from scenarios import movielens_data
 from scenarios.base import Scenario, Stream, party_rng
 from scenarios.matrix_factorization import Factorization, fit_als, ridge_solve

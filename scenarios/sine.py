@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.lazy import torch
-from fusion.spec import MLPSpec
+from fusion.models.spec import MLPSpec
 from scenarios.base import Scenario
 
 # (phase, amplitude low, amplitude high) of the official code's five domains.

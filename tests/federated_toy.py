@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from fusion.adapt.constraint import Constraint
+from fusion.adapt.training import train
 from fusion.federated.base import FederatedAlgorithm, LocalBatch, State, Tensors, weighted_mean
 from fusion.federated.fedavg import GlobalModel
-from fusion.spec import MLPSpec
-from fusion.training import Constraint, train
+from fusion.models.spec import MLPSpec
 
 
 class PersonalToy(FederatedAlgorithm):

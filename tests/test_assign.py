@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusion.matching import solve_many_serial
-from fusion.pfnm import solve_rect_serial
+from fusion.matching.alignment import solve_many_serial
+from fusion.matching.pfnm import solve_rect_serial
 
 
 def test_parallel_solvers_equal_the_serial_ones(ray_session):

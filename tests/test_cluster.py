@@ -106,7 +106,7 @@ def test_gpu_fractions_schedule_on_logical_gpus(ray_session):
     import ray
 
     from actors.party_shard import PartyShardActor
-    from fusion.training import TrainConfig
+    from fusion.adapt.train_config import TrainConfig
     from scenarios import build, make_options
 
     sc = build("sine", make_options("sine", {"hidden": [4]}))

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from fusion import conv
-from fusion.matching import align
-from fusion.params import RowLoss, flatten, forward, init_params, layers, loss_and_grad, permute, unit_features
-from fusion.spec import CNNSpec, MLPSpec, spec_for_family, spec_from_state, spec_state
-from fusion.training import TrainConfig, train
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import train
+from fusion.matching.alignment import align
+from fusion.models import conv
+from fusion.models.loss import RowLoss
+from fusion.models.params import flatten, forward, init_params, layers, loss_and_grad, permute, unit_features
+from fusion.models.spec import CNNSpec, MLPSpec, spec_for_family, spec_from_state, spec_state
 
 SMALL = spec_for_family("cnn-s", 64, 10)  # 8x8 images: 8 -> 4 -> 2, 32 * 2 * 2 flat features
 
@@ -192,7 +194,7 @@ TINY = CNNSpec(8, (4, 6), 3, 1, (8,), 3, name="tiny")  # 8x8 images, 3 classes: 
 @pytest.mark.parametrize("strategy", ["gp", "gp_refit", "matched_average", "nearest_task"])
 def test_permuted_copies_of_one_cnn_fuse_to_it(strategy, tmp_path):
     from fusion.io import load_warm_starter, save_warm_starter
-    from fusion.metamodel import GPConfig
+    from fusion.metamodels.gp_config import GPConfig
     from fusion.strategies import STRATEGIES, FitContext, FusionConfig
 
     base = random_stack(TINY, 1, seed=12) * 2
@@ -213,7 +215,7 @@ def test_permuted_copies_of_one_cnn_fuse_to_it(strategy, tmp_path):
 
 @pytest.mark.parametrize("family, side", [("cnn-s", 28), ("cnn-m", 28), ("cnn-s", 8)])
 def test_cnn_state_dicts_round_trip_with_the_architecture_inferred(family, side, tmp_path):
-    from fusion.state_dicts import load_model_file, state_from_flat
+    from fusion.models.state_dicts import load_model_file, state_from_flat
 
     spec = spec_for_family(family, side * side, 10)
     net = sequential(spec)
@@ -227,7 +229,7 @@ def test_cnn_state_dicts_round_trip_with_the_architecture_inferred(family, side,
 
 
 def test_bad_cnn_state_dicts_are_refused_with_the_file_named(tmp_path):
-    from fusion.state_dicts import load_model_file
+    from fusion.models.state_dicts import load_model_file
 
     spec = spec_for_family("cnn-s", 784, 10)
     state = sequential(spec).state_dict()
@@ -242,7 +244,7 @@ def test_bad_cnn_state_dicts_are_refused_with_the_file_named(tmp_path):
 
 def test_gp_refit_makes_warm_starts_of_another_family_in_function_space(tmp_path):
     from fusion.io import load_warm_starter, save_warm_starter
-    from fusion.metamodel import GPConfig
+    from fusion.metamodels.gp_config import GPConfig
     from fusion.strategies import STRATEGIES, FitContext, FusionConfig
 
     model = random_stack(TINY, 1, seed=14) * 3  # confident: probabilities far from uniform
@@ -276,7 +278,8 @@ def test_fuse_arch_names_a_family_and_takes_the_image_size_from_the_files(tmp_pa
 
 
 def test_finetune_selects_steps_for_cnn_parties_as_for_mlps():
-    from fusion.training import FinetuneConfig, finetune
+    from fusion.adapt.finetuning import finetune
+    from fusion.adapt.train_config import FinetuneConfig
 
     flat, x = torch.as_tensor(random_stack(SMALL, 3, seed=16)), images(3, 6, SMALL, seed=17)
     y = torch.randint(0, 10, (3, 6), generator=torch.Generator().manual_seed(18))

@@ -10,7 +10,7 @@ import torch
 from cluster.config import ConfigError, resolve
 from cluster.pipeline import run
 from fusion.io import load_warm_starter
-from fusion.spec import spec_for_family
+from fusion.models.spec import spec_for_family
 from scenarios import build, make_options
 
 

@@ -9,14 +9,14 @@ import torch
 from actors.party_shard import PartyShard
 from cluster.config import ConfigError, resolve
 from cluster.pipeline import run
-from fusion.metamodel import GPConfig
+from fusion.adapt.train_config import FinetuneConfig, TrainConfig
+from fusion.metamodels.gp_config import GPConfig
 from fusion.methods import strategy_for
-from fusion.params import init_params
-from fusion.spec import spec_for_family
+from fusion.models.params import init_params
+from fusion.models.spec import spec_for_family
 from fusion.strategies import FitContext, FusionConfig
 from fusion.strategies.by_family import ByFamily, fit_strategy, pack, unpack
 from fusion.strategies.gp import GPFusion
-from fusion.training import FinetuneConfig, TrainConfig
 from scenarios import build, make_options, party_families
 
 ARCHS = ["mlp-8", "mlp-16"]

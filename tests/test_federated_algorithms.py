@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from fusion.adapt.finetuning import finetune
+from fusion.adapt.train_config import FinetuneConfig, TrainConfig
+from fusion.adapt.training import train
 from fusion.federated import ALGORITHMS, FederatedConfig
 from fusion.federated.base import sample
 from fusion.federated.fedrep import body_size
 from fusion.federated.pfedhn import encoder_size, output_scale
 from fusion.federated.rounds import Parties, run_rounds
-from fusion.params import forward, init_params
-from fusion.spec import MLPSpec
-from fusion.training import FinetuneConfig, TrainConfig, finetune, train
+from fusion.models.params import forward, init_params
+from fusion.models.spec import MLPSpec
 
 SPEC = MLPSpec((1, 8, 1))
 CFG = FederatedConfig(rounds=3, clients_per_round=0.5, local_steps=4, lr=0.01)

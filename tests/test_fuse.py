@@ -13,12 +13,12 @@ from actors.party_shard import PartyShard
 from cluster.cli import main
 from cluster.config import resolve
 from cluster.pipeline import run
+from fusion.adapt.train_config import TrainConfig
 from fusion.io import load_warm_starter
-from fusion.params import forward, init_params
-from fusion.spec import MLPSpec, spec_for_family
-from fusion.state_dicts import state_from_flat
+from fusion.models.params import forward, init_params
+from fusion.models.spec import MLPSpec, spec_for_family
+from fusion.models.state_dicts import state_from_flat
 from fusion.strategies import STRATEGIES, FitContext, FusionConfig
-from fusion.training import TrainConfig
 from scenarios import build, make_options
 from tests.test_cnn import sequential as cnn_sequential
 from tests.test_state_dicts import sequential

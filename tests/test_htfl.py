@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from cluster.config import ConfigError, resolve
+from fusion.adapt.finetuning import finetune
+from fusion.adapt.train_config import FinetuneConfig
 from fusion.federated import ALGORITHMS, FederatedConfig, htfl
 from fusion.federated.fedtgp import adaptive_margin
 from fusion.federated.rounds import Parties, run_rounds
-from fusion.params import forward, init_params, loss_and_grad
-from fusion.spec import MLPSpec, spec_for_family
-from fusion.training import FinetuneConfig, finetune
+from fusion.models.params import forward, init_params, loss_and_grad
+from fusion.models.spec import MLPSpec, spec_for_family
 
 HTFL = ["fd", "fedgh", "fedproto", "fedtgp", "lg_fedavg"]
 C, D, N_IN = 4, 6, 9  # classes, feature_dim, inputs (3x3 "images": cnn families work too)

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from fusion import kernels, params
-from fusion.params import RowLoss, forward, init_params, layers, loss_and_grad
-from fusion.spec import MLPSpec
-from fusion.training import TrainConfig, _Optimizer, relative_mse, train
+from fusion.adapt.optimizer import Optimizer
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import relative_mse, train
+from fusion.models import kernels
+from fusion.models.loss import RowLoss, autograd_value_and_grad
+from fusion.models.params import forward, init_params, layers, loss_and_grad
+from fusion.models.spec import MLPSpec
 from scenarios import build, make_options
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="fusion._kernels not built (no C compiler)")
@@ -74,7 +77,7 @@ def test_sine_closed_form_loss_gradient_equals_autograd(points):
     pred = torch.randn(y.shape, generator=g)
     loss = RowLoss(sc.loss, desc, sc.loss_grad)
     losses, grad = loss.value_and_grad(pred, y)
-    ref_losses, ref_grad = params.autograd_value_and_grad(loss, pred, y)
+    ref_losses, ref_grad = autograd_value_and_grad(loss, pred, y)
     torch.testing.assert_close(losses, ref_losses)
     torch.testing.assert_close(grad, ref_grad)
     assert torch.isnan(y).any() == (points[0] < points[1])
@@ -85,9 +88,8 @@ def test_fused_adam_equals_the_torch_update():
     g = torch.Generator().manual_seed(4)
     start = torch.randn(7, 31, generator=g)
     cfg = TrainConfig(steps=50)
-    fused, plain = _Optimizer(cfg, start.clone(), 50), _Optimizer(cfg, start.clone(), 50)
-    plain.fused = False
-    assert fused.fused
+    fused, plain = Optimizer(cfg, start.clone(), 50), Optimizer(cfg, start.clone(), 50, fused=False)
+    assert fused.fused and not plain.fused
     for _ in range(50):
         grad = torch.randn(7, 31, generator=g)
         grad[0, :5] = 0.0  # exact zeros (units off at every point)

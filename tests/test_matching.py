@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from fusion.matching import align, solve_assignment, solve_many_serial
-from fusion.params import forward, permute, unit_features
-from fusion.spec import MLPSpec
+from fusion.matching.alignment import align, solve_assignment, solve_many_serial
+from fusion.models.params import forward, permute, unit_features
+from fusion.models.spec import MLPSpec
 from tests.test_params import random_stack
 
 

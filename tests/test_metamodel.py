@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.metamodel import GPConfig, GPMetaModel, _CollapsedSGPR, _LogdetQuad
+from fusion.metamodels.gp import GPMetaModel, _CollapsedSGPR, _LogdetQuad
+from fusion.metamodels.gp_config import GPConfig
 
 
 def smooth_family(x: np.ndarray, dim: int = 40) -> np.ndarray:

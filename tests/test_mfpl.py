@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from cluster.config import ConfigError, resolve
-from fusion.matching import identity_perms
+from fusion.matching.alignment import identity_perms
+from fusion.metamodels.mfpl import MFPLModel, fit_elbo, fit_mfpl, reassign
+from fusion.metamodels.mfpl_config import MFPLConfig
 from fusion.methods import make_strategy
-from fusion.mfpl import MFPLConfig, MFPLModel, fit_elbo, fit_mfpl, reassign
-from fusion.params import forward, permute, unit_features
-from fusion.spec import MLPSpec
+from fusion.models.params import forward, permute, unit_features
+from fusion.models.spec import MLPSpec
 from fusion.strategies import FitContext
 from tests.test_params import random_stack
 from tests.test_strategies import FAST, SPEC, StrategyContract, ctx, outputs

@@ -9,8 +9,9 @@ import torch
 from cluster.cli import main
 from cluster.config import resolve
 from cluster.pipeline import run
-from fusion.params import init_params
-from fusion.training import TrainConfig, train
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import train
+from fusion.models.params import init_params
 from scenarios import build, make_options, movielens_data
 from scenarios.matrix_factorization import ridge_solve
 from scenarios.movielens_synthetic import write_synthetic_ml100k

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.outliers import OutlierConfig, function_outliers
-from fusion.params import init_params, layers
-from fusion.spec import MLPSpec
+from fusion.models.params import init_params, layers
+from fusion.models.spec import MLPSpec
+from fusion.screening.outliers import OutlierConfig, function_outliers
 
 SPEC = MLPSpec((1, 16, 1))
 PROBE = np.linspace(-3, 3, 64, dtype=np.float32)[:, None]

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from fusion import params
-from fusion.params import flatten, forward, init_params, layers, loss_and_grad, permute, unit_features
-from fusion.spec import MLPSpec
+from fusion.models import params
+from fusion.models.params import flatten, forward, init_params, layers, loss_and_grad, permute, unit_features
+from fusion.models.spec import MLPSpec
 
 
 def random_stack(spec: MLPSpec, n: int, seed: int = 0) -> np.ndarray:
@@ -87,8 +87,9 @@ def test_one_input_path_equals_the_layered_path_with_flat_units_and_repeated_poi
 
 
 def test_training_on_the_one_input_path_ends_at_autograds_functions(monkeypatch):
-    from fusion import kernels
-    from fusion.training import TrainConfig, relative_mse, train
+    from fusion.adapt.train_config import TrainConfig
+    from fusion.adapt.training import relative_mse, train
+    from fusion.models import kernels
 
     monkeypatch.setattr(kernels, "available", lambda: False)  # the torch passes (the kernels: test_kernels.py)
     spec, g = MLPSpec((1, 50, 1)), torch.Generator().manual_seed(2)

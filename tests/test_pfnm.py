@@ -1,11 +1,10 @@
-"""Nonparametric matching of nets of different widths (fusion/pfnm.py)."""
+"""Nonparametric matching of nets of different widths (fusion/matching/pfnm.py)."""
 
 import numpy as np
 import pytest
 import torch
 
-from fusion.params import forward
-from fusion.pfnm import (
+from fusion.matching.pfnm import (
     PFNMConfig,
     expand,
     match_models,
@@ -13,7 +12,8 @@ from fusion.pfnm import (
     solve_rect_serial,
     to_width,
 )
-from fusion.spec import MLPSpec
+from fusion.models.params import forward
+from fusion.models.spec import MLPSpec
 
 FAN_IN, FAN_OUT, L_TRUE = 4, 3, 200
 EXACT = PFNMConfig(sigma=0.05, normalizers=True)

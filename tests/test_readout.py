@@ -1,11 +1,13 @@
-"""The read-out recipe (fusion.readout): the last layer refit under a prior toward the start, chosen by k-fold CV."""
+"""The read-out recipe (fusion.adapt.readout): the last layer refit under a prior toward the start, chosen by k-fold
+CV."""
 
 import torch
 
-from fusion import readout
-from fusion.params import forward, init_params
-from fusion.spec import MLPSpec, spec_for_family
-from fusion.training import FinetuneConfig, choose_steps, finetune
+from fusion.adapt import readout
+from fusion.adapt.finetuning import choose_steps, finetune
+from fusion.adapt.train_config import FinetuneConfig
+from fusion.models.params import forward, init_params
+from fusion.models.spec import MLPSpec, spec_for_family
 
 SPEC = MLPSpec((4, 8, 3))
 

@@ -1,13 +1,16 @@
-"""The residual-GP k-shot recipe (fusion.residual): pure, no Ray."""
+"""The residual-GP k-shot recipe (fusion.adapt.residual): pure, no Ray."""
 
 from __future__ import annotations
 
 import torch
 
-from fusion.params import forward, init_params, layers
-from fusion.residual import conditioned, refit_readout, residual_gp
-from fusion.spec import MLPSpec
-from fusion.training import Constraint, FinetuneConfig, TrainConfig, finetune, train
+from fusion.adapt.constraint import Constraint
+from fusion.adapt.finetuning import finetune
+from fusion.adapt.residual import conditioned, refit_readout, residual_gp
+from fusion.adapt.train_config import FinetuneConfig, TrainConfig
+from fusion.adapt.training import train
+from fusion.models.params import forward, init_params, layers
+from fusion.models.spec import MLPSpec
 
 SPEC = MLPSpec((1, 64, 1))
 PROBE = torch.linspace(-3, 3, 128)[:, None]

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from cluster.cli import EXIT_BAD_INPUT, main
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import relative_mse, train
 from fusion.federated import ALGORITHMS, FederatedConfig
 from fusion.federated.base import sample
 from fusion.federated.rounds import Parties, run_rounds
-from fusion.params import init_params
-from fusion.spec import MLPSpec
-from fusion.training import TrainConfig, relative_mse, train
+from fusion.models.params import init_params
+from fusion.models.spec import MLPSpec
 from tests.federated_toy import PersonalToy
 
 SPEC = MLPSpec((1, 8, 1))

@@ -14,9 +14,9 @@ from actors.federated_server import FederatedServerActor, RoundsJob
 from actors.party_shard import PartyShardActor, training_parties
 from cluster.checkpoint import Checkpoint
 from cluster.rounds import RoundsEngine, common_init
+from fusion.adapt.train_config import FinetuneConfig, TrainConfig
 from fusion.federated import ALGORITHMS, FederatedConfig
 from fusion.federated.rounds import run_rounds
-from fusion.training import FinetuneConfig, TrainConfig
 from scenarios import build, make_options
 from tests.federated_toy import PersonalToy
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.spec import MLPSpec
-from fusion.state_dicts import flat_from_state, infer_spec, load_model_file, state_from_flat
+from fusion.models.spec import MLPSpec
+from fusion.models.state_dicts import flat_from_state, infer_spec, load_model_file, state_from_flat
 
 
 def sequential(*widths: int) -> torch.nn.Sequential:

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from fusion.io import load_warm_starter, save_warm_starter
-from fusion.metamodel import GPConfig
-from fusion.mfpl import MFPLConfig
-from fusion.params import forward, init_params, permute
-from fusion.spec import MLPSpec
+from fusion.metamodels.gp_config import GPConfig
+from fusion.metamodels.mfpl_config import MFPLConfig
+from fusion.models.params import forward, init_params, permute
+from fusion.models.spec import MLPSpec
 from fusion.strategies import STRATEGIES, FitContext, FusionConfig
 from tests.test_params import random_stack
 
@@ -152,7 +152,7 @@ def test_maml_meta_training_lowers_the_adapted_loss():
     y = torch.tensor(amp[:, None, None], dtype=torch.float32) * torch.sin(x)
     d = torch.tensor(amp[:, None], dtype=torch.float32)
     loss = lambda pred, y, d: ((pred - y) ** 2).mean(dim=(1, 2))  # noqa: E731
-    from fusion.params import init_params
+    from fusion.models.params import init_params
 
     init = init_params(spec, torch.Generator().manual_seed(0))
     cfg = MAMLConfig(meta_steps=200, meta_batch=8, support=5, query=10, outer_lr=0.01)
@@ -251,7 +251,7 @@ def test_gp_refit_shares_its_output_gp_between_aligned_and_unaligned_fits():
 
 def test_predict_all_refits_fusion_and_fusion_noalign_as_one_batch_with_their_own_results():
     from fusion.methods import strategy_for
-    from fusion.strategies.base import predict_all
+    from fusion.warm_start import predict_all
 
     models, desc = random_stack(SPEC, 12, seed=5), np.random.default_rng(5).uniform(size=(12, 2))
     shared = ctx()
@@ -266,7 +266,7 @@ def test_predict_all_refits_fusion_and_fusion_noalign_as_one_batch_with_their_ow
 def test_refit_from_closer_starts_each_party_from_the_start_nearer_the_predicted_function():
     """With no refit steps the warm start is the refit's start: a poor init loses to the party's nearest model
     (whose function the output GP predicts at its own descriptor) under ``refit_from = "closer"`` only."""
-    from fusion.metamodel import GPConfig
+    from fusion.metamodels.gp_config import GPConfig
     from fusion.strategies.average import Constant
     from fusion.strategies.gp_refit import refit_warm_starter
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from fusion.io import load_warm_starter, save_warm_starter
-from fusion.metamodel import GPConfig
+from fusion.metamodels.gp_config import GPConfig
+from fusion.metamodels.mfpl_config import MFPLConfig
 from fusion.methods import make_strategy
-from fusion.mfpl import MFPLConfig
-from fusion.params import forward, init_params
-from fusion.spec import MLPSpec
+from fusion.models.params import forward, init_params
+from fusion.models.spec import MLPSpec
 from fusion.strategies import STRATEGIES, FitContext, FusionConfig
 from fusion.strategies.maml import MAMLConfig
 
@@ -120,7 +120,7 @@ def test_files_saved_under_class_names_still_load(tmp_path):
 
 def test_strategy_settings_from_toml_round_trip_and_errors():
     from cluster.config import ConfigError, dumps_toml, resolve, to_dict
-    from fusion.pfnm import PFNMConfig
+    from fusion.matching.pfnm import PFNMConfig
 
     tree = {
         "methods": ["fusion", "maml", "matched_average"],

@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusion.params import forward, init_params
-from fusion.spec import MLPSpec
-from fusion.training import FinetuneConfig, TrainConfig, _Optimizer, finetune, train
+from fusion.adapt.finetuning import finetune
+from fusion.adapt.optimizer import Optimizer
+from fusion.adapt.train_config import FinetuneConfig, TrainConfig
+from fusion.adapt.training import train
+from fusion.models.params import forward, init_params
+from fusion.models.spec import MLPSpec
 
 SPEC = MLPSpec((1, 16, 1))
 
@@ -95,14 +98,14 @@ def test_bad_finetune_configs_are_refused(kwargs):
 
 
 def test_choose_steps_margin_zero_is_the_lowest_mean_loss():
-    from fusion.training import choose_steps
+    from fusion.adapt.finetuning import choose_steps
 
     held = torch.tensor([[[1.0, 0.9, 0.95]], [[1.0, 0.7, 0.8]]], dtype=torch.float64)  # (F=2, P=1, C=3)
     assert choose_steps(held, [0, 10, 20], margin=0.0).tolist() == [10]
 
 
 def test_choose_steps_keeps_the_start_unless_every_fold_clearly_prefers_an_update():
-    from fusion.training import choose_steps
+    from fusion.adapt.finetuning import choose_steps
 
     noisy = torch.tensor([[[1.0, 0.5]], [[1.0, 1.4]], [[1.0, 0.9]]], dtype=torch.float64)  # mean gain 0.07, noisy
     clear = torch.tensor([[[1.0, 0.50]], [[1.0, 0.52]], [[1.0, 0.49]]], dtype=torch.float64)
@@ -115,14 +118,33 @@ def test_adam_steps_equal_torch_optims_bit_for_bit_on_zero_and_tiny_gradients():
     """The denominator's clamp at the smallest normal float (zeros kept out of sqrt) changes no update."""
     grads = torch.tensor([[0.0, 1e-41, 1e-30, 1e-20, 3e-3, -0.5]]).repeat(30, 1) * torch.linspace(1, 2, 30)[:, None]
     ours = torch.ones(6)
-    opt = _Optimizer(TrainConfig(lr=0.01, decay=False), ours, steps=30)
-    opt.fused = False  # torch's ops (the compiled update is equal within rounding: tests/test_kernels.py)
+    opt = Optimizer(TrainConfig(lr=0.01, decay=False), ours, steps=30, fused=False)  # (fused: tests/test_kernels.py)
     w = torch.ones(6, requires_grad=True)
     ref = torch.optim.Adam([w], lr=0.01)
 
     for g in grads:
         opt.step(g.clone())
         w.grad = g.clone()
+        ref.step()
+
+    assert torch.equal(ours, w.detach())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_unfused_optimizer_takes_torch_optims_steps_bit_for_bit(optimizer, dtype):
+    """What lets every training loop of fusion/ use one optimizer: at a constant lr it is torch.optim, exactly."""
+    g = torch.Generator().manual_seed(5)
+    start = torch.randn(4, 9, generator=g, dtype=dtype)
+    grads = torch.randn(40, 4, 9, generator=g, dtype=dtype) * torch.logspace(-6, 1, 40, dtype=dtype)[:, None, None]
+    ours = start.clone()
+    opt = Optimizer(TrainConfig(lr=0.03, decay=False, optimizer=optimizer), ours, steps=40, fused=False)
+    w = start.clone().requires_grad_(True)
+    ref = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)([w], lr=0.03)
+
+    for grad in grads:
+        opt.step(grad.clone())
+        w.grad = grad.clone()
         ref.step()
 
     assert torch.equal(ours, w.detach())

@@ -9,12 +9,13 @@ import torch
 
 from cluster.config import ConfigError, resolve
 from cluster.pipeline import run
-from fusion.metamodel import GPConfig
-from fusion.params import forward, init_params
-from fusion.spec import MLPSpec
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import train
+from fusion.metamodels.gp_config import GPConfig
+from fusion.models.params import forward, init_params
+from fusion.models.spec import MLPSpec
+from fusion.models.widths import embed, own_width
 from fusion.strategies import STRATEGIES, FitContext, FusionConfig
-from fusion.training import TrainConfig, train
-from fusion.widths import embed, own_width
 from scenarios import build, make_options, party_widths
 
 

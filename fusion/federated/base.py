@@ -1,7 +1,7 @@
 """The federated-algorithm interface, its settings and its registry.
 
-A round, whoever runs it (:mod:`fusion.federated.loop` in one process, the Ray engine in ``actors/``; both call
-the functions below, so they compute the same numbers):
+A round, whoever runs it (:func:`fusion.federated.rounds.run_rounds` in one process, the Ray engine in ``actors/``;
+both call the functions below, so they compute the same numbers):
 
 1. the server samples a fraction of the training parties from (seed, round) (:func:`sample`) and publishes
    ``algorithm.broadcast(server)`` once;
@@ -12,7 +12,7 @@ the functions below, so they compute the same numbers):
    concatenated in party-id order, so the result does not depend on the sharding.
 
 After the last round ``algorithm.novel(server)`` is what a novel party receives: a :class:`FederatedStart`, a
-warm starter with its own rule for using k shots (a :class:`fusion.training.Constraint`, or no fine-tuning).
+warm starter with its own rule for using k shots (a :class:`fusion.adapt.constraint.Constraint`, or no fine-tuning).
 
 Adding an algorithm is one file with a subclass and ``@register``; its own settings are a frozen dataclass
 (``settings``), read from ``[federated.<name>]``.
@@ -27,10 +27,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fusion.adapt.constraint import FREE, Constraint
+from fusion.adapt.train_config import TrainConfig
 from fusion.lazy import torch
-from fusion.spec import MLPSpec, Spec
-from fusion.strategies.base import WarmStarter
-from fusion.training import FREE, Constraint, TrainConfig
+from fusion.models.spec import MLPSpec, Spec
+from fusion.warm_start import WarmStarter
 
 State = dict[str, np.ndarray]  # server state, broadcasts and uploads: named float arrays
 Tensors = dict[str, "torch.Tensor"]  # the same on a shard, as tensors with a leading party axis (n, ...)
@@ -170,7 +171,7 @@ class FederatedStart(WarmStarter):
 class FederatedAlgorithm(ABC):
     """An iterative (personalized) federated algorithm: local update, aggregation, and a novel party's model.
 
-    Shapes: the model is a flat float32 vector of ``spec.n_params`` (layout of :mod:`fusion.params`); on a
+    Shapes: the model is a flat float32 vector of ``spec.n_params`` (layout of :mod:`fusion.models.params`); on a
     shard, stacks of the sampled parties' rows (n, ...). ``personal`` is True when parties keep state across
     rounds; that state is a :data:`Tensors` dict with one row per party.
     """

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fusion.adapt.constraint import FREE, Constraint
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import train
 from fusion.federated.base import (
     FederatedAlgorithm,
     LocalBatch,
@@ -25,8 +28,7 @@ from fusion.federated.base import (
 )
 from fusion.federated.fedavg import GlobalModel
 from fusion.lazy import torch
-from fusion.spec import MLPSpec
-from fusion.training import FREE, Constraint, TrainConfig, train
+from fusion.models.spec import MLPSpec
 
 
 @dataclass(frozen=True)

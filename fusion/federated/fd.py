@@ -20,8 +20,8 @@ import numpy as np
 from fusion.federated.base import LocalBatch, State, Tensors, register
 from fusion.federated.htfl import HtFLAlgorithm, class_means, class_weighted_mean, pull_to
 from fusion.lazy import torch
-from fusion.params import forward
-from fusion.spec import Spec
+from fusion.models.params import forward
+from fusion.models.spec import Spec
 
 
 @dataclass(frozen=True)

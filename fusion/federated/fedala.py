@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fusion.adapt.training import train
 from fusion.federated.base import FederatedAlgorithm, LocalBatch, State, Tensors, register, weighted_mean
 from fusion.federated.fedavg import GlobalModel
 from fusion.lazy import torch
-from fusion.params import loss_and_grad
-from fusion.spec import MLPSpec
-from fusion.training import train
+from fusion.models.params import loss_and_grad
+from fusion.models.spec import MLPSpec
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fusion.adapt.training import train
 from fusion.federated.base import (
     FederatedAlgorithm,
     FederatedStart,
@@ -17,9 +18,8 @@ from fusion.federated.base import (
     register,
     weighted_mean,
 )
-from fusion.spec import MLPSpec
+from fusion.models.spec import MLPSpec
 from fusion.strategies.average import Constant
-from fusion.training import train
 
 
 class GlobalModel(Constant, FederatedStart):

@@ -19,7 +19,7 @@ import numpy as np
 from fusion.federated.base import State, register
 from fusion.federated.htfl import SharedHead, server_train
 from fusion.lazy import torch
-from fusion.spec import Spec
+from fusion.models.spec import Spec
 
 _HEAD = 0x6B
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from fusion.federated.base import State, register
 from fusion.federated.htfl import SharedPrototypes, class_weighted_mean, prototype_head
-from fusion.spec import Spec
+from fusion.models.spec import Spec
 
 
 @dataclass(frozen=True)

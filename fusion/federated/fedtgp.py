@@ -28,8 +28,8 @@ from fusion.federated.base import State, register
 from fusion.federated.fedgh import prototype_examples
 from fusion.federated.htfl import SharedPrototypes, class_weighted_mean, prototype_head, server_train
 from fusion.lazy import torch
-from fusion.params import init_params
-from fusion.spec import MLPSpec, Spec
+from fusion.models.params import init_params
+from fusion.models.spec import MLPSpec, Spec
 
 _GEN = 0x7C9
 

@@ -34,11 +34,15 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fusion.adapt.constraint import Constraint
+from fusion.adapt.optimizer import Optimizer
+from fusion.adapt.train_config import TrainConfig
 from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, State, Tensors
 from fusion.lazy import torch
-from fusion.params import RowLoss, features, forward, init_params, loss_and_grad
-from fusion.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body, spec_from_state, spec_state
-from fusion.training import Constraint, TrainConfig
+from fusion.models.activation import activate
+from fusion.models.loss import RowLoss
+from fusion.models.params import features, forward, init_params, loss_and_grad
+from fusion.models.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body, spec_from_state, spec_state
 
 _BODY_INIT, _NOVEL_INIT = 0xB0D1, 0x40E1  # stream tags: a party's own model init; a novel party's body
 
@@ -63,10 +67,6 @@ def feature_dim(cfg_dim: int, specs: tuple[Spec, ...]) -> int:
     return min(widths)
 
 
-def _act(spec: Spec):
-    return torch.tanh if spec.activation == "tanh" else torch.relu
-
-
 def _split_head(head: torch.Tensor, spec: Spec) -> tuple[torch.Tensor, torch.Tensor]:
     """Head parameters (P, classes * D + classes) -> weight (P, classes, D), bias (P, classes)."""
     c, d = spec.weight_shapes[-1]
@@ -83,7 +83,7 @@ def loss_and_grad_features(
 
     The loss and the head go through autograd; the body's gradient is its vector-Jacobian product with the
     loss's gradient w.r.t. the feature layer's pre-activation, by the batched (for CNNs chunked)
-    :func:`fusion.params.loss_and_grad` of the body: no graph over the whole network is kept.
+    :func:`fusion.models.params.loss_and_grad` of the body: no graph over the whole network is kept.
     """
     nb, bspec = n_body(spec), body_spec(spec)
     with torch.no_grad():
@@ -91,7 +91,7 @@ def loss_and_grad_features(
     z.requires_grad_(True)
     head = flat[:, nb:].detach().requires_grad_(True)
     with torch.enable_grad():
-        feats = _act(spec)(z)
+        feats = activate(z, spec.activation)
         weight, bias = _split_head(head, spec)
         logits = torch.baddbmm(bias.unsqueeze(1), feats, weight.transpose(1, 2))
         losses = loss_fn(feats, logits, y)
@@ -114,17 +114,15 @@ def train_features(
     cfg: TrainConfig,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Train a stack (P, n_params) for ``cfg.steps`` full-batch steps of ``cfg.optimizer`` at ``cfg.lr`` (no decay)
-    on a loss of features and logits; ``mask`` (n_params,) bool: only those parameters move. Element-wise
-    optimizers: each model gets the updates it would get alone."""
+    """Train a stack (P, n_params) for ``cfg.steps`` full-batch steps of ``cfg.optimizer`` at ``cfg.lr`` (cosine-decayed
+    when ``cfg.decay``; a round's local training has none) on a loss of features and logits; ``mask`` (n_params,)
+    bool: only those parameters move. Element-wise optimizers: each model gets the updates it would get alone."""
     weights = params.detach().clone()
-    if cfg.steps == 0 or x.shape[1] == 0:
-        return weights
-    opt = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)([weights], lr=cfg.lr)
-    for _ in range(cfg.steps):
+    steps = cfg.steps if x.shape[1] > 0 else 0
+    opt = Optimizer(cfg, weights, steps, fused=False)  # torch's ops: torch.optim's updates bit for bit
+    for _ in range(steps):
         grad = loss_and_grad_features(weights, spec, x, y, loss_fn)[1]
-        weights.grad = grad if mask is None else grad * mask
-        opt.step()
+        opt.step(grad if mask is None else grad * mask)
     return weights
 
 
@@ -133,14 +131,14 @@ def server_train(
 ) -> np.ndarray:
     """The server's own training (a global head, a prototype generator): ``steps`` full-batch Adam steps at ``lr`` on
     ``loss_fn(params (n_params,)) -> scalar``, deterministic; returns float32 (n_params,)."""
-    w = torch.tensor(np.asarray(params, np.float32), requires_grad=True)
-    opt = torch.optim.Adam([w], lr=lr)
+    w = torch.tensor(np.asarray(params, np.float32))
+    opt = Optimizer(TrainConfig(lr=lr, decay=False), w, steps, fused=False)
     for _ in range(steps):
-        opt.zero_grad()
+        leaf = w.detach().requires_grad_(True)
         with torch.enable_grad():
-            loss_fn(w).backward()
-        opt.step()
-    return w.detach().numpy().astype(np.float32)
+            (grad,) = torch.autograd.grad(loss_fn(leaf), leaf)
+        opt.step(grad)
+    return w.numpy().astype(np.float32)
 
 
 def head_init(dim: int, n_classes: int, seed: int, tag: int) -> np.ndarray:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from fusion.federated.base import LocalBatch, State, Tensors, register, weighted_mean
-from fusion.federated.htfl import SharedHead, n_body
-from fusion.spec import Spec
+from fusion.federated.htfl import SharedHead
+from fusion.models.spec import Spec, n_body
 
 _HEAD = 0x1C
 

@@ -45,12 +45,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fusion.adapt.optimizer import Optimizer
+from fusion.adapt.train_config import TrainConfig
 from fusion.federated.base import FederatedAlgorithm, LocalBatch, State, Tensors, register, weighted_mean
 from fusion.federated.fedavg import GlobalModel
 from fusion.lazy import torch
-from fusion.params import loss_and_grad
-from fusion.spec import MLPSpec
-from fusion.training import TrainConfig, _Optimizer
+from fusion.models.params import loss_and_grad
+from fusion.models.spec import MLPSpec
 
 INNER_STEPS = ("sgd", "adam")
 
@@ -100,7 +101,7 @@ class PerFedAvg(FederatedAlgorithm):
         outer = TrainConfig(cfg.steps, opts.beta or cfg.lr, decay=False, optimizer=cfg.optimizer)
         w = down["w"].expand(len(batch), -1).clone()
         steps = outer.steps if batch.x.shape[1] > 0 else 0
-        opt, work1, work2 = _Optimizer(outer, w, steps), {}, {}
+        opt, work1, work2 = Optimizer(outer, w, steps), {}, {}
         for _ in range(steps):
             if opts.split:
                 (x1, y1), (x2, y2) = (batch.rows(idx) for idx in _halves(batch))

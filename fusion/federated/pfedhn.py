@@ -36,10 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fusion.adapt.training import train
 from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, State, Tensors, register
 from fusion.lazy import lazy, torch
-from fusion.spec import MLPSpec
-from fusion.training import train
+from fusion.models.spec import MLPSpec
 
 F = lazy("torch.nn.functional")
 

@@ -23,7 +23,7 @@ from fusion.federated.base import (
     sample,
 )
 from fusion.lazy import torch
-from fusion.spec import MLPSpec, Spec
+from fusion.models.spec import MLPSpec, Spec
 
 
 class PartyStore:

@@ -12,6 +12,6 @@ from fusion.strategies import (  # noqa: F401  (registration)
     mfpl_refit,
     nearest_task,
 )
-from fusion.strategies.base import STRATEGIES, FitContext, FusionConfig, Strategy, WarmStarter, register
+from fusion.strategies.base import STRATEGIES, FitContext, FusionConfig, Strategy, register
 
-__all__ = ["STRATEGIES", "FitContext", "FusionConfig", "Strategy", "WarmStarter", "register"]
+__all__ = ["STRATEGIES", "FitContext", "FusionConfig", "Strategy", "register"]

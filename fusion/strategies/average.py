@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from fusion.lazy import torch
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.base import FitContext, Strategy, register
 from fusion.strategies.by_family import each_family
 from fusion.strategies.mixed_widths import fit_width_average
+from fusion.warm_start import WarmStarter
 
 
 class Constant(WarmStarter):

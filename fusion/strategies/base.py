@@ -8,7 +8,6 @@ and one ``@register`` line.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from fusion.gp_config import GPConfig
-from fusion.matching import SolveMany, solve_many_serial
-from fusion.outliers import OutlierConfig
-from fusion.pfnm import PFNMConfig, SolveRect, solve_rect_serial
-from fusion.spec import Spec
+from fusion.matching.alignment import SolveMany, solve_many_serial
+from fusion.matching.pfnm import PFNMConfig, SolveRect, solve_rect_serial
+from fusion.metamodels.gp_config import GPConfig
+from fusion.models.spec import Spec
+from fusion.screening.outliers import OutlierConfig
+from fusion.warm_start import WarmStarter
 
 OUTPUT_KINDS = ("values", "logits")
 REFIT_FROM = ("gp", "closer")
@@ -72,14 +72,14 @@ class FitContext:
     """What every strategy may use besides the models.
 
     ``solve_many`` solves square template assignments (:mod:`fusion.matching`); ``solve_rect`` solves the
-    rectangular per-model problems of nonparametric matching (:data:`fusion.pfnm.SolveRect`).
+    rectangular per-model problems of nonparametric matching (:data:`fusion.matching.pfnm.SolveRect`).
     ``probe``: unlabeled inputs (N, fan_in) where the scenario's tasks live, for strategies that
     compare models by their outputs (no labels, no private data: any party could publish them).
     ``tasks``: for baselines that need the training parties' data (MAML), a callable returning
     ``(x (n, N, in), y (n, N, ...), loss_fn(pred, y, descriptors) -> (P,), init_fn(spec, gen), real (n, N) bool)``
     in the order of the models (``real``: the rows that are data, not padding).
     ``widths``: in a run that mixes hidden widths, the width (n,) of each model; the models are then embedded at
-    ``spec`` (the widest, :mod:`fusion.widths`), and only strategies with ``mixed_widths = True`` accept them.
+    ``spec`` (the widest, :mod:`fusion.models.widths`), and only strategies with ``mixed_widths = True`` accept them.
     ``outputs``: what the models' outputs are, for strategies that combine them: ``"values"`` (regression:
     averaged as they are) or ``"logits"`` (classification over all outputs: combined as class probabilities).
     ``target``: the architecture the warm starts must have when it is not the models' own ``spec`` (another
@@ -116,74 +116,6 @@ class FitContext:
     def __post_init__(self) -> None:
         if self.outputs not in OUTPUT_KINDS:
             raise ValueError(f"outputs must be one of {OUTPUT_KINDS}, got {self.outputs!r}")
-
-
-class WarmStarter(ABC):
-    """A fitted fusion model: descriptors (m, d) -> parameters (m, n_params) float32.
-
-    ``export`` gives a state of tensors, numbers, strings and lists (loadable with
-    ``torch.load(weights_only=True)``); ``restore`` rebuilds the object from it. ``kind`` is the stable name
-    that saved files carry (:mod:`fusion.io`); every concrete class sets its own.
-    """
-
-    kind: str
-
-    @abstractmethod
-    def predict(self, descriptors: np.ndarray) -> np.ndarray: ...
-
-    @abstractmethod
-    def export(self) -> dict: ...
-
-    @classmethod
-    @abstractmethod
-    def restore(cls, state: dict) -> WarmStarter: ...
-
-    def summary(self) -> dict:
-        """Small facts about the fit for logs and metrics."""
-        return {}
-
-    @classmethod
-    def predict_many(cls, starters: list[WarmStarter], descriptors: np.ndarray) -> list[np.ndarray]:
-        """Each of ``starters`` (all of this class) at the same ``descriptors``: a class whose starters can share
-        work (one batch for several) overrides it. :func:`predict_all` calls it."""
-        return [s.predict(descriptors) for s in starters]
-
-    def predict_widths(self, descriptors: np.ndarray, widths: np.ndarray) -> np.ndarray:
-        """Warm starts for parties asking for hidden ``widths`` (m,), each embedded at the run's widest spec.
-
-        (m, d) -> (m, n_params of the widest spec). Only starters fitted with ``FitContext.widths`` implement it.
-        """
-        raise ValueError(f"{type(self).__name__} does not produce warm starts of mixed widths")
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        if inspect.isabstract(cls):  # an intermediate interface (e.g. FederatedStart): nothing is saved as it
-            return
-        if "kind" not in cls.__dict__:
-            raise TypeError(f"{cls.__name__} must set its own stable `kind` string (the key of saved files)")
-        WARM_STARTERS[cls.kind] = cls
-        LEGACY_KINDS[cls.__name__] = cls.kind
-
-
-def predict_all(starters: list[WarmStarter], descriptors: np.ndarray) -> list[np.ndarray]:
-    """``[s.predict(descriptors) for s in starters]``, the starters of each class through its :meth:`predict_many`."""
-    out: list = [None] * len(starters)
-    by_class: dict[type, list[int]] = {}
-    for i, starter in enumerate(starters):
-        by_class.setdefault(type(starter), []).append(i)
-    for cls, rows in by_class.items():
-        for i, pred in zip(rows, cls.predict_many([starters[i] for i in rows], descriptors), strict=True):
-            out[i] = pred
-    return out
-
-
-WARM_STARTERS: dict[str, type[WarmStarter]] = {}  # kind -> class
-LEGACY_KINDS: dict[str, str] = {}  # class name (the key of files saved before kinds) -> kind
-
-
-def warm_starter_class(kind: str) -> type[WarmStarter]:
-    """The class saved under ``kind``: a stable kind string, or a class name from files saved before kinds."""
-    return WARM_STARTERS[kind] if kind in WARM_STARTERS else WARM_STARTERS[LEGACY_KINDS[kind]]
 
 
 class Strategy(ABC):

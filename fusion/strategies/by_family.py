@@ -9,17 +9,16 @@ with a :class:`ByFamily` warm starter that holds one warm starter per family a n
 - :func:`each_family`: the default for strategies that work within one family (``nearest_task``, ``average``):
   the strategy fitted on the target family's own models.
 - ``gp_refit`` fuses across families in function space (its own ``fit_mixed``): the outputs of every model on
-  the probe inputs, each through its own family's forward pass (:func:`probe_outputs`).
+  the probe inputs, each through its own family's forward pass (:func:`fusion.models.probe.probe_outputs`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fusion.lazy import torch
-from fusion.params import forward
-from fusion.spec import Spec, spec_from_state, spec_state
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, warm_starter_class
+from fusion.models.spec import Spec, spec_from_state, spec_state
+from fusion.strategies.base import FitContext, Strategy
+from fusion.warm_start import WarmStarter, warm_starter_class
 
 
 def pack(params: np.ndarray, width: int) -> np.ndarray:
@@ -41,20 +40,6 @@ def rows_of(ctx: FitContext, spec: Spec) -> np.ndarray:
         if family == spec:
             return np.asarray(rows, np.int64)
     return np.zeros(0, np.int64)
-
-
-def probe_outputs(models: np.ndarray, ctx: FitContext, chunk: int = 64) -> torch.Tensor:
-    """Every packed model's outputs on ``ctx.probe``, each by its own family: (n, N, fan_out) float32."""
-    x = torch.as_tensor(np.asarray(ctx.probe, np.float32))
-    out = None
-    with torch.no_grad():
-        for spec, rows in ctx.families:
-            fam = unpack(models[rows], spec)
-            pred = torch.cat([forward(torch.as_tensor(fam[i : i + chunk]), spec, x) for i in range(0, len(fam), chunk)])
-            if out is None:
-                out = torch.zeros(len(models), *pred.shape[1:])
-            out[torch.as_tensor(rows, dtype=torch.long)] = pred
-    return out
 
 
 class ByFamily(WarmStarter):

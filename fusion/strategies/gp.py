@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fusion.lazy import lazy
-from fusion.matching import align
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.matching.alignment import align
+from fusion.strategies.base import FitContext, Strategy, register
+from fusion.warm_start import WarmStarter
 
 if TYPE_CHECKING:
-    from fusion.metamodel import GPMetaModel
+    from fusion.metamodels.gp import GPMetaModel
 
-metamodel = lazy("fusion.metamodel")  # gpytorch: imported when a strategy fits or restores
+metamodel = lazy("fusion.metamodels.gp")  # gpytorch: imported when a strategy fits or restores
 
 
 class GPWarmStarter(WarmStarter):

@@ -13,8 +13,8 @@ divergence. The output GP needs no shared architecture: asked for warm starts of
 family to regress its parameters on). Parties of several families (``FitContext.families``): one output GP over
 all of them, and per target family the parameter GP over that family's models as the init (:meth:`fit_mixed`).
 With mixed widths the init is
-:class:`fusion.strategies.mixed_widths.WidthGP` (PFNM matching, cut to each party's width) and the refit runs at
-each party's width.
+:func:`fusion.strategies.mixed_widths.fit_width_gp` (PFNM matching, cut to each party's width) and the refit runs
+at each party's width.
 """
 
 from __future__ import annotations
@@ -23,22 +23,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fusion.adapt.train_config import TrainConfig
+from fusion.adapt.training import relative_mse, train
 from fusion.lazy import lazy, torch
-from fusion.params import forward, init_params
-from fusion.spec import Spec, spec_from_state, spec_state
+from fusion.models.params import forward, init_params
+from fusion.models.probe import probe_outputs
+from fusion.models.spec import Spec, spec_from_state, spec_state
+from fusion.models.widths import at_width, embed, own_width
 from fusion.strategies import by_family
 from fusion.strategies.average import Constant
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register, warm_starter_class
+from fusion.strategies.base import FitContext, Strategy, register
 from fusion.strategies.gp import GPFusion
 from fusion.strategies.mixed_widths import fit_width_gp
 from fusion.strategies.nearest_task import Lookup
-from fusion.training import TrainConfig, relative_mse, train
-from fusion.widths import at_width, embed, own_width
+from fusion.warm_start import WarmStarter, warm_starter_class
 
 if TYPE_CHECKING:
-    from fusion.metamodel import GPMetaModel
+    from fusion.metamodels.gp import GPMetaModel
 
-metamodel = lazy("fusion.metamodel")  # gpytorch: imported when a strategy fits or restores
+metamodel = lazy("fusion.metamodels.gp")  # gpytorch: imported when a strategy fits or restores
 
 
 def combinable(outputs: torch.Tensor, kind: str) -> torch.Tensor:
@@ -228,7 +231,7 @@ class GPRefit(Strategy):
         if cached is not None and cached[0] is models and cached[1] is descriptors:
             gp_out = cached[2]  # fusion and fusion_noalign share it
         else:
-            gp_out = output_gp(by_family.probe_outputs(models, ctx), descriptors, ctx)
+            gp_out = output_gp(probe_outputs(models, ctx.families, ctx.probe), descriptors, ctx)
             ctx.cache["output_gp"] = (models, descriptors, gp_out)
         starters = {}
         for spec in ctx.target_families:

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fusion.adapt.optimizer import Optimizer
+from fusion.adapt.train_config import TrainConfig
 from fusion.lazy import torch
-from fusion.params import forward
-from fusion.spec import MLPSpec, Spec, spec_from_state, spec_state
+from fusion.models.params import forward
+from fusion.models.spec import MLPSpec, Spec, spec_from_state, spec_state
 from fusion.strategies.average import Constant
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.base import FitContext, Strategy, register
+from fusion.warm_start import WarmStarter
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,8 @@ def meta_train(
         return task_loss(theta, xq, yq, ds)
 
     batched = torch.func.vmap(adapted_query_loss, in_dims=(None, 0, 0, 0, 0, 0))
-    theta = init.clone().requires_grad_(True)
-    opt = torch.optim.Adam([theta], lr=cfg.outer_lr)
+    theta = init.clone()
+    opt = Optimizer(TrainConfig(lr=cfg.outer_lr, decay=False), theta, cfg.meta_steps, fused=False)  # torch's ops
     for _ in range(cfg.meta_steps):
         tasks = torch.randint(n, (cfg.meta_batch,), generator=gen)
         keys = torch.rand(cfg.meta_batch, n_points, generator=gen)
@@ -101,10 +104,10 @@ def meta_train(
         xb = torch.gather(x[tasks], 1, pts[..., None].expand(-1, -1, x.shape[2]))
         yb = torch.gather(y[tasks], 1, pts[..., None].expand(-1, -1, y.shape[2]))
         s, q = slice(0, cfg.support), slice(cfg.support, None)
-        opt.zero_grad()
-        batched(theta, xb[:, s], yb[:, s], xb[:, q], yb[:, q], d[tasks]).mean().backward()
-        opt.step()
-    return theta.detach()
+        leaf = theta.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(batched(leaf, xb[:, s], yb[:, s], xb[:, q], yb[:, q], d[tasks]).mean(), leaf)
+        opt.step(grad)
+    return theta
 
 
 class _MAML(Strategy):

@@ -1,19 +1,20 @@
 """``matched_average``: PFNM-style matching of hidden units to global atoms, then their average (no personalization).
 
-Units of all models are matched to global atoms with :func:`fusion.pfnm.match_models` (Bayesian nonparametric,
-so the global model may have more units than one party's model); the atoms are averaged
-(:func:`fusion.pfnm.matched_average`) and the global model is cut back to the parties' width by keeping the most
-popular atoms (:func:`fusion.pfnm.to_width`). Every descriptor gets the same model.
+Units of all models are matched to global atoms with :func:`fusion.matching.pfnm.match_models` (Bayesian
+nonparametric, so the global model may have more units than one party's model); the atoms are averaged
+(:func:`fusion.matching.pfnm.matched_average`) and the global model is cut back to the parties' width by keeping the
+most popular atoms (:func:`fusion.matching.pfnm.to_width`). Every descriptor gets the same model.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fusion.matching import align
-from fusion.pfnm import PFNMConfig, match_models, matched_average, to_width
+from fusion.matching.alignment import align
+from fusion.matching.pfnm import PFNMConfig, match_models, matched_average, to_width
 from fusion.strategies.average import Constant
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.base import FitContext, Strategy, register
+from fusion.warm_start import WarmStarter
 
 
 @register

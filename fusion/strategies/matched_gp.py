@@ -1,11 +1,12 @@
 """``matched_gp``: PFNM matching to a global model (any widths), the GP meta-model over it, warm starts at any width.
 
-The models are matched with :func:`fusion.pfnm.match_models` (nets of different widths allowed), expanded to the
-global width in one canonical order (:func:`fusion.pfnm.expand`), and the GP meta-model regresses the expanded
-parameters on the descriptors. A warm start is the GP mean decoded at the global width and cut (or padded) to the
-requested width with :func:`fusion.pfnm.to_width` (most popular atoms; optional function-space refit on
-``refit_x``). :func:`fit_matched_gp` is the entry point for parties of different widths; the registered strategy
-is the same with every party at ``ctx.spec``.
+The models are matched with :func:`fusion.matching.pfnm.match_models` (nets of different widths allowed), expanded to
+the global width in one canonical order (:func:`fusion.matching.pfnm.expand`), and the GP meta-model regresses the
+expanded parameters on the descriptors. A warm start is the GP mean decoded at the global width and cut (or padded)
+to the requested width with :func:`fusion.matching.pfnm.to_width` (most popular atoms; optional function-space refit
+on ``refit_x``). :func:`fit_matched_gp` is the entry point for parties of different widths; the registered strategy
+is the same with every party at ``ctx.spec``, and ``gp_refit``'s init in runs of mixed widths is this warm starter
+too (:func:`fusion.strategies.mixed_widths.fit_width_gp`).
 """
 
 from __future__ import annotations
@@ -15,20 +16,46 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fusion.gp_config import GPConfig
 from fusion.lazy import lazy, torch
-from fusion.pfnm import PFNMConfig, SolveRect, expand, match_models, solve_rect_serial, to_width
-from fusion.spec import MLPSpec, spec_from_state, spec_state
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.matching.pfnm import PFNMConfig, SolveRect, expand, match_models, solve_rect_serial, to_width
+from fusion.metamodels.gp_config import GPConfig
+from fusion.models.spec import MLPSpec, spec_from_state, spec_state
+from fusion.models.widths import at_width, embed
+from fusion.strategies.base import FitContext, Strategy, register
+from fusion.warm_start import WarmStarter
 
 if TYPE_CHECKING:
-    from fusion.metamodel import GPMetaModel
+    from fusion.metamodels.gp import GPMetaModel
 
-metamodel = lazy("fusion.metamodel")  # gpytorch: imported when a strategy fits or restores
+metamodel = lazy("fusion.metamodels.gp")  # gpytorch: imported when a strategy fits or restores
+
+
+def cut_to_widths(
+    models: np.ndarray, global_spec: MLPSpec, widths: np.ndarray, popularity, spec: MLPSpec, probe
+) -> np.ndarray:
+    """Models (m, global_spec.n_params) cut to ``widths`` (m,) and embedded at ``spec``: (m, spec.n_params).
+
+    :func:`fusion.matching.pfnm.to_width` keeps the most popular atoms and least-squares fits their outgoing weights
+    to the uncut model's outputs on ``probe`` (without that fit, narrow warm starts cut from a wide global model
+    lose much of its function).
+    """
+    out = np.zeros((len(widths), spec.n_params), np.float32)
+    for w in np.unique(widths):
+        rows = np.flatnonzero(widths == w)
+        cut = to_width(models[rows], global_spec, int(w), popularity, refit_x=probe)
+        out[rows] = embed(cut, at_width(spec, w), spec.widths[1])
+    return out
 
 
 class MatchedGPWarmStarter(WarmStarter):
-    """Descriptors (m, d) -> models at ``width`` (default: the parties' width) via the global-width GP."""
+    """Descriptors (m, d) -> models cut from the GP's prediction at ``global_spec`` (the PFNM global model; in the
+    no-alignment ablation of mixed widths, the run's widest spec with the models as they are embedded in it).
+
+    :meth:`predict` gives models at ``width`` (default: the parties' width), :meth:`predict_width` at any width, and
+    :meth:`predict_widths` each party's width embedded at ``width`` (runs of mixed widths, ``width`` the widest).
+    Cuts keep the most popular atoms (``popularity``; None: each model's most important units) and, with
+    ``refit_x`` (N, fan_in), refit the outgoing weights to the uncut model's outputs there.
+    """
 
     kind = "matched_gp"
 
@@ -36,12 +63,12 @@ class MatchedGPWarmStarter(WarmStarter):
         self,
         meta: GPMetaModel,
         global_spec: MLPSpec,
-        popularity: np.ndarray,
+        popularity: np.ndarray | None,
         width: int,
         refit_x: np.ndarray | None = None,
     ) -> None:
         self.meta, self.global_spec, self.width = meta, global_spec, int(width)
-        self.popularity = np.asarray(popularity, dtype=np.int64)
+        self.popularity = None if popularity is None or len(popularity) == 0 else np.asarray(popularity, np.int64)
         self.refit_x = None if refit_x is None or len(refit_x) == 0 else np.asarray(refit_x, dtype=np.float64)
 
     def predict_global(self, descriptors: np.ndarray) -> np.ndarray:
@@ -57,12 +84,18 @@ class MatchedGPWarmStarter(WarmStarter):
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
         return self.predict_width(descriptors, self.width)
 
+    def predict_widths(self, descriptors: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        spec = at_width(self.global_spec, self.width)
+        models = self.predict_global(descriptors)
+        return cut_to_widths(models, self.global_spec, np.asarray(widths), self.popularity, spec, self.refit_x)
+
     def export(self) -> dict:
         refit = np.zeros((0, self.global_spec.widths[0])) if self.refit_x is None else self.refit_x
+        popularity = np.zeros(0, np.int64) if self.popularity is None else self.popularity
         return {
             "meta": self.meta.state,
             **spec_state(self.global_spec, "global_widths"),
-            "popularity": torch.tensor(self.popularity),
+            "popularity": torch.tensor(popularity),
             "width": self.width,
             "refit_x": torch.tensor(np.asarray(refit, dtype=np.float64)),
         }
@@ -79,7 +112,12 @@ class MatchedGPWarmStarter(WarmStarter):
         )
 
     def summary(self) -> dict:
-        return {"atoms": int(len(self.popularity)), "max_popularity": int(self.popularity.max(initial=0))}
+        popularity = np.zeros(0, np.int64) if self.popularity is None else self.popularity
+        return {
+            "atoms": len(popularity),
+            "max_popularity": int(popularity.max(initial=0)),
+            "objective": self.meta.objective[-1],
+        }
 
 
 def fit_matched_gp(

@@ -1,4 +1,5 @@
-"""``mfpl``: the MFPL meta-model (:mod:`fusion.mfpl`) as a fusion strategy, warm start = decoder at the GP mean."""
+"""``mfpl``: the MFPL meta-model (:mod:`fusion.metamodels.mfpl`) as a fusion strategy, warm start = decoder at the GP
+mean."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fusion.lazy import lazy
-from fusion.mfpl_config import MFPLConfig
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.metamodels.mfpl_config import MFPLConfig
+from fusion.strategies.base import FitContext, Strategy, register
+from fusion.warm_start import WarmStarter
 
 if TYPE_CHECKING:
-    from fusion.mfpl import MFPLModel
+    from fusion.metamodels.mfpl import MFPLModel
 
-mfpl = lazy("fusion.mfpl")  # gpytorch: imported when the strategy fits or restores
+mfpl = lazy("fusion.metamodels.mfpl")  # gpytorch: imported when the strategy fits or restores
 
 
 class MFPLWarmStarter(WarmStarter):

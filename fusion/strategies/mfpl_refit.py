@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.base import FitContext, Strategy, register
 from fusion.strategies.gp_refit import refit_warm_starter
 from fusion.strategies.mfpl import MFPLFusion
+from fusion.warm_start import WarmStarter
 
 
 @register

@@ -1,35 +1,33 @@
 """Fusion of parties of different hidden widths: the warm starters of ``gp_refit`` and ``average`` for them.
 
-In a run with ``widths`` every model arrives embedded at the widest spec (:mod:`fusion.widths`) next to its own
-width (``FitContext.widths``). Matching uses PFNM (:mod:`fusion.pfnm`, ``FusionConfig.pfnm``) on the models at
+In a run with ``widths`` every model arrives embedded at the widest spec (:mod:`fusion.models.widths`) next to its own
+width (``FitContext.widths``). Matching uses PFNM (:mod:`fusion.matching.pfnm`, ``FusionConfig.pfnm``) on the models at
 their own widths, once per fit (shared through ``FitContext.cache``).
 
-- ``gp_refit``: :class:`WidthGP`, a GP over the PFNM-expanded parameters (the global model, one canonical order),
-  gives the init, cut to the width the party asks for (:func:`fusion.pfnm.to_width`, most popular atoms, outgoing
-  weights refit by least squares to the uncut model's outputs on the probe inputs); ``gp_refit``'s
+- ``gp_refit``: :func:`fit_width_gp`, the GP over the PFNM-expanded parameters (the global model, one canonical
+  order) of ``matched_gp`` (:class:`fusion.strategies.matched_gp.MatchedGPWarmStarter`), gives the init, cut to the
+  width the party asks for (:func:`fusion.matching.pfnm.to_width`, most popular atoms, outgoing weights refit by least
+  squares to the uncut model's outputs on the probe inputs); ``gp_refit``'s
   ``RefitWarmStarter`` trains it at that width to the output GP's function, as for one width. Without alignment
   (``fusion_noalign``) the parameter GP regresses the embedded models as they are.
-- ``average``: the PFNM matched average (:func:`fusion.pfnm.matched_average`) cut to the party's width, its
+- ``average``: the PFNM matched average (:func:`fusion.matching.pfnm.matched_average`) cut to the party's width, its
   outgoing weights refit by least squares to the global average's outputs on the probe inputs.
 - ``nearest_task`` needs nothing new: the nearest model is copied at whatever width it has.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from fusion.lazy import lazy, torch
-from fusion.pfnm import Matching, expand, match_models, matched_average, to_width
-from fusion.spec import MLPSpec, spec_from_state, spec_state
-from fusion.strategies.base import FitContext, WarmStarter
-from fusion.widths import at_width, embed, own_width
+from fusion.matching.pfnm import Matching, expand, match_models, matched_average
+from fusion.models.spec import MLPSpec, spec_from_state, spec_state
+from fusion.models.widths import at_width, own_width
+from fusion.strategies.base import FitContext
+from fusion.strategies.matched_gp import MatchedGPWarmStarter, cut_to_widths
+from fusion.warm_start import WarmStarter
 
-if TYPE_CHECKING:
-    from fusion.metamodel import GPMetaModel
-
-metamodel = lazy("fusion.metamodel")  # gpytorch: imported when a strategy fits or restores
+metamodel = lazy("fusion.metamodels.gp")  # gpytorch: imported when a strategy fits or restores
 
 
 def matched(models: np.ndarray, ctx: FitContext) -> tuple[list[np.ndarray], list[MLPSpec], Matching]:
@@ -43,85 +41,18 @@ def matched(models: np.ndarray, ctx: FitContext) -> tuple[list[np.ndarray], list
     return ctx.cache["pfnm"]
 
 
-def cut_to_widths(
-    models: np.ndarray, global_spec: MLPSpec, widths: np.ndarray, popularity, spec: MLPSpec, probe
-) -> np.ndarray:
-    """Models (m, global_spec.n_params) cut to ``widths`` (m,) and embedded at ``spec``: (m, spec.n_params).
-
-    :func:`fusion.pfnm.to_width` keeps the most popular atoms and least-squares fits their outgoing weights
-    to the uncut model's outputs on ``probe`` (without that fit, narrow warm starts cut from a wide global model
-    lose much of its function).
-    """
-    out = np.zeros((len(widths), spec.n_params), np.float32)
-    for w in np.unique(widths):
-        rows = np.flatnonzero(widths == w)
-        cut = to_width(models[rows], global_spec, int(w), popularity, refit_x=probe)
-        out[rows] = embed(cut, at_width(spec, w), spec.widths[1])
-    return out
-
-
-class WidthGP(WarmStarter):
-    """A GP from descriptors to models at ``param_spec`` (the PFNM global model, or the run's spec without
-    alignment), its prediction cut to the width each party asks for and embedded at ``spec``."""
-
-    kind = "width_gp"
-
-    def __init__(
-        self,
-        params: GPMetaModel,
-        param_spec: MLPSpec,
-        popularity: np.ndarray | None,
-        spec: MLPSpec,
-        probe: np.ndarray,
-        info: dict,
-    ) -> None:
-        self.params, self.param_spec, self.spec, self.info = params, param_spec, spec, info
-        self.popularity = None if popularity is None or len(popularity) == 0 else np.asarray(popularity, np.int64)
-        self.probe = np.array(probe, np.float32)
-
-    def predict_widths(self, descriptors: np.ndarray, widths: np.ndarray) -> np.ndarray:
-        models = self.params.predict(descriptors)
-        return cut_to_widths(models, self.param_spec, np.asarray(widths), self.popularity, self.spec, self.probe)
-
-    def predict(self, descriptors: np.ndarray) -> np.ndarray:
-        return self.predict_widths(descriptors, np.full(len(descriptors), self.spec.widths[1]))
-
-    def export(self) -> dict:
-        pop = np.zeros(0, np.int64) if self.popularity is None else self.popularity
-        return {
-            "params": self.params.state,
-            "param_spec": spec_state(self.param_spec),
-            "popularity": torch.tensor(pop),
-            "spec": spec_state(self.spec),
-            "probe": torch.tensor(self.probe),
-            "info": self.info,
-        }
-
-    @classmethod
-    def restore(cls, state: dict) -> WidthGP:
-        return cls(
-            metamodel.GPMetaModel(state["params"]),
-            spec_from_state(state["param_spec"]),
-            state["popularity"].numpy(),
-            spec_from_state(state["spec"]),
-            state["probe"].numpy(),
-            state["info"],
-        )
-
-    def summary(self) -> dict:
-        return {**self.info, "objective": self.params.objective[-1]}
-
-
-def fit_width_gp(models: np.ndarray, descriptors: np.ndarray, ctx: FitContext, aligned: bool) -> WidthGP:
-    """The init of ``gp_refit`` for models (n, ctx.spec.n_params) of widths ``ctx.widths`` (n,)."""
+def fit_width_gp(models: np.ndarray, descriptors: np.ndarray, ctx: FitContext, aligned: bool) -> MatchedGPWarmStarter:
+    """The init of ``gp_refit`` for models (n, ctx.spec.n_params) of widths ``ctx.widths`` (n,): the GP over the PFNM
+    global model (without alignment: over the models as they are embedded at ``ctx.spec``), cut to each party's
+    width with its outgoing weights refit on the probe inputs."""
     if aligned:
         own, specs, matching = matched(models, ctx)
         stack, param_spec, popularity = expand(own, specs, matching), matching.global_spec, matching.popularity
-        info = {"atoms": matching.n_atoms}
     else:
-        stack, param_spec, popularity, info = models, ctx.spec, None, {"atoms": 0}
+        stack, param_spec, popularity = models, ctx.spec, None
     param_gp = metamodel.GPMetaModel.fit(stack, descriptors, ctx.config.gp, seed=ctx.seed)
-    return WidthGP(param_gp, param_spec, popularity, ctx.spec, ctx.probe, info)
+    probe = np.array(ctx.probe, np.float32)
+    return MatchedGPWarmStarter(param_gp, param_spec, popularity, ctx.spec.widths[1], probe)
 
 
 class WidthAverage(WarmStarter):

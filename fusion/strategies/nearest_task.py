@@ -1,7 +1,7 @@
 """``nearest_task``: copy the pretrained model whose descriptor is closest (standardized Euclidean).
 
 With models of different widths it copies the nearest model at whatever width it has (embedded at the run's
-widest spec, :mod:`fusion.widths`): the party fine-tunes that model, not one of its own width. With parties of
+widest spec, :mod:`fusion.models.widths`): the party fine-tunes that model, not one of its own width. With parties of
 mixed architecture families it copies the nearest model of the family the party receives.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from fusion.lazy import torch
-from fusion.strategies.base import FitContext, Strategy, WarmStarter, register
+from fusion.strategies.base import FitContext, Strategy, register
 from fusion.strategies.by_family import each_family
+from fusion.warm_start import WarmStarter
 
 
 class Lookup(WarmStarter):

@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 
 from fusion.lazy import torch
-from fusion.params import forward, last_hidden, layers
-from fusion.spec import MLPSpec
+from fusion.models.params import forward, last_hidden, layers
+from fusion.models.spec import MLPSpec
 
 LENGTHSCALES = (0.0625, 0.125, 0.25, 0.5, 1.0)  # in units of the probe inputs' standard deviation (per dimension)
 NOISE_RATIOS = (1e-6, 1e-3, 1e-2, 0.1, 1.0)  # noise variance / signal variance

@@ -1,10 +1,10 @@
 """Models a user brings: ``torch.nn.Sequential`` state dicts <-> flat vectors.
 
 An MLP ``Sequential(Linear, ReLU, Linear, ...)`` has the keys ``0.weight``, ``0.bias``, ``2.weight``, ``2.bias``,
-... (weights (out, in), biases (out,)); :class:`~fusion.spec.MLPSpec` lays parameters out in exactly that order.
-A CNN ``Sequential([Conv2d, ReLU, MaxPool2d(2)] * c, Flatten, Linear, ReLU, ..., Linear)`` has conv weights
-(out, in, k, k) at ``0``, ``3``, ... and Linear ones after the Flatten (:class:`~fusion.spec.CNNSpec`). A state dict
-holds no image size and no padding: they are inferred as the ones under which every 2x2 pooling is exact and the
+... (weights (out, in), biases (out,)); :class:`~fusion.models.spec.MLPSpec` lays parameters out in exactly that
+order. A CNN ``Sequential([Conv2d, ReLU, MaxPool2d(2)] * c, Flatten, Linear, ReLU, ..., Linear)`` has conv weights
+(out, in, k, k) at ``0``, ``3``, ... and Linear ones after the Flatten (:class:`~fusion.models.spec.CNNSpec`). A state
+dict holds no image size and no padding: they are inferred as the ones under which every 2x2 pooling is exact and the
 first Linear gets the conv stack's features (one known family — ``cnn-s``, ``cnn-m`` — preferred; still ambiguous:
 ``--arch``). Files are read with ``torch.load(weights_only=True)`` only. Every problem is a ``ValueError`` naming
 the file.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fusion.lazy import torch
-from fusion.spec import CNN_FAMILIES, CNNSpec, MLPSpec, Spec
+from fusion.models.spec import CNN_FAMILIES, CNNSpec, MLPSpec, Spec
 
 
 class ArchitectureMismatch(ValueError):
@@ -85,7 +85,8 @@ def _index(key: str) -> int:
 
 
 def infer_cnn_spec(state: Mapping, name: str = "state dict", family: str = "") -> CNNSpec:
-    """The CNN a Sequential state dict describes (``family``: one of :data:`fusion.spec.CNN_FAMILIES` to assume)."""
+    """The CNN a Sequential state dict describes (``family``: one of :data:`fusion.models.spec.CNN_FAMILIES` to
+    assume)."""
     shapes = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):

@@ -2,21 +2,22 @@
 
 Shapes: a stack of ``P`` models is a float32 array ``(P, n_params)``; a batched forward pass
 takes inputs ``(P, N, fan_in)`` (or ``(N, fan_in)`` shared by all) and returns ``(P, N, fan_out)``.
-Every function takes any spec of :mod:`fusion.spec` (an MLP or a CNN) and dispatches on its type:
+Every function takes any spec of :mod:`fusion.models.spec` (an MLP or a CNN) and dispatches on its type:
 training, fine-tuning and fusion code never ask which one it is.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from fusion import conv, kernels
 from fusion.lazy import torch
-from fusion.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body
+from fusion.models import conv, kernels
+from fusion.models.activation import activate
+from fusion.models.loss import autograd_value_and_grad
+from fusion.models.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body
+from fusion.models.workspace import buffer
 
 
 def layers(flat: torch.Tensor, spec: Spec) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -38,20 +39,6 @@ def flatten(layer_list: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor
     return torch.cat(parts, dim=1)
 
 
-def _act(spec: MLPSpec):
-    return torch.relu if spec.activation == "relu" else torch.tanh
-
-
-def _buffer(work: dict | None, key, shape, like: torch.Tensor) -> torch.Tensor | None:
-    """A tensor kept in ``work`` across calls (fresh pages cost more than the arithmetic here), or None."""
-    if work is None:
-        return None
-    buf = work.get(key)
-    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
-        buf = work[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
-    return buf
-
-
 def _affine(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``h @ weight^T + bias`` for a stack. Two shapes run on faster paths: a one-input layer is an
     outer product, and a one-output layer is computed as (P, 1, in) @ (P, in, N), whose result has
@@ -65,39 +52,6 @@ def _affine(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torc
     return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2), out=out)
 
 
-@dataclass(frozen=True)
-class RowLoss:
-    """A per-model loss ``fn(pred, y, per_row)``: model ``p``'s loss depends on its own predictions, targets and
-    ``per_row[p]`` only (e.g. its descriptor), so the loss of a slice of the stack is :meth:`rows`. CNN stacks too
-    large for one graph then run their passes slice by slice (:func:`fusion.conv.loss_and_grad`); any other
-    callable ``loss_fn(pred, y)`` works everywhere, with a second forward pass there."""
-
-    fn: Callable
-    per_row: torch.Tensor | None = None
-    grad_fn: Callable | None = None  # fn's closed-form gradient, ``grad_fn(pred, y, per_row) -> (losses, dpred)``
-
-    def __call__(self, pred: torch.Tensor, y) -> torch.Tensor:
-        return self.fn(pred, y, self.per_row)
-
-    def value_and_grad(self, pred: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
-        """The losses (P,) and d(their sum)/d ``pred``: by ``grad_fn`` when given, else by autograd."""
-        if self.grad_fn is not None:
-            return self.grad_fn(pred, y, self.per_row)
-        return autograd_value_and_grad(self, pred, y)
-
-    def rows(self, part: slice) -> RowLoss:
-        return RowLoss(self.fn, None if self.per_row is None else self.per_row[part], self.grad_fn)
-
-
-def autograd_value_and_grad(loss_fn: Callable, pred: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
-    """``loss_fn(pred, y)`` (P,) and d(its sum)/d ``pred`` by autograd on the predictions only."""
-    leaf = pred.detach().requires_grad_(True)
-    with torch.enable_grad():
-        losses = loss_fn(leaf, y)
-        (g,) = torch.autograd.grad(losses.sum(), leaf)
-    return losses.detach(), g
-
-
 def forward(flat: torch.Tensor, spec: Spec, x: torch.Tensor) -> torch.Tensor:
     """Batched forward pass of ``P`` models: ``flat`` (P, n_params), ``x`` (P, N, in) or (N, in)."""
     if isinstance(spec, CNNSpec):
@@ -109,10 +63,9 @@ def forward(flat: torch.Tensor, spec: Spec, x: torch.Tensor) -> torch.Tensor:
 def last_hidden(flat: torch.Tensor, spec: MLPSpec, x: torch.Tensor) -> torch.Tensor:
     """The last hidden layer's activations (P, N, H) of an MLP stack ``flat`` (P, n_params) at ``x`` (P, N, in) or
     (N, in): :func:`forward` without its read-out (the same arithmetic, so a model's features ignore its batch)."""
-    act = _act(spec)
     h = x if x.dim() == 3 else x.expand(flat.shape[0], *x.shape)
     for weight, bias in layers(flat, spec)[:-1]:
-        h = act(_affine(h, weight, bias))
+        h = activate(_affine(h, weight, bias), spec.activation)
     return h
 
 
@@ -139,8 +92,8 @@ def loss_and_grad(
     no fresh activation buffers either; about 2× faster on CPU for the small batched nets here.
     Only the loss, a function of the predictions, goes through autograd. ``out``: a (P, n_params) tensor the
     gradient is written into (a training loop reuses one; a fresh one each step costs page faults for wide models).
-    ``[1-H-1]`` ReLU nets (the sine scenario's) take the compiled kernel of :mod:`fusion.kernels` where it loaded,
-    else :func:`_one_input_relu` from 64 points. CNNs: :func:`fusion.conv.loss_and_grad`.
+    ``[1-H-1]`` ReLU nets (the sine scenario's) take the compiled kernel of :mod:`fusion.models.kernels` where it
+    loaded, else :func:`_one_input_relu` from 64 points. CNNs: :func:`fusion.models.conv.loss_and_grad`.
     """
     if isinstance(spec, CNNSpec):
         return conv.loss_and_grad(flat, spec, x, y, loss_fn, work)
@@ -171,9 +124,9 @@ def _layered_loss_and_grad(
     for i, (weight, bias) in enumerate(all_layers):
         inputs.append(h)
         shape = (p, h.shape[1], weight.shape[1])
-        h = _affine(h, weight, bias, _buffer(work, ("a", i), shape, flat))
+        h = _affine(h, weight, bias, buffer(work, ("a", i), shape, flat))
         if i < len(all_layers) - 1:
-            slope = _buffer(work, ("s", i), shape, flat)
+            slope = buffer(work, ("s", i), shape, flat)
             if relu:
                 h = h.clamp_min_(0)
                 slopes.append(torch.sign(h, out=slope))  # 1 where the unit is on, else 0
@@ -189,10 +142,10 @@ def _layered_loss_and_grad(
         if fan_in == 1:  # (P, 1, N) @ (P, N, out) has the layout of (P, out, 1) and runs ~3× faster
             g_weight.copy_(torch.bmm(h.transpose(1, 2), g).view(p, fan_out, 1))
         else:  # into a kept contiguous buffer (bmm into the strided view of ``grad`` is ~10× slower)
-            g_weight.copy_(torch.bmm(g.transpose(1, 2), h, out=_buffer(work, ("gw", i), g_weight.shape, flat)))
+            g_weight.copy_(torch.bmm(g.transpose(1, 2), h, out=buffer(work, ("gw", i), g_weight.shape, flat)))
         g_bias.copy_(g.sum(1))
         if i > 0:
-            buf = _buffer(work, ("g", i), (p, g.shape[1], fan_in), flat)
+            buf = buffer(work, ("g", i), (p, g.shape[1], fan_in), flat)
             g = torch.mul(g, weight, out=buf) if fan_out == 1 else torch.bmm(g, weight, out=buf)  # (P, N, fan_in)
             g.mul_(slopes[i - 1])
     return losses.detach(), grad

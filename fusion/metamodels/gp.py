@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from fusion.gp_config import KERNELS, GPConfig
-from fusion.training import TrainConfig, _Optimizer
+from fusion.adapt.optimizer import Optimizer
+from fusion.adapt.train_config import TrainConfig
+from fusion.metamodels.gp_config import KERNELS, GPConfig
 
 
 def _base_kernel(dim: int, kernel: str = "rbf") -> gpytorch.kernels.Kernel:
@@ -157,7 +158,7 @@ class GPMetaModel:
         model = _CollapsedSGPR(xs, scores, inducing, cfg.kernel)
         # torch.optim.Adam's arithmetic without torch.optim (whose first use in a process imports torch._dynamo: ~1.5 s)
         weights = list(model.parameters())
-        opts = [_Optimizer(TrainConfig(lr=cfg.lr, decay=False), w.detach(), cfg.max_steps) for w in weights]
+        opts = [Optimizer(TrainConfig(lr=cfg.lr, decay=False), w.detach(), cfg.max_steps) for w in weights]
         history: list[float] = []
         for step in range(cfg.max_steps):
             loss = -model.bound().sum()

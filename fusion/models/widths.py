@@ -9,7 +9,7 @@ net — same outputs, same fine-tuning — and parties of every width travel as 
 (object store, checkpoints, quarantine, fine-tuning batches) next to their widths ``(n,)``.
 
     >>> import numpy as np
-    >>> from fusion.spec import MLPSpec
+    >>> from fusion.models.spec import MLPSpec
     >>> small = np.arange(MLPSpec((1, 2, 1)).n_params, dtype=np.float32)[None]  # (1, 7)
     >>> wide = embed(small, MLPSpec((1, 2, 1)), 4)                               # (1, 13)
     >>> bool((own_width(wide, MLPSpec((1, 4, 1)), 2) == small).all())
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusion.spec import MLPSpec
+from fusion.models.spec import MLPSpec
 
 
 def at_width(spec: MLPSpec, width: int) -> MLPSpec:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.lazy import lazy, torch
-from fusion.params import forward
-from fusion.spec import MLPSpec
+from fusion.models.probe import probe_outputs
+from fusion.models.spec import MLPSpec
 
 spatial = lazy("scipy.spatial")
 
@@ -42,17 +42,6 @@ class OutlierConfig:
             raise ValueError(f"fusion.outliers.threshold must be > 0, got {self.threshold}")
         if self.floor < 0:
             raise ValueError(f"fusion.outliers.floor must be >= 0, got {self.floor}")
-
-
-def probe_outputs(models: np.ndarray, spec: MLPSpec, probe: np.ndarray, outputs: str, chunk: int = 256) -> np.ndarray:
-    """Every model's outputs on ``probe`` (N, fan_in): (n, N, fan_out) float64 (class probabilities for logits)."""
-    x = torch.as_tensor(np.asarray(probe, np.float32))
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(models), chunk):
-            pred = forward(torch.as_tensor(models[start : start + chunk]), spec, x).double()
-            parts.append(torch.softmax(pred, -1) if outputs == "logits" else pred)
-    return torch.cat(parts).numpy()
 
 
 def discrepancies(funcs: np.ndarray, descriptors: np.ndarray, neighbours: int, outputs: str) -> np.ndarray:
@@ -85,7 +74,9 @@ def function_outliers(
     cfg = cfg or OutlierConfig()
     if len(models) < 3 or not cfg.enabled:
         return np.zeros(len(models), bool), np.zeros(len(models))
-    return outliers_of(probe_outputs(models, spec, probe, outputs), descriptors, outputs, cfg)
+    funcs = probe_outputs(models, spec, probe, chunk=256).double()
+    funcs = torch.softmax(funcs, -1) if outputs == "logits" else funcs
+    return outliers_of(funcs.numpy(), descriptors, outputs, cfg)
 
 
 def outliers_of(

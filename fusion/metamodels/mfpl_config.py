@@ -1,4 +1,4 @@
-"""The MFPL meta-model's settings (``[fusion.mfpl]``); the model itself is :mod:`fusion.mfpl`."""
+"""The MFPL meta-model's settings (``[fusion.mfpl]``); the model itself is :mod:`fusion.metamodels.mfpl`."""
 
 from __future__ import annotations
 

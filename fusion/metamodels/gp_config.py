@@ -1,4 +1,4 @@
-"""The GP meta-model's hyper-parameters (``[fusion.gp]``); the model itself is :mod:`fusion.metamodel`."""
+"""The GP meta-model's hyper-parameters (``[fusion.gp]``); the model itself is :mod:`fusion.metamodels.gp`."""
 
 from __future__ import annotations
 

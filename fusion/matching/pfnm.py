@@ -1,7 +1,7 @@
 """Bayesian nonparametric neuron matching (PFNM / SPAHM) for single-hidden-layer nets of different widths.
 
 The hidden units of ``J`` local nets are noisy observations of global *atoms*: a unit ``v`` (its incoming
-weights, bias and outgoing weights, see :func:`fusion.params.unit_features`) of a net matched to atom ``i``
+weights, bias and outgoing weights, see :func:`fusion.models.params.unit_features`) of a net matched to atom ``i``
 is ``v ~ N(theta_i, sigma^2 I)``, atoms ``theta_i ~ N(mu0, sigma0^2 I)``, and which atoms a net uses follows
 a Beta-Bernoulli (Indian buffet) process with mass ``gamma``. The number of atoms ``L`` is not fixed: a net's
 unit that fits no existing atom opens a new one, which is how nets of different widths fuse into one
@@ -50,8 +50,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.lazy import lazy
-from fusion.params import unit_features
-from fusion.spec import MLPSpec
+from fusion.models.activation import activate
+from fusion.models.params import unit_features
+from fusion.models.spec import MLPSpec
 
 optimize = lazy("scipy.optimize")
 
@@ -384,13 +385,9 @@ def to_width(
     return out
 
 
-def _act(spec: MLPSpec):
-    return (lambda z: np.maximum(z, 0.0)) if spec.activation == "relu" else np.tanh
-
-
 def _refit_outputs(narrow, spec_n, wide, spec_w, x, ridge) -> np.ndarray:
     """Least-squares outgoing weights + output bias of ``narrow`` (m, n) matching ``wide``'s outputs on ``x``."""
-    act = _act(spec_n)
+    act = spec_n.activation
     fan_in, H, fan_out = spec_n.widths
     (w0, b0, b1), (v0, v1, c1) = spec_n.offsets
     (gw0, gb0, gb1), (gv0, gv1, gc1) = spec_w.offsets
@@ -398,9 +395,10 @@ def _refit_outputs(narrow, spec_n, wide, spec_w, x, ridge) -> np.ndarray:
     out = narrow.copy()
     for row, big in zip(out, wide):
         big = big.astype(np.float64)
-        target = act(x @ big[gw0:gb0].reshape(L, fan_in).T + big[gb0:gb1]) @ big[gv0:gv1].reshape(fan_out, L).T
+        features = activate(x @ big[gw0:gb0].reshape(L, fan_in).T + big[gb0:gb1], act)
+        target = features @ big[gv0:gv1].reshape(fan_out, L).T
         target += big[gv1:gc1]
-        hidden = act(x @ row[w0:b0].reshape(H, fan_in).T.astype(np.float64) + row[b0:b1])
+        hidden = activate(x @ row[w0:b0].reshape(H, fan_in).T.astype(np.float64) + row[b0:b1], act)
         design = np.concatenate([hidden, np.ones((len(x), 1))], axis=1)
         gram = design.T @ design + ridge * len(x) * np.eye(H + 1)
         coef = np.linalg.solve(gram, design.T @ target)  # (H + 1, fan_out)

@@ -6,9 +6,9 @@ read-out should move (which classes the party holds, how sure to be), not how ev
 hidden layer) and refits the read-out ``V = [W b]`` to the shots by the task loss plus the prior
 ``(λ/2)·‖V − V₀‖²`` toward the start's read-out ``V₀``, for a grid of prior precisions ``λ`` (relative to the
 features' mean power). Which one, if any, a party takes is decided by k-fold cross-validation on its own shots
-with the step recipe's paired margin rule (:func:`fusion.training.choose_steps`), and whole-model training steps
-compete only against the chosen read-out (:func:`fusion.training.finetune`): a model class more flexible than the
-one below it is taken only when the held-out shots clearly prefer it.
+with the step recipe's paired margin rule (:func:`fusion.adapt.finetuning.choose_steps`), and whole-model training
+steps compete only against the chosen read-out (:func:`fusion.adapt.finetuning.finetune`): a model class more flexible
+than the one below it is taken only when the held-out shots clearly prefer it.
 
 Each refit is a small convex problem (C·(H+1) parameters), solved for every party, fold and prior at once by a
 fixed number of full-batch Adam steps on precomputed features: one batched program, each party's result
@@ -17,9 +17,11 @@ depending only on its own start and shots.
 
 from __future__ import annotations
 
+from fusion.adapt.optimizer import Optimizer
+from fusion.adapt.train_config import TrainConfig
 from fusion.lazy import torch
-from fusion.params import features, layers
-from fusion.spec import Spec
+from fusion.models.params import features, layers
+from fusion.models.spec import Spec
 
 PRIORS = (10.0, 1.0, 0.1, 0.01)  # prior precision λ / the features' mean power, strongest first
 STEPS, LR = 200, 0.05  # Adam on the read-out (convex; from V₀)
@@ -49,16 +51,16 @@ def with_read_outs(flat: torch.Tensor, spec: Spec, v: torch.Tensor) -> torch.Ten
 
 def fit(phi: torch.Tensor, y: torch.Tensor, v0: torch.Tensor, lam: torch.Tensor, loss, descriptors) -> torch.Tensor:
     """The read-outs (B, out, H + 1) minimizing ``loss(φ Vᵀ, y, descriptors) + lam/2 · ‖V − V₀‖²`` per row."""
-    v = v0.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([v], lr=LR)
+    v = v0.detach().clone()
+    opt = Optimizer(TrainConfig(lr=LR, decay=False), v, STEPS, fused=False)  # torch's ops: torch.optim.Adam's updates
     lam = lam.to(v.dtype)[:, None, None]
     with torch.enable_grad():
         for _ in range(STEPS):
-            opt.zero_grad(set_to_none=False)
-            objective = loss(phi @ v.transpose(1, 2), y, descriptors) + 0.5 * (lam * (v - v0) ** 2).sum((1, 2))
-            objective.sum().backward()
-            opt.step()
-    return v.detach()
+            leaf = v.detach().requires_grad_(True)
+            objective = loss(phi @ leaf.transpose(1, 2), y, descriptors) + 0.5 * (lam * (leaf - v0) ** 2).sum((1, 2))
+            (grad,) = torch.autograd.grad(objective.sum(), leaf)
+            opt.step(grad)
+    return v
 
 
 def _scale(phi: torch.Tensor) -> torch.Tensor:
@@ -68,7 +70,7 @@ def _scale(phi: torch.Tensor) -> torch.Tensor:
 
 def held_out_losses(flat, spec, x, y, loss, descriptors, fit_idx, val_idx) -> torch.Tensor:
     """Held-out losses (G, P, len(PRIORS)) of the read-outs refit on shots ``fit_idx`` (G, n_fit) and scored on
-    ``val_idx`` (G, n_val), one fold per row of the indices (the layout of :func:`fusion.training.finetune`)."""
+    ``val_idx`` (G, n_val), one fold per row of the indices (the layout of :func:`fusion.adapt.finetuning.finetune`)."""
     g, p, r = len(fit_idx), len(flat), len(PRIORS)
     phi, v0 = _phi(flat, spec, x), read_outs(flat, spec).detach()
     lam_p = torch.stack([prior * _scale(phi) for prior in PRIORS])  # (R, P)

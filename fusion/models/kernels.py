@@ -1,10 +1,10 @@
 """The C kernels of ``fusion/_kernels.c`` (built at install when a C compiler is there), through ctypes.
 
-:func:`one_input_relu` is :func:`fusion.params.loss_and_grad` for ``[1-H-1]`` ReLU nets on CPU float32 stacks: a
-fused forward pass, the loss's gradient with respect to the predictions (its closed form where a
-:class:`fusion.params.RowLoss` carries one, else autograd on the predictions only), and a fused backward pass that
-recomputes each unit's pre-activations instead of storing (P, N, H) of them. :func:`available` says whether the
-library loaded; without it (no compiler at install, another device or dtype) ``fusion.params`` runs its torch
+:func:`one_input_relu` is :func:`fusion.models.params.loss_and_grad` for ``[1-H-1]`` ReLU nets on CPU float32
+stacks: a fused forward pass, the loss's gradient with respect to the predictions (its closed form where a
+:class:`fusion.models.loss.RowLoss` carries one, else autograd on the predictions only), and a fused backward pass
+that recomputes each unit's pre-activations instead of storing (P, N, H) of them. :func:`available` says whether the
+library loaded; without it (no compiler at install, another device or dtype) ``fusion.models.params`` runs its torch
 passes. :func:`adam_step` is the training loop's Adam update in one pass. Set ``FUSION_KERNELS=0`` to run the torch
 code everywhere (a comparison, or a suspected kernel bug).
 """
@@ -17,6 +17,8 @@ import os
 from functools import cache
 
 from fusion.lazy import torch
+from fusion.models.loss import RowLoss, autograd_value_and_grad
+from fusion.models.workspace import buffer
 
 _LONG, _PTR = ctypes.c_long, ctypes.c_void_p
 
@@ -94,12 +96,10 @@ def one_input_relu(
     work: dict | None = None,
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-model losses (P,) and their gradient (P, 3H + 1), as :func:`fusion.params.loss_and_grad`."""
-    from fusion.params import RowLoss, _buffer, autograd_value_and_grad
-
+    """Per-model losses (P,) and their gradient (P, 3H + 1), as :func:`fusion.models.params.loss_and_grad`."""
     flat = flat.detach().contiguous()
     xs, sx = _inputs(x, work)
-    pred = forward(flat, hidden, x, work, _buffer(work, "pred", (flat.shape[0], x.shape[-2]), flat))
+    pred = forward(flat, hidden, x, work, buffer(work, "pred", (flat.shape[0], x.shape[-2]), flat))
     if isinstance(loss_fn, RowLoss):  # its closed-form gradient where it has one: a few ops, no graph
         losses, g = loss_fn.value_and_grad(pred.unsqueeze(2), y)
     else:

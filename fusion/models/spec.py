@@ -4,7 +4,7 @@ Both lay a model out as one flat float32 vector in the order of the equivalent `
 dict, layer by layer ``weight`` then ``bias``, and describe their *hidden units* (what a permutation moves) the
 same way: hidden layer ``l`` has ``hidden[l]`` units; a unit is the ``l``-th layer's output row (an MLP neuron
 or a conv output channel) together with its incoming weights, its bias and its outgoing weights
-(:func:`fusion.params.unit_features`). ``spec_for_family("cnn-s", 784, 10)`` names architectures by family.
+(:func:`fusion.models.params.unit_features`). ``spec_for_family("cnn-s", 784, 10)`` names architectures by family.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Batched forward and gradient of ``P`` small CNNs (:class:`fusion.spec.CNNSpec`) as one tensor program.
+"""Batched forward and gradient of ``P`` small CNNs (:class:`fusion.models.spec.CNNSpec`) as one tensor program.
 
 The ``P`` models run as *grouped* convolutions (``groups=P``: model ``p``'s filters only see model ``p``'s
 channels), the usual fastest batched conv on CPU, and their Linear layers as batched matrix products. Inputs
@@ -19,7 +19,8 @@ predictions).
 from __future__ import annotations
 
 from fusion.lazy import lazy, torch
-from fusion.spec import CNNSpec
+from fusion.models.loss import RowLoss
+from fusion.models.spec import CNNSpec
 
 F = lazy("torch.nn.functional")
 
@@ -95,14 +96,14 @@ def loss_and_grad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-model losses ``loss_fn(forward(flat, spec, x), y)`` (P,) and d(their sum)/d ``flat`` (P, n_params).
 
-    A :class:`fusion.params.RowLoss` runs slice by slice of the stack, each slice as one graph when its
+    A :class:`fusion.models.loss.RowLoss` runs slice by slice of the stack, each slice as one graph when its
     activations fit :data:`CHUNK_FLOATS`. Any other ``loss_fn`` sees the whole stack's predictions at once (it may
     hold per-model tensors of its own): one graph if the stack fits, else a no-graph forward first. ``work`` is
-    accepted for the common signature (:func:`fusion.params.loss_and_grad`) and not used.
+    accepted for the common signature (:func:`fusion.models.params.loss_and_grad`) and not used.
     """
     p, n = flat.shape[0], x.shape[-2]
     x = _expand(x, p)
-    if not hasattr(loss_fn, "rows"):
+    if not isinstance(loss_fn, RowLoss):
         return _stack_loss_and_grad(flat, spec, x, y, loss_fn)
     size = max(1, min(PARTY_GROUP, CHUNK_FLOATS // (n * _floats_per_example(spec))))
     parts = [

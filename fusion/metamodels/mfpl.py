@@ -30,11 +30,13 @@ import numpy as np
 import torch
 from scipy.cluster.vq import kmeans2
 
-from fusion.matching import SolveMany, align, compose, identity_perms, solve_many_serial
-from fusion.mfpl_config import MFPLConfig
-from fusion.params import permute, unit_features
-from fusion.pfnm import SolveRect, solve_rect_serial
-from fusion.spec import Spec
+from fusion.adapt.optimizer import Optimizer
+from fusion.adapt.train_config import TrainConfig
+from fusion.matching.alignment import SolveMany, align, compose, identity_perms, solve_many_serial
+from fusion.matching.pfnm import SolveRect, solve_rect_serial
+from fusion.metamodels.mfpl_config import MFPLConfig
+from fusion.models.params import permute, unit_features
+from fusion.models.spec import Spec
 
 LOG_2PI = float(np.log(2 * np.pi))
 
@@ -237,33 +239,40 @@ def _kmeans(x: torch.Tensor, m: int, seed: int) -> torch.Tensor:
 
 
 def fit_elbo(
-    model: MFPLModel, x: torch.Tensor, y: torch.Tensor, cfg: MFPLConfig, gen: torch.Generator, opt=None
-) -> tuple[list[float], torch.optim.Optimizer]:
+    model: MFPLModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: MFPLConfig,
+    gen: torch.Generator,
+    opts: list[Optimizer] | None = None,
+) -> tuple[list[float], list[Optimizer]]:
     """Adam on the ELBO until its windowed mean improves less than ``cfg.tol`` (relative) or ``cfg.max_steps``.
 
-    Returns the ELBO per step (divided by the number of parties) and the optimizer (to continue from).
+    Returns the ELBO per step (divided by the number of parties) and the optimizers of ``model.parameters()`` (to
+    continue from).
     """
-    opt = opt or torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    weights = list(model.parameters())
+    adam = TrainConfig(lr=cfg.lr, decay=False)
+    opts = opts or [Optimizer(adam, w.detach(), cfg.max_steps, fused=False) for w in weights]  # torch's ops
     history: list[float] = []
     n = len(y)
     for step in range(cfg.max_steps):
-        opt.zero_grad(set_to_none=True)
         value = model.elbo(x, y, gen)
-        (-value / n).backward()
-        opt.step()
+        for optimizer, grad in zip(opts, torch.autograd.grad(-value / n, weights), strict=True):
+            optimizer.step(grad)
         history.append(value.item() / n)
         if (step + 1) % cfg.window == 0 and step + 1 >= 2 * cfg.window:
             new = float(np.mean(history[-cfg.window :]))
             old = float(np.mean(history[-2 * cfg.window : -cfg.window]))
             if new - old <= cfg.tol * max(abs(old), 1.0):
                 break
-    return history, opt
+    return history, opts
 
 
 def likelihood_costs(units: np.ndarray, slots: dict[str, np.ndarray]) -> np.ndarray:
     """-D_i^{uv}: minus the expected log-likelihood of unit u in slot v, summed over the unit's scalars.
 
-    ``units`` (P, H, k) a layer's units (:func:`fusion.params.unit_features`), ``slots`` the same view of
+    ``units`` (P, H, k) a layer's units (:func:`fusion.models.params.unit_features`), ``slots`` the same view of
     :meth:`MFPLModel.moments`. Returns costs (P, H slots, H units) to be minimized. Computed in the stable
     form ``E[1/v] (x - c)^2 + (E[m^2/v] - E[m/v]^2 / E[1/v])`` with ``c = E[m/v] / E[1/v]``.
     """
@@ -350,9 +359,9 @@ def fit_mfpl(
         perms = identity_perms(len(models), spec)
     model, x, y = MFPLModel.initialise(cfg, permute(models, spec, perms), descriptors, seed)
     gen = torch.Generator().manual_seed(seed)
-    elbo, reassigned, opt = [], [], None
+    elbo, reassigned, opts = [], [], None
     for round_ in range(cfg.alternations):
-        history, opt = fit_elbo(model, x, y, cfg, gen, opt)
+        history, opts = fit_elbo(model, x, y, cfg, gen, opts)
         elbo.append(history)
         if not aligned or round_ == cfg.alternations - 1:
             break

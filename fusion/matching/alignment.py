@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.lazy import lazy
-from fusion.params import permute, unit_features
-from fusion.spec import MLPSpec
+from fusion.models.params import permute, unit_features
+from fusion.models.spec import MLPSpec
 
 optimize = lazy("scipy.optimize")
 

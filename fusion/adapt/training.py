@@ -1,0 +1,53 @@
+"""Batched training of many independent models as one tensor program.
+
+Every party's loss depends only on its own slice of the stack, and Adam is element-wise, so
+training ``P`` models together gives each one exactly the updates it would get alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fusion.adapt.constraint import FREE, Constraint
+from fusion.adapt.optimizer import Optimizer
+from fusion.adapt.train_config import TrainConfig
+from fusion.lazy import torch
+from fusion.models.params import loss_and_grad
+from fusion.models.spec import MLPSpec
+
+LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (pred (P,N,out), y) -> (P,)
+TaskLoss = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (pred, y, descriptors) -> (P,)
+
+
+def relative_mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared error (P,) relative to each target's power: every target weighs alike, small or large."""
+    return ((pred - y) ** 2).mean(dim=(1, 2)) / (y**2).mean(dim=(1, 2)).clamp_min(1e-12)
+
+
+def train(
+    params: torch.Tensor,
+    spec: MLPSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    at_steps: Callable[[int, torch.Tensor], None] | None = None,
+    constraint: Constraint = FREE,
+) -> torch.Tensor:
+    """Train a stack ``params`` (P, n_params) on ``x`` (P, N, in), ``y`` (P, N, ...); returns the new stack.
+
+    ``at_steps(step, weights)``, if given, sees the weights before every step and after the last one (the live
+    tensor, updated in place afterwards: copy what you keep). ``constraint``: a mask and/or a proximal pull.
+    """
+    weights = params.detach().clone()
+    steps = cfg.steps if x.shape[1] > 0 else 0
+    opt, work = Optimizer(cfg, weights, steps), {}  # work: activation buffers reused across steps
+    free, grad = constraint is FREE, torch.empty_like(weights) if isinstance(spec, MLPSpec) else None
+    for step in range(steps):
+        if at_steps is not None:
+            at_steps(step, weights)
+        grad = loss_and_grad(weights, spec, x, y, loss_fn, work, grad)[1]
+        opt.step(grad if free else constraint.apply(grad, weights))
+    if at_steps is not None:
+        at_steps(steps, weights)
+    return weights
