@@ -4,7 +4,7 @@ import torch
 from fusion.matching import align, solve_assignment, solve_many_serial
 from fusion.params import forward, permute, unit_features
 from fusion.spec import MLPSpec
-from tests.test_params import random_stack
+from tests.builders import random_stack
 
 
 def test_solve_assignment_finds_the_optimum():
