@@ -1,5 +1,5 @@
 """The command line: ``fusion-cluster run SCENARIO_OR_TOML [flags]``, ``fusion-cluster fuse [flags]`` and
-``fusion-cluster study STUDY.toml [flags]``."""
+``fusion-cluster study STUDY.toml [flags]``; ``run`` and ``study`` take ``--check`` (validate, start nothing)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--dashboard-host", help="interface of the embedded Ray dashboard (default 127.0.0.1)")
     r.add_argument("--out", help="output folder (default runs/<scenario>-s<seed>-<time>); must not exist or be empty")
     r.add_argument("--data-dir", help="data folder of scenarios that read files (sets scenario.data_dir)")
+    r.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config (and the scenario's data) without starting Ray or training: exit 0 or 2",
+    )
     f = sub.add_parser("fuse", help="fuse existing models (state dicts) and write warm starts for target descriptors")
     f.add_argument(
         "--models",
@@ -89,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="study folder (default studies/<file name>-<time>); must not exist or be empty")
     s.add_argument("--address", default="", help="Ray cluster address (else RAY_ADDRESS, else an embedded local Ray)")
     s.add_argument("--resume", action="store_true", help="continue the study in --out: finished points are skipped")
+    s.add_argument("--check", action="store_true", help="validate every point without starting Ray: exit 0 or 2")
     return p
 
 
@@ -150,6 +156,21 @@ def config_tree(args: argparse.Namespace) -> dict[str, Any]:
     return tree
 
 
+def check_run(args: argparse.Namespace) -> str:
+    """``run ... --check``: the config and every check a run makes before Ray (:func:`cluster.pipeline.preflight`),
+    nothing started; one line saying what the run would do."""
+    from cluster.config import resolve
+    from cluster.pipeline import preflight
+
+    cfg, out, _, _ = preflight(resolve(config_tree(args)), resume=args.resume is not None)
+    source = args.target if args.resume is None else f"--resume {args.resume}"
+    return (
+        f"{source} is valid (nothing run): scenario {cfg.scenario}, {cfg.parties} training / {cfg.test_parties} test "
+        f"parties, shots {','.join(map(str, cfg.shots))}, seed {cfg.seed}, methods {', '.join(cfg.methods)}; "
+        f"it would write {out}/"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
@@ -160,9 +181,15 @@ def main(argv: list[str] | None = None) -> int:
             fuse(FuseConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FuseConfig)}))
             return 0
         if args.command == "study":
-            from cluster.study import run_study
+            from cluster.study import check_study, run_study
 
-            run_study(args.study, args.out, args.address, args.resume)
+            if args.check:
+                print(check_study(args.study, args.out, args.address, args.resume))
+            else:
+                run_study(args.study, args.out, args.address, args.resume)
+            return 0
+        if args.check:
+            print(check_run(args))
             return 0
         from cluster.config import resolve  # after parsing: --help and usage errors import nothing more
 

@@ -1,12 +1,15 @@
 """The run configuration: frozen dataclasses, read once from TOML and flags, validated at load.
 
-Every error names the key and what is allowed; :class:`ConfigError` is what the CLI turns into
-exit code 2.
+Every error names the full dotted key (``pretrain.lr``, ``fusion.gp.inducing``), what is allowed and the value
+given; :class:`ConfigError` is what the CLI turns into exit code 2. The sub-configs validate themselves without
+knowing their table (``TrainConfig`` says ``lr must be > 0``); :func:`_build`, which knows the table it is
+building, finds the key a refused value came from and makes the message name it in full (:func:`_keyed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -225,7 +228,75 @@ def _build(cls: type, values: dict[str, Any], prefix: str, base: Any | None = No
     try:
         return dataclasses.replace(base, **kwargs)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc) if isinstance(exc, ValueError) else f"{prefix}: {exc}") from None
+        key = _culprit(base, kwargs, str(exc))
+        if key is None:  # only a combination of values is refused: the message is the table's
+            raise ConfigError(_in_table(str(exc), prefix)) from None
+        raise ConfigError(_keyed(str(exc), prefix, key, kwargs[key])) from None
+
+
+def _culprit(base: Any, kwargs: dict[str, Any], message: str) -> str | None:
+    """The key of ``kwargs`` whose value alone makes ``base`` refuse with ``message`` (else the first key whose value
+    alone is refused; None when only a combination is)."""
+    refused = []
+    for key, value in kwargs.items():
+        try:
+            dataclasses.replace(base, **{key: value})
+        except (ValueError, TypeError) as exc:
+            if str(exc) == message:
+                return key
+            refused.append(key)
+    return refused[0] if refused else None
+
+
+# the leading key path of a message: "lr", "fusion.gp.inducing", "party_classes['a'].cpus"; group 1 its last name
+_LEAD = re.compile(r"(?:[A-Za-z_]\w*(?:\[[^\]]*\])?\.)*([A-Za-z_]\w*)(?![\w.\[])")
+
+
+def _shown(value: Any) -> str:
+    try:
+        return _toml_value(value)
+    except TypeError:
+        return repr(value)
+
+
+def _mentions(message: str, value: Any) -> bool:
+    """Whether ``message`` shows ``value`` (a list: each of its items; a number: after a "got", not in a bound)."""
+    if isinstance(value, (list, tuple)) and value:
+        return all(_mentions(message, v) for v in value)
+    if isinstance(value, (bool, int, float)):
+        message = message.partition(" got ")[2]
+    texts = {repr(value), str(value), _shown(value)}
+    return any(re.search(rf"(?<![\w.]){re.escape(t)}(?![\w.])", message) for t in texts)
+
+
+def _keyed(message: str, prefix: str, key: str, value: Any) -> str:
+    """A sub-config's error about ``key`` as one that names the full dotted key ``prefix + key`` and the value.
+
+    ``lr must be > 0, got 0`` in ``[pretrain]`` reads ``pretrain.lr must be > 0, got 0``; another path to the same
+    key (``pfnm.sigma`` for ``fusion.pfnm.sigma``, ``split.alpha`` for ``scenario.alpha``) becomes the full one; a
+    message that names the full key already keeps its words and gets the value if it does not show it.
+    """
+    full = prefix + key
+    context, sep, rest = message.partition(": ")
+    lead = _LEAD.match(rest)
+    if sep and " " not in context and lead and lead.group(1) == key:  # "party_classes: name must be ..."
+        message = rest
+    lead = _LEAD.match(message)
+    if lead and lead.group(1) == key:
+        message = full + message[lead.end() :]
+    elif full not in message and prefix and message.startswith(prefix):  # "fusion.maml.inner_lr and outer_lr ..."
+        message = re.sub(rf"(?<![\w.]){re.escape(key)}(?![\w\[])", full, message)
+    if full not in message:  # a message that does not name its key ("unknown fusion strategy 'x'")
+        return f"{full}: {message}" if _mentions(message, value) else f"{full} = {_shown(value)}: {message}"
+    if not re.search(r"\bgot\b", message) and not _mentions(message, value):
+        message += f"; got {full} = {_shown(value)}"
+    return message
+
+
+def _in_table(message: str, prefix: str) -> str:
+    """A message about a combination of a table's values, led by the table's name unless it names a key of it."""
+    table = prefix.rstrip(".")
+    return message if not table or message.startswith(table) else f"{table}: {message}"
 
 
 def _party_classes(tables: Any) -> tuple[PartyClass, ...]:
@@ -238,10 +309,11 @@ def _party_classes(tables: Any) -> tuple[PartyClass, ...]:
         missing = [key for key in ("name", "share") if key not in table]
         if missing:
             raise ConfigError(f"{prefix}{missing[0]} is required")
+        name = _typed(prefix + "name", table["name"], str)
         try:
-            base = PartyClass(name=_typed(prefix + "name", table["name"], str), share=1.0)
+            base = PartyClass(name=name, share=1.0)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            raise ConfigError(_keyed(str(exc), prefix, "name", name)) from None
         out.append(_build(PartyClass, table, prefix, base))
     return tuple(out)
 

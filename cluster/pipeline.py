@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import ray
@@ -37,7 +38,7 @@ from fusion.io import save_warm_starter, write_atomic
 from fusion.lazy import lazy
 from fusion.methods import is_federated, strategy_for
 from fusion.screening.quarantine import finite_models
-from scenarios import build, with_hidden_width
+from scenarios import Scenario, build, with_hidden_width
 
 # torch, matplotlib, pyarrow: imported by a thread while Ray starts (_preload), not before the run's checks
 HEAVY = ("actors.party_shard", "actors.fusion", "cluster.rounds", "cluster.results", "cluster.plots")
@@ -111,13 +112,20 @@ def check_out(out: Path) -> None:
         raise ConfigError(f"output folder {out} already exists and is not empty; choose another --out (or --resume it)")
 
 
-def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float | None = None) -> RunResult:
-    """Run (or with ``resume``, continue from the checkpoint in ``cfg.out``) and write the results.
+class Preflight(NamedTuple):
+    """What the checks before Ray leave for the run: the config with its output folder, the prepared scenario and,
+    with ``[[party_classes]]``, the simulated schedule."""
 
-    ``started``: the ``time.perf_counter()`` at which the command began (the CLI's; default: now), the start of the
-    wall time in ``timing.json``.
-    """
-    started = time.perf_counter() if started is None else started
+    cfg: RunConfig
+    out: Path
+    scenario: Scenario
+    plan: Schedule | None
+
+
+def preflight(cfg: RunConfig, resume: bool = False) -> Preflight:
+    """Every check of a run that needs no Ray: the output folder, the scenario (built and prepared: data folders,
+    sizes), shots against what the scenario can give, widths, and the party classes' schedule. A bad value raises
+    :class:`ConfigError`. :func:`run` starts with it; ``fusion-cluster run --check`` calls it alone."""
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if not resume:
         check_out(out)
@@ -142,6 +150,17 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float |
                 f"only {len(plan.reporting)} of {cfg.parties} training parties report by system.deadline="
                 f"{cfg.system.deadline:g} (drops and stragglers); fusion needs at least 2"
             )
+    return Preflight(cfg, out, scenario, plan)
+
+
+def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float | None = None) -> RunResult:
+    """Run (or with ``resume``, continue from the checkpoint in ``cfg.out``) and write the results.
+
+    ``started``: the ``time.perf_counter()`` at which the command began (the CLI's; default: now), the start of the
+    wall time in ``timing.json``.
+    """
+    started = time.perf_counter() if started is None else started
+    cfg, out, scenario, plan = preflight(cfg, resume)
     ckpt = Checkpoint(out, scenario, cfg.seed, cfg.parties)
     fit_methods = [m for m in cfg.methods if strategy_for(m, cfg.fusion) is not None]
     saved = ckpt.load_pretrained() if resume else []  # a bad checkpoint fails here, before Ray starts

@@ -12,8 +12,9 @@ A study file has two tables::
     "scenario.alpha" = [0.1, 1.0]
 
 Every combination of the grid's values is one run (:func:`cluster.pipeline.run`), written to
-``OUT/<key=value,...>/``. Every point is validated before Ray starts; Ray is connected once and every run
-reuses that connection. ``--resume`` skips the points whose ``results.parquet`` exists and continues an
+``OUT/<key=value,...>/``. Every point is validated before Ray starts (its config, and the checks a run makes
+before Ray: :func:`cluster.pipeline.preflight`), which is all that ``--check`` does; Ray is connected once and
+every run reuses that connection. ``--resume`` skips the points whose ``results.parquet`` exists and continues an
 interrupted point from its checkpoint. At the end ``OUT/study.parquet`` (every point's result rows plus one
 column per grid key, named by the key) and ``OUT/study.png`` are written (temp file, then rename).
 """
@@ -108,7 +109,8 @@ def read_study(path: str | Path) -> tuple[dict[str, Any], dict[str, list]]:
 
 
 def plan(base: dict[str, Any], grid: dict[str, list], out: Path, address: str = "") -> list[Point]:
-    """Every combination of the grid values, validated as a run config (errors name the point)."""
+    """Every combination of the grid values, validated as a run config (errors name the point, or ``[base]`` when
+    the base keys alone give the same error)."""
     points = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
@@ -122,9 +124,62 @@ def plan(base: dict[str, Any], grid: dict[str, list], out: Path, address: str = 
         try:
             cfg = resolve(tree)
         except ConfigError as exc:
-            raise ConfigError(f"study point {name}: {exc}") from None
+            where = "[base]" if _base_error(base) == str(exc) else f"point {name}"
+            raise ConfigError(f"study {where}: {exc}") from None
         points.append(Point(name, values, cfg))
     return points
+
+
+def _base_error(base: dict[str, Any]) -> str:
+    """The error of the ``[base]`` keys alone as a run config ("" when they make one)."""
+    try:
+        resolve(copy.deepcopy(base))
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+def prepare(
+    path: str | Path, out: str | Path | None = None, address: str = "", resume: bool = False
+) -> tuple[Path, list[Point]]:
+    """The study's folder and its points, every point checked as its run will check it before Ray starts
+    (:func:`cluster.pipeline.preflight`; finished points are skipped). Writes nothing."""
+    from cluster.pipeline import check_out, preflight
+
+    path = Path(path)
+    base, grid = read_study(path)
+    if out is None:
+        if resume:
+            raise ConfigError("--resume needs --out DIR: the folder of the study to continue")
+        out = Path("studies") / f"{path.stem}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out)
+    if resume and not (out / STUDY_COPY).is_file():
+        raise ConfigError(f"--resume {out}: not a study folder (no {STUDY_COPY})")
+    if resume and read_study(out / STUDY_COPY) != (base, grid):
+        raise ConfigError(f"--resume {out}: {path} is not the study that folder holds ({out / STUDY_COPY})")
+    if not resume:
+        check_out(out)
+    points = plan(base, grid, out, address)
+    for point in points:
+        folder = out / point.name
+        if not (folder / FINISHED).exists():
+            try:
+                preflight(point.cfg, resume=(folder / "config.toml").is_file())
+            except ConfigError as exc:
+                raise ConfigError(f"study point {point.name}: {exc}") from None
+    return out, points
+
+
+def check_study(path: str | Path, out: str | Path | None = None, address: str = "", resume: bool = False) -> str:
+    """``fusion-cluster study FILE --check``: :func:`prepare` alone, and one line saying what the study would run."""
+    out, points = prepare(path, out, address, resume)
+    cfgs = [p.cfg for p in points]
+    scenarios = ", ".join(sorted({c.scenario for c in cfgs}))
+    methods = ", ".join(dict.fromkeys(m for c in cfgs for m in c.methods))
+    return (
+        f"{path} is valid (nothing run): {len(points)} points over {', '.join(points[0].values)}; scenario "
+        f"{scenarios}; methods {methods}; it would write {out}/"
+    )
 
 
 def _column(key: str, values: list[Any], n_rows: list[int]) -> pa.Array:
@@ -156,23 +211,11 @@ def run_study(
 ) -> Path:
     """Run (or with ``resume`` continue) the study in ``path``; returns its output folder."""
     from cluster import plots
-    from cluster.pipeline import check_out, run
+    from cluster.pipeline import run
     from cluster.runtime import connect
 
     path = Path(path)
-    base, grid = read_study(path)
-    if out is None:
-        if resume:
-            raise ConfigError("--resume needs --out DIR: the folder of the study to continue")
-        out = Path("studies") / f"{path.stem}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-    out = Path(out)
-    if resume and not (out / STUDY_COPY).is_file():
-        raise ConfigError(f"--resume {out}: not a study folder (no {STUDY_COPY})")
-    if resume and read_study(out / STUDY_COPY) != (base, grid):
-        raise ConfigError(f"--resume {out}: {path} is not the study that folder holds ({out / STUDY_COPY})")
-    if not resume:
-        check_out(out)
-    points = plan(base, grid, out, address)
+    out, points = prepare(path, out, address, resume)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_atomic(out / STUDY_COPY, lambda tmp: shutil.copyfile(path, tmp))
@@ -194,6 +237,6 @@ def run_study(
     table = gather(points, out)
     write_atomic(out / STUDY_PARQUET, lambda tmp: pq.write_table(table, tmp))
     metric = table["metric"][0].as_py() if table.num_rows else ""
-    plots.plot_study(table, list(grid), metric, out / STUDY_PNG)
+    plots.plot_study(table, list(points[0].values), metric, out / STUDY_PNG)
     log(f"wrote {out}/ ({STUDY_PARQUET}: {len(points)} points, {table.num_rows} rows; {STUDY_PNG})")
     return out

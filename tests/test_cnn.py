@@ -5,13 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.adapt.train_config import TrainConfig
-from fusion.adapt.training import train
-from fusion.matching.alignment import align
-from fusion.models import conv
-from fusion.models.loss import RowLoss
-from fusion.models.params import flatten, forward, init_params, layers, loss_and_grad, permute, unit_features
+from fusion.adapt import TrainConfig, train
+from fusion.matching import align
+from fusion.models import RowLoss, conv, flatten, forward, layers, loss_and_grad, permute, unit_features
 from fusion.models.spec import CNNSpec, MLPSpec, spec_for_family, spec_from_state, spec_state
+from tests.builders import random_stack
 
 SMALL = spec_for_family("cnn-s", 64, 10)  # 8x8 images: 8 -> 4 -> 2, 32 * 2 * 2 flat features
 
@@ -40,11 +38,6 @@ def load(net: torch.nn.Sequential, flat: torch.Tensor, spec: CNNSpec) -> torch.n
 
 def _split(flat: torch.Tensor, spec: CNNSpec) -> list[torch.Tensor]:
     return [t for w, b in layers(flat[None], spec) for t in (w[0], b[0])]
-
-
-def random_stack(spec, n: int, seed: int = 0) -> np.ndarray:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.stack([init_params(spec, gen) for _ in range(n)]).numpy()
 
 
 def images(p: int, n: int, spec, seed: int = 0) -> torch.Tensor:

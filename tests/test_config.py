@@ -1,9 +1,13 @@
+import re
 import tomllib
 
 import pytest
 
 from cluster.cli import main
 from cluster.config import ConfigError, dumps_toml, load_toml, resolve, to_dict
+from fusion.federated import ALGORITHMS
+from fusion.strategies.base import settings_classes
+from scenarios import SCENARIOS
 
 
 def test_defaults_and_round_trip(tmp_path):
@@ -37,7 +41,7 @@ def test_defaults_and_round_trip(tmp_path):
         ({"methods": ["fusion", "magic"]}, "unknown method"),
         ({"fusion": {"strategy": "magic"}}, "unknown fusion strategy"),
         ({"fusion": {"gp": {"inducing": 0}}}, "fusion.gp.inducing"),
-        ({"pretrain": {"lr": -1.0}}, "lr must be > 0"),
+        ({"pretrain": {"lr": -1.0}}, "pretrain.lr must be > 0"),
         ({"pretrain": {"epochs": 3}}, "pretrain.epochs"),
     ],
 )
@@ -88,3 +92,96 @@ def test_every_fusion_strategy_gives_a_runnable_default_method_list(strategy):
 def test_fusion_noalign_with_a_strategy_that_does_not_align_is_one_clear_error():
     with pytest.raises(ConfigError, match="fusion_noalign needs a fusion strategy that aligns"):
         resolve({"scenario": "sine", "fusion": {"strategy": "average"}, "methods": ["fusion", "fusion_noalign"]})
+
+
+@pytest.mark.parametrize("table", ["pretrain", "finetune", "federated"])
+def test_a_zero_learning_rate_is_refused_naming_its_table(table):
+    with pytest.raises(ConfigError) as refused:
+        resolve({table: {"lr": 0}})
+
+    assert str(refused.value) == f"{table}.lr must be > 0, got 0.0"
+
+
+CLASSES = [{"name": "a", "share": 1.0}]
+# one refused value per table: (tree, the dotted key the error must name, the value it must show)
+BAD_VALUES = [
+    ({"chunk_parties": 0}, "chunk_parties", "0"),
+    ({"pretrain": {"steps": -1}}, "pretrain.steps", "-1"),
+    ({"finetune": {"folds": 1}}, "finetune.folds", "1"),
+    ({"finetune": {"recipe": "magic"}}, "finetune.recipe", "'magic'"),
+    ({"faults": {"corrupt_share": 0.9}}, "faults.corrupt_share", "0.9"),
+    ({"party_classes": CLASSES, "system": {"jitter": -1}}, "system.jitter", "-1"),
+    ({"party_classes": [{"name": "a", "share": 1.0, "speed": 0}]}, "party_classes[0].speed", "0"),
+    ({"party_classes": [{"name": "a b", "share": 1.0}]}, "party_classes[0].name", "'a b'"),
+    ({"fusion": {"align_iters": 0}}, "fusion.align_iters", "0"),
+    ({"fusion": {"refit_lr": 0}}, "fusion.refit_lr", "0"),
+    ({"fusion": {"gp": {"max_steps": 0}}}, "fusion.gp.max_steps", "0"),
+    ({"fusion": {"pfnm": {"gamma": 0}}}, "fusion.pfnm.gamma", "0"),
+    ({"fusion": {"outliers": {"neighbours": 0}}}, "fusion.outliers.neighbours", "0"),
+    ({"fusion": {"maml": {"outer_lr": 0}}}, "fusion.maml.outer_lr", "0"),
+    ({"fusion": {"matched_average": {"sweeps": -1}}}, "fusion.matched_average.sweeps", "-1"),
+    ({"fusion": {"matched_gp": {"sigma0": 0}}}, "fusion.matched_gp.sigma0", "0"),
+    ({"fusion": {"mfpl": {"window": 0}}}, "fusion.mfpl.window", "0"),
+    ({"federated": {"rounds": 0}}, "federated.rounds", "0"),
+    ({"federated": {"ditto": {"lam": -1}}}, "federated.ditto.lam", "-1"),
+    ({"federated": {"fd": {"lam": -1}}}, "federated.fd.lam", "-1"),
+    ({"federated": {"fedala": {"weight_lr": 0}}}, "federated.fedala.weight_lr", "0"),
+    ({"federated": {"fedgh": {"server_steps": -1}}}, "federated.fedgh.server_steps", "-1"),
+    ({"federated": {"fedproto": {"lam": -1}}}, "federated.fedproto.lam", "-1"),
+    ({"federated": {"fedrep": {"head_steps": -1}}}, "federated.fedrep.head_steps", "-1"),
+    ({"federated": {"fedtgp": {"margin_cap": -1}}}, "federated.fedtgp.margin_cap", "-1"),
+    ({"federated": {"per_fedavg": {"fd_radius": 0}}}, "federated.per_fedavg.fd_radius", "0"),
+    ({"federated": {"per_fedavg": {"hessian_free": True}}}, "federated.per_fedavg.hessian_free", "true"),
+    ({"federated": {"pfedhn": {"hidden": 0}}}, "federated.pfedhn.hidden", "0"),
+    ({"scenario": {"name": "sine-domains", "eval_points": 0}}, "scenario.eval_points", "0"),
+    ({"scenario": {"name": "sine-uniform", "noise": -1}}, "scenario.noise", "-1"),
+    ({"scenario": {"name": "digits", "k": 7}}, "scenario.k", "7"),
+    ({"scenario": {"name": "digits-split", "alpha": 0}}, "scenario.alpha", "0"),
+    ({"scenario": {"name": "movielens", "eval_fraction": 1.5}}, "scenario.eval_fraction", "1.5"),
+]
+
+
+def _table(tree: dict, key: str) -> str:
+    """The table a case exercises: the key's path ("" at the top level), a scenario's by its name."""
+    table = key.rsplit(".", 1)[0] if "." in key else ""
+    return f"scenario:{tree['scenario']['name']}" if table == "scenario" else table
+
+
+@pytest.mark.parametrize(("tree", "key", "value"), BAD_VALUES, ids=[case[1] for case in BAD_VALUES])
+def test_a_refused_value_names_its_dotted_key_and_the_value(tree, key, value):
+    with pytest.raises(ConfigError) as refused:
+        resolve(tree)
+
+    message = str(refused.value)
+    assert re.search(rf"(?<![\w.]){re.escape(key)}(?![\w.])", message), message
+    assert re.search(rf"got (?:{re.escape(key)} = )?{re.escape(value)}", message), message
+    table = key.rpartition(".")[0]
+    assert not (table and message.startswith(table + ":")), message  # no "pretrain: lr must ..."
+    assert not re.search(r"(?<![\w.])(\w+)\.\1\.", message), message  # no "fusion.fusion.x"
+
+
+def test_the_bad_value_cases_cover_every_table_of_a_run_config():
+    tables = {"", "pretrain", "finetune", "faults", "system", "party_classes[0]", "fusion", "federated"}
+    tables |= {"fusion.gp", "fusion.pfnm", "fusion.outliers", *(f"fusion.{key}" for key in settings_classes())}
+    tables |= {f"federated.{name}" for name, algorithm in ALGORITHMS.items() if algorithm.settings is not None}
+    tables |= {f"scenario:{name}" for name in SCENARIOS}
+
+    covered = {_table(tree, key) for tree, key, _ in BAD_VALUES}
+
+    assert tables <= covered, f"tables without a bad-value case: {sorted(tables - covered)}"
+
+
+def test_a_study_names_base_for_a_bad_base_value_and_the_point_for_a_bad_grid_value(tmp_path, capsys):
+    base = tmp_path / "base.toml"
+    base.write_text("[base]\nparties = 10\n[base.pretrain]\nlr = 0\n\n[grid]\nseed = [1, 2]\n")
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[base]\nparties = 10\n\n[grid]\n"pretrain.lr" = [0.01, 0]\n')
+
+    codes = [main(["study", str(path), "--check"]) for path in (base, grid)]
+
+    assert codes == [2, 2]
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [
+        "fusion-cluster: error: study [base]: pretrain.lr must be > 0, got 0.0",
+        "fusion-cluster: error: study point pretrain.lr=0: pretrain.lr must be > 0, got 0.0",
+    ]

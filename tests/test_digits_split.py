@@ -66,7 +66,7 @@ def test_a_party_with_fewer_train_examples_than_k_gets_all_of_them_padded():
 def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="scenario.split must be one of"):
         resolve({"scenario": {"name": "digits-split", "split": "zipf"}})
-    with pytest.raises(ConfigError, match="split.alpha must be > 0"):
+    with pytest.raises(ConfigError, match="scenario.alpha must be > 0, got 0"):
         resolve({"scenario": {"name": "digits-split", "alpha": 0}})
 
 

@@ -1,10 +1,10 @@
 import numpy as np
 import torch
 
-from fusion.matching.alignment import align, solve_assignment, solve_many_serial
+from fusion.matching import align, solve_assignment, solve_many_serial
 from fusion.models.params import forward, permute, unit_features
 from fusion.models.spec import MLPSpec
-from tests.test_params import random_stack
+from tests.builders import random_stack
 
 
 def test_solve_assignment_finds_the_optimum():

@@ -1,4 +1,5 @@
-"""The MFPL meta-model: strategy contract, ELBO, likelihood-cost assignments, config."""
+"""The MFPL meta-model: ELBO, likelihood-cost assignments, config (its strategy contract is in
+tests/test_strategy_contract.py)."""
 
 import numpy as np
 import pytest
@@ -12,23 +13,10 @@ from fusion.methods import make_strategy
 from fusion.models.params import forward, permute, unit_features
 from fusion.models.spec import MLPSpec
 from fusion.strategies import FitContext
-from tests.test_params import random_stack
-from tests.test_strategies import FAST, SPEC, StrategyContract, ctx, outputs
+from tests.builders import FAST, SPEC, outputs, permuted_copies, random_stack
+from tests.builders import fit_context as ctx
 
 SMALL = FAST.settings["mfpl"]
-
-
-class TestMFPL(StrategyContract):
-    def make_strategy(self):
-        return make_strategy("mfpl", FAST)
-
-
-@pytest.mark.slow  # two fits per check; the refit wrapper's contract is already run by TestGPRefit
-class TestMFPLRefit(StrategyContract):
-    def make_strategy(self):
-        return make_strategy("mfpl_refit", FAST)
-
-    permuted_atol = 0.05  # the refit trains to the predicted outputs: close, not exact
 
 
 def family(spec: MLPSpec, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -78,8 +66,7 @@ def test_alternation_brings_planted_permutations_to_one_order():
 def test_noalign_mfpl_does_not_recover_permuted_copies():
     base = random_stack(SPEC, 1, seed=7)
     rng = np.random.default_rng(8)
-    copies = permute(np.repeat(base, 8, 0), SPEC, [np.stack([rng.permutation(12) for _ in range(8)])])
-    desc = rng.uniform(size=(8, 2))
+    copies, desc = permuted_copies(base, SPEC, 8, rng), rng.uniform(size=(8, 2))
     aligned = make_strategy("mfpl", FAST).fit(copies, desc, ctx()).predict(desc[:1])
     unaligned = make_strategy("mfpl", FAST, aligned=False).fit(copies, desc, ctx()).predict(desc[:1])
     truth = outputs(base)

@@ -5,11 +5,7 @@ import torch
 from fusion.models import params
 from fusion.models.params import flatten, forward, init_params, layers, loss_and_grad, permute, unit_features
 from fusion.models.spec import MLPSpec
-
-
-def random_stack(spec: MLPSpec, n: int, seed: int = 0) -> np.ndarray:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.stack([init_params(spec, gen) for _ in range(n)]).numpy()
+from tests.builders import random_stack
 
 
 def test_spec_parse_and_sizes():

@@ -45,11 +45,15 @@ class TGPSettings:
     margin_cap: float = 100.0  # the adaptive margin's upper bound
 
     def __post_init__(self) -> None:
-        if self.lam < 0 or self.hidden < 1 or self.server_steps < 0 or not self.server_lr > 0 or self.margin_cap < 0:
-            raise ValueError(
-                "federated.fedtgp: lam >= 0, hidden >= 1, server_steps >= 0, server_lr > 0, margin_cap >= 0 "
-                f"required, got {self}"
-            )
+        for key, ok, allowed in (
+            ("lam", self.lam >= 0, ">= 0"),
+            ("hidden", self.hidden >= 1, ">= 1"),
+            ("server_steps", self.server_steps >= 0, ">= 0"),
+            ("server_lr", self.server_lr > 0, "> 0"),
+            ("margin_cap", self.margin_cap >= 0, ">= 0"),
+        ):
+            if not ok:
+                raise ValueError(f"federated.fedtgp.{key} must be {allowed}, got {getattr(self, key)}")
 
 
 def generator_sizes(n_classes: int, dim: int, hidden: int) -> list[tuple[int, ...]]:
