@@ -21,16 +21,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.faults import CORRUPT_KINDS, FaultConfig  # noqa: E402
 from cluster.config import resolve  # noqa: E402
 from cluster.pipeline import run  # noqa: E402
-from scenarios import Stream, party_rng  # noqa: E402
+from fusion.faults import CORRUPT_KINDS, FaultConfig, corrupt_parties  # noqa: E402
 
 
 def corrupt_ids(seed: int, parties: int, share: float) -> set[int]:
-    cfg = FaultConfig(corrupt_share=share)
-    draws = np.array([party_rng(seed, i, Stream.FAULTS).random() for i in range(parties)])
-    return set(np.flatnonzero(cfg.corrupt(draws)).tolist())
+    return set(np.flatnonzero(corrupt_parties(FaultConfig(corrupt_share=share), seed, np.arange(parties))).tolist())
 
 
 def one(args, seed: int, kind: str | None, work: Path) -> dict:

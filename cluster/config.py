@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from actors.faults import FaultConfig
+from fusion.faults import FaultConfig
 from cluster.errors import ConfigError, StartError  # noqa: F401  (re-exported: the config's errors)
 from cluster.system import PartyClass, SystemConfig, check_classes
 from fusion.federated import ALGORITHMS, FederatedConfig
