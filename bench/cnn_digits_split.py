@@ -3,7 +3,8 @@
 The protocol of ``fusion-cluster run`` with ``[scenario] archs = ["cnn-s"]``, ``split = "pathological"``,
 ``classes_per_party = 2``, 40 training and 10 test parties — the same scenario, party shard and strategy code —
 but without Ray: one in-process :class:`actors.party_shard.PartyShard` pretrains every training party as one
-batch, the strategies are fitted in process, and the same shard fine-tunes and scores the test parties. (On a
+batch, the run's screening (:func:`fusion.screen.screen`) leaves out non-finite models and function-space
+outliers, the strategies are fitted in process, and the same shard fine-tunes and scores the test parties. (On a
 shared 2-core machine Ray's niced workers get a small share of the cores; this runs at the caller's priority.)
 Prints the summary table (sample-weighted mean accuracy ± std over the test parties) and stage timings.
 
@@ -18,13 +19,14 @@ import time
 
 import numpy as np
 
-from actors.party_shard import PartyShard
-from cluster import results
-from fusion.adapt.train_config import FinetuneConfig, TrainConfig
+from actors.party_shard import PartyShard  # noqa: E402
+from cluster import results  # noqa: E402
+from fusion.adapt import FinetuneConfig, TrainConfig
 from fusion.metamodels.gp_config import GPConfig
-from fusion.methods import strategy_for
+from fusion.methods import strategy_for  # noqa: E402
+from fusion.screening.screen import screen
 from fusion.strategies import FitContext, FusionConfig
-from scenarios import build, make_options
+from scenarios import build, make_options  # noqa: E402
 
 
 def main() -> None:
@@ -58,18 +60,32 @@ def main() -> None:
     out = shard.pretrain()
     print(f"pretrain: {time.perf_counter() - clock:.0f}s", flush=True)
     cfg = FusionConfig(gp=GPConfig(), refit_steps=args.refit_steps, refit_lr=args.refit_lr, align_iters=5)
+    # the screening of a run: non-finite models and function-space outliers are left out of every fit
+    screened = screen(
+        out["party_id"],
+        out["params"],
+        out["descriptor"],
+        shard.layout,
+        args.seed,
+        sc.probe_inputs(),
+        sc.outputs,
+        cfg.outliers,
+    )
+    if screened.quarantined:
+        print(f"quarantined: {', '.join(f'{q.party_id} ({q})' for q in screened.quarantined)}")
+    models, desc = out["params"][screened.kept], out["descriptor"][screened.kept]
     ctx = FitContext(sc.spec, args.seed, config=cfg, probe=sc.probe_inputs(), outputs=sc.outputs)
     fitted = {}
     for method in methods:
         strategy = strategy_for(method, cfg)
         if strategy is not None:
             clock = time.perf_counter()
-            fitted[method] = strategy.fit(out["params"], out["descriptor"], ctx)
+            fitted[method] = strategy.fit(models, desc, ctx)
             print(f"fit {method}: {time.perf_counter() - clock:.0f}s", flush=True)
     clock = time.perf_counter()
-    cols = shard.evaluate({"fitted": fitted}, methods, shots)
+    scores = shard.evaluate({"fitted": fitted}, methods, shots)
     print(f"warm starts + fine-tune + evaluate: {time.perf_counter() - clock:.0f}s")
-    table = results.results_table(cols, "cnn-bench", "digits-split", args.seed, sc.metric_name)
+    table = results.results_table(scores, "cnn-bench", "digits-split", args.seed, sc.metric_name)
     ids = np.arange(n, n + m)
     weights = dict(zip(ids.tolist(), sc.party_weights(args.seed, ids).tolist()))
     print(results.format_summary(results.summarize(table, methods, weights), sc.metric_name))

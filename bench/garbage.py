@@ -19,16 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from actors.faults import CORRUPT_KINDS, FaultConfig
-from cluster.config import resolve
-from cluster.pipeline import run
-from scenarios import Stream, party_rng
+from cluster.config import resolve  # noqa: E402
+from cluster.pipeline import run  # noqa: E402
+from fusion.faults import CORRUPT_KINDS, FaultConfig, corrupt_parties  # noqa: E402
 
 
 def corrupt_ids(seed: int, parties: int, share: float) -> set[int]:
-    cfg = FaultConfig(corrupt_share=share)
-    draws = np.array([party_rng(seed, i, Stream.FAULTS).random() for i in range(parties)])
-    return set(np.flatnonzero(cfg.corrupt(draws)).tolist())
+    return set(np.flatnonzero(corrupt_parties(FaultConfig(corrupt_share=share), seed, np.arange(parties))).tolist())
 
 
 def one(args, seed: int, kind: str | None, work: Path) -> dict:

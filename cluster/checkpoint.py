@@ -5,6 +5,8 @@ Layout of ``DIR`` while a run is under way (every file written atomically: temp 
     config.toml                              the resolved config, written before any work starts
     checkpoint/pretrained-<first>-<last>.npz one per finished pretraining call: party_id, descriptor, params
     checkpoint/fitted-<method>.pt            each method's fitted warm starter (loads with weights_only=True)
+    checkpoint/quarantine.json               the training parties left out of fusion: party_id, reason (a
+                                             fusion.screen.Reason name), discrepancy, neighbours
     checkpoint/federated-<key>.npz           a federated training run at its last saved round: round, costs,
                                              wall_s, server.<name> (server state), personal.<name> (party_id and
                                              the personal states of every party that has one, in party-id order)
@@ -16,7 +18,8 @@ Whatever cannot be read, or does not belong to this run, is a :class:`ConfigErro
 
 from __future__ import annotations
 
-import csv
+import dataclasses
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -26,11 +29,13 @@ import numpy as np
 
 from cluster.config import ConfigError, load_toml
 from fusion.io import load_warm_starter, save_warm_starter, write_atomic
+from fusion.screening.screen import Quarantined, Reason
 from fusion.warm_start import WarmStarter
 from scenarios import Scenario
 
 CONFIG = "config.toml"
 FOLDER = "checkpoint"
+QUARANTINE = "quarantine.json"
 FINISHED_MARKER = "results.parquet"
 # What torch.load(weights_only=True) and our loader raise on truncated, corrupted or non-weights files.
 _UNREADABLE = (RuntimeError, ValueError, KeyError, IndexError, TypeError, EOFError, OSError, pickle.UnpicklingError)
@@ -126,18 +131,23 @@ class Checkpoint:
         for method, starter in fitted.items():
             save_warm_starter(starter, self.scenario.target_spec, self.dir / f"fitted-{method}.pt")
 
-    def save_quarantine(self, reasons: dict[int, str]) -> None:
+    def save_quarantine(self, records: tuple[Quarantined, ...]) -> None:
         """The training parties left out of fusion and why (read back on resume)."""
-        from cluster.results import quarantine_csv
+        rows = [{**dataclasses.asdict(q), "reason": q.reason.name} for q in records]
+        write_atomic(self.dir / QUARANTINE, lambda tmp: tmp.write_text(json.dumps(rows)))
 
-        write_atomic(self.dir / "quarantined.csv", lambda tmp: tmp.write_text(quarantine_csv(reasons)))
-
-    def load_quarantine(self) -> dict[int, str]:
-        path = self.dir / "quarantined.csv"
+    def load_quarantine(self) -> tuple[Quarantined, ...]:
+        path = self.dir / QUARANTINE
         if not path.exists():
-            return {}
-        with open(path, newline="") as fh:
-            return {int(row["party_id"]): row["reason"] for row in csv.DictReader(fh)}
+            return ()
+        try:
+            rows = json.loads(path.read_text())
+            return tuple(
+                Quarantined(int(r["party_id"]), Reason[r["reason"]], float(r["discrepancy"]), int(r["neighbours"]))
+                for r in rows
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"checkpoint {path} is corrupted: {_first_line(exc)}") from None
 
     def load_fitted(self, methods: list[str]) -> dict[str, WarmStarter] | None:
         """The fitted warm starters of ``methods`` if every one is saved, else None (fit again)."""

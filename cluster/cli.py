@@ -162,7 +162,7 @@ def check_run(args: argparse.Namespace) -> str:
     from cluster.config import resolve
     from cluster.pipeline import preflight
 
-    cfg, out, _, _ = preflight(resolve(config_tree(args)), resume=args.resume is not None)
+    cfg, out, *_ = preflight(resolve(config_tree(args)), resume=args.resume is not None)
     source = args.target if args.resume is None else f"--resume {args.resume}"
     return (
         f"{source} is valid (nothing run): scenario {cfg.scenario}, {cfg.parties} training / {cfg.test_parties} test "

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from actors.faults import FaultConfig
 from cluster.errors import ConfigError, StartError  # noqa: F401  (re-exported: the config's errors)
 from cluster.system import PartyClass, SystemConfig, check_classes
 from fusion.adapt.train_config import FinetuneConfig, TrainConfig
+from fusion.faults import FaultConfig
 from fusion.federated import ALGORITHMS, FederatedConfig
 from fusion.metamodels.gp_config import GPConfig
 from fusion.methods import (

@@ -26,6 +26,7 @@ import torch
 from cluster import results
 from cluster.config import ClusterConfig, ConfigError
 from fusion.io import save_warm_starter
+from fusion.layout import ModelLayout
 from fusion.models.spec import CNN_FAMILIES, MLPSpec, Spec, spec_for_family
 from fusion.models.state_dicts import infer_cnn_spec, load_model_file, load_state_file, state_from_flat
 from fusion.strategies import STRATEGIES, FusionConfig
@@ -265,8 +266,9 @@ def fuse(cfg: FuseConfig, log: Log = print) -> Path:
             f"loaded {len(paths)} models ({spec}, {origin}) in {len(pairs)} chunks ({time.perf_counter() - clock:.1f}s)"
         )
         clock = time.perf_counter()
+        layout = ModelLayout(spec, target)
         fusion = FusionActor.remote(
-            spec, FusionConfig(strategy=cfg.strategy), cfg.seed, n_cpus, probe=probe, outputs=cfg.outputs, target=target
+            layout, FusionConfig(strategy=cfg.strategy), cfg.seed, n_cpus, probe=probe, outputs=cfg.outputs
         )
         try:
             fitted = ray.get(fusion.fit.remote(["fusion"], *[shard for shard, _ in pairs]))["fitted"]["fusion"]

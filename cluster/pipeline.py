@@ -34,11 +34,13 @@ from cluster.runtime import (
     party_actor_count,
 )
 from cluster.system import Schedule, left_out_csv, party_classes_of, schedule
+from fusion.evaluate import Scores
 from fusion.io import save_warm_starter, write_atomic
+from fusion.layout import ModelLayout
 from fusion.lazy import lazy
 from fusion.methods import is_federated, strategy_for
-from fusion.screening.quarantine import finite_models
-from scenarios import Scenario, build, with_hidden_width
+from fusion.screening.screen import TooFewModels
+from scenarios import Scenario, build, model_layout, with_hidden_width
 
 # torch, matplotlib, pyarrow: imported by a thread while Ray starts (_preload), not before the run's checks
 HEAVY = ("actors.party_shard", "actors.fusion", "cluster.rounds", "cluster.results", "cluster.plots")
@@ -113,12 +115,13 @@ def check_out(out: Path) -> None:
 
 
 class Preflight(NamedTuple):
-    """What the checks before Ray leave for the run: the config with its output folder, the prepared scenario and,
-    with ``[[party_classes]]``, the simulated schedule."""
+    """What the checks before Ray leave for the run: the config with its output folder, the prepared scenario, its
+    population layout and, with ``[[party_classes]]``, the simulated schedule."""
 
     cfg: RunConfig
     out: Path
     scenario: Scenario
+    layout: ModelLayout
     plan: Schedule | None
 
 
@@ -131,9 +134,11 @@ def preflight(cfg: RunConfig, resume: bool = False) -> Preflight:
         check_out(out)
     cfg = dataclasses.replace(cfg, out=str(out))
     scenario = build(cfg.scenario, cfg.scenario_options)
+    try:
+        layout = model_layout(scenario, cfg.widths)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.widths:  # models of every width travel embedded at the widest (fusion/models/widths.py)
-        if scenario.spec.n_layers != 2:
-            raise ConfigError(f"widths needs single-hidden-layer nets; scenario {cfg.scenario} has {scenario.spec}")
         scenario = with_hidden_width(scenario, max(cfg.widths))
     try:
         scenario.prepare(cfg.seed, cfg.parties, cfg.test_parties)  # data folders, sizes: fail before Ray starts
@@ -150,7 +155,7 @@ def preflight(cfg: RunConfig, resume: bool = False) -> Preflight:
                 f"only {len(plan.reporting)} of {cfg.parties} training parties report by system.deadline="
                 f"{cfg.system.deadline:g} (drops and stragglers); fusion needs at least 2"
             )
-    return Preflight(cfg, out, scenario, plan)
+    return Preflight(cfg, out, scenario, layout, plan)
 
 
 def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float | None = None) -> RunResult:
@@ -160,7 +165,7 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float |
     wall time in ``timing.json``.
     """
     started = time.perf_counter() if started is None else started
-    cfg, out, scenario, plan = preflight(cfg, resume)
+    cfg, out, scenario, layout, plan = preflight(cfg, resume)
     ckpt = Checkpoint(out, scenario, cfg.seed, cfg.parties)
     fit_methods = [m for m in cfg.methods if strategy_for(m, cfg.fusion) is not None]
     saved = ckpt.load_pretrained() if resume else []  # a bad checkpoint fails here, before Ray starts
@@ -195,7 +200,7 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float |
         if endpoint:
             log(f'Prometheus metrics (this node): {endpoint}  (series ray_{metrics.PREFIX}*, run="{run_id}")')
         with metrics.keep_gauges_fresh():
-            res = _execute(cfg, scenario, run_id, n_actors, stages, log, ckpt, saved, fitted, plan)
+            res = _execute(cfg, scenario, layout, run_id, n_actors, stages, log, ckpt, saved, fitted, plan)
     except BaseException:
         if conn.owned:
             ray.shutdown()
@@ -226,7 +231,7 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float |
         stages,
         text,
         conn.dashboard_url,
-        sorted(res["quarantined"]),
+        [q.party_id for q in res["quarantined"]],
         left_out,
         res["shards"],
         res["costs"],
@@ -253,9 +258,7 @@ def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id:
             (tmp / "left_out.csv").write_text(left_out_csv(plan, cfg.party_classes))
             written.append("left_out.csv")
         plots.plot_metric_vs_shots(summary, scenario.metric_name, tmp / plots.SHOTS_PNG)
-        if plots.plot_warm_starts(
-            scenario, res["cols"]["shown"], cfg.seed, shown_parties(cfg), tmp / plots.WARM_STARTS_PNG
-        ):
+        if plots.plot_warm_starts(scenario, res["shown"], cfg.seed, shown_parties(cfg), tmp / plots.WARM_STARTS_PNG):
             written.append(plots.WARM_STARTS_PNG)
         if "fusion" in res["fitted"]:
             save_warm_starter(res["fitted"]["fusion"], scenario.target_spec, tmp / "fusion_model.pt")
@@ -333,6 +336,7 @@ def _stage(stages: dict[str, float], run_id: str, name: str, start: float) -> No
 def _execute(
     cfg: RunConfig,
     scenario,
+    layout: ModelLayout,
     run_id: str,
     n_actors: int,
     stages: dict[str, float],
@@ -360,7 +364,7 @@ def _execute(
             run=run_id,
             faults=cfg.faults,
             name=p.name,
-            widths=cfg.widths,
+            layout=layout,
         )
         for i, p in enumerate(shard_plans)
     ]
@@ -372,14 +376,7 @@ def _execute(
         _stage(stages, run_id, "actors", clock)
         if one_shot:  # started once the shards are up: its imports overlap pretraining, not their start
             fusion = fusion_actor.FusionActor.options(name="fusion", namespace=namespace).remote(
-                scenario.spec,
-                cfg.fusion,
-                cfg.seed,
-                n_cpus,
-                run=run_id,
-                scenario=scenario,
-                widths=cfg.widths,
-                target=scenario.target_spec,
+                layout, cfg.fusion, cfg.seed, n_cpus, run=run_id, scenario=scenario
             )
         devices = sorted({i["device"] for i in infos})
         nodes = len({i["node_id"] for i in infos})
@@ -387,7 +384,7 @@ def _execute(
             f"{len(shards)} party shards on {nodes} node(s) ({', '.join(devices)}): "
             f"{cfg.parties} training, {cfg.test_parties} test parties; actors in namespace {namespace}"
         )
-        fit_ref, fitted, quarantine, uploaded, fit_seconds = None, {}, {}, np.zeros(0, np.int64), {}
+        fit_ref, fitted, quarantine, uploaded, fit_seconds = None, {}, (), np.zeros(0, np.int64), {}
         if one_shot:  # pretraining and fusion, as a run without federated methods has them
             fit_ref, fitted, quarantine, uploaded, fit_seconds = _pretrain_and_fuse(
                 cfg, shards, slices, fusion, stages, run_id, log, ckpt, saved, fitted_saved, plan
@@ -415,7 +412,7 @@ def _execute(
             fit_ref = ray.put({"fitted": {}})
 
         clock = time.perf_counter()
-        cols = _evaluate(cfg, shards, slices, fit_ref, run_id, log)
+        cols, shown = _evaluate(cfg, shards, slices, fit_ref, run_id, log)
         _stage(stages, run_id, "evaluate", clock)
         evaluated_at = time.perf_counter()
         restarted = [i["index"] for i in ray.get([s.info.remote() for s in shards]) if i["restarted"]]
@@ -430,6 +427,7 @@ def _execute(
     starts = {**fitted, **(fed.starts if fed is not None else {})}
     return {
         "cols": cols,
+        "shown": shown,
         "fitted": starts,
         "quarantined": quarantine,
         "shards": infos,
@@ -441,7 +439,7 @@ def _execute(
 def _pretrain_and_fuse(cfg, shards, slices, fusion, stages, run_id, log, ckpt, saved, fitted, plan) -> tuple:
     """Pretrain every training party (but those ``saved``) and fit the one-shot methods (unless ``fitted``).
 
-    Returns (ref of ``{"fitted": ...}``, fitted starters, {quarantined id: reason}, ids of the models uploaded, fit
+    Returns (ref of ``{"fitted": ...}``, fitted starters, the quarantine records, ids of the models uploaded, fit
     seconds by method).
     """
     clock = time.perf_counter()
@@ -453,10 +451,6 @@ def _pretrain_and_fuse(cfg, shards, slices, fusion, stages, run_id, log, ckpt, s
     _stage(stages, run_id, "pretrain", clock)
 
     ids = np.concatenate([p["party_id"] for p in parts])
-    bad = np.sort(ids[~np.concatenate([finite_models(p["params"]) for p in parts])])
-    if len(ids) - len(bad) < 2:
-        raise ConfigError(f"only {len(ids) - len(bad)} pretrained models are finite; fusion needs at least 2")
-
     clock, seconds = time.perf_counter(), {}
     if fitted is None:
         one_shot = [m for m in cfg.methods if not is_federated(m)]
@@ -464,8 +458,11 @@ def _pretrain_and_fuse(cfg, shards, slices, fusion, stages, run_id, log, ckpt, s
         progress = _Progress(
             "fusion", sum(strategy_for(m, cfg.fusion) is not None for m in one_shot), log, "methods", lines=False
         )  # a bar on a terminal
-        fit_out = ray.get(fit_ref)
-        fitted, quarantine = fit_out["fitted"], dict(zip(fit_out["quarantined"].tolist(), fit_out["reasons"]))
+        try:
+            fit_out = ray.get(fit_ref)
+        except TooFewModels as exc:  # raised in the fusion actor: a property of the run, not a bug
+            raise ConfigError(str(getattr(exc, "cause", exc))) from None
+        fitted, quarantine = fit_out["fitted"], fit_out["quarantined"]
         progress.add(len(fitted))
         ckpt.save_fitted(fitted)
         ckpt.save_quarantine(quarantine)
@@ -478,9 +475,9 @@ def _pretrain_and_fuse(cfg, shards, slices, fusion, stages, run_id, log, ckpt, s
         log(f"fusion: {', '.join(fitted)} loaded from the checkpoint")
     _stage(stages, run_id, "fusion", clock)
     metrics.quarantined(run_id, len(quarantine))
-    for why in sorted({r.split(" (")[0] for r in quarantine.values()}):
-        which = [i for i, r in quarantine.items() if r.startswith(why)]
-        log(f"quarantined {len(which)} training parties ({why}): {which[:20]}{' ...' if len(which) > 20 else ''}")
+    for why in sorted({q.reason for q in quarantine}, key=lambda r: r.value):
+        which = [q.party_id for q in quarantine if q.reason is why]
+        log(f"quarantined {len(which)} training parties ({why.value}): {which[:20]}{' ...' if len(which) > 20 else ''}")
     for method, starter in fitted.items():
         if starter.summary().get("objective") is not None:
             metrics.meta_objective(run_id, method, float(starter.summary()["objective"]))
@@ -539,8 +536,9 @@ def _pretrain(
     return parts, [ray.put(p) for p in saved] + list(jobs)
 
 
-def _evaluate(cfg: RunConfig, shards, slices, fit_ref, run_id: str, log: Log) -> dict[str, list]:
-    """Fine-tune and evaluate every test party; rows sorted by (method, shots, party id) whatever the sharding."""
+def _evaluate(cfg: RunConfig, shards, slices, fit_ref, run_id: str, log: Log) -> tuple[Scores, dict]:
+    """Fine-tune and evaluate every test party; rows sorted by (method, shots, party id) whatever the sharding.
+    Returns the scores and the shown parties' 0-shot models ``{method: {party id: (spec, params (n_params,))}}``."""
     jobs = {}
     for shard, (_, test_ids) in zip(shards, slices):
         for chunk in chunks(test_ids, cfg.cluster.chunk_parties):
@@ -551,22 +549,21 @@ def _evaluate(cfg: RunConfig, shards, slices, fit_ref, run_id: str, log: Log) ->
     sums: dict[tuple[str, int], list[float]] = {}
     for ref, part in _as_done(jobs):
         parts.append(part)
-        for m, k, v in zip(part["method"], part["shots"], part["value"]):
+        for m, k, v in zip(part.method, part.shots, part.value):
             acc = sums.setdefault((m, k), [0.0, 0])
             acc[0], acc[1] = acc[0] + v, acc[1] + 1
         for (m, k), (total, n) in sums.items():
             metrics.warm_start_metric(run_id, m, k, total / n)
         progress.add(jobs[ref])
-    cols = {k: [v for p in parts for v in p[k]] for k in ("method", "shots", "party_id", "value")}
+    cols = {k: [v for p in parts for v in getattr(p, k)] for k in ("method", "shots", "party_id", "value")}
     rank = {m: i for i, m in enumerate(cfg.methods)}
     order = np.lexsort((cols["party_id"], cols["shots"], [rank[m] for m in cols["method"]]))
-    out = {k: [v[i] for i in order] for k, v in cols.items()}
+    scores = Scores(**{k: [v[i] for i in order] for k, v in cols.items()})
     shown: dict[str, dict[int, tuple]] = {}  # method -> party id -> (spec, params (n_params,))
     for part in parts:
-        for method, (spec, pids, params) in part["shown"].items():
+        for method, (spec, pids, params) in part.shown.items():
             shown.setdefault(method, {}).update({int(p): (spec, row) for p, row in zip(pids, params)})
-    out["shown"] = shown
-    return out
+    return scores, shown
 
 
 def shown_parties(cfg: RunConfig) -> list[int]:

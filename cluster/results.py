@@ -7,12 +7,18 @@ import io
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from fusion.evaluate import Scores
+    from fusion.screening.screen import Quarantined
 
 
 def weighted_mean_std(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
@@ -51,18 +57,19 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     tmp.rmdir()
 
 
-def results_table(cols: dict[str, list], run_id: str, scenario: str, seed: int, metric: str) -> pa.Table:
-    n = len(cols["value"])
+def results_table(scores: Scores, run_id: str, scenario: str, seed: int, metric: str) -> pa.Table:
+    """The long-form results: one row per (method, shots, party) of ``scores``."""
+    n = len(scores.value)
     return pa.table(
         {
             "run_id": pa.array([run_id] * n, pa.string()),
             "scenario": pa.array([scenario] * n, pa.string()),
             "seed": pa.array([seed] * n, pa.int64()),
-            "method": pa.array(cols["method"], pa.string()),
-            "shots": pa.array(cols["shots"], pa.int64()),
-            "party_id": pa.array(cols["party_id"], pa.int64()),
+            "method": pa.array(scores.method, pa.string()),
+            "shots": pa.array(scores.shots, pa.int64()),
+            "party_id": pa.array(scores.party_id, pa.int64()),
             "metric": pa.array([metric] * n, pa.string()),
-            "value": pa.array(cols["value"], pa.float64()),
+            "value": pa.array(scores.value, pa.float64()),
         }
     )
 
@@ -131,10 +138,10 @@ def format_summary(rows: list[dict], metric: str) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])
 
 
-def quarantine_csv(reasons: dict[int, str]) -> str:
+def quarantine_csv(records: Iterable[Quarantined]) -> str:
     """``quarantined.csv``: one row per training party left out of fusion, with the reason."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["party_id", "reason"])
-    writer.writerows([p, reasons[p]] for p in sorted(reasons))
+    writer.writerows([q.party_id, str(q)] for q in sorted(records, key=lambda q: q.party_id))
     return buf.getvalue()

@@ -3,6 +3,7 @@
 from scenarios.base import (
     Scenario,
     Stream,
+    model_layout,
     party_descriptors,
     party_families,
     party_rng,
@@ -22,6 +23,7 @@ __all__ = [
     "canonical_name",
     "make_options",
     "party_descriptors",
+    "model_layout",
     "party_families",
     "party_rng",
     "party_torch_generator",

@@ -5,40 +5,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 from abc import ABC, abstractmethod
-from enum import IntEnum
 
 import numpy as np
 
-from fusion.adapt.finetuning import recipe_for
-from fusion.adapt.train_config import FinetuneConfig
+from fusion.adapt import FinetuneConfig, recipe_for
+from fusion.layout import ModelLayout, party_families, party_widths  # noqa: F401  (re-exported)
 from fusion.lazy import torch
 from fusion.models.params import init_params
 from fusion.models.spec import MLPSpec, Spec, spec_for_family
 from fusion.models.widths import at_width
-
-
-class Stream(IntEnum):
-    """Independent random streams of one party (the third word of its seed)."""
-
-    DESCRIPTOR = 0
-    DATA = 1
-    INIT = 2
-    SHOTS = 3
-    COLD_START = 4
-    EVAL = 5
-    SYSTEM = 6  # party class, straggler jitter, dropout (cluster.system)
-    WIDTH = 7  # hidden width when a run mixes widths
-    FAULTS = 8  # injected faults ([faults] corrupt_share): whether the party uploads garbage, and which
-    FAMILY = 9  # architecture family when a run mixes families ([scenario] archs with several entries)
-
-
-def party_rng(seed: int, party_id: int, stream: Stream) -> np.random.Generator:
-    """The generator of one party's ``stream``: a function of (run seed, party id) only."""
-    return np.random.default_rng([int(seed), int(party_id), int(stream)])
-
-
-def party_torch_generator(seed: int, party_id: int, stream: Stream) -> torch.Generator:
-    return torch.Generator().manual_seed(int(party_rng(seed, party_id, stream).integers(2**62)))
+from fusion.streams import Stream, party_rng, party_torch_generator  # noqa: F401  (re-exported)
 
 
 class Scenario(ABC):
@@ -128,6 +104,11 @@ class Scenario(ABC):
         """A party's random initial model (n_params,); default: ``torch.nn.Linear``'s init."""
         return init_params(self.spec, generator)
 
+    def init_at(self, spec: Spec, generator: torch.Generator) -> torch.Tensor:
+        """A party's random initial model (spec.n_params,) at ``spec`` (a width or family of the run), by this
+        scenario's rule (:meth:`init_params` of the scenario on ``spec``)."""
+        return self.init_params(generator) if spec == self.spec else with_spec(self, spec).init_params(generator)
+
     def shot_recipe(self, cfg: FinetuneConfig) -> tuple[FinetuneConfig, np.ndarray | None]:
         """``cfg`` with its k-shot recipe resolved for this scenario (:func:`fusion.adapt.finetuning.recipe_for`), and
         the probe inputs the residual GP needs (None for the other recipes): the arguments of ``finetune``."""
@@ -201,17 +182,6 @@ def training_data(scenario: Scenario, seed: int, ids: np.ndarray) -> tuple[np.nd
     return desc, np.stack([d[0] for d in data]), np.stack([d[1] for d in data])
 
 
-def party_widths(seed: int, ids: np.ndarray, widths: tuple[int, ...]) -> np.ndarray:
-    """Hidden width of each party in ``ids`` when a run mixes ``widths``: (n,) int64, uniform from (seed, id)."""
-    return np.array([widths[party_rng(seed, i, Stream.WIDTH).integers(len(widths))] for i in ids], np.int64)
-
-
-def party_families(seed: int, ids: np.ndarray, n_families: int) -> np.ndarray:
-    """Architecture family (index into ``[scenario] archs``) of each party in ``ids``: (n,) int64, uniform from
-    (seed, party id)."""
-    return np.array([party_rng(seed, i, Stream.FAMILY).integers(n_families) for i in ids], np.int64)
-
-
 def model_specs(
     archs: tuple[str, ...], target_arch: str, hidden: tuple[int, ...], fan_in: int, fan_out: int
 ) -> tuple[Spec, Spec]:
@@ -254,3 +224,17 @@ def with_hidden_width(scenario: Scenario, width: int) -> Scenario:
     out = copy.copy(scenario)
     out.spec = out.target_spec = at_width(scenario.spec, width)  # (target_arch with widths is refused)
     return out
+
+
+def model_layout(scenario: Scenario, widths: tuple[int, ...] = ()) -> ModelLayout:
+    """The run's population layout (:class:`fusion.layout.ModelLayout`) from the scenario's architectures and the
+    run's ``widths`` (mixed hidden widths: the stack's rows are the widest net). Raises ``ValueError`` naming the
+    problem for combinations no run supports."""
+    if widths and scenario.spec.n_layers != 2:
+        raise ValueError(f"widths needs single-hidden-layer nets; scenario {scenario.name} has {scenario.spec}")
+    spec = at_width(scenario.spec, max(widths)) if widths else scenario.spec
+    if scenario.families:  # None: each novel party receives its own drawn family
+        target = None if scenario.own_target else scenario.target_spec
+    else:
+        target = None if scenario.target_spec == scenario.spec else scenario.target_spec
+    return ModelLayout(spec, target, tuple(widths), scenario.families)

@@ -1,0 +1,83 @@
+"""Evaluation of novel parties (fusion/evaluate.py): warm starts, k-shot fine-tuning and scores, in process."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fusion.adapt import FinetuneConfig
+from fusion.evaluate import cold_starts, evaluate
+from fusion.federated.fedavg import GlobalModel
+from fusion.layout import ModelLayout, party_widths
+from fusion.models.params import forward
+from fusion.models.widths import at_width, embed
+from fusion.strategies.average import Constant
+from fusion.streams import Stream, party_torch_generator
+from scenarios import build, make_options, model_layout
+
+SC = build("sine", make_options("sine", {"hidden": [6], "train_points": 20, "eval_points": 30}))
+FINETUNE = FinetuneConfig(steps=4, every=2)
+IDS = np.arange(20, 26)
+
+
+def _rows(scores) -> list[tuple]:
+    return sorted(zip(scores.method, scores.shots, scores.party_id, scores.value))
+
+
+def _constant(seed: int) -> Constant:
+    return Constant(SC.init_params(torch.Generator().manual_seed(seed)).numpy())
+
+
+def test_scores_do_not_depend_on_how_the_novel_parties_are_split():
+    fitted, methods = {"average": _constant(0)}, ["average", "cold_start"]
+
+    whole = evaluate(SC, model_layout(SC), 3, fitted, methods, [0, 2], IDS, FINETUNE)
+    parts = [evaluate(SC, model_layout(SC), 3, fitted, methods, [0, 2], ids, FINETUNE) for ids in (IDS[:2], IDS[2:])]
+
+    assert len(whole.value) == 2 * 2 * len(IDS)
+    assert _rows(whole) == sorted(row for part in parts for row in _rows(part))
+
+
+def test_a_zero_shot_score_is_the_metric_of_the_warm_start_on_the_partys_held_out_data():
+    starter = _constant(1)
+
+    scores = evaluate(SC, model_layout(SC), 3, {"average": starter}, ["average"], [0], IDS[:2], FINETUNE)
+
+    for pid, value in zip(scores.party_id, scores.value):
+        desc = SC.party_descriptor(3, pid)
+        x, y = SC.party_eval_data(3, pid, desc)
+        pred = forward(torch.as_tensor(starter.params[None]), SC.spec, torch.as_tensor(x[None]))
+        want = SC.metric(pred, torch.as_tensor(y[None]), torch.as_tensor(desc[None])).item()
+        assert np.isclose(value, want, rtol=1e-6)
+
+
+def test_a_federated_start_used_as_it_is_scores_the_same_at_every_k_and_others_move():
+    params = _constant(2).params
+    fitted = {"fedavg": GlobalModel(params, finetune=False), "fedavg_ft": GlobalModel(params, finetune=True)}
+
+    scores = evaluate(SC, model_layout(SC), 3, fitted, ["fedavg", "fedavg_ft"], [0, 4], IDS, FINETUNE)
+
+    value = {(m, k, p): v for m, k, p, v in _rows(scores)}
+    assert all(value[("fedavg", 0, p)] == value[("fedavg", 4, p)] for p in IDS)
+    assert all(value[("fedavg", 0, p)] == value[("fedavg_ft", 0, p)] for p in IDS)
+    assert any(value[("fedavg_ft", 0, p)] != value[("fedavg_ft", 4, p)] for p in IDS)
+
+
+def test_cold_starts_of_mixed_widths_are_each_partys_own_init_embedded_at_the_widest():
+    wide = at_width(SC.spec, 12)
+    layout = ModelLayout(wide, widths=(6, 12))
+
+    starts = cold_starts(SC, layout, 3, IDS, wide)
+
+    for row, pid, w in zip(starts, IDS, party_widths(3, IDS, (6, 12))):
+        own = at_width(SC.spec, w)
+        init = SC.init_at(own, party_torch_generator(3, pid, Stream.COLD_START)).numpy()
+        np.testing.assert_array_equal(row, embed(init[None], own, 12)[0])
+
+
+def test_the_shown_parties_keep_their_zero_shot_models():
+    scores = evaluate(SC, model_layout(SC), 3, {}, ["cold_start"], [0], IDS, FINETUNE, show=[21, 23])
+
+    spec, ids, params = scores.shown["cold_start"]
+    assert spec == SC.spec and ids.tolist() == [21, 23] and params.shape == (2, SC.spec.n_params)
+    np.testing.assert_array_equal(params, cold_starts(SC, model_layout(SC), 3, np.array([21, 23]), SC.spec))
