@@ -1,12 +1,14 @@
 """PFLlib-style label skew (``digits-split``): one pool of digit images split across the parties.
 
 All images of the source (its train and test splits pooled; with ``pool = N`` a random N of them, drawn from the
-run seed) are split across the run's parties with
-:mod:`scenarios.splits` — ``pathological`` (``classes_per_party`` digits each), ``dirichlet`` (Dirichlet(alpha)
-per digit across parties, at least ``min_samples`` each) or ``quantity`` (IID labels, Dirichlet sizes) — and each
-party's share 75/25 into its own train and test part. A party's descriptor is the class proportions (10,) of
-its train part (what it can publish about its data without publishing the data); the model is ``[in-100-10]``
-over all ten digits (cross-entropy, argmax over all ten); the metric is accuracy on the party's own test part.
+run seed) are split across the run's parties with :mod:`scenarios.splits` — ``pathological`` (``classes_per_party``
+digits each), ``dirichlet`` (Dirichlet(alpha) per digit across parties, at least ``min_samples`` each), ``quantity``
+(IID labels, Dirichlet sizes), ``exdir`` (``classes_per_party`` classes each, Dirichlet over each class's holders)
+or ``shard`` (label-sorted shards) — and each party's share 75/25 into its own train and test part. With
+``partition = FILE`` the parties' train/test rows come from that file instead (PFLlib's own split, say:
+:func:`scenarios.splits.read_partition`). A party's descriptor is the class proportions (10,) of its train part
+(what it can publish about its data without publishing the data); the model is ``[in-100-10]`` over all ten digits
+(cross-entropy, argmax over all ten); the metric is accuracy on the party's own test part.
 
 Training parties pretrain on their train part; test parties get their k shots from their train part (the
 first k of a shuffle, their SHOTS stream; a party with fewer than k train examples gets all of them, padded)
@@ -30,7 +32,7 @@ from fusion.lazy import torch
 from fusion.spec import Spec
 from scenarios import digit_sources
 from scenarios.base import Scenario, Stream, model_families, model_specs, party_rng
-from scenarios.splits import PARTITIONS, PartySplit, SplitConfig, split_labels
+from scenarios.splits import PARTITIONS, PartySplit, SplitConfig, read_partition, split_labels
 
 N_CLASSES = 10
 PAD = -1  # label of padding examples (ignored by loss and metric)
@@ -41,14 +43,17 @@ POOL_STREAM = 2**32 - 2  # stream word of the ``pool`` draw (not a party id, not
 class DigitsSplitOptions:
     """``[scenario]`` keys of ``digits-split`` (the split keys as in :class:`scenarios.splits.SplitConfig`)."""
 
-    split: str = "dirichlet"  # pathological | dirichlet | quantity
+    split: str = "dirichlet"  # pathological | dirichlet | quantity | exdir | shard
     alpha: float = 0.1
     classes_per_party: int = 2
     min_samples: int = 10
     balance: bool = True
-    source: str = "sklearn"  # "sklearn" (8x8, offline) or "mnist" (idx .gz files in data_dir)
+    shards_per_party: int = 2  # split = "shard": label-sorted shards per party
+    source: str = "sklearn"  # "sklearn" (8x8, offline), "mnist" or "fashion-mnist" (idx files in data_dir)
     data_dir: str = ""
     pool: int = 0  # 0: every image of the source; N: a random N of them (drawn from the run seed) are split
+    partition: str = ""  # an .npz of each party's train/test rows (scenarios.splits.read_partition) instead of a split
+    inputs: str = "unit"  # "unit": pixels in [0, 1]; "centered": (x - 0.5) / 0.5, PFLlib's transform
     hidden: tuple[int, ...] = (100,)
     archs: tuple[str, ...] = ()  # architecture families (mlp-<w>, cnn-s, cnn-m) instead of ``hidden``; several: each
     # party's drawn from (seed, party id)
@@ -59,6 +64,18 @@ class DigitsSplitOptions:
         """The parties' model (``archs``' family, or ``[in, *hidden, 10]``) and the novel parties' (``target_arch``)."""
         n_in = digit_sources.SOURCES[self.source][0]
         return model_specs(self.archs, self.target_arch, self.hidden, n_in, N_CLASSES)
+
+    def split_config(self, parties: int) -> SplitConfig:
+        """The split of the pool across ``parties`` parties these options ask for."""
+        return SplitConfig(
+            self.split,
+            parties,
+            self.classes_per_party,
+            self.alpha,
+            self.min_samples,
+            balance=self.balance,
+            shards_per_party=self.shards_per_party,
+        )
 
     @property
     def families(self) -> tuple[Spec, ...]:
@@ -79,11 +96,15 @@ class DigitsSplitOptions:
         self.specs  # noqa: B018  (checks archs and target_arch)
         if self.pool < 0:
             raise ValueError(f"scenario.pool must be >= 0 (0: every image), got {self.pool}")
+        if self.partition and self.pool:
+            raise ValueError("scenario.partition gives every party's rows: it cannot be combined with scenario.pool")
+        if self.inputs not in digit_sources.INPUTS:
+            raise ValueError(f"scenario.inputs must be one of {', '.join(digit_sources.INPUTS)}, got {self.inputs!r}")
         if self.min_samples < 4:
             raise ValueError(
                 f"scenario.min_samples must be >= 4 (a 75/25 split needs a test sample), got {self.min_samples}"
             )
-        SplitConfig(self.split, 1, self.classes_per_party, self.alpha, self.min_samples, balance=self.balance)
+        self.split_config(1)  # checks the split keys
 
 
 def _pad(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,11 +131,10 @@ class DigitsSplitScenario(Scenario):
         self.keep: np.ndarray | None = None  # with ``pool``: the images of the source in the run's pool
 
     def _pool(self) -> tuple[np.ndarray, np.ndarray]:
-        data = digit_sources.load(self.options.source, self.options.data_dir)
+        x, y = digit_sources.pooled(self.options.source, self.options.data_dir, self.options.inputs)
         if self.keep is not None:
-            both = lambda a, b: np.concatenate([a, b])[self.keep]  # noqa: E731
-            return both(data.train_x, data.test_x), both(data.train_y, data.test_y)
-        return np.concatenate([data.train_x, data.test_x]), np.concatenate([data.train_y, data.test_y])
+            return x[self.keep], y[self.keep]
+        return x, y
 
     def prepare(self, seed: int, n_train: int, n_test: int) -> None:
         """Split the pool across the ``n_train + n_test`` parties (a joint draw from the run seed); with ``pool``,
@@ -127,8 +147,10 @@ class DigitsSplitScenario(Scenario):
                 raise ValueError(f"scenario.pool = {o.pool} is more than the {len(labels)} images of {o.source}")
             self.keep = np.sort(np.random.default_rng([seed, POOL_STREAM]).choice(len(labels), o.pool, replace=False))
             labels = labels[self.keep]
-        cfg = SplitConfig(o.split, n_train + n_test, o.classes_per_party, o.alpha, o.min_samples, balance=o.balance)
-        self.parts = split_labels(labels, cfg, seed)
+        if o.partition:  # the parties' rows as given: the file's clients 0 .. n_train + n_test - 1
+            self.parts = read_partition(o.partition, labels, n_train + n_test)
+        else:
+            self.parts = split_labels(labels, o.split_config(n_train + n_test), seed)
         self.n_train_max = max(len(p.train) for p in self.parts)
         self.n_test_max = max(len(p.test) for p in self.parts)
 
