@@ -193,6 +193,10 @@ class DigitsSplitScenario(Scenario):
         """Test samples of each party (n,): the weights of the PFLlib-style mean."""
         return np.array([len(self._part(int(i)).test) for i in ids], np.float64)
 
+    def label_counts(self, seed: int, ids: np.ndarray) -> np.ndarray:
+        _, labels = self._pool()
+        return np.stack([np.bincount(labels[self._part(int(i)).indices], minlength=N_CLASSES) for i in ids])
+
     def probe_inputs(self):
         """512 unlabeled images of the pool (a fixed draw; labels never used)."""
         x, _ = self._pool()
