@@ -10,6 +10,11 @@ or ``shard`` (label-sorted shards) — and each party's share 75/25 into its own
 (what it can publish about its data without publishing the data); the model is ``[in-100-10]`` over all ten digits
 (cross-entropy, argmax over all ten); the metric is accuracy on the party's own test part.
 
+Feature shift (``shift = true``): every party sees its images rotated by one of ``angles`` and with its ink scaled,
+both drawn from (seed, party id) (rotated-MNIST's domains); its descriptor carries the rotation and the intensity,
+so a meta-model over descriptors can use them. With ``split = "quantity"`` (IID labels) parties then share their
+label set and differ only in their features.
+
 Training parties pretrain on their train part; test parties get their k shots from their train part (the
 first k of a shuffle, their SHOTS stream; a party with fewer than k train examples gets all of them, padded)
 and are evaluated on their test part. Reported like PFLlib: the run
@@ -54,6 +59,11 @@ class DigitsSplitOptions:
     pool: int = 0  # 0: every image of the source; N: a random N of them (drawn from the run seed) are split
     partition: str = ""  # an .npz of each party's train/test rows (scenarios.splits.read_partition) instead of a split
     inputs: str = "unit"  # "unit": pixels in [0, 1]; "centered": (x - 0.5) / 0.5, PFLlib's transform
+    # feature shift: each party's images rotated by one of ``angles`` (degrees; rotated-MNIST's domains) and their
+    # ink scaled by a factor in ``intensity`` (low, high), both drawn from (seed, party id); the descriptor carries them
+    shift: bool = False
+    angles: tuple[float, ...] = (0.0, 15.0, 30.0, 45.0, 60.0, 75.0)
+    intensity: tuple[float, float] = (1.0, 1.0)
     hidden: tuple[int, ...] = (100,)
     archs: tuple[str, ...] = ()  # architecture families (mlp-<w>, cnn-s, cnn-m) instead of ``hidden``; several: each
     # party's drawn from (seed, party id)
@@ -98,6 +108,12 @@ class DigitsSplitOptions:
             raise ValueError(f"scenario.pool must be >= 0 (0: every image), got {self.pool}")
         if self.partition and self.pool:
             raise ValueError("scenario.partition gives every party's rows: it cannot be combined with scenario.pool")
+        object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
+        object.__setattr__(self, "intensity", tuple(float(c) for c in self.intensity))
+        if self.shift and not self.angles:
+            raise ValueError("scenario.angles must name at least one angle (degrees) when scenario.shift is on")
+        if len(self.intensity) != 2 or not 0 < self.intensity[0] <= self.intensity[1]:
+            raise ValueError(f"scenario.intensity must be [low, high] with 0 < low <= high, got {list(self.intensity)}")
         if self.inputs not in digit_sources.INPUTS:
             raise ValueError(f"scenario.inputs must be one of {', '.join(digit_sources.INPUTS)}, got {self.inputs!r}")
         if self.min_samples < 4:
@@ -105,6 +121,20 @@ class DigitsSplitOptions:
                 f"scenario.min_samples must be >= 4 (a 75/25 split needs a test sample), got {self.min_samples}"
             )
         self.split_config(1)  # checks the split keys
+
+
+def shifted(x: np.ndarray, angle: float, ink: float, centered: bool = False) -> np.ndarray:
+    """Square images ``x`` (m, side * side) rotated by ``angle`` degrees (bilinear, the corners filled with
+    background) with their ink scaled by ``ink`` (clipped to the pixel range); ``centered``: pixels in [-1, 1]."""
+    from scipy.ndimage import rotate
+
+    side = int(round(np.sqrt(x.shape[1])))
+    unit = (x * 0.5 + 0.5) if centered else x
+    img = unit.reshape(len(x), side, side)
+    if angle:
+        img = rotate(img, angle, axes=(1, 2), reshape=False, order=1, mode="constant", cval=0.0)
+    img = np.clip(img * ink, 0.0, 1.0).reshape(len(x), -1).astype(np.float32)
+    return (img - np.float32(0.5)) / np.float32(0.5) if centered else img
 
 
 def _pad(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,26 +198,48 @@ class DigitsSplitScenario(Scenario):
         examples (4–11 with 200 MNIST parties), which would otherwise cap every party's k."""
         return None
 
+    def party_shift(self, seed: int, party_id: int) -> tuple[float, float]:
+        """A party's feature shift: (rotation in degrees, ink intensity factor), from (seed, party id); (0, 1)
+        without ``shift``."""
+        o = self.options
+        if not o.shift:
+            return 0.0, 1.0
+        rng = party_rng(seed, party_id, Stream.SHIFT)
+        return float(o.angles[rng.integers(len(o.angles))]), float(rng.uniform(*o.intensity))
+
     def party_descriptor(self, seed: int, party_id: int) -> np.ndarray:
+        """Class proportions (10,) of the party's train part; with ``shift``, then its rotation / 90 degrees and its
+        intensity factor (12,)."""
         _, labels = self._pool()
         counts = np.bincount(labels[self._part(party_id).train], minlength=N_CLASSES)
-        return counts / max(1, counts.sum())
+        props = counts / max(1, counts.sum())
+        if not self.options.shift:
+            return props
+        angle, ink = self.party_shift(seed, party_id)
+        return np.concatenate([props, [angle / 90.0, ink]])
+
+    def _images(self, seed: int, party_id: int, idx: np.ndarray) -> np.ndarray:
+        """The pool's images at ``idx`` as party ``party_id`` sees them (its feature shift applied)."""
+        x, _ = self._pool()
+        if not self.options.shift:
+            return x[idx]
+        return shifted(x[idx], *self.party_shift(seed, party_id), centered=self.options.inputs == "centered")
 
     def party_train_data(self, seed, party_id, descriptor):
-        x, y = self._pool()
+        _, y = self._pool()
         idx = self._part(party_id).train
-        return _pad(x[idx], y[idx], self.n_train_max)
+        return _pad(self._images(seed, party_id, idx), y[idx], self.n_train_max)
 
     def party_shot_data(self, seed, party_id, descriptor, k):
-        x, y = self._pool()
+        _, y = self._pool()
         train = self._part(party_id).train
         idx = party_rng(seed, party_id, Stream.SHOTS).permutation(train)[:k]
-        return _pad(x[idx], y[idx], k)  # k rows; label PAD (ignored) after a small party's whole train part
+        return _pad(self._images(seed, party_id, idx), y[idx], k)  # k rows; PAD after a small party's train part
 
     def party_eval_data(self, seed, party_id, descriptor):
-        x, y = self._pool()
+        _, y = self._pool()
         idx = self._part(party_id).test
-        return _pad(x[idx], y[idx], self.n_test_max)
+        return _pad(self._images(seed, party_id, idx), y[idx], self.n_test_max)
 
     def party_weights(self, seed: int, ids: np.ndarray) -> np.ndarray:
         """Test samples of each party (n,): the weights of the PFLlib-style mean."""

@@ -262,3 +262,29 @@ def test_fashion_mnist_is_a_source_of_the_split_scenario():
     assert set(np.unique(data.train_y)) == set(range(10))
     mnist = digit_sources.load("mnist", str(SHARED)) if (SHARED / "mnist").is_dir() else None
     assert mnist is None or not np.array_equal(mnist.train_y[:100], data.train_y[:100])
+
+
+def test_feature_shift_rotates_each_partys_images_and_its_descriptor_says_how():
+    sc = build("digits-split", make_options("digits-split", {"shift": True, "angles": [0, 90], "intensity": [0.5, 1]}))
+    sc.prepare(3, 12, 4)
+    plain = build("digits-split", make_options("digits-split", {}))
+    plain.prepare(3, 12, 4)
+    seen = set()
+    for pid in range(16):
+        angle, ink = sc.party_shift(3, pid)
+        d = sc.party_descriptor(3, pid)
+        assert d.shape == (12,) and d[10] == angle / 90 and d[11] == ink and 0.5 <= ink <= 1
+        assert np.allclose(d[:10], plain.party_descriptor(3, pid))  # the same split, the same labels
+        x, y = sc.party_train_data(3, pid, d)
+        x0, y0 = plain.party_train_data(3, pid, None)
+        assert np.array_equal(y, y0)
+        img, img0 = x[0].reshape(8, 8), x0[0].reshape(8, 8)
+        want = np.rot90(img0) if angle == 90 else img0  # scipy rotates counter-clockwise, as rot90 does
+        assert np.allclose(img, np.clip(want * ink, 0, 1), atol=1e-5)
+        seen.add(angle)
+    assert seen == {0.0, 90.0}
+    again = build("digits-split", make_options("digits-split", {"shift": True, "angles": [0, 90]}))
+    again.prepare(3, 12, 4)
+    assert [again.party_shift(3, p)[0] for p in range(16)] == [sc.party_shift(3, p)[0] for p in range(16)]
+    with pytest.raises(ValueError, match="scenario.intensity"):
+        make_options("digits-split", {"intensity": [0, 1]})
