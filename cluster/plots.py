@@ -17,6 +17,7 @@ from scenarios import Scenario
 SHOTS_PNG = "metric_vs_shots.png"
 WARM_STARTS_PNG = "warm_starts.png"
 UPLOAD_PNG = "metric_vs_upload.png"
+PARTITION_PNG = "partition.png"
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -84,35 +85,136 @@ def plot_metric_vs_shots(summary: list[dict], metric: str, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_metric_vs_upload(summary: list[dict], costs: dict[str, dict], metric: str, path: Path) -> None:
+def plot_metric_vs_upload(
+    summary: list[dict],
+    costs: dict[str, dict],
+    metric: str,
+    path: Path,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> None:
     """Each method's mean metric at 0 shots (circle) and at the largest k (square) against its total upload bytes
-    (log x), joined and labelled. Methods that upload nothing (cold_start) sit at the left edge, marked "0 B"."""
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.add_subplot()
+    (log x), joined and labelled; a log y axis when the means span more than a decade. Methods that upload nothing
+    (cold_start) sit in a strip of their own at the left ("no upload"), not at a made-up byte count.
+
+    ``curves``: method -> (cumulative upload bytes (R,), metric (R,)) of a rounds method's learning curve, drawn as a
+    thin line of points ending at its final upload.
+    """
+    curves = curves or {}
     k_max = max(r["shots"] for r in summary)
-    sent = [c["upload_bytes"] for c in costs.values() if c["upload_bytes"] > 0]
-    floor = min(sent) / 10 if sent else 1.0
+    methods = list(dict.fromkeys(r["method"] for r in summary))
+    means = [r["mean"] for r in summary] + [float(v) for _, m in curves.values() for v in m if np.isfinite(v)]
+    log_y = log_scale_wanted(means)
+    silent = [m for m in methods if costs[m]["upload_bytes"] <= 0]
+    fig = Figure(figsize=(7.5, 4.5))
+    if silent:
+        grid = fig.add_gridspec(1, 2, width_ratios=(1.6, 7), wspace=0.04)
+        strip, ax = fig.add_subplot(grid[0]), None
+        ax = fig.add_subplot(grid[1], sharey=strip)
+    else:
+        strip, ax = None, fig.add_subplot()
     stacked: dict[float, int] = {}  # labels of methods with the same upload are stacked, not overprinted
-    for i, method in enumerate(dict.fromkeys(r["method"] for r in summary)):
+    for i, method in enumerate(methods):
         mean = {r["shots"]: r["mean"] for r in summary if r["method"] == method}
         up = costs[method]["upload_bytes"]
-        x = up if up > 0 else floor
-        j = stacked[x] = stacked.get(x, -1) + 1
+        target, x = (ax, up) if up > 0 else (strip, 0.0)
+        j = stacked[(id(target), x)] = stacked.get((id(target), x), -1) + 1
         ks = sorted({0, k_max} & set(mean))
         color = f"C{i % 10}"
-        ax.plot([x] * len(ks), [mean[k] for k in ks], color=color, lw=1, alpha=0.6)
+        if method in curves:
+            cx, cy = curves[method]
+            target.plot(
+                np.asarray(cx)[np.asarray(cx) > 0],
+                np.asarray(cy)[np.asarray(cx) > 0],
+                color=color,
+                lw=0.8,
+                marker=".",
+                markersize=3,
+                alpha=0.7,
+            )
+        target.plot([x] * len(ks), [mean[k] for k in ks], color=color, lw=1, alpha=0.6)
         for k in ks:
-            ax.plot(x, mean[k], marker="o" if k == 0 else "s", color=color, ls="none")
-        label = method + ("" if up > 0 else " (0 B)")
-        ax.annotate(
-            label, (x, mean[ks[-1]]), textcoords="offset points", xytext=(5, 3 + 9 * j), fontsize=7, color=color
-        )
+            target.plot(x, mean[k], marker="o" if k == 0 else "s", color=color, ls="none")
+        if target is strip:  # a narrow strip: the label under the last point, centred
+            target.annotate(
+                method,
+                (x, mean[ks[-1]]),
+                textcoords="offset points",
+                xytext=(0, -12 - 9 * j),
+                fontsize=7,
+                color=color,
+                ha="center",
+            )
+        else:
+            target.annotate(
+                method, (x, mean[ks[-1]]), textcoords="offset points", xytext=(5, 3 + 9 * j), fontsize=7, color=color
+            )
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("total upload (bytes, log scale)")
-    ax.set_ylabel(f"{metric} (mean over test parties)")
-    ax.set_title(f"circles: 0 shots, squares: {k_max} shots", fontsize=9)
+    if log_y:
+        ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
+    ylabel = f"{metric} (mean over test parties)" + (", log scale" if log_y else "")
+    if strip is not None:
+        strip.set_xticks([0.0], ["no\nupload"])
+        strip.set_xlim(-1, 1)
+        strip.set_ylabel(ylabel)
+        strip.grid(alpha=0.3, axis="y", which="both")
+        ax.tick_params(axis="y", which="both", labelleft=False)
+    else:
+        ax.set_ylabel(ylabel)
+    title = f"circles: 0 shots, squares: {k_max} shots"
+    ax.set_title(title + ("; lines: rounds learning curves (0 shots)" if curves else ""), fontsize=9)
     ax.grid(alpha=0.3, which="both")
+    _save(fig, path)
+
+
+def plot_partition(counts: np.ndarray | None, descriptors: np.ndarray, n_train: int, path: Path) -> None:
+    """``partition.png``: what every party holds (its training parties first, then its test parties).
+
+    ``counts`` (parties, classes), the label counts of a classification run: a heatmap per group (training, test),
+    parties sorted by their dominant class, then by size. Without counts: descriptors of one or two coordinates
+    (sine's amplitude and phase) as a scatter, training and test parties in two colours; wider descriptors as a
+    heatmap of their coordinates.
+    """
+    d = np.asarray(descriptors, np.float64)
+    if counts is None and d.shape[1] <= 2:
+        fig = Figure(figsize=(5.5, 4))
+        ax = fig.add_subplot()
+        xs, ys = (d[:, 0], d[:, 1]) if d.shape[1] == 2 else (np.arange(len(d)), d[:, 0])
+        ax.scatter(xs[:n_train], ys[:n_train], s=10, alpha=0.7, label=f"training parties ({n_train})")
+        ax.scatter(xs[n_train:], ys[n_train:], s=18, marker="x", label=f"test parties ({len(d) - n_train})")
+        ax.set_xlabel("descriptor[0]" if d.shape[1] == 2 else "party")
+        ax.set_ylabel("descriptor[1]" if d.shape[1] == 2 else "descriptor[0]")
+        ax.set_title("task descriptors of the parties", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        _save(fig, path)
+        return
+    values = np.asarray(counts if counts is not None else d, np.float64)
+    groups = [(name, v) for name, v in (("training", values[:n_train]), ("test", values[n_train:])) if len(v)]
+    fig = Figure(figsize=(min(16.0, 3 + 0.04 * len(values) + 1.5 * len(groups)), 3.8))
+    grid = fig.add_gridspec(1, len(groups), width_ratios=[max(len(v), 5) for _, v in groups], wspace=0.08)
+    if counts is not None:
+        from matplotlib.colors import SymLogNorm
+
+        norm, label, what = SymLogNorm(linthresh=1.0, vmin=0.0, vmax=max(float(values.max()), 1.0)), "examples", "class"
+    else:
+        norm, label, what = None, "descriptor value", "descriptor coordinate"
+    image = None
+    for g, (name, v) in enumerate(groups):
+        order = np.lexsort((-v.sum(axis=1), v.argmax(axis=1)))
+        ax = fig.add_subplot(grid[g])
+        image = ax.imshow(v[order].T, aspect="auto", interpolation="nearest", cmap="viridis", norm=norm)
+        ax.set_title(f"{name} parties ({len(v)}), sorted by their largest {what}", fontsize=9)
+        ax.set_xlabel("party (sorted)")
+        if v.shape[1] <= 20:
+            ax.set_yticks(range(v.shape[1]), [str(k) for k in range(v.shape[1])] if g == 0 else [""] * v.shape[1])
+        if g == 0:
+            ax.set_ylabel(what)
+        else:
+            ax.tick_params(labelleft=False)
+    fig.colorbar(image, ax=fig.axes, label=label + (" (log scale)" if counts is not None else ""), fraction=0.03)
     _save(fig, path)
 
 

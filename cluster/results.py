@@ -74,10 +74,27 @@ def results_table(scores: Scores, run_id: str, scenario: str, seed: int, metric:
     )
 
 
-def summarize(table: pa.Table, methods: list[str], weights: dict[int, float] | None = None) -> list[dict]:
-    """Mean and std of ``value`` per (method, shots), in the order of ``methods`` then shots.
+TAIL_COLUMNS = ("median", "p10", "p90", "worst10")
+
+
+def tail(values: np.ndarray, lower_is_better: bool = True) -> dict[str, float]:
+    """The spread of per-party ``values`` (P,): median, 10th and 90th percentiles (linear interpolation) and
+    ``worst10``, the mean of the worst ceil(10%) of the parties (the highest values when lower is better)."""
+    v = np.sort(np.asarray(values, np.float64))
+    n_worst = max(1, int(np.ceil(0.1 * len(v))))
+    worst = v[-n_worst:] if lower_is_better else v[:n_worst]
+    p10, median, p90 = np.percentile(v, [10, 50, 90])
+    return {"median": float(median), "p10": float(p10), "p90": float(p90), "worst10": float(worst.mean())}
+
+
+def summarize(
+    table: pa.Table, methods: list[str], weights: dict[int, float] | None = None, lower_is_better: bool = True
+) -> list[dict]:
+    """Mean, std and the tail (:func:`tail`) of ``value`` per (method, shots), in the order of ``methods`` then shots.
 
     ``weights`` (party id -> weight, e.g. its test samples): rows also get ``weighted_mean`` (PFLlib's report).
+    Values that are NaN (a method with no model at that k, e.g. an untrained head) are left out; a (method, shots)
+    with none left is not reported.
     """
     method = np.asarray(table["method"].to_pylist())
     shots = np.asarray(table["shots"].to_pylist())
@@ -86,21 +103,25 @@ def summarize(table: pa.Table, methods: list[str], weights: dict[int, float] | N
     rows = []
     for m in methods:
         for k in sorted(set(shots[method == m].tolist())):
-            sel = (method == m) & (shots == k)
+            sel = (method == m) & (shots == k) & np.isfinite(value)
             v = value[sel]
+            if not len(v):
+                continue
             row = {"method": m, "shots": int(k), "mean": float(v.mean()), "std": float(v.std()), "n": int(len(v))}
             if weights is not None:
                 row["weighted_mean"], _ = weighted_mean_std(v, np.array([weights[int(p)] for p in party[sel]]))
-            rows.append(row)
+            rows.append({**row, **tail(v, lower_is_better)})
     return rows
 
 
 def write_summary_csv(rows: list[dict], path: Path) -> None:
+    """``summary.csv``: method, shots, mean, std, n, [weighted_mean], median, p10, p90, worst10 (see :func:`tail`)."""
     weighted = bool(rows) and "weighted_mean" in rows[0]
-    head = "method,shots,mean,std,n" + (",weighted_mean" if weighted else "")
+    head = "method,shots,mean,std,n" + (",weighted_mean" if weighted else "") + "," + ",".join(TAIL_COLUMNS)
     lines = [head] + [
         f"{r['method']},{r['shots']},{r['mean']:.6g},{r['std']:.6g},{r['n']}"
         + (f",{r['weighted_mean']:.6g}" if weighted else "")
+        + "".join(f",{r[c]:.6g}" for c in TAIL_COLUMNS)
         for r in rows
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -124,15 +145,24 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path)
 
 
-def format_summary(rows: list[dict], metric: str) -> str:
-    """A table: methods as rows, shots as columns, ``mean ± std`` (the sample-weighted mean when rows have one)."""
+def format_summary(rows: list[dict], metric: str, stat: str = "mean") -> str:
+    """A table: methods as rows, shots as columns. ``stat`` "mean": ``mean ± std`` (the sample-weighted mean when rows
+    have one); "median": ``median [p10, p90]``; "worst10": the mean of the worst 10% of parties. A method with no
+    value at a k shows "n/a"."""
     shots = sorted({r["shots"] for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    key = "weighted_mean" if rows and "weighted_mean" in rows[0] else "mean"
-    cell = {(r["method"], r["shots"]): f"{r[key]:.4f} ± {r['std']:.4f}" for r in rows}
-    what = "sample-weighted mean ± std over parties" if key == "weighted_mean" else "mean ± std"
+    if stat == "median":
+        cell = {(r["method"], r["shots"]): f"{r['median']:.4f} [{r['p10']:.4f}, {r['p90']:.4f}]" for r in rows}
+        what = "median [10th, 90th percentile] over parties"
+    elif stat == "worst10":
+        cell = {(r["method"], r["shots"]): f"{r['worst10']:.4f}" for r in rows}
+        what = "mean of the worst 10% of parties"
+    else:
+        key = "weighted_mean" if rows and "weighted_mean" in rows[0] else "mean"
+        cell = {(r["method"], r["shots"]): f"{r[key]:.4f} ± {r['std']:.4f}" for r in rows}
+        what = "sample-weighted mean ± std over parties" if key == "weighted_mean" else "mean ± std"
     head = [f"{metric} ({what})"] + [f"{k}-shot" for k in shots]
-    body = [[m] + [cell.get((m, k), "-") for k in shots] for m in methods]
+    body = [[m] + [cell.get((m, k), "n/a") for k in shots] for m in methods]
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
     fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])

@@ -39,6 +39,7 @@ class Stream(IntEnum):
     WIDTH = 7  # hidden width when a run mixes widths
     FAULTS = 8  # injected faults ([faults] corrupt_share): whether the party uploads garbage, and which
     FAMILY = 9  # architecture family when a run mixes families ([scenario] archs with several entries)
+    SHIFT = 10  # a party's feature shift (rotation, intensity) in scenarios that shift features
 
 
 def party_rng(seed: int, party_id: int, stream: Stream) -> np.random.Generator:

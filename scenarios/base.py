@@ -96,6 +96,11 @@ class Scenario(ABC):
     def metric(self, pred: torch.Tensor, y: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
         """Evaluation metric per party: (P,)."""
 
+    def label_counts(self, seed: int, ids: np.ndarray) -> np.ndarray | None:
+        """Examples per class (n, classes) of each party's data (train and held-out parts) for ``partition.png``;
+        None for a scenario without class labels (the plot then shows the descriptors)."""
+        return None
+
     def real_rows(self, y: np.ndarray) -> np.ndarray:
         """Which rows of stacked training targets ``y`` (n, N, ...) are data, not padding: (n, N) bool."""
         return np.ones(y.shape[:2], dtype=bool)

@@ -1,7 +1,11 @@
-"""Where the digit images come from: scikit-learn's 8x8 ``load_digits`` (offline) or MNIST idx files.
+"""Where the images come from: scikit-learn's 8x8 ``load_digits`` (offline), or MNIST / Fashion-MNIST idx files.
 
 Every source returns a fixed train/test split of images scaled to [0, 1]; the split never depends on
 the run seed, so held-out test images are the same for every run. Loaded once per process.
+
+Fashion-MNIST (Zalando Research, MIT) has MNIST's format and sizes (60,000 / 10,000 28x28 images, 10 classes).
+Without ``scenario.data_dir`` it is read from Debian's ``dataset-fashion-mnist`` package
+(:data:`SYSTEM_FOLDERS`); with it, from ``data_dir`` or its ``fashion-mnist/`` subfolder.
 """
 
 from __future__ import annotations
@@ -76,21 +80,39 @@ def read_idx(path: Path) -> np.ndarray:
     return body.reshape(dims)
 
 
-def mnist_folder(data_dir: str) -> Path:
-    """``data_dir`` itself or its ``mnist/`` subfolder, whichever holds the four idx files."""
-    if not data_dir:
-        raise ValueError("scenario.source = 'mnist' needs scenario.data_dir (a folder with the MNIST idx .gz files)")
-    base = Path(data_dir).expanduser()
-    for folder in (base, base / "mnist"):
-        if all((folder / name).is_file() for name in MNIST_FILES.values()):
+# where a source's idx files are looked for when no scenario.data_dir is given (Debian's packages)
+SYSTEM_FOLDERS: dict[str, tuple[str, ...]] = {"mnist": (), "fashion-mnist": ("/usr/share/datasets/fashion-mnist",)}
+
+
+def _has_idx(folder: Path) -> bool:
+    names = MNIST_FILES.values()
+    return all((folder / n).is_file() or (folder / n.removesuffix(".gz")).is_file() for n in names)
+
+
+def idx_folder(data_dir: str, source: str = "mnist") -> Path:
+    """``data_dir`` itself or its ``<source>/`` subfolder, whichever holds the four idx files (gzip or plain); without
+    ``data_dir``, the system folders of :data:`SYSTEM_FOLDERS`."""
+    if data_dir:
+        base = Path(data_dir).expanduser()
+        candidates = [base, base / source]
+    else:
+        candidates = [Path(f) for f in SYSTEM_FOLDERS.get(source, ())]
+    for folder in candidates:
+        if _has_idx(folder):
             return folder
-    raise ValueError(f"scenario.data_dir = {data_dir!r}: no MNIST idx files ({', '.join(MNIST_FILES.values())}) there")
+    files = ", ".join(MNIST_FILES.values())
+    if not data_dir:
+        where = f" (looked in {', '.join(map(str, candidates))})" if candidates else ""
+        raise ValueError(f"scenario.source = {source!r} needs scenario.data_dir (a folder with its idx files){where}")
+    name = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}.get(source, source)
+    raise ValueError(f"scenario.data_dir = {data_dir!r}: no {name} idx files ({files}) there or in {source}/")
 
 
-def _mnist(data_dir: str) -> DigitData:
-    """The standard 60,000 / 10,000 split; 28x28 = 784 inputs scaled to [0, 1]."""
-    folder = mnist_folder(data_dir)
-    arrays = {key: read_idx(folder / name) for key, name in MNIST_FILES.items()}
+def _idx_source(data_dir: str, source: str) -> DigitData:
+    """A 60,000 / 10,000 idx split of 28x28 = 784 inputs scaled to [0, 1] (MNIST's format)."""
+    folder = idx_folder(data_dir, source)
+    plain = lambda name: name if (folder / name).is_file() else name.removesuffix(".gz")  # noqa: E731
+    arrays = {key: read_idx(folder / plain(name)) for key, name in MNIST_FILES.items()}
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
             raise ValueError(f"{folder}: {split} images and labels differ in count")
@@ -103,8 +125,20 @@ def _mnist(data_dir: str) -> DigitData:
     )
 
 
+def _mnist(data_dir: str) -> DigitData:
+    return _idx_source(data_dir, "mnist")
+
+
+def _fashion_mnist(data_dir: str) -> DigitData:
+    return _idx_source(data_dir, "fashion-mnist")
+
+
 # name -> (inputs per image, loader)
-SOURCES: dict[str, tuple[int, Callable[[str], DigitData]]] = {"sklearn": (64, _sklearn), "mnist": (784, _mnist)}
+SOURCES: dict[str, tuple[int, Callable[[str], DigitData]]] = {
+    "sklearn": (64, _sklearn),
+    "mnist": (784, _mnist),
+    "fashion-mnist": (784, _fashion_mnist),
+}
 
 
 @lru_cache(maxsize=4)
@@ -113,3 +147,25 @@ def load(source: str, data_dir: str = "") -> DigitData:
     if source not in SOURCES:
         raise ValueError(f"scenario.source must be one of {', '.join(SOURCES)}, got {source!r}")
     return SOURCES[source][1](data_dir)
+
+
+INPUTS = ("unit", "centered")  # x in [0, 1]; or (x - 0.5) / 0.5 in [-1, 1], PFLlib's Normalize(0.5, 0.5) transform
+
+
+@lru_cache(maxsize=2)
+def pooled(source: str, data_dir: str = "", inputs: str = "unit") -> tuple[np.ndarray, np.ndarray]:
+    """The source's train images followed by its test images, as one pool: x (N, in) float32, y (N,) int64.
+
+    ``inputs``: ``"unit"`` keeps [0, 1]; ``"centered"`` maps to [-1, 1] as PFLlib's transform does. Cached per
+    process (a pool is built once, not per party).
+    """
+    if inputs not in INPUTS:
+        raise ValueError(f"scenario.inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+    data = load(source, data_dir)
+    x = np.concatenate([data.train_x, data.test_x])
+    if inputs == "centered":
+        x = (x - np.float32(0.5)) / np.float32(0.5)
+    x.flags.writeable = False
+    y = np.concatenate([data.train_y, data.test_y])
+    y.flags.writeable = False
+    return x, y

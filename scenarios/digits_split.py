@@ -1,12 +1,19 @@
 """PFLlib-style label skew (``digits-split``): one pool of digit images split across the parties.
 
 All images of the source (its train and test splits pooled; with ``pool = N`` a random N of them, drawn from the
-run seed) are split across the run's parties with
-:mod:`scenarios.splits` — ``pathological`` (``classes_per_party`` digits each), ``dirichlet`` (Dirichlet(alpha)
-per digit across parties, at least ``min_samples`` each) or ``quantity`` (IID labels, Dirichlet sizes) — and each
-party's share 75/25 into its own train and test part. A party's descriptor is the class proportions (10,) of
-its train part (what it can publish about its data without publishing the data); the model is ``[in-100-10]``
-over all ten digits (cross-entropy, argmax over all ten); the metric is accuracy on the party's own test part.
+run seed) are split across the run's parties with :mod:`scenarios.splits` — ``pathological`` (``classes_per_party``
+digits each), ``dirichlet`` (Dirichlet(alpha) per digit across parties, at least ``min_samples`` each), ``quantity``
+(IID labels, Dirichlet sizes), ``exdir`` (``classes_per_party`` classes each, Dirichlet over each class's holders)
+or ``shard`` (label-sorted shards) — and each party's share 75/25 into its own train and test part. With
+``partition = FILE`` the parties' train/test rows come from that file instead (PFLlib's own split, say:
+:func:`scenarios.splits.read_partition`). A party's descriptor is the class proportions (10,) of its train part
+(what it can publish about its data without publishing the data); the model is ``[in-100-10]`` over all ten digits
+(cross-entropy, argmax over all ten); the metric is accuracy on the party's own test part.
+
+Feature shift (``shift = true``): every party sees its images rotated by one of ``angles`` and with its ink scaled,
+both drawn from (seed, party id) (rotated-MNIST's domains); its descriptor carries the rotation and the intensity,
+so a meta-model over descriptors can use them. With ``split = "quantity"`` (IID labels) parties then share their
+label set and differ only in their features.
 
 Training parties pretrain on their train part; test parties get their k shots from their train part (the
 first k of a shuffle, their SHOTS stream; a party with fewer than k train examples gets all of them, padded)
@@ -30,7 +37,7 @@ from fusion.lazy import torch
 from fusion.models.spec import Spec
 from scenarios import digit_sources
 from scenarios.base import Scenario, Stream, model_families, model_specs, party_rng
-from scenarios.splits import PARTITIONS, PartySplit, SplitConfig, split_labels
+from scenarios.splits import PARTITIONS, PartySplit, SplitConfig, read_partition, split_labels
 
 N_CLASSES = 10
 PAD = -1  # label of padding examples (ignored by loss and metric)
@@ -41,14 +48,22 @@ POOL_STREAM = 2**32 - 2  # stream word of the ``pool`` draw (not a party id, not
 class DigitsSplitOptions:
     """``[scenario]`` keys of ``digits-split`` (the split keys as in :class:`scenarios.splits.SplitConfig`)."""
 
-    split: str = "dirichlet"  # pathological | dirichlet | quantity
+    split: str = "dirichlet"  # pathological | dirichlet | quantity | exdir | shard
     alpha: float = 0.1
     classes_per_party: int = 2
     min_samples: int = 10
     balance: bool = True
-    source: str = "sklearn"  # "sklearn" (8x8, offline) or "mnist" (idx .gz files in data_dir)
+    shards_per_party: int = 2  # split = "shard": label-sorted shards per party
+    source: str = "sklearn"  # "sklearn" (8x8, offline), "mnist" or "fashion-mnist" (idx files in data_dir)
     data_dir: str = ""
     pool: int = 0  # 0: every image of the source; N: a random N of them (drawn from the run seed) are split
+    partition: str = ""  # an .npz of each party's train/test rows (scenarios.splits.read_partition) instead of a split
+    inputs: str = "unit"  # "unit": pixels in [0, 1]; "centered": (x - 0.5) / 0.5, PFLlib's transform
+    # feature shift: each party's images rotated by one of ``angles`` (degrees; rotated-MNIST's domains) and their
+    # ink scaled by a factor in ``intensity`` (low, high), both drawn from (seed, party id); the descriptor carries them
+    shift: bool = False
+    angles: tuple[float, ...] = (0.0, 15.0, 30.0, 45.0, 60.0, 75.0)
+    intensity: tuple[float, float] = (1.0, 1.0)
     hidden: tuple[int, ...] = (100,)
     archs: tuple[str, ...] = ()  # architecture families (mlp-<w>, cnn-s, cnn-m) instead of ``hidden``; several: each
     # party's drawn from (seed, party id)
@@ -59,6 +74,18 @@ class DigitsSplitOptions:
         """The parties' model (``archs``' family, or ``[in, *hidden, 10]``) and the novel parties' (``target_arch``)."""
         n_in = digit_sources.SOURCES[self.source][0]
         return model_specs(self.archs, self.target_arch, self.hidden, n_in, N_CLASSES)
+
+    def split_config(self, parties: int) -> SplitConfig:
+        """The split of the pool across ``parties`` parties these options ask for."""
+        return SplitConfig(
+            self.split,
+            parties,
+            self.classes_per_party,
+            self.alpha,
+            self.min_samples,
+            balance=self.balance,
+            shards_per_party=self.shards_per_party,
+        )
 
     @property
     def families(self) -> tuple[Spec, ...]:
@@ -79,11 +106,35 @@ class DigitsSplitOptions:
         self.specs  # noqa: B018  (checks archs and target_arch)
         if self.pool < 0:
             raise ValueError(f"scenario.pool must be >= 0 (0: every image), got {self.pool}")
+        if self.partition and self.pool:
+            raise ValueError("scenario.partition gives every party's rows: it cannot be combined with scenario.pool")
+        object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
+        object.__setattr__(self, "intensity", tuple(float(c) for c in self.intensity))
+        if self.shift and not self.angles:
+            raise ValueError("scenario.angles must name at least one angle (degrees) when scenario.shift is on")
+        if len(self.intensity) != 2 or not 0 < self.intensity[0] <= self.intensity[1]:
+            raise ValueError(f"scenario.intensity must be [low, high] with 0 < low <= high, got {list(self.intensity)}")
+        if self.inputs not in digit_sources.INPUTS:
+            raise ValueError(f"scenario.inputs must be one of {', '.join(digit_sources.INPUTS)}, got {self.inputs!r}")
         if self.min_samples < 4:
             raise ValueError(
                 f"scenario.min_samples must be >= 4 (a 75/25 split needs a test sample), got {self.min_samples}"
             )
-        SplitConfig(self.split, 1, self.classes_per_party, self.alpha, self.min_samples, balance=self.balance)
+        self.split_config(1)  # checks the split keys
+
+
+def shifted(x: np.ndarray, angle: float, ink: float, centered: bool = False) -> np.ndarray:
+    """Square images ``x`` (m, side * side) rotated by ``angle`` degrees (bilinear, the corners filled with
+    background) with their ink scaled by ``ink`` (clipped to the pixel range); ``centered``: pixels in [-1, 1]."""
+    from scipy.ndimage import rotate
+
+    side = int(round(np.sqrt(x.shape[1])))
+    unit = (x * 0.5 + 0.5) if centered else x
+    img = unit.reshape(len(x), side, side)
+    if angle:
+        img = rotate(img, angle, axes=(1, 2), reshape=False, order=1, mode="constant", cval=0.0)
+    img = np.clip(img * ink, 0.0, 1.0).reshape(len(x), -1).astype(np.float32)
+    return (img - np.float32(0.5)) / np.float32(0.5) if centered else img
 
 
 def _pad(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,11 +161,10 @@ class DigitsSplitScenario(Scenario):
         self.keep: np.ndarray | None = None  # with ``pool``: the images of the source in the run's pool
 
     def _pool(self) -> tuple[np.ndarray, np.ndarray]:
-        data = digit_sources.load(self.options.source, self.options.data_dir)
+        x, y = digit_sources.pooled(self.options.source, self.options.data_dir, self.options.inputs)
         if self.keep is not None:
-            both = lambda a, b: np.concatenate([a, b])[self.keep]  # noqa: E731
-            return both(data.train_x, data.test_x), both(data.train_y, data.test_y)
-        return np.concatenate([data.train_x, data.test_x]), np.concatenate([data.train_y, data.test_y])
+            return x[self.keep], y[self.keep]
+        return x, y
 
     def prepare(self, seed: int, n_train: int, n_test: int) -> None:
         """Split the pool across the ``n_train + n_test`` parties (a joint draw from the run seed); with ``pool``,
@@ -127,8 +177,10 @@ class DigitsSplitScenario(Scenario):
                 raise ValueError(f"scenario.pool = {o.pool} is more than the {len(labels)} images of {o.source}")
             self.keep = np.sort(np.random.default_rng([seed, POOL_STREAM]).choice(len(labels), o.pool, replace=False))
             labels = labels[self.keep]
-        cfg = SplitConfig(o.split, n_train + n_test, o.classes_per_party, o.alpha, o.min_samples, balance=o.balance)
-        self.parts = split_labels(labels, cfg, seed)
+        if o.partition:  # the parties' rows as given: the file's clients 0 .. n_train + n_test - 1
+            self.parts = read_partition(o.partition, labels, n_train + n_test)
+        else:
+            self.parts = split_labels(labels, o.split_config(n_train + n_test), seed)
         self.n_train_max = max(len(p.train) for p in self.parts)
         self.n_test_max = max(len(p.test) for p in self.parts)
 
@@ -146,30 +198,56 @@ class DigitsSplitScenario(Scenario):
         examples (4–11 with 200 MNIST parties), which would otherwise cap every party's k."""
         return None
 
+    def party_shift(self, seed: int, party_id: int) -> tuple[float, float]:
+        """A party's feature shift: (rotation in degrees, ink intensity factor), from (seed, party id); (0, 1)
+        without ``shift``."""
+        o = self.options
+        if not o.shift:
+            return 0.0, 1.0
+        rng = party_rng(seed, party_id, Stream.SHIFT)
+        return float(o.angles[rng.integers(len(o.angles))]), float(rng.uniform(*o.intensity))
+
     def party_descriptor(self, seed: int, party_id: int) -> np.ndarray:
+        """Class proportions (10,) of the party's train part; with ``shift``, then its rotation / 90 degrees and its
+        intensity factor (12,)."""
         _, labels = self._pool()
         counts = np.bincount(labels[self._part(party_id).train], minlength=N_CLASSES)
-        return counts / max(1, counts.sum())
+        props = counts / max(1, counts.sum())
+        if not self.options.shift:
+            return props
+        angle, ink = self.party_shift(seed, party_id)
+        return np.concatenate([props, [angle / 90.0, ink]])
+
+    def _images(self, seed: int, party_id: int, idx: np.ndarray) -> np.ndarray:
+        """The pool's images at ``idx`` as party ``party_id`` sees them (its feature shift applied)."""
+        x, _ = self._pool()
+        if not self.options.shift:
+            return x[idx]
+        return shifted(x[idx], *self.party_shift(seed, party_id), centered=self.options.inputs == "centered")
 
     def party_train_data(self, seed, party_id, descriptor):
-        x, y = self._pool()
+        _, y = self._pool()
         idx = self._part(party_id).train
-        return _pad(x[idx], y[idx], self.n_train_max)
+        return _pad(self._images(seed, party_id, idx), y[idx], self.n_train_max)
 
     def party_shot_data(self, seed, party_id, descriptor, k):
-        x, y = self._pool()
+        _, y = self._pool()
         train = self._part(party_id).train
         idx = party_rng(seed, party_id, Stream.SHOTS).permutation(train)[:k]
-        return _pad(x[idx], y[idx], k)  # k rows; label PAD (ignored) after a small party's whole train part
+        return _pad(self._images(seed, party_id, idx), y[idx], k)  # k rows; PAD after a small party's train part
 
     def party_eval_data(self, seed, party_id, descriptor):
-        x, y = self._pool()
+        _, y = self._pool()
         idx = self._part(party_id).test
-        return _pad(x[idx], y[idx], self.n_test_max)
+        return _pad(self._images(seed, party_id, idx), y[idx], self.n_test_max)
 
     def party_weights(self, seed: int, ids: np.ndarray) -> np.ndarray:
         """Test samples of each party (n,): the weights of the PFLlib-style mean."""
         return np.array([len(self._part(int(i)).test) for i in ids], np.float64)
+
+    def label_counts(self, seed: int, ids: np.ndarray) -> np.ndarray:
+        _, labels = self._pool()
+        return np.stack([np.bincount(labels[self._part(int(i)).indices], minlength=N_CLASSES) for i in ids])
 
     def probe_inputs(self):
         """512 unlabeled images of the pool (a fixed draw; labels never used)."""

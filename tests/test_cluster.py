@@ -90,7 +90,7 @@ def test_cli_run_writes_every_file(ray_session, tmp_path, capsys):
     assert pairs == {(m, k) for m in DEFAULT_METHODS for k in (0, 5)}
     assert np.isfinite(table["value"].to_numpy()).all()
     summary = (out / "summary.csv").read_text().splitlines()
-    assert summary[0] == "method,shots,mean,std,n" and len(summary) == 1 + 10
+    assert summary[0] == "method,shots,mean,std,n,median,p10,p90,worst10" and len(summary) == 1 + 10
     model, spec = load_warm_starter(out / "fusion_model.pt")
     assert spec.widths == (1, 16, 1) and model.predict(np.array([[1.0, 0.9]])).shape == (1, spec.n_params)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]

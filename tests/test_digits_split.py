@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -171,3 +173,118 @@ def test_pool_splits_a_random_subset_drawn_from_the_seed():
         _scenario(pool=5000)
     with pytest.raises(ConfigError, match="scenario.pool must be >= 0"):
         resolve({"scenario": {"name": "digits-split", "pool": -1}})
+
+
+def _partition_file(path, labels, parties=6, per_party=40, seed=0):
+    """An .npz partition over a pool with ``labels``: disjoint rows, 3/4 train, with label arrays."""
+    rows = np.random.default_rng(seed).permutation(len(labels))[: parties * per_party].reshape(parties, per_party)
+    cut = per_party * 3 // 4
+    arrays = {"num_clients": np.array(parties)}
+    for k, r in enumerate(rows):
+        arrays[f"client{k}_train"], arrays[f"client{k}_test"] = r[:cut], r[cut:]
+        arrays[f"client{k}_train_labels"], arrays[f"client{k}_test_labels"] = labels[r[:cut]], labels[r[cut:]]
+    np.savez(path, **arrays)
+    return rows, cut
+
+
+def test_a_partition_file_gives_every_party_exactly_its_rows(tmp_path):
+    sc = build("digits-split", make_options("digits-split", {}))
+    x_pool, labels = sc._pool()
+    rows, cut = _partition_file(tmp_path / "p.npz", labels)
+    sc = build("digits-split", make_options("digits-split", {"partition": str(tmp_path / "p.npz")}))
+    sc.prepare(0, 4, 2)
+    for k in range(6):
+        x, y = sc.party_train_data(0, k, None)
+        real = y >= 0
+        assert np.array_equal(y[real], labels[rows[k, :cut]])
+        assert np.array_equal(x[real], x_pool[rows[k, :cut]])
+        ex, ey = sc.party_eval_data(0, k, None)
+        assert np.array_equal(ey[ey >= 0], labels[rows[k, cut:]])
+    assert np.allclose(sc.party_descriptor(0, 2), np.bincount(labels[rows[2, :cut]], minlength=10) / cut)
+
+
+def test_a_bad_partition_file_is_refused_naming_the_problem(tmp_path):
+    labels = build("digits-split", make_options("digits-split", {}))._pool()[1]
+    _partition_file(tmp_path / "p.npz", labels)
+    small = build("digits-split", make_options("digits-split", {"partition": str(tmp_path / "p.npz")}))
+    with pytest.raises(ValueError, match="has 6 clients; the run asks for 8 parties"):
+        small.prepare(0, 6, 2)
+    z = dict(np.load(tmp_path / "p.npz"))
+    z["client1_train_labels"] = (z["client1_train_labels"] + 1) % 10
+    np.savez(tmp_path / "wrong.npz", **z)
+    wrong = build("digits-split", make_options("digits-split", {"partition": str(tmp_path / "wrong.npz")}))
+    with pytest.raises(ValueError, match="client1_train_labels disagree"):
+        wrong.prepare(0, 4, 2)
+    z = dict(np.load(tmp_path / "p.npz"))
+    z["client2_test"] = z["client0_train"][:3]
+    np.savez(tmp_path / "overlap.npz", **z)
+    z.pop("client2_test_labels")
+    np.savez(tmp_path / "overlap.npz", **z)
+    overlap = build("digits-split", make_options("digits-split", {"partition": str(tmp_path / "overlap.npz")}))
+    with pytest.raises(ValueError, match="client2_test repeats rows"):
+        overlap.prepare(0, 4, 2)
+    with pytest.raises(ValueError, match="cannot read it as .npz"):
+        build("digits-split", make_options("digits-split", {"partition": str(tmp_path / "none.npz")})).prepare(0, 4, 2)
+    with pytest.raises(ValueError, match="scenario.pool"):
+        make_options("digits-split", {"partition": "p.npz", "pool": 100})
+
+
+def test_centered_inputs_are_pfllibs_transform_of_the_unit_inputs():
+    unit = build("digits-split", make_options("digits-split", {}))._pool()[0]
+    centered = build("digits-split", make_options("digits-split", {"inputs": "centered"}))._pool()[0]
+    assert np.allclose(centered, (unit - 0.5) / 0.5) and centered.min() == -1.0
+    with pytest.raises(ValueError, match="scenario.inputs"):
+        make_options("digits-split", {"inputs": "zscore"})
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "pfllib-mnist-dir0.1-20.npz").is_file(), reason="../shared/data not available")
+def test_pfllibs_own_mnist_split_loads_with_its_labels():
+    opts = {"source": "mnist", "data_dir": str(SHARED), "partition": str(SHARED / "pfllib-mnist-dir0.1-20.npz")}
+    sc = build("digits-split", make_options("digits-split", opts))
+    sc.prepare(0, 20, 0)  # the labels stored in the file are checked against MNIST's at those rows
+    sizes = [len(sc.parts[k].train) + len(sc.parts[k].test) for k in range(20)]
+    assert sum(sizes) == 70000
+
+
+@pytest.mark.skipif(
+    not (SHARED / "fashion-mnist").is_dir() and not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="Fashion-MNIST not available",
+)
+def test_fashion_mnist_is_a_source_of_the_split_scenario():
+    from scenarios import digit_sources
+
+    folder = SHARED if (SHARED / "fashion-mnist").is_dir() else ""
+    data = digit_sources.load("fashion-mnist", str(folder))
+    assert data.train_x.shape == (60000, 784) and data.test_x.shape == (10000, 784)
+    assert set(np.unique(data.train_y)) == set(range(10))
+    mnist = digit_sources.load("mnist", str(SHARED)) if (SHARED / "mnist").is_dir() else None
+    assert mnist is None or not np.array_equal(mnist.train_y[:100], data.train_y[:100])
+
+
+def test_feature_shift_rotates_each_partys_images_and_its_descriptor_says_how():
+    sc = build("digits-split", make_options("digits-split", {"shift": True, "angles": [0, 90], "intensity": [0.5, 1]}))
+    sc.prepare(3, 12, 4)
+    plain = build("digits-split", make_options("digits-split", {}))
+    plain.prepare(3, 12, 4)
+    seen = set()
+    for pid in range(16):
+        angle, ink = sc.party_shift(3, pid)
+        d = sc.party_descriptor(3, pid)
+        assert d.shape == (12,) and d[10] == angle / 90 and d[11] == ink and 0.5 <= ink <= 1
+        assert np.allclose(d[:10], plain.party_descriptor(3, pid))  # the same split, the same labels
+        x, y = sc.party_train_data(3, pid, d)
+        x0, y0 = plain.party_train_data(3, pid, None)
+        assert np.array_equal(y, y0)
+        img, img0 = x[0].reshape(8, 8), x0[0].reshape(8, 8)
+        want = np.rot90(img0) if angle == 90 else img0  # scipy rotates counter-clockwise, as rot90 does
+        assert np.allclose(img, np.clip(want * ink, 0, 1), atol=1e-5)
+        seen.add(angle)
+    assert seen == {0.0, 90.0}
+    again = build("digits-split", make_options("digits-split", {"shift": True, "angles": [0, 90]}))
+    again.prepare(3, 12, 4)
+    assert [again.party_shift(3, p)[0] for p in range(16)] == [sc.party_shift(3, p)[0] for p in range(16)]
+    with pytest.raises(ValueError, match="scenario.intensity"):
+        make_options("digits-split", {"intensity": [0, 1]})

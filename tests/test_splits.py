@@ -96,3 +96,22 @@ def test_pathological_with_few_parties_leaves_undealt_classes_out():
     parts = split_labels(labels, SplitConfig("pathological", parties=2, classes_per_party=2), seed=0)
     used = np.concatenate([p.indices for p in parts])
     assert len(np.unique(labels[used])) == 4 and len(used) == 4 * 60
+
+
+def test_exdir_gives_each_party_at_most_its_classes_and_keeps_every_sample():
+    labels = np.repeat(np.arange(10), 200)
+    cfg = SplitConfig("exdir", parties=12, classes_per_party=3, alpha=0.5, min_samples=10)
+    parts = split_labels(labels, cfg, seed=3)
+    assert sorted(np.concatenate([p.indices for p in parts]).tolist()) == list(range(len(labels)))
+    assert all(len(np.unique(labels[p.indices])) <= 3 for p in parts)
+    assert all(len(p.indices) >= 10 for p in parts)
+
+
+def test_shard_gives_each_party_its_shards_of_the_label_sorted_pool():
+    labels = np.repeat(np.arange(10), 100)
+    parts = split_labels(labels, SplitConfig("shard", parties=10, shards_per_party=2), seed=1)
+    assert all(len(p.indices) == 100 for p in parts)
+    assert all(len(np.unique(labels[p.indices])) <= 2 for p in parts)  # a shard of 50 sorted labels holds one class
+    assert sorted(np.concatenate([p.indices for p in parts]).tolist()) == list(range(len(labels)))
+    with pytest.raises(ValueError, match="shards_per_party"):
+        SplitConfig("shard", parties=2, shards_per_party=0)
