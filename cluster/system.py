@@ -37,8 +37,11 @@ class PartyClass:
     cpus: float = 1.0
     gpus: float = 0.0
     speed: float = 1.0  # > 0; 1 = nominal, 0.5 = takes twice as long
-    drop: float = 0.0  # probability in [0, 1) that a party of this class never reports
+    drop: float = 0.0  # probability in [0, 1) that a party of this class never reports (per round, in rounds)
     actors: int = 1
+    bandwidth: float = 0.0  # bytes per simulated time unit, each way (0 = transfers take no time)
+    latency: float = 0.0  # simulated time units added to every round trip
+    online: float = 1.0  # probability in (0, 1] that a party of this class is online in a round
 
     def __post_init__(self) -> None:
         where = f"party_classes[{self.name!r}]"
@@ -56,20 +59,41 @@ class PartyClass:
             raise ValueError(f"{where}.drop must be a probability in [0, 1), got {self.drop}")
         if self.actors < 1:
             raise ValueError(f"{where}.actors must be >= 1, got {self.actors}")
+        if self.bandwidth < 0 or self.latency < 0:
+            raise ValueError(f"{where}.bandwidth and .latency must be >= 0, got {self.bandwidth}, {self.latency}")
+        if not 0 < self.online <= 1:
+            raise ValueError(f"{where}.online must be a probability in (0, 1], got {self.online}")
+
+
+STRAGGLERS = ("drop", "partial")
 
 
 @dataclass(frozen=True)
 class SystemConfig:
-    """``[system]`` keys: ``deadline`` in simulated time units (0 = none), ``jitter`` relative (>= 0)."""
+    """``[system]`` keys: ``deadline`` in simulated time units (0 = none): of the one-shot pretraining, and of every
+    round of the rounds methods; ``jitter`` relative (>= 0); ``straggler``: what a round does with a party that
+    misses its deadline, ``"drop"`` (FedAvg: its update is lost) or ``"partial"`` (it uploads the local steps it
+    finished by the deadline, FedProx-style); ``overselect`` (>= 1): a round samples that many times the parties
+    it needs and keeps the first to finish (FedScale); ``availability``: a trace file of online windows
+    (:func:`read_availability`), "" = each class's ``online`` probability per round."""
 
     deadline: float = 0.0
     jitter: float = 0.0
+    straggler: str = "drop"
+    overselect: float = 1.0
+    availability: str = ""
 
     def __post_init__(self) -> None:
         if self.deadline < 0:
             raise ValueError(f"system.deadline must be >= 0 (0 = no deadline), got {self.deadline}")
         if self.jitter < 0:
             raise ValueError(f"system.jitter must be >= 0, got {self.jitter}")
+        if self.straggler not in STRAGGLERS:
+            raise ValueError(f"system.straggler must be one of {', '.join(STRAGGLERS)}, got {self.straggler!r}")
+        if not self.overselect >= 1:
+            raise ValueError(
+                f"system.overselect must be >= 1 (1 = sample only the parties needed), got {self.overselect}"
+            )
 
 
 def check_classes(classes: tuple[PartyClass, ...]) -> None:
@@ -128,3 +152,157 @@ def left_out_csv(plan: Schedule, classes: tuple[PartyClass, ...]) -> str:
         if why:
             rows.append(f"{pid},{classes[c].name},{why},{t:.6g}")
     return "\n".join(rows) + "\n"
+
+
+# -- rounds on the simulated clock -----------------------------------------------------------------------------
+# A party's draws of round r come from default_rng([seed, party id, SYSTEM, ROUND_TAG, r]): independent of the
+# pretraining's draws, of the sharding, and of restarts (a replayed round draws the same numbers).
+_ROUND_TAG = 0x2A17
+
+
+def round_rng(seed: int, party_id: int, round_: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(party_id), int(Stream.SYSTEM), _ROUND_TAG, int(round_)])
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Online windows on the simulated clock: party id or class name -> [(start, end), ...] (end exclusive).
+
+    A party listed by id follows its own windows; otherwise its class's, if listed; otherwise it is always online.
+    """
+
+    windows: dict[str | int, tuple[tuple[float, float], ...]]
+
+    def online(self, party_id: int, class_name: str, t: float) -> bool | None:
+        """Whether the party is online at ``t`` by the trace, or None when the trace does not name it or its class."""
+        spans = self.windows.get(int(party_id), self.windows.get(class_name))
+        if spans is None:
+            return None
+        return any(start <= t < end for start, end in spans)
+
+
+def read_availability(path: str) -> Availability:
+    """An availability trace: a CSV with the header ``who,start,end`` and one online window per row; ``who`` is a
+    party id (digits) or a class name. Raises ``ValueError`` naming the file, the row and the problem."""
+    from pathlib import Path
+
+    try:
+        lines = Path(path).expanduser().read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"system.availability = {path!r}: cannot read it ({exc.strerror})") from None
+    rows = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not rows or rows[0].replace(" ", "") != "who,start,end":
+        raise ValueError(f"system.availability = {path!r}: the first line must be the header who,start,end")
+    windows: dict[str | int, list[tuple[float, float]]] = {}
+    for n, row in enumerate(rows[1:], start=2):
+        parts = [c.strip() for c in row.split(",")]
+        try:
+            who, start, end = parts[0], float(parts[1]), float(parts[2])
+        except (IndexError, ValueError):
+            raise ValueError(f"system.availability = {path!r}, row {n}: expected who,start,end, got {row!r}") from None
+        if len(parts) != 3 or not start < end:
+            raise ValueError(f"system.availability = {path!r}, row {n}: a window needs start < end, got {row!r}")
+        key: str | int = int(who) if who.isdigit() else who
+        windows.setdefault(key, []).append((start, end))
+    return Availability({k: tuple(sorted(v)) for k, v in windows.items()})
+
+
+def online_parties(
+    classes: tuple[PartyClass, ...],
+    seed: int,
+    ids: np.ndarray,
+    round_: int,
+    t: float,
+    trace: Availability | None = None,
+) -> np.ndarray:
+    """(n,) bool: which of ``ids`` are online at the start of round ``round_`` (simulated time ``t``): by the trace
+    where it names the party or its class, else with its class's ``online`` probability (drawn from (seed, party
+    id, round))."""
+    ids = np.asarray(ids, np.int64)
+    cls = party_classes_of(classes, seed, ids)
+    out = np.ones(len(ids), bool)
+    for k, (pid, c) in enumerate(zip(ids, cls)):
+        by_trace = trace.online(int(pid), classes[c].name, t) if trace is not None else None
+        if by_trace is not None:
+            out[k] = by_trace
+        else:
+            out[k] = round_rng(seed, pid, round_).random() < classes[c].online
+    return out
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What the simulated clock says of one round's sampled parties (in the order of ``ids``).
+
+    ``finish``: when each would upload, relative to the round's start (inf for a dropped party); ``steps``: the
+    local steps each uploads (its full budget, fewer for a ``partial`` straggler, 0 when left out); ``included``:
+    whose uploads the server aggregates; ``reason``: "" (included), "dropped", "late" or "surplus" (overselected and
+    not among the first to finish); ``duration``: the round's simulated time.
+    """
+
+    ids: np.ndarray
+    class_index: np.ndarray
+    finish: np.ndarray
+    steps: np.ndarray
+    included: np.ndarray
+    reason: np.ndarray
+    duration: float
+
+
+def round_plan(
+    classes: tuple[PartyClass, ...],
+    system: SystemConfig,
+    seed: int,
+    round_: int,
+    ids: np.ndarray,
+    steps: int,
+    down_bytes: int,
+    up_bytes: int,
+    needed: int | None = None,
+) -> RoundPlan:
+    """The clock of one synchronous round for the sampled parties ``ids``, each running ``steps`` local steps.
+
+    A party's time: latency + (down_bytes + up_bytes) / bandwidth + steps / speed * (1 + jitter * u), ``u`` and its
+    drop-out drawn from (seed, party id, round). With ``system.deadline`` the server aggregates the parties that
+    finish by it (``straggler = "partial"``: a late party uploads the whole steps it finished by then, if any); the
+    round lasts until the deadline when anyone is late or dropped out (the server cannot tell the two apart), else
+    until the last upload; without a deadline a drop-out declines the round and nobody waits for it. ``needed``: with
+    overselection, keep only the first ``needed`` parties to finish (the round ends at the last of them).
+    """
+    ids = np.asarray(ids, np.int64)
+    cls = party_classes_of(classes, seed, ids)
+    n = len(ids)
+    finish, done = np.full(n, np.inf), np.zeros(n, np.int64)
+    reason = np.full(n, "", dtype=object)
+    for k, (pid, c) in enumerate(zip(ids, cls)):
+        pc = classes[c]
+        rng = round_rng(seed, pid, round_)
+        rng.random()  # the online draw (online_parties)
+        drop_u, jitter_u = rng.random(2)
+        if drop_u < pc.drop:
+            reason[k] = "dropped"
+            continue
+        comm = pc.latency + ((down_bytes + up_bytes) / pc.bandwidth if pc.bandwidth > 0 else 0.0)
+        per_step = (1.0 + system.jitter * jitter_u) / pc.speed
+        finish[k] = comm + steps * per_step
+        done[k] = steps
+        if system.deadline > 0 and finish[k] > system.deadline:
+            partial = int(np.floor((system.deadline - comm) / per_step + 1e-9)) if system.straggler == "partial" else 0
+            done[k] = max(0, min(partial, steps))
+            reason[k] = "" if done[k] > 0 else "late"
+            finish[k] = system.deadline if done[k] > 0 else finish[k]
+    included = reason == ""
+    if needed is not None and included.sum() > needed:
+        order = np.flatnonzero(included)[np.argsort(finish[included], kind="stable")]
+        reason[order[needed:]] = "surplus"
+        included = reason == ""
+    done[~included] = 0
+    arrived = finish[included]
+    last = float(arrived.max()) if len(arrived) else 0.0
+    if (needed is not None and included.sum() >= needed) or not system.deadline:
+        duration = last  # enough uploads arrived (overselection), or no deadline: nobody is waited for past them
+    elif (reason != "").any() or (done[included] < steps).any():
+        duration = float(system.deadline)  # a drop-out or a straggler: the server waits until the deadline
+    else:
+        duration = last
+    return RoundPlan(ids, cls, finish, done, included, reason.astype(str), duration)

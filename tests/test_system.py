@@ -131,3 +131,64 @@ def test_a_class_larger_than_the_cluster_is_refused(ray_session, tmp_path):
     with pytest.raises(ConfigError, match="party classes need 1.25 GPUs"):
         run(resolve({**SMALL, "party_classes": too_many, "out": str(tmp_path / "x")}), log=lambda _: None)
     assert not (tmp_path / "x").exists()
+
+
+# -- rounds on the simulated clock (cluster.system.round_plan) -------------------------------------------------------
+
+from cluster.system import online_parties, read_availability, round_plan  # noqa: E402
+
+SLOW = (PartyClass("fast", 0.5), PartyClass("slow", 0.5, speed=0.25, drop=0.1, bandwidth=1e6, latency=2.0))
+
+
+def test_a_round_plan_is_a_function_of_seed_party_and_round():
+    ids = np.arange(40)
+    whole = round_plan(SLOW, SystemConfig(deadline=300, jitter=0.2), 7, 3, ids, 100, 4000, 4000)
+    halves = [
+        round_plan(SLOW, SystemConfig(deadline=300, jitter=0.2), 7, 3, part, 100, 4000, 4000)
+        for part in (ids[:13], ids[13:])
+    ]
+    assert np.array_equal(whole.finish, np.concatenate([h.finish for h in halves]))
+    assert np.array_equal(whole.reason, np.concatenate([h.reason for h in halves]))
+    other = round_plan(SLOW, SystemConfig(deadline=300, jitter=0.2), 7, 4, ids, 100, 4000, 4000)
+    assert not np.array_equal(whole.finish, other.finish)  # a new round draws anew
+
+
+def test_slow_parties_miss_a_tight_deadline_and_partial_ones_upload_fewer_steps():
+    ids = np.arange(200)
+    loose = round_plan(SLOW, SystemConfig(deadline=1000), 1, 0, ids, 100, 0, 0)
+    tight = round_plan(SLOW, SystemConfig(deadline=200), 1, 0, ids, 100, 0, 0)
+    partial = round_plan(SLOW, SystemConfig(deadline=200, straggler="partial"), 1, 0, ids, 100, 0, 0)
+    slow = loose.class_index == 1
+    assert (loose.reason[slow] == "dropped").mean() > 0.02  # drop 0.1 per round
+    assert loose.included[~slow].all() and loose.included.sum() > tight.included.sum()
+    assert (tight.reason[slow & (tight.reason != "dropped")] == "late").all()  # 100 steps at speed 0.25 = 402+
+    assert loose.duration > tight.duration == 200
+    took = partial.steps[slow & partial.included]
+    assert len(took) and (took < 100).all() and (took > 0).all()  # fewer steps than full parties
+    assert (partial.steps[~slow] == 100).all()
+
+
+def test_overselection_keeps_the_first_to_finish():
+    classes = (PartyClass("a", 1.0),)
+    plan = round_plan(classes, SystemConfig(jitter=1.0, overselect=1.5), 2, 0, np.arange(30), 100, 0, 0, needed=20)
+    assert plan.included.sum() == 20 and (plan.reason == "surplus").sum() == 10
+    assert plan.finish[plan.included].max() <= plan.finish[~plan.included].min()
+    assert plan.duration == plan.finish[plan.included].max()
+
+
+def test_availability_by_class_probability_and_by_trace(tmp_path):
+    classes = (PartyClass("a", 0.5, online=0.5), PartyClass("b", 0.5))
+    on = online_parties(classes, 3, np.arange(400), 5, 0.0)
+    cls = party_classes_of(classes, 3, np.arange(400))
+    assert 0.35 < on[cls == 0].mean() < 0.65 and on[cls == 1].all()
+    trace = tmp_path / "trace.csv"
+    trace.write_text("who,start,end\n# party 7 only early on\n7,0,100\nb,50,60\nb,200,300\n")
+    windows = read_availability(str(trace))
+    ids = np.arange(20)
+    at = lambda t: online_parties(classes, 3, ids, 0, t, windows)  # noqa: E731
+    b = party_classes_of(classes, 3, ids) == 1
+    assert at(10.0)[7] and not at(150.0)[7]
+    assert not at(10.0)[b & (ids != 7)].any() and at(55.0)[b & (ids != 7)].all()
+    trace.write_text("who,start,end\n7,5,1\n")
+    with pytest.raises(ValueError, match="row 2: a window needs start < end"):
+        read_availability(str(trace))
