@@ -306,7 +306,7 @@ class PartyShard:
     def fed_start(self, job, round_: int, saved: dict[str, np.ndarray]) -> None:
         """Begin ``job`` (:class:`actors.federated_server.RoundsJob`) before round ``round_`` with the saved personal
         states ``saved`` (:meth:`PartyStore.export` rows of hosted parties; empty: none yet). Also a roll-back."""
-        store = PartyStore.restore(saved, self.device) if job.algorithm.personal else None
+        store = PartyStore.restore(saved, self.device) if job.keeps_state else None
         self._rounds[job.key] = {"algo": job.build(), "store": store, "last": round_ - 1}
 
     def fed_round(self, job, round_: int, down: dict | None, ids: np.ndarray) -> dict:
@@ -315,7 +315,7 @@ class PartyShard:
         ``weights`` (n,) real sample counts; or ``{"lost": shard index}`` when this process lost the state the
         round needs (a restarted shard, a restarted server): the driver then rolls back to the last save."""
         state = self._rounds.get(job.key)
-        if state is None and not job.algorithm.personal:  # nothing kept between rounds: a restart loses nothing
+        if state is None and not job.keeps_state:  # nothing kept between rounds: a restart loses nothing
             self.fed_start(job, round_, {})
             state = self._rounds[job.key]
         if down is None or state is None or round_ <= state["last"]:

@@ -122,7 +122,8 @@ def format_summary(rows: list[dict], metric: str) -> str:
     shots = sorted({r["shots"] for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
     key = "weighted_mean" if rows and "weighted_mean" in rows[0] else "mean"
-    cell = {(r["method"], r["shots"]): f"{r[key]:.4f} ± {r['std']:.4f}" for r in rows}
+    # NaN: the method has no model at that k (FedRep's 0-shot without a trained head, fusion.federated.no_zero_shot)
+    cell = {(r["method"], r["shots"]): "n/a" if np.isnan(r[key]) else f"{r[key]:.4f} ± {r['std']:.4f}" for r in rows}
     what = "sample-weighted mean ± std over parties" if key == "weighted_mean" else "mean ± std"
     head = [f"{metric} ({what})"] + [f"{k}-shot" for k in shots]
     body = [[m] + [cell.get((m, k), "-") for k in shots] for m in methods]

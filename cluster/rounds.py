@@ -112,7 +112,7 @@ class RoundsEngine:
     def _save(self, job: RoundsJob, wall_s: float) -> dict | None:
         """Save the server state, costs and personal states; None when a shard or the server lost its state."""
         state = ray.get(self.server.state.remote(job.key))
-        exports = ray.get([s.fed_export.remote(job.key) for s in self.shards]) if job.algorithm.personal else []
+        exports = ray.get([s.fed_export.remote(job.key) for s in self.shards]) if job.keeps_state else []
         if state is None or any("lost" in e for e in exports):
             return None
         personal = merge_exports(exports)  # party-id order; models of several families padded, with their sizes

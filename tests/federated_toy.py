@@ -7,8 +7,9 @@ import numpy as np
 
 from fusion.federated.base import FederatedAlgorithm, LocalBatch, State, Tensors, weighted_mean
 from fusion.federated.fedavg import GlobalModel
+from fusion.federated.local import local_train
 from fusion.spec import MLPSpec
-from fusion.training import Constraint, train
+from fusion.training import Constraint
 
 
 class PersonalToy(FederatedAlgorithm):
@@ -20,9 +21,9 @@ class PersonalToy(FederatedAlgorithm):
 
     def local_update(self, down: Tensors, personal: Tensors, batch: LocalBatch) -> tuple[Tensors, Tensors]:
         start = down["w"].expand(len(batch), -1)
-        w = train(start, batch.spec, batch.x, batch.y, batch.loss, batch.train)
+        w = local_train(start, batch)
         pull = Constraint(prox=0.5, anchor=start.clone())
-        v = train(personal["v"], batch.spec, batch.x, batch.y, batch.loss, batch.train, constraint=pull)
+        v = local_train(personal["v"], batch, constraint=pull, slot="v")
         return {"w": w}, {"v": v}
 
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:

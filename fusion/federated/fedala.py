@@ -8,8 +8,8 @@ layers. Before training it builds its start from the downloaded w:
 
 written so that W = 1 gives w exactly. W is first learned: ``weight_steps`` full-batch steps on a random
 ``share`` of the party's rows (drawn each round from its generator), W ← clip(W − η ∂L/∂θ ⊙ (w − θ_old), 0, 1)
-(η = ``weight_lr``); then θ trains ``federated.local_steps`` steps as in FedAvg, is uploaded, and kept as the
-next θ_old. A party's first round starts from θ_old = w and W = 1, so θ = w (and the W steps cannot move W: their
+(η = ``weight_lr``); then θ trains by the run's local training as in FedAvg, is uploaded, and kept as the next
+θ_old. A party's first round starts from θ_old = w and W = 1, so θ = w (and the W steps cannot move W: their
 gradient carries the factor w − θ_old = 0; they are computed all the same and counted in the steps).
 
 A novel party receives w and uses the run's k-shot recipe (:class:`GlobalModel` with ``finetune`` True): it has
@@ -24,10 +24,10 @@ import numpy as np
 
 from fusion.federated.base import FederatedAlgorithm, LocalBatch, State, Tensors, register, weighted_mean
 from fusion.federated.fedavg import GlobalModel
+from fusion.federated.local import local_train
 from fusion.lazy import torch
 from fusion.params import loss_and_grad
 from fusion.spec import MLPSpec
-from fusion.training import train
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ class FedALA(FederatedAlgorithm):
             raise ValueError(f"federated.fedala.layers must be <= the MLP's {spec.n_layers} layers, got {spec}")
         return spec.offsets[-self.opts.layers][0]
 
-    def steps_per_round(self) -> int:
-        return self.opts.weight_steps + self.cfg.local_steps
+    def party_steps(self, counts: np.ndarray) -> np.ndarray:
+        return np.where(np.asarray(counts) > 0, self.opts.weight_steps, 0) + self.cfg.local().party_steps(counts)
 
     def init_server(self, spec: MLPSpec, init: np.ndarray, descriptors: np.ndarray, seed: int) -> State:
         self._top(spec)  # refuses too many layers before any round
@@ -94,7 +94,7 @@ class FedALA(FederatedAlgorithm):
                 grad = loss_and_grad(start, spec, x, y, batch.loss, work)[1]
                 weights = (weights + self.opts.weight_lr * grad[:, top:] * gap).clamp_(0, 1)  # dθ/dW = −gap
         start[:, top:] = w[:, top:] + gap * (1 - weights)
-        theta = train(start, spec, batch.x, batch.y, batch.loss, batch.train)
+        theta = local_train(start, batch)
         return {"w": theta}, {"theta": theta, "weights": weights}
 
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:

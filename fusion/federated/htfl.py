@@ -16,8 +16,8 @@ feature_dim``; 0 (the default) takes the smallest last hidden width among the ru
 ``mlp-100`` + ``cnn-s`` + ``cnn-m``: ``mlp-100`` unchanged, ``cnn-s`` and ``cnn-m`` get a 100-unit layer).
 
 **Personal models.** A party's model starts from its own init, drawn from (run seed, party id) (not the common
-init of FedAvg): it is kept in the shard that hosts the party (a personal state) and trained ``local_steps``
-full-batch steps per sampled round.
+init of FedAvg): it is kept in the shard that hosts the party (a personal state) and trained by the run's local training
+(:mod:`fusion.federated.local`) every round the party is sampled.
 
 **Novel parties.** A novel party took no part in training and the server holds no body, so its 0-shot model is
 the plain init of its family's model (one draw per family from the run seed, :func:`novel_body`) with the
@@ -34,11 +34,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, State, Tensors
+from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, LossFn, State, Tensors
+from fusion.federated.local import local_train
 from fusion.lazy import torch
 from fusion.params import RowLoss, features, forward, init_params, loss_and_grad
 from fusion.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body, spec_from_state, spec_state
-from fusion.training import Constraint, TrainConfig
+from fusion.training import Constraint
 
 _BODY_INIT, _NOVEL_INIT = 0xB0D1, 0x40E1  # stream tags: a party's own model init; a novel party's body
 
@@ -105,27 +106,15 @@ def _weighted_sum(pred: torch.Tensor, _, weights: torch.Tensor) -> torch.Tensor:
     return (pred * weights).sum(dim=(1, 2))
 
 
-def train_features(
-    params: torch.Tensor,
-    spec: Spec,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    loss_fn: FeatureLoss,
-    cfg: TrainConfig,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Train a stack (P, n_params) for ``cfg.steps`` full-batch steps of ``cfg.optimizer`` at ``cfg.lr`` (no decay)
-    on a loss of features and logits; ``mask`` (n_params,) bool: only those parameters move. Element-wise
-    optimizers: each model gets the updates it would get alone."""
-    weights = params.detach().clone()
-    if cfg.steps == 0 or x.shape[1] == 0:
-        return weights
-    opt = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)([weights], lr=cfg.lr)
-    for _ in range(cfg.steps):
-        grad = loss_and_grad_features(weights, spec, x, y, loss_fn)[1]
-        weights.grad = grad if mask is None else grad * mask
-        opt.step()
-    return weights
+def train_features(model: torch.Tensor, batch: LocalBatch, loss_of: Callable[[LossFn], FeatureLoss]) -> torch.Tensor:
+    """Train a stack (n, n_params) by the run's local training (:func:`fusion.federated.local.local_train`: epochs
+    of minibatches, or steps) on a loss of features and logits, ``loss_of(task loss of the parties trained)``."""
+
+    def grad(w: torch.Tensor, parts: list, rows: torch.Tensor | None) -> torch.Tensor:
+        (x, y), task = parts[0], batch.loss if rows is None else batch.loss_of(batch.descriptors[rows])
+        return loss_and_grad_features(w, batch.spec, x, y, loss_of(task))[1]
+
+    return local_train(model, batch, grad=grad)
 
 
 def server_train(
@@ -264,8 +253,8 @@ class HtFLAlgorithm(FederatedAlgorithm):
     def prepare(self, model: torch.Tensor, down: Tensors, batch: LocalBatch) -> torch.Tensor:
         return model
 
-    def local_loss(self, down: Tensors, batch: LocalBatch) -> FeatureLoss:
-        task = batch.loss
+    def local_loss(self, down: Tensors, task: LossFn) -> FeatureLoss:
+        """The local objective from the broadcast ``down`` and the parties' task loss ``task``."""
         return lambda feats, logits, y: task(logits, y)
 
     def upload(self, model: torch.Tensor, batch: LocalBatch) -> Tensors:
@@ -276,7 +265,7 @@ class HtFLAlgorithm(FederatedAlgorithm):
 
     def local_update(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> tuple[Tensors, Tensors]:
         model = self.prepare(personal["model"], down, batch)
-        model = train_features(model, batch.spec, batch.x, batch.y, self.local_loss(down, batch), batch.train)
+        model = train_features(model, batch, lambda task: self.local_loss(down, task))
         return self.upload(model, batch), {"model": model}
 
     def novel_head(self, server: dict, spec: Spec) -> np.ndarray | None:
@@ -319,6 +308,6 @@ class SharedPrototypes(HtFLAlgorithm):
     def broadcast(self, server: State) -> State:
         return {"protos": server["protos"], "have": server["have"]}
 
-    def local_loss(self, down: Tensors, batch: LocalBatch):
-        task, lam, have = batch.loss, self.opts.lam, down["have"] > 0
+    def local_loss(self, down: Tensors, task: LossFn):
+        lam, have = self.opts.lam, down["have"] > 0
         return lambda feats, logits, y: task(logits, y) + lam * pull_to(down["protos"], have, feats, y)
