@@ -70,6 +70,7 @@ class FederatedConfig:
     optimizer: str = "sgd"
     optimizer_state: str = "fresh"
     checkpoint_every: int = 10  # rounds between saves of the server and personal states (resume, restarts)
+    eval_every: int = 0  # rounds between scores of the participating parties (rounds.parquet); 0: rounds / 20
     feature_dim: int = 0  # the common feature layer of the HtFL algorithms (fusion/federated/htfl.py); 0: see there
     algorithms: dict[str, Any] = field(default_factory=dict)  # name -> that algorithm's settings dataclass
 
@@ -80,6 +81,8 @@ class FederatedConfig:
             raise ValueError(f"federated.clients_per_round must be a fraction in (0, 1], got {self.clients_per_round}")
         if self.checkpoint_every < 1:
             raise ValueError(f"federated.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.eval_every < 0:
+            raise ValueError(f"federated.eval_every must be >= 0 (0: every rounds / 20 rounds), got {self.eval_every}")
         if self.feature_dim < 0:
             raise ValueError(f"federated.feature_dim must be >= 0 (0: the families' own), got {self.feature_dim}")
         if self.optimizer_state not in OPTIMIZER_STATES:
@@ -95,6 +98,12 @@ class FederatedConfig:
         return LocalTraining(
             self.local_epochs, self.local_steps, self.batch_size, self.lr, self.momentum, self.optimizer
         )
+
+    def eval_rounds(self) -> list[int]:
+        """The rounds after which the participating parties are scored: 0 (the start), every ``eval_every``
+        (default: a twentieth of the rounds) and the last."""
+        every = self.eval_every or max(1, self.rounds // 20)
+        return sorted({*range(0, self.rounds, every), self.rounds})
 
     def settings_of(self, name: str) -> Any:
         """The settings of algorithm ``name`` (its dataclass's defaults unless ``[federated.<name>]`` set them),
@@ -294,6 +303,12 @@ class FederatedAlgorithm(ABC):
     @abstractmethod
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         """The server's step: ``uploads`` (n, ...) in party-id order ``ids`` (n,), ``weights`` (n,) sample counts."""
+
+    def participant_models(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> torch.Tensor | None:
+        """Each party's own model (n, n_params of ``batch.spec``) as PFLlib scores a participating client after the
+        broadcast ``down`` (before the round's training), or None when the algorithm has none. Default: the global
+        model, FedAvg's."""
+        return down["w"].expand(len(batch), -1) if "w" in down else None
 
     @abstractmethod
     def novel(self, server: State, spec: MLPSpec) -> FederatedStart:

@@ -99,6 +99,9 @@ class Ditto(FederatedAlgorithm):
         v = local_train(personal["v"], batch, self._personal(), pull, slot="v")
         return {"w": local_train(w, batch)}, {"v": v}
 
+    def participant_models(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> torch.Tensor:
+        return personal["v"]  # the personal model (PFLlib's evaluate_personalized)
+
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         return {**server, "w": weighted_mean(uploads["w"], weights)}
 

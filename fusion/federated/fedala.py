@@ -81,7 +81,17 @@ class FedALA(FederatedAlgorithm):
         idx = np.stack([np.sort(rng.choice(n_rows, size=m, replace=False)) for rng in batch.rngs])
         return batch.rows(torch.as_tensor(idx, device=batch.x.device))
 
+    def participant_models(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> torch.Tensor:
+        return self._adapted(down, personal, batch)[0]  # the local model after ALA, as the round starts from it
+
     def local_update(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> tuple[Tensors, Tensors]:
+        start, weights = self._adapted(down, personal, batch)
+        theta = local_train(start, batch)
+        return {"w": theta}, {"theta": theta, "weights": weights}
+
+    def _adapted(self, down: Tensors, personal: Tensors, batch: LocalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """ALA: the weights W learned on a share of the party's rows, and the start θ_old + (w − θ_old) ⊙ W on the
+        top layers (w below)."""
         spec, top = batch.spec, self._top(batch.spec)
         w = down["w"].expand(len(batch), -1)
         old, weights = personal["theta"], personal["weights"].clone()
@@ -94,8 +104,7 @@ class FedALA(FederatedAlgorithm):
                 grad = loss_and_grad(start, spec, x, y, batch.loss, work)[1]
                 weights = (weights + self.opts.weight_lr * grad[:, top:] * gap).clamp_(0, 1)  # dθ/dW = −gap
         start[:, top:] = w[:, top:] + gap * (1 - weights)
-        theta = local_train(start, batch)
-        return {"w": theta}, {"theta": theta, "weights": weights}
+        return start, weights
 
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         return {**server, "w": weighted_mean(uploads["w"], weights)}

@@ -126,6 +126,10 @@ class FedRep(FederatedAlgorithm):
             uploads["head"] = model[:, n_body:]
         return uploads, {"head": model[:, n_body:]}
 
+    def participant_models(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> torch.Tensor:
+        n_body = body_size(batch.spec)  # the global body under the party's own head
+        return torch.cat([down["w"][:n_body].expand(len(batch), -1), personal["head"]], dim=1)
+
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         w = server["w"].copy()
         n_body = uploads["body"].shape[1]

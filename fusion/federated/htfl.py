@@ -268,6 +268,9 @@ class HtFLAlgorithm(FederatedAlgorithm):
         model = train_features(model, batch, lambda task: self.local_loss(down, task))
         return self.upload(model, batch), {"model": model}
 
+    def participant_models(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> torch.Tensor:
+        return self.prepare(personal["model"], down, batch)  # its kept model, as the round starts from it
+
     def novel_head(self, server: dict, spec: Spec) -> np.ndarray | None:
         """The head (classes * D + classes,) a novel party receives, or None (it keeps its init's)."""
         return None

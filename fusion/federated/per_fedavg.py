@@ -134,6 +134,13 @@ class PerFedAvg(FederatedAlgorithm):
         w = down["w"].expand(len(batch), -1)
         return {"w": local_train(w, batch, outer, grad=meta_grad, group=self._group())}, None
 
+    def participant_models(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> torch.Tensor:
+        """The global model after one SGD step of size α on one minibatch of the party's rows (PFLlib's
+        evaluate_one_step; all rows with batch_size 0)."""
+        w = down["w"].expand(len(batch), -1)
+        one = dataclasses.replace(batch.train, epochs=0, steps=1, lr=self.opts.alpha, momentum=0.0, optimizer="sgd")
+        return local_train(w, batch, one, slot="eval")
+
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         return {**server, "w": weighted_mean(uploads["w"], weights)}
 

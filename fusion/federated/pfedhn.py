@@ -179,6 +179,12 @@ class PFedHN(FederatedAlgorithm):
         after = local_train(theta, batch)
         return {"delta": theta - after, "descriptor": batch.descriptors.to(theta.dtype)}, None
 
+    def participant_models(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> torch.Tensor:
+        z = (batch.descriptors.to(down["phi"].dtype) - down["mu"]) / down["sd"]
+        scale = output_scale(batch.spec).to(batch.x.device)
+        with torch.no_grad():  # θ_i, the model the server generates for the party
+            return torch.cat([generate(down["phi"], row[None], self.opts.embed, self.opts.hidden, scale) for row in z])
+
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         phi = torch.tensor(server["phi"], requires_grad=True)
         z = (torch.as_tensor(uploads["descriptor"]) - torch.as_tensor(server["mu"])) / torch.as_tensor(server["sd"])

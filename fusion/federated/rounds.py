@@ -24,6 +24,7 @@ from fusion.federated.base import (
 )
 from fusion.federated.local import OptimizerMemory
 from fusion.lazy import torch
+from fusion.params import forward
 from fusion.spec import MLPSpec, Spec
 
 
@@ -172,6 +173,54 @@ def local_round(
             out.setdefault(k, np.zeros((len(ids), *v.shape[1:]), np.float32))[rows] = v
         counts[rows] = batch.counts.cpu().numpy()
     return out, counts
+
+
+def participant_scores(
+    algo: FederatedAlgorithm,
+    down: State,
+    store: PartyStore | None,
+    parties: Parties,
+    ids: np.ndarray,
+    spec: Spec,
+    cfg: FederatedConfig,
+    seed: int,
+    round_: int,
+    held_out: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
+    metric: Callable,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """PFLlib's score of participating parties ``ids`` before round ``round_``: each party's own model
+    (:meth:`FederatedAlgorithm.participant_models` after the broadcast ``down``) on its held-out rows, and its training
+    loss on its own training rows. ``held_out(ids) -> (x (m, N, in), y (m, N, ...))`` gives the held-out rows;
+    ``metric(pred, y, descriptors) -> (m,)``. Returns (metric (n,), training loss (n,)) in the order of ``ids``, or
+    None when the algorithm has no per-party model. Nothing in ``store`` changes: a party without a personal state
+    yet is scored with the one it would start with.
+    """
+    ids = np.asarray(ids, np.int64)
+    groups = parties.families(ids) if parties.families is not None else [(np.arange(len(ids)), spec)]
+    values, losses = np.full(len(ids), np.nan), np.full(len(ids), np.nan)
+    for rows, family in groups:
+        batch = parties.batch(ids[rows], algo.model_spec(family), cfg, seed, round_)
+        device = batch.x.device
+        down_t = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in down.items()}
+        personal = None
+        if algo.personal:
+            have = store.has(batch.ids)
+            fresh = algo.init_personal(down_t, batch) if not have.all() else None
+            kept = store.stack(batch.ids[have]) if have.any() else None
+            personal = {}
+            for k in fresh or kept:
+                rows_k = torch.zeros_like((fresh or kept)[k]) if fresh is None else fresh[k].clone()
+                if kept is not None:
+                    rows_k[torch.as_tensor(np.flatnonzero(have), device=device)] = kept[k].to(rows_k.dtype)
+                personal[k] = rows_k
+        models = algo.participant_models(down_t, personal, batch)
+        if models is None:
+            return None
+        x, y = held_out(batch.ids)
+        with torch.no_grad():
+            values[rows] = metric(forward(models, batch.spec, x), y, batch.descriptors).cpu().numpy()
+            losses[rows] = batch.loss(forward(models, batch.spec, batch.x), batch.y).cpu().numpy()
+    return values, losses
 
 
 def server_round(algo: FederatedAlgorithm, server: State, parts: list[tuple[np.ndarray, State, np.ndarray]]) -> State:
