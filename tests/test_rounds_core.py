@@ -211,3 +211,37 @@ def test_a_budget_of_both_epochs_and_steps_exits_2_naming_them(tmp_path, capsys)
     toml.write_text('methods = ["fedavg"]\n[scenario]\nname = "sine"\n[federated]\nbatch_size = -1\n')
     assert main(["run", str(toml), "--out", str(tmp_path / "out")]) == EXIT_BAD_INPUT
     assert "federated.batch_size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["fedavg", "ditto", "fedrep", "fedala", "per_fedavg", "pfedhn"])
+def test_participating_parties_are_scored_with_their_own_models_and_the_store_is_left_alone(name):
+    from fusion.federated.rounds import participant_scores
+
+    cfg = FederatedConfig(rounds=3, local_steps=4, clients_per_round=0.6, batch_size=0, lr=0.01)
+    algo = ALGORITHMS[name](cfg, cfg.settings_of(name))
+    parties = toy_parties(5)
+    res = run_rounds(algo, SPEC, parties, init(), seed=1)
+    before = {k: v.copy() for k, v in res.store.export().items()}
+    held = toy_parties(5, points=20, seed=9)  # other rows of other tasks: only shapes matter here
+    ids = np.arange(5)
+    down = algo.broadcast(res.server)
+    mse = lambda pred, y, d: relative_mse(pred, y)  # noqa: E731
+    values, losses = participant_scores(
+        algo, down, res.store, parties, ids, SPEC, cfg, 1, 3, lambda i: (held.x[i], held.y[i]), mse
+    )
+    assert values.shape == losses.shape == (5,) and np.isfinite(values).all() and np.isfinite(losses).all()
+    after = res.store.export()
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    w = torch.as_tensor(res.server["w"] if "w" in res.server else np.zeros(SPEC.n_params, np.float32))
+    global_scores = relative_mse(forward(w.expand(5, -1), SPEC, held.x), held.y).numpy()
+    if name == "fedavg":
+        np.testing.assert_allclose(values, global_scores, rtol=1e-6)
+    if name == "ditto":  # the personal models of parties sampled so far; the global one for the others
+        kept = res.store.export()
+        have = kept["party_id"]
+        v = torch.as_tensor(kept["v"])
+        own = relative_mse(forward(v, SPEC, held.x[have]), held.y[have]).numpy()
+        np.testing.assert_allclose(values[have], own, rtol=1e-6)
+        assert not np.allclose(values[have], global_scores[have])
+        others = np.setdiff1d(ids, have)
+        np.testing.assert_allclose(values[others], global_scores[others], rtol=1e-6)
