@@ -16,7 +16,7 @@ import numpy as np
 import ray
 
 from fusion.federated.base import FederatedAlgorithm, FederatedConfig, State
-from fusion.federated.rounds import Costs, server_round
+from fusion.federated.rounds import Costs, keeps_state, server_round
 from fusion.models.spec import MLPSpec
 
 
@@ -32,6 +32,11 @@ class RoundsJob:
 
     def build(self) -> FederatedAlgorithm:
         return self.algorithm(self.cfg, self.settings)
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether shards keep state of this training's parties between rounds (personal or optimizer states)."""
+        return keeps_state(self.algorithm, self.cfg)
 
 
 class FederatedServer:
@@ -83,11 +88,10 @@ class FederatedServer:
             lost.append("server")
         if lost:
             return {"lost": lost}
-        algo = job["algo"]
-        job["server"] = server_round(algo, job["server"], [(p["party_id"], p["uploads"], p["weights"]) for p in parts])
-        uploads = {(i, k): v for i, p in enumerate(parts) for k, v in p["uploads"].items()}
+        algo, shards = job["algo"], [(p["party_id"], p["uploads"], p["weights"]) for p in parts]
+        job["server"] = server_round(algo, job["server"], shards)
         before = job["costs"].upload_bytes
-        job["costs"].add(sampled, job["down"], uploads, algo.steps_per_round())
+        job["costs"].count(algo, job["down"], shards)
         job["next"], job["down"] = round_ + 1, None
         return {
             "round": round_,

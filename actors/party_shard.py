@@ -19,11 +19,11 @@ from actors import metrics
 from fusion import evaluate, faults
 from fusion.adapt import FinetuneConfig, TrainConfig, train
 from fusion.faults import FaultConfig
-from fusion.federated.rounds import Parties, PartyStore, local_round
+from fusion.federated.rounds import Parties, PartyStore, local_round, participant_scores
 from fusion.layout import ModelLayout
 from fusion.models.loss import RowLoss
 from fusion.streams import Stream, party_inits
-from scenarios import Scenario, model_layout, training_data
+from scenarios import Scenario, model_layout, party_descriptors, training_data
 
 
 def training_parties(
@@ -82,6 +82,7 @@ class PartyShard:
         self.gpu_ids = [str(g) for g in gpu_ids]
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self._parties: Parties | None = None  # the training parties' data, drawn on the first federated round
+        self._held: tuple | None = None  # the training parties' held-out rows, drawn on the first score
         self._rounds: dict[str, dict] = {}  # federated training key -> {"algo", "store", "last" round run here}
 
     def __repr__(self) -> str:
@@ -160,7 +161,7 @@ class PartyShard:
     def fed_start(self, job, round_: int, saved: dict[str, np.ndarray]) -> None:
         """Begin ``job`` (:class:`actors.federated_server.RoundsJob`) before round ``round_`` with the saved personal
         states ``saved`` (:meth:`PartyStore.export` rows of hosted parties; empty: none yet). Also a roll-back."""
-        store = PartyStore.restore(saved, self.device) if job.algorithm.personal else None
+        store = PartyStore.restore(saved, self.device) if job.keeps_state else None
         self._rounds[job.key] = {"algo": job.build(), "store": store, "last": round_ - 1}
 
     def fed_round(self, job, round_: int, down: dict | None, ids: np.ndarray) -> dict:
@@ -169,7 +170,7 @@ class PartyShard:
         ``weights`` (n,) real sample counts; or ``{"lost": shard index}`` when this process lost the state the
         round needs (a restarted shard, a restarted server): the driver then rolls back to the last save."""
         state = self._rounds.get(job.key)
-        if state is None and not job.algorithm.personal:  # nothing kept between rounds: a restart loses nothing
+        if state is None and not job.keeps_state:  # nothing kept between rounds: a restart loses nothing
             self.fed_start(job, round_, {})
             state = self._rounds[job.key]
         if down is None or state is None or round_ <= state["last"]:
@@ -181,6 +182,45 @@ class PartyShard:
         )
         state["last"] = round_
         return {"party_id": ids, "uploads": uploads, "weights": counts}
+
+    def _held_out(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out rows (x (n, N, in), y (n, N, ...)) of hosted training parties ``ids``, drawn once and kept."""
+        if self._held is None:
+            desc = party_descriptors(self.scenario, self.seed, self.train_ids)
+            evals = [self.scenario.party_eval_data(self.seed, i, d) for i, d in zip(self.train_ids, desc)]
+            stack = lambda k: torch.as_tensor(np.stack([e[k] for e in evals]), device=self.device)  # noqa: E731
+            self._held = (stack(0), stack(1))
+        rows = torch.as_tensor(np.searchsorted(self.train_ids, ids), device=self.device)
+        return self._held[0][rows], self._held[1][rows]
+
+    def fed_evaluate(self, job, round_: int, down: dict | None) -> dict:
+        """Score every hosted training party's own model before round ``round_`` (PFLlib's evaluation of the
+        participating clients, :func:`fusion.federated.rounds.participant_scores`): ``party_id`` (n,), ``value``
+        (n,) the metric on its held-out rows, ``loss`` (n,) its training loss; ``{"none": True}`` when the algorithm
+        has no per-party model, ``{"lost": index}`` after a restart (the round's own call then rolls back)."""
+        state = self._rounds.get(job.key)
+        if state is None and not job.keeps_state:
+            self.fed_start(job, round_, {})
+            state = self._rounds[job.key]
+        if down is None or state is None or round_ <= state["last"]:
+            return {"lost": self.index}
+        sc = self.scenario
+        scores = participant_scores(
+            state["algo"],
+            down,
+            state["store"],
+            self._training_parties(),
+            self.train_ids,
+            sc.spec,
+            job.cfg,
+            self.seed,
+            round_,
+            self._held_out,
+            sc.metric,
+        )
+        if scores is None:
+            return {"none": True}
+        return {"party_id": self.train_ids, "value": scores[0], "loss": scores[1]}
 
     def fed_export(self, key: str) -> dict:
         """The personal states of hosted parties (``PartyStore.export``), or ``{"lost": index}`` after a restart."""

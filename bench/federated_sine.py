@@ -1,10 +1,11 @@
 """Novel-party nRMSE of every iterative federated algorithm on sine, in one process (no Ray).
 
-    python -m bench.federated_sine                          # 60 training / 20 novel parties, default [federated]
+    python -m bench.federated_sine                          # 60 training / 20 novel parties, a sine run's [federated]
     python -m bench.federated_sine --algorithms ditto pfedhn --rounds 20
     python -m bench.federated_sine --algorithms per_fedavg --set per_fedavg.alpha=0.001
 
-Each algorithm runs :func:`fusion.federated.rounds.run_rounds` on the training parties' private data; a novel
+Each algorithm runs :func:`fusion.federated.rounds.run_rounds` on the training parties' private data, with the
+``[federated]`` keys a sine run resolves (the scenario's defaults, ``--rounds`` and ``--set`` over them); a novel
 party then takes ``algorithm.novel(...)``'s 0-shot model, or fine-tunes it on k shots by the run's recipe
 (``FinetuneConfig()``) under the algorithm's ``constraint_for``. ``cold_start`` (a party's own random init,
 fine-tuned) is the reference. Prints one table: nRMSE mean ± std (median) over the novel parties (nRMSE is RMSE /
@@ -21,10 +22,9 @@ import time
 import numpy as np
 import torch
 
-from fusion.adapt.constraint import FREE
-from fusion.adapt.finetuning import finetune
-from fusion.adapt.train_config import FinetuneConfig
-from fusion.federated import ALGORITHMS, FederatedConfig
+from cluster.config import resolve
+from fusion.adapt import FREE, FinetuneConfig, finetune
+from fusion.federated import ALGORITHMS
 from fusion.federated.rounds import Parties, run_rounds
 from fusion.models.params import forward
 from scenarios import Stream, build, make_options, party_descriptors, party_torch_generator, training_data
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--novel", type=int, default=20)
     ap.add_argument("--shots", type=int, nargs="+", default=[0, 10])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rounds", type=int, default=None, help="default: FederatedConfig().rounds")
+    ap.add_argument("--rounds", type=int, default=None, help="default: a sine run's (the scenario's defaults)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME.KEY=VALUE", help="an algorithm setting (JSON value)")
     args = ap.parse_args()
@@ -80,8 +80,8 @@ def main() -> None:
         key, value = item.split("=", 1)
         name, field = key.split(".", 1)
         settings.setdefault(name, {})[field] = json.loads(value)
-    chosen = {name: ALGORITHMS[name].settings(**values) for name, values in settings.items()}
-    cfg = FederatedConfig(algorithms=chosen, **({} if args.rounds is None else {"rounds": args.rounds}))
+    table = {**settings, **({} if args.rounds is None else {"rounds": args.rounds})}
+    cfg = resolve({"scenario": "sine-domains", "methods": list(args.algorithms), "federated": table}).federated
     rows = []
     cold = torch.stack([sc.init_params(party_torch_generator(seed, i, Stream.COLD_START)) for i in novel])
     rows.append(("cold_start", score(cold, FREE, True), None, 0.0))
@@ -94,14 +94,20 @@ def main() -> None:
         result, seconds = runs[algo.training_key()]
         start = algo.novel(result.server, spec)
         warm = torch.as_tensor(start.predict(n_desc))
-        rows.append((name, score(warm, start.constraint_for(warm), start.finetune), result.costs, seconds))
+        values = score(warm, start.constraint_for(warm), start.finetune)
+        if not start.zero_shot and 0 in values:  # no 0-shot model (FedRep's untrained head): n/a
+            values[0] = np.full_like(values[0], np.nan)
+        rows.append((name, values, result.costs, seconds))
         print(f"  {name}: {seconds:.0f}s", file=sys.stderr, flush=True)
 
     shots_head = " | ".join(f"nRMSE {k}-shot" for k in args.shots)
     print(f"| method | {shots_head} | upload MB | download MB | party steps | rounds time (s) |")
     print("|---" * (5 + len(args.shots)) + "|")
     for name, values, costs, seconds in rows:
-        cells = " | ".join(f"{v.mean():.3f} ± {v.std():.3f} ({np.median(v):.3f})" for v in values.values())
+        cells = " | ".join(
+            "n/a" if np.isnan(v).all() else f"{v.mean():.3f} ± {v.std():.3f} ({np.median(v):.3f})"
+            for v in values.values()
+        )
         if costs is None:
             print(f"| {name} | {cells} | – | – | – | – |")
             continue

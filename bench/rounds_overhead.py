@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     from scenarios import build, make_options
 
     scenario = build(args.scenario, make_options(args.scenario, {}))
-    cfg = FederatedConfig(rounds=args.rounds, clients_per_round=1.0, local_steps=0, checkpoint_every=args.rounds)
+    cfg = FederatedConfig(
+        rounds=args.rounds, clients_per_round=1.0, local_steps=0, local_epochs=0, checkpoint_every=args.rounds
+    )
     ray.init(
         address="local",
         num_cpus=2,

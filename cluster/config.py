@@ -20,6 +20,7 @@ from cluster.system import PartyClass, SystemConfig, check_classes
 from fusion.adapt.train_config import FinetuneConfig, TrainConfig
 from fusion.faults import FaultConfig
 from fusion.federated import ALGORITHMS, FederatedConfig
+from fusion.federated.base import with_defaults
 from fusion.metamodels.gp_config import GPConfig
 from fusion.methods import (
     COLD_START,
@@ -342,11 +343,15 @@ def _fusion(table: Any) -> FusionConfig:
         raise ConfigError(str(exc)) from None
 
 
-def _federated(table: Any) -> FederatedConfig:
-    """``[federated]``: the shared keys, and ``[federated.<name>]`` sub-tables built from each algorithm's settings."""
+def _federated(table: Any, defaults: dict) -> FederatedConfig:
+    """``[federated]``: the shared keys, and ``[federated.<name>]`` sub-tables built from each algorithm's settings;
+    the scenario's ``defaults`` (:meth:`scenarios.Scenario.federated_defaults`) where ``table`` does not set a key."""
     if not isinstance(table, dict):
         raise ConfigError("federated must be a table")
-    table = dict(table)
+    try:
+        table = with_defaults(defaults, table)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     subs = {k: table.pop(k) for k in list(table) if isinstance(table[k], dict)}
     unknown = sorted(set(table) - _FEDERATED)
     if unknown:
@@ -405,8 +410,7 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
             kwargs[key] = _build(cls, raw.pop(key), f"{key}.", defaults[key].default_factory())
     if "fusion" in raw:
         kwargs["fusion"] = _fusion(raw.pop("fusion"))
-    if "federated" in raw:
-        kwargs["federated"] = _federated(raw.pop("federated"))
+    kwargs["federated"] = _federated(raw.pop("federated", {}), SCENARIOS[name][0].federated_defaults(options))
     for key in ("parties", "test_parties", "seed"):
         if key in raw:
             kwargs[key] = _typed(key, raw.pop(key), int)
@@ -432,6 +436,8 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     else:
         kwargs["methods"] = default_methods(kwargs.get("fusion", FusionConfig()).strategy)
     try:
+        # every federated method's settings resolved (values left to [federated] filled in), as config.toml shows them
+        kwargs["federated"] = kwargs["federated"].for_methods([m for m in kwargs["methods"] if m in ALGORITHMS])
         return RunConfig(**kwargs)
     except ConfigError:
         raise

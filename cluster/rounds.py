@@ -73,6 +73,7 @@ class Trained:
     costs: dict[str, int]
     wall_s: float
     restarts: int = 0
+    curve: list[dict] = field(default_factory=list)  # the participating parties' scores (RoundsEngine._score)
 
 
 @dataclass
@@ -112,7 +113,7 @@ class RoundsEngine:
     def _save(self, job: RoundsJob, wall_s: float) -> dict | None:
         """Save the server state, costs and personal states; None when a shard or the server lost its state."""
         state = ray.get(self.server.state.remote(job.key))
-        exports = ray.get([s.fed_export.remote(job.key) for s in self.shards]) if job.algorithm.personal else []
+        exports = ray.get([s.fed_export.remote(job.key) for s in self.shards]) if job.keeps_state else []
         if state is None or any("lost" in e for e in exports):
             return None
         personal = merge_exports(exports)  # party-id order; models of several families padded, with their sizes
@@ -120,8 +121,28 @@ class RoundsEngine:
         self.ckpt.save_federated(job.key, saved)
         return saved
 
+    def _score(self, job: RoundsJob, round_: int, down) -> list:
+        """Ask every shard to score its participating parties before ``round_`` (refs; :meth:`_scored` reads them)."""
+        return [shard.fed_evaluate.remote(job, round_, down) for shard in self.shards]
+
+    @staticmethod
+    def _scored(refs: list, round_: int, costs: dict) -> dict | None:
+        """One learning-curve point from the shards' answers: round, party ids, metric, training loss and the costs
+        so far; None when a shard lost its state (the round is replayed) or the algorithm has no per-party model."""
+        parts = ray.get(refs)
+        if any("lost" in p or "none" in p for p in parts):
+            return None
+        ids = np.concatenate([p["party_id"] for p in parts])
+        order = np.argsort(ids, kind="stable")
+        cat = lambda k: np.concatenate([p[k] for p in parts])[order]  # noqa: E731
+        return {"round": round_, "party_id": ids[order], "value": cat("value"), "loss": cat("loss"), **costs}
+
     def train(self, job: RoundsJob, methods: list[str]) -> Trained:
-        """Run ``job``'s rounds (from its checkpoint, if one is saved) and return the final server state."""
+        """Run ``job``'s rounds (from its checkpoint, if one is saved) and return the final server state.
+
+        Before every round of ``cfg.eval_rounds()`` and after the last, every training party's own model is scored
+        on its held-out rows (the participating protocol, :meth:`_score`): the learning curve of ``Trained.curve``.
+        """
         cfg, key = job.cfg, job.key
         init = common_init(self.scenario, self.seed)
         desc = party_descriptors(self.scenario, self.seed, self.train_ids)
@@ -131,9 +152,12 @@ class RoundsEngine:
         if saved:
             self.log(f"{key}: round {r}/{cfg.rounds} loaded from the checkpoint")
         every, restarts, mark, mark_r = max(1, cfg.rounds // 10), 0, time.perf_counter(), r
+        scored_at, curve = set(cfg.eval_rounds()), {}
+        costs = {k: int((saved or {}).get("costs", {}).get(k, 0)) for k in COST_COLUMNS[1:]}
         while r < cfg.rounds:
             chosen = sample(self.seed, r, self.train_ids, cfg.clients_per_round)
             down = self.server.broadcast.remote(key, r)
+            scoring = self._score(job, r, down) if r in scored_at else None
             parts = []
             for shard, hosted in zip(self.shards, self.slices):
                 mine = chosen[np.isin(chosen, hosted)]
@@ -142,7 +166,12 @@ class RoundsEngine:
             if self.hook is not None:
                 self.hook(r)
             done = ray.get(self.server.aggregate.remote(key, r, len(chosen), *parts))
+            if scoring is not None:
+                point = self._scored(scoring, r, costs)
+                if point is not None:
+                    curve[r] = point
             if "lost" not in done:
+                costs = {k: int(done["costs"][k]) for k in COST_COLUMNS[1:]}
                 r += 1
                 metrics.federated_round(self.run_id, methods, r, len(chosen), done["upload_bytes"])
                 if r % every == 0 or r == cfg.rounds:
@@ -164,9 +193,14 @@ class RoundsEngine:
             back = saved["round"] if saved else 0
             self.log(f"{key}: state lost ({', '.join(map(str, done['lost']))} restarted); rolled back to round {back}")
             r = mark_r = self._start(job, init, desc, saved)
+            costs = {k: int((saved or {}).get("costs", {}).get(k, 0)) for k in COST_COLUMNS[1:]}
             mark = time.perf_counter()
+        if r in scored_at:  # after the last round
+            point = self._scored(self._score(job, r, self.server.broadcast.remote(key, r)), r, costs)
+            if point is not None:
+                curve[r] = point
         ray.get([self.server.end.remote(key), *[s.fed_end.remote(key) for s in self.shards]])
-        return Trained(saved["server"], saved["costs"], saved["wall_s"], restarts)
+        return Trained(saved["server"], saved["costs"], saved["wall_s"], restarts, [curve[k] for k in sorted(curve)])
 
 
 @dataclass
@@ -176,6 +210,7 @@ class FederatedOutcome:
     starts: dict[str, FederatedStart]
     costs: dict[str, dict]
     restarts: int = 0
+    curves: dict[str, list[dict]] = field(default_factory=dict)  # method -> its training's learning curve
 
 
 def train_federated(
@@ -213,6 +248,7 @@ def train_federated(
             wall = trained.wall_s + time.perf_counter() - clock
             for m, (start, download) in starts.items():
                 out.starts[m] = start
+                out.curves[m] = trained.curve
                 row = dict(trained.costs)
                 row["download_bytes"] += n_novel * download
                 row["wall_s"] = wall

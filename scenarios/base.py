@@ -122,6 +122,14 @@ class Scenario(ABC):
         resolved = dataclasses.replace(cfg, recipe=recipe, fold_group=group)
         return resolved, self.probe_inputs() if resolved.recipe == "residual_gp" else None
 
+    @classmethod
+    def federated_defaults(cls, options) -> dict:
+        """The ``[federated]`` keys this task family needs other than :class:`fusion.federated.FederatedConfig`'s
+        defaults (PFLlib's: one epoch of minibatches of 10, SGD at lr 0.005), for a run with these ``options``: a TOML
+        tree (keys, and ``{"<algorithm>": {...}}`` for ``[federated.<algorithm>]``), applied where the run's
+        ``[federated]`` table does not set the key; the run's config.toml shows the resolved values. Default: none."""
+        return {}
+
     def probe_inputs(self) -> np.ndarray | None:
         """Unlabeled inputs (N, fan_in) covering where the tasks are queried, for function-space fusion.
 

@@ -185,6 +185,11 @@ class MovieLensScenario(Scenario):
         self.options = options
         self.run: tuple[int, int, int] | None = None  # (seed, n_train, n_test), set by prepare
 
+    @classmethod
+    def federated_defaults(cls, options):
+        """Full batches: a party's ridge pseudo-rows (``party_train_data``) are its prior, part of every step."""
+        return {"batch_size": 0}
+
     def prepare(self, seed: int, n_train: int, n_test: int) -> None:
         self.run = (int(seed), int(n_train), int(n_test))
         self.world  # noqa: B018 - reads the folder and checks the sizes now, in the driver

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from fusion.adapt.constraint import Constraint
-from fusion.adapt.training import train
 from fusion.federated.base import FederatedAlgorithm, LocalBatch, State, Tensors, weighted_mean
 from fusion.federated.fedavg import GlobalModel
+from fusion.federated.local import local_train
 from fusion.models.spec import MLPSpec
 
 
@@ -21,9 +21,9 @@ class PersonalToy(FederatedAlgorithm):
 
     def local_update(self, down: Tensors, personal: Tensors, batch: LocalBatch) -> tuple[Tensors, Tensors]:
         start = down["w"].expand(len(batch), -1)
-        w = train(start, batch.spec, batch.x, batch.y, batch.loss, batch.train)
+        w = local_train(start, batch)
         pull = Constraint(prox=0.5, anchor=start.clone())
-        v = train(personal["v"], batch.spec, batch.x, batch.y, batch.loss, batch.train, constraint=pull)
+        v = local_train(personal["v"], batch, constraint=pull, slot="v")
         return {"w": w}, {"v": v}
 
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:

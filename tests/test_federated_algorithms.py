@@ -13,8 +13,9 @@ from fusion.adapt.finetuning import finetune
 from fusion.adapt.train_config import FinetuneConfig, TrainConfig
 from fusion.adapt.training import train
 from fusion.federated import ALGORITHMS, FederatedConfig
-from fusion.federated.base import sample
+from fusion.federated.base import no_zero_shot, sample
 from fusion.federated.fedrep import body_size
+from fusion.federated.local import LocalTraining, plan
 from fusion.federated.pfedhn import encoder_size, output_scale
 from fusion.federated.rounds import Parties, run_rounds
 from fusion.models.params import forward, init_params
@@ -106,8 +107,9 @@ def test_every_algorithm_keeps_the_contract(name):
     assert mine.keys() == theirs.keys() and (bool(mine) == algo.personal)
     for key in mine:
         np.testing.assert_array_equal(mine[key], theirs[key], err_msg=key)
-    sampled = sum(len(sample(SEED, r, np.arange(6), CFG.clients_per_round)) for r in range(3))
-    assert result.costs.party_steps == sampled * algo.steps_per_round()
+    counts = _parties().counts.numpy()
+    chosen = [sample(SEED, r, np.arange(6), CFG.clients_per_round) for r in range(3)]
+    assert result.costs.party_steps == sum(int(algo.party_steps(counts[c]).sum()) for c in chosen)
 
 
 @pytest.mark.parametrize("name", REGRESSION)
@@ -124,12 +126,62 @@ def test_every_algorithm_learns_something(name):
         assert after < before
 
 
+# -- local training ------------------------------------------------------------------------------------------------
+
+
+def test_minibatches_hold_a_partys_real_rows_and_an_epoch_sees_each_once():
+    # Prepare: parties of 9, 12 and 3 real rows in stacks of 12; minibatches of 5, two epochs
+    train_cfg = LocalTraining(epochs=2, batch_size=5)
+    rngs = [np.random.default_rng(i) for i in range(3)]
+
+    # Execute
+    schedule = plan(train_cfg, np.array([9, 12, 3]), 12, rngs)
+
+    # Assert: ⌈2 · n_i / b_i⌉ steps (b_i = min(5, n_i)); each epoch's rows a permutation of the real ones; the
+    # 3-row party's minibatches are its 3 rows and padding (row 3) in the 2 slots it does not fill
+    assert list(schedule.steps) == [4, 5, 2] and schedule.idx.shape == (5, 1, 3, 5)
+    stream = schedule.idx[:4, 0, 0].flatten().tolist()
+    assert sorted(stream[:9]) == list(range(9)) and sorted(stream[9:18]) == list(range(9))
+    assert sorted(schedule.idx[:5, 0, 1].flatten().tolist()[:12]) == list(range(12))
+    small = schedule.idx[:2, 0, 2]
+    assert sorted(small[:, :3].flatten().tolist()) == [0, 0, 1, 1, 2, 2] and (small[:, 3:] == 3).all()
+
+
+def test_a_party_whose_epoch_is_over_is_left_as_it_is_while_the_others_train():
+    # Prepare: party 0 holds 9 real rows, the others 12; one epoch of minibatches of 3 (3 and 4 steps)
+    cfg = FederatedConfig(rounds=1, clients_per_round=1.0, batch_size=3, lr=0.01)
+    parties = _parties()
+    alone = Parties(parties.ids[:1], parties.x[:1, :9], parties.y[:1, :9], parties.descriptors[:1],
+                    parties.counts[:1], _loss_of)  # fmt: skip
+
+    # Execute
+    together, uploads = _run(_algo("fedavg", cfg), parties=parties)
+    by_itself, own = _run(_algo("fedavg", cfg), parties=alone)
+
+    # Assert: party 0's model is the one it trains without the padding and without the others (its 3 steps)
+    assert list(_algo("fedavg", cfg).party_steps(parties.counts.numpy())) == [3, 4, 4, 4, 4, 4]
+    assert together.costs.party_steps == 3 + 5 * 4 and by_itself.costs.party_steps == 3
+    np.testing.assert_array_equal(uploads[0]["w"][0], own[0]["w"][0])
+
+
+def test_a_persistent_optimizer_state_does_not_depend_on_the_sharding_and_is_kept_per_party():
+    cfg = FederatedConfig(rounds=4, clients_per_round=0.5, local_steps=3, lr=0.01, momentum=0.9,
+                          optimizer_state="persistent")  # fmt: skip
+    one, _ = _run(_algo("ditto", cfg))
+    three, _ = _run(_algo("ditto", cfg), shards=3)
+    mine, theirs = one.store.export(), three.store.export()
+    assert {"v", "opt.w.buf", "opt.v.buf"} <= set(mine) and mine.keys() == theirs.keys()
+    for key in mine:
+        np.testing.assert_array_equal(mine[key], theirs[key], err_msg=key)
+    np.testing.assert_array_equal(one.server["w"], three.server["w"])
+
+
 # -- reductions ----------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("hessian_free", [False, True])
 def test_per_fedavg_without_inner_step_is_fedavg_with_sgd(hessian_free):
-    cfg = FederatedConfig(rounds=3, clients_per_round=0.5, local_steps=4, lr=0.05, optimizer="sgd")
+    cfg = FederatedConfig(rounds=3, clients_per_round=0.5, local_steps=4, lr=0.05, batch_size=0)
     per, _ = _run(_algo("per_fedavg", cfg, alpha=0.0, inner="sgd", split=False, hessian_free=hessian_free))
     avg, _ = _run(_algo("fedavg", cfg))
     np.testing.assert_array_equal(per.server["w"], avg.server["w"])
@@ -138,7 +190,7 @@ def test_per_fedavg_without_inner_step_is_fedavg_with_sgd(hessian_free):
 def test_per_fedavg_hessian_free_step_follows_the_maml_gradient():
     # Prepare: one local step of SGD at lr 1 on all rows, so the party's upload is w − (its meta-gradient).
     parties, alpha = _parties(), 0.05
-    cfg = FederatedConfig(rounds=1, clients_per_round=1.0, local_steps=1, lr=1.0, optimizer="sgd")
+    cfg = FederatedConfig(rounds=1, clients_per_round=1.0, local_steps=1, lr=1.0, batch_size=0)
     w = torch.as_tensor(INIT, dtype=torch.float64)[None].expand(6, -1).clone().requires_grad_(True)
     x, y, d = parties.x.double(), parties.y.double(), parties.descriptors.double()
     inner_grad = torch.autograd.grad(_task_loss(forward(w, SPEC, x), y, d).sum(), w, create_graph=True)[0]
@@ -159,14 +211,15 @@ def test_per_fedavg_hessian_free_step_follows_the_maml_gradient():
 
 def test_ditto_without_pull_trains_the_personal_model_locally():
     # Prepare: every party sampled every round, so its v trains `personal_steps` fresh steps per round from w_0.
-    cfg = FederatedConfig(rounds=3, clients_per_round=1.0, local_steps=4, lr=0.01)
+    cfg = FederatedConfig(rounds=3, clients_per_round=1.0, local_steps=4, lr=0.01, batch_size=0)
     parties = _parties()
 
     # Execute
     result, _ = _run(_algo("ditto", cfg, lam=0.0, personal_steps=6), parties=parties)
     local = torch.as_tensor(INIT)[None].expand(6, -1)
     for _ in range(3):
-        local = train(local, SPEC, parties.x, parties.y, _loss_of(parties.descriptors), cfg.local(6))
+        one = TrainConfig(steps=6, lr=0.01, decay=False, optimizer="sgd")
+        local = train(local, SPEC, parties.x, parties.y, _loss_of(parties.descriptors), one)
 
     # Assert
     np.testing.assert_array_equal(result.store.export()["v"], local.numpy())
@@ -259,10 +312,12 @@ def test_pfedhn_serves_a_784_100_10_mlp():
         ("per_fedavg", {"alpha": -1.0}, "federated.per_fedavg.alpha"),
         ("per_fedavg", {"beta": 0.0}, "federated.per_fedavg.beta"),
         ("per_fedavg", {"inner": "newton"}, "federated.per_fedavg.inner"),
-        ("per_fedavg", {"hessian_free": True}, "federated.per_fedavg.hessian_free"),
+        ("per_fedavg", {"hessian_free": True, "inner": "sign"}, "federated.per_fedavg.hessian_free"),
         ("ditto", {"lam": -0.1}, "federated.ditto.lam"),
         ("ditto", {"personal_steps": -1}, "federated.ditto.personal_steps"),
+        ("ditto", {"personal_steps": 2, "personal_epochs": 1}, "federated.ditto.personal_epochs"),
         ("fedrep", {"head_steps": -1}, "federated.fedrep.head_steps"),
+        ("fedrep", {"head_epochs": -1}, "federated.fedrep.head_epochs"),
         ("fedala", {"share": 0.0}, "federated.fedala.share"),
         ("fedala", {"layers": 0}, "federated.fedala.layers"),
         ("pfedhn", {"embed": 0}, "federated.pfedhn.embed"),
@@ -280,9 +335,73 @@ def test_fedala_refuses_more_layers_than_the_mlp_has():
 
 
 def test_local_steps_are_counted_per_gradient_evaluation():
-    assert _algo("per_fedavg").steps_per_round() == 2 * CFG.local_steps
-    assert _algo("per_fedavg", inner="sgd", hessian_free=True).steps_per_round() == 4 * CFG.local_steps
-    assert _algo("ditto", personal_steps=3).steps_per_round() == CFG.local_steps + 3
-    assert _algo("fedrep", head_steps=5).steps_per_round() == CFG.local_steps + 5
-    assert _algo("fedala", weight_steps=2).steps_per_round() == CFG.local_steps + 2
-    assert TrainConfig(steps=CFG.local_steps).steps == _algo("pfedhn").steps_per_round()
+    counts = np.array([9, 12])
+    assert list(_algo("fedavg").party_steps(counts)) == [4, 4]  # CFG: 4 steps a round
+    assert list(_algo("per_fedavg").party_steps(counts)) == [8, 8]
+    assert list(_algo("per_fedavg", hessian_free=True).party_steps(counts)) == [16, 16]
+    assert list(_algo("ditto", personal_steps=3).party_steps(counts)) == [7, 7]
+    assert list(_algo("fedrep", head_steps=5).party_steps(counts)) == [9, 9]
+    assert list(_algo("fedala", weight_steps=2).party_steps(counts)) == [6, 6]
+    epochs = FederatedConfig(local_epochs=2, batch_size=5)  # ⌈2 · 9 / 5⌉ = 4, ⌈2 · 12 / 5⌉ = 5 steps
+    assert list(_algo("fedavg", epochs).party_steps(counts)) == [4, 5]
+    assert list(_algo("per_fedavg", epochs).party_steps(counts)) == [2 * 2, 2 * 3]  # two minibatches a step
+    assert list(_algo("ditto", epochs, personal_epochs=1).party_steps(counts)) == [4 + 2, 5 + 3]
+
+
+# -- what a novel party receives -----------------------------------------------------------------------------------
+
+
+def test_a_pulled_start_takes_gradient_steps_where_the_residual_gp_would_refit_its_read_out():
+    # Prepare: Ditto's novel-party start and shots; a probe, so an unconstrained start takes the residual GP
+    result, _ = _run(_algo("ditto"))
+    desc, x, y = _sines(3, 10, seed=5)
+    probe = torch.linspace(-4, 4, 64)[:, None]
+    cfg = FinetuneConfig(steps=20, every=10, recipe="residual_gp", margin=0.0)
+    tuned = {}
+
+    # Execute
+    for lam in (0.1, 10.0):
+        start = _algo("ditto", lam=lam).novel(result.server, SPEC)
+        warm = torch.as_tensor(start.predict(desc.numpy()))
+        pull = start.constraint_for(warm)
+        tuned[lam] = finetune(warm, SPEC, x, y, _task_loss, desc, cfg, pull, probe)
+        steps = finetune(warm, SPEC, x, y, _task_loss, desc, cfg, pull)  # no probe: the gradient recipe
+        np.testing.assert_array_equal(tuned[lam].numpy(), steps.numpy())
+    free = finetune(warm, SPEC, x, y, _task_loss, desc, cfg, probe=probe)
+
+    # Assert: the pull's λ shows in the result; without it the read-out refit runs
+    assert not torch.equal(tuned[0.1], tuned[10.0]) and not torch.equal(free, tuned[10.0])
+
+
+def test_fedrep_without_shared_heads_has_no_zero_shot_model_and_its_zero_shot_rows_are_blank():
+    # Prepare
+    result, _ = _run(_algo("fedrep"))
+    starts = {
+        "fedrep": _algo("fedrep").novel(result.server, SPEC),
+        "fedavg_ft": _algo("fedavg_ft").novel({"w": INIT}, SPEC),
+    }
+    shared = _algo("fedrep", share_heads=True).novel(result.server, SPEC)
+    cols = {"method": ["fedrep", "fedrep", "fedavg_ft"], "shots": [0, 10, 0], "value": [3.0, 0.2, 0.7]}
+
+    # Execute
+    blanked = no_zero_shot(cols, starts)
+
+    # Assert
+    assert not starts["fedrep"].zero_shot and shared.zero_shot
+    assert np.isnan(blanked["value"][0]) and blanked["value"][1:] == [0.2, 0.7]
+    restored = type(starts["fedrep"]).restore(starts["fedrep"].export())
+    assert not restored.zero_shot
+
+
+def test_pfedhn_counts_the_generated_model_per_sampled_party_in_its_download():
+    algo = _algo("pfedhn", embed=4, hidden=16)
+    result, _ = _run(algo)
+    sampled = sum(len(sample(SEED, r, np.arange(6), CFG.clients_per_round)) for r in range(3))
+    assert result.costs.download_bytes == sampled * 4 * SPEC.n_params
+    assert algo.download_bytes(algo.broadcast(result.server)) == 4 * SPEC.n_params
+
+
+def test_per_fedavg_takes_the_papers_sgd_inner_step_at_pfllibs_step_sizes_by_default():
+    opts = _algo("per_fedavg").opts
+    assert (opts.inner, opts.alpha, opts.beta) == ("sgd", CFG.lr, CFG.lr)
+    assert _algo("per_fedavg", alpha=0.5).opts.alpha == 0.5

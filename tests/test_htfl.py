@@ -185,7 +185,7 @@ def test_stores_of_shards_with_different_families_merge_and_restore():
 
 def _one_round(name, **settings):
     """All six parties, one round, no local steps: the uploads are the parties' own inits' statistics."""
-    cfg = FederatedConfig(rounds=1, clients_per_round=1.0, local_steps=0, feature_dim=D)
+    cfg = FederatedConfig(rounds=1, clients_per_round=1.0, local_steps=0, local_epochs=0, feature_dim=D)
     algo = _algo(name, cfg, **settings)
     return algo, _run(algo, parties=_parties())
 

@@ -3,6 +3,7 @@ killed mid-round (the run rolls back to its last save and replays the same bits)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -26,6 +27,10 @@ SCENARIO = build("sine", make_options("sine", {"hidden": [8], "train_points": 20
 JOBS = {
     "fedavg": RoundsJob("fedavg", ALGORITHMS["fedavg"], CFG),
     "personal_toy": RoundsJob("personal_toy", PersonalToy, CFG),
+    # momentum kept per party across rounds: the shards hold (and the checkpoint saves) a state FedAvg does not have
+    "fedavg_persistent": RoundsJob(
+        "fedavg", ALGORITHMS["fedavg"], dataclasses.replace(CFG, momentum=0.9, optimizer_state="persistent")
+    ),
 }
 
 
@@ -96,7 +101,7 @@ def reference(actors, tmp_path_factory):
     return engine_run(actors[1], tmp_path_factory.mktemp("rounds") / "one", JOBS["personal_toy"])
 
 
-@pytest.mark.parametrize("key", ["fedavg", "personal_toy"])
+@pytest.mark.parametrize("key", ["fedavg", "personal_toy", "fedavg_persistent"])
 def test_one_and_two_shards_and_the_in_process_runner_give_the_same_bits(actors, reference, tmp_path, key):
     job = JOBS[key]
     local = in_process(job)
@@ -106,7 +111,9 @@ def test_one_and_two_shards_and_the_in_process_runner_give_the_same_bits(actors,
     if key == "personal_toy":
         assert_same(reference, local.server, local.store.export(), costs)
         assert len(reference["personal"]["party_id"]) > 0  # parties kept personal models: the test has teeth
-    assert any(line.startswith(f"{key}: round 5/5, 5 parties sampled") for line in two["lines"])
+    if key == "fedavg_persistent":
+        assert "opt.w.buf" in two["personal"]
+    assert any(line.startswith(f"{job.key}: round 5/5, 5 parties sampled") for line in two["lines"])
 
 
 def test_a_shard_killed_mid_round_rolls_back_and_gives_identical_results(ray_session, actors, reference, tmp_path):

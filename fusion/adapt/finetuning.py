@@ -87,10 +87,10 @@ def finetune(
     does not depend on which other parties share the batch. ``constraint``: what may move (e.g. a head
     only) and a proximal pull toward an anchor, for methods whose k-shot use says so.
     ``probe`` (M, in): given, the shots correct the start by :func:`fusion.adapt.residual.residual_gp` (the caller
-    decides by :func:`recipe_for`), for MLPs whose constraint lets the last layer move; its ridge toward
-    the start stands for a proximal pull.
+    decides by :func:`recipe_for`), for MLPs whose constraint lets the last layer move and has no proximal pull
+    (the read-out refit has no place for one: a pulled start takes the gradient steps below instead).
     """
-    if probe is not None and isinstance(spec, MLPSpec) and _readout_free(constraint, spec):
+    if probe is not None and isinstance(spec, MLPSpec) and _readout_free(constraint, spec) and constraint.prox == 0:
         return residual_gp(params, spec, x, y, torch.as_tensor(probe, device=params.device))
     task_loss = RowLoss(loss, descriptors)
     groups = -(-x.shape[1] // cfg.fold_group)  # shots of a group stay together (one per class: fold_group)

@@ -1,32 +1,37 @@
 """``ditto`` (Li, Hu, Beirami, Smith, ICML 2021): FedAvg for the global w, plus a personal v_i per party.
 
-Each round a sampled party (1) trains w for ``federated.local_steps`` steps from the downloaded w and uploads it
-(FedAvg), and (2) trains its own v_i for ``personal_steps`` steps on L_i(v) + (λ/2)‖v − w‖², pulled toward the
-w it downloaded this round (``lam`` = λ). v_i starts as the w of the party's first round and stays in its shard.
-λ = 0 is local training of v_i; λ → ∞ keeps v_i at w.
+Each round a sampled party (1) trains its own v_i on L_i(v) + (λ/2)‖v − w‖², pulled toward the w it downloaded
+this round (``lam`` = λ), for ``personal_epochs`` epochs (or ``personal_steps`` steps; neither set: the run's
+``local_epochs`` / ``local_steps``, PFLlib's ``plocal_epochs`` = ``local_epochs``), then (2) trains w by the run's
+local training from the downloaded w and uploads it (FedAvg). Both use the run's minibatches and optimizer, as
+PFLlib's ``clientditto`` (``ptrain``, then ``train``). v_i starts as the w of the party's first round and stays in
+its shard. λ = 0 is local training of v_i; λ → ∞ keeps v_i at w.
 
 A novel party has no v: it fine-tunes the global w on its shots under the same pull toward w
-(:class:`ProximalStart`: ``Constraint(prox=λ, anchor=w)``); at 0 shots it uses w.
+(:class:`ProximalStart`: ``Constraint(prox=λ, anchor=w)``); at 0 shots it uses w. The pull makes the k-shot
+recipe take gradient steps (:func:`fusion.training.finetune`: the residual-GP read-out refit has no place for it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from fusion.adapt.constraint import FREE, Constraint
-from fusion.adapt.train_config import TrainConfig
-from fusion.adapt.training import train
 from fusion.federated.base import (
     FederatedAlgorithm,
+    FederatedConfig,
     LocalBatch,
     State,
     Tensors,
+    own_budget,
     register,
     weighted_mean,
 )
 from fusion.federated.fedavg import GlobalModel
+from fusion.federated.local import local_train
 from fusion.lazy import torch
 from fusion.models.spec import MLPSpec
 
@@ -36,13 +41,21 @@ class DittoSettings:
     """``[federated.ditto]`` keys."""
 
     lam: float = 0.1  # λ of the proximal pull of the personal model toward the global one
-    personal_steps: int | None = None  # steps on the personal model per round; None: federated.local_steps
+    personal_epochs: int | None = None  # the personal model's budget per round (epochs, or steps); neither set:
+    personal_steps: int | None = None  # federated.local_epochs / local_steps; one set: the other is 0
 
     def __post_init__(self) -> None:
         if self.lam < 0:
             raise ValueError(f"federated.ditto.lam must be >= 0, got {self.lam}")
-        if self.personal_steps is not None and self.personal_steps < 0:
-            raise ValueError(f"federated.ditto.personal_steps must be >= 0, got {self.personal_steps}")
+        for key in ("personal_epochs", "personal_steps"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise ValueError(f"federated.ditto.{key} must be >= 0, got {getattr(self, key)}")
+        if self.personal_epochs and self.personal_steps:
+            raise ValueError("federated.ditto.personal_epochs and federated.ditto.personal_steps are both set")
+
+    def resolve(self, cfg: FederatedConfig) -> DittoSettings:
+        epochs, steps = own_budget(self.personal_epochs, self.personal_steps, cfg, "federated.ditto.personal")
+        return dataclasses.replace(self, personal_epochs=epochs, personal_steps=steps)
 
 
 class ProximalStart(GlobalModel):
@@ -71,23 +84,23 @@ class Ditto(FederatedAlgorithm):
     settings = DittoSettings
     personal = True
 
-    def _personal_steps(self) -> int:
-        steps = self.opts.personal_steps
-        return self.cfg.local_steps if steps is None else steps
+    def _personal(self):
+        return self.cfg.local().budget(self.opts.personal_epochs, self.opts.personal_steps)
 
-    def steps_per_round(self) -> int:
-        return self.cfg.local_steps + self._personal_steps()
+    def party_steps(self, counts: np.ndarray) -> np.ndarray:
+        return self.cfg.local().party_steps(counts) + self._personal().party_steps(counts)
 
     def init_personal(self, down: Tensors, batch: LocalBatch) -> Tensors:
         return {"v": down["w"].expand(len(batch), -1).clone()}
 
     def local_update(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> tuple[Tensors, Tensors]:
         w = down["w"].expand(len(batch), -1)
-        cfg = batch.train
-        own = TrainConfig(self._personal_steps(), cfg.lr, decay=False, optimizer=cfg.optimizer)
         pull = Constraint(prox=self.opts.lam, anchor=w) if self.opts.lam > 0 else FREE
-        v = train(personal["v"], batch.spec, batch.x, batch.y, batch.loss, own, constraint=pull)
-        return {"w": train(w, batch.spec, batch.x, batch.y, batch.loss, cfg)}, {"v": v}
+        v = local_train(personal["v"], batch, self._personal(), pull, slot="v")
+        return {"w": local_train(w, batch)}, {"v": v}
+
+    def participant_models(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> torch.Tensor:
+        return personal["v"]  # the personal model (PFLlib's evaluate_personalized)
 
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         return {**server, "w": weighted_mean(uploads["w"], weights)}

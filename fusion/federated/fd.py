@@ -1,7 +1,7 @@
 """``fd`` (federated distillation, Jeong et al. 2018; HtFLlib's FD): parties share per-class mean logits.
 
-Every party keeps its whole model (:mod:`fusion.federated.htfl`). Each round a sampled party trains it
-``local_steps`` steps on the task loss plus ``lam`` times the mean squared distance of its logits to the global
+Every party keeps its whole model (:mod:`fusion.federated.htfl`). Each round a sampled party trains it by
+the run's local training on the task loss plus ``lam`` times the mean squared distance of its logits to the global
 logits of each example's class (classes the server has logits for), then uploads its per-class mean logits
 (classes, classes) and class counts. The server's global logits of a class are the parties' class means weighted
 by their class counts (the mean logit vector of that class over all uploaders' data); a class no party of the
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.federated.base import LocalBatch, State, Tensors, register
+from fusion.federated.base import LocalBatch, LossFn, State, Tensors, register
 from fusion.federated.htfl import HtFLAlgorithm, class_means, class_weighted_mean, pull_to
 from fusion.lazy import torch
 from fusion.models.params import forward
@@ -48,8 +48,8 @@ class FD(HtFLAlgorithm):
     def broadcast(self, server: State) -> State:
         return {"logits": server["logits"], "have": server["have"]}
 
-    def local_loss(self, down: Tensors, batch: LocalBatch):
-        task, lam, have = batch.loss, self.opts.lam, down["have"] > 0
+    def local_loss(self, down: Tensors, task: LossFn):
+        lam, have = self.opts.lam, down["have"] > 0
         return lambda feats, logits, y: task(logits, y) + lam * pull_to(down["logits"], have, logits, y)
 
     def upload(self, model, batch: LocalBatch) -> Tensors:

@@ -8,8 +8,8 @@ layers. Before training it builds its start from the downloaded w:
 
 written so that W = 1 gives w exactly. W is first learned: ``weight_steps`` full-batch steps on a random
 ``share`` of the party's rows (drawn each round from its generator), W ← clip(W − η ∂L/∂θ ⊙ (w − θ_old), 0, 1)
-(η = ``weight_lr``); then θ trains ``federated.local_steps`` steps as in FedAvg, is uploaded, and kept as the
-next θ_old. A party's first round starts from θ_old = w and W = 1, so θ = w (and the W steps cannot move W: their
+(η = ``weight_lr``); then θ trains by the run's local training as in FedAvg, is uploaded, and kept as the next
+θ_old. A party's first round starts from θ_old = w and W = 1, so θ = w (and the W steps cannot move W: their
 gradient carries the factor w − θ_old = 0; they are computed all the same and counted in the steps).
 
 A novel party receives w and uses the run's k-shot recipe (:class:`GlobalModel` with ``finetune`` True): it has
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.adapt.training import train
 from fusion.federated.base import FederatedAlgorithm, LocalBatch, State, Tensors, register, weighted_mean
 from fusion.federated.fedavg import GlobalModel
+from fusion.federated.local import local_train
 from fusion.lazy import torch
 from fusion.models.params import loss_and_grad
 from fusion.models.spec import MLPSpec
@@ -62,8 +62,8 @@ class FedALA(FederatedAlgorithm):
             raise ValueError(f"federated.fedala.layers must be <= the MLP's {spec.n_layers} layers, got {spec}")
         return spec.offsets[-self.opts.layers][0]
 
-    def steps_per_round(self) -> int:
-        return self.opts.weight_steps + self.cfg.local_steps
+    def party_steps(self, counts: np.ndarray) -> np.ndarray:
+        return np.where(np.asarray(counts) > 0, self.opts.weight_steps, 0) + self.cfg.local().party_steps(counts)
 
     def init_server(self, spec: MLPSpec, init: np.ndarray, descriptors: np.ndarray, seed: int) -> State:
         self._top(spec)  # refuses too many layers before any round
@@ -81,7 +81,17 @@ class FedALA(FederatedAlgorithm):
         idx = np.stack([np.sort(rng.choice(n_rows, size=m, replace=False)) for rng in batch.rngs])
         return batch.rows(torch.as_tensor(idx, device=batch.x.device))
 
+    def participant_models(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> torch.Tensor:
+        return self._adapted(down, personal, batch)[0]  # the local model after ALA, as the round starts from it
+
     def local_update(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> tuple[Tensors, Tensors]:
+        start, weights = self._adapted(down, personal, batch)
+        theta = local_train(start, batch)
+        return {"w": theta}, {"theta": theta, "weights": weights}
+
+    def _adapted(self, down: Tensors, personal: Tensors, batch: LocalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """ALA: the weights W learned on a share of the party's rows, and the start θ_old + (w − θ_old) ⊙ W on the
+        top layers (w below)."""
         spec, top = batch.spec, self._top(batch.spec)
         w = down["w"].expand(len(batch), -1)
         old, weights = personal["theta"], personal["weights"].clone()
@@ -94,8 +104,7 @@ class FedALA(FederatedAlgorithm):
                 grad = loss_and_grad(start, spec, x, y, batch.loss, work)[1]
                 weights = (weights + self.opts.weight_lr * grad[:, top:] * gap).clamp_(0, 1)  # dθ/dW = −gap
         start[:, top:] = w[:, top:] + gap * (1 - weights)
-        theta = train(start, spec, batch.x, batch.y, batch.loss, batch.train)
-        return {"w": theta}, {"theta": theta, "weights": weights}
+        return start, weights
 
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         return {**server, "w": weighted_mean(uploads["w"], weights)}

@@ -1,5 +1,8 @@
 """``fedavg`` and ``fedavg_ft`` (McMahan et al. 2017): local training from the global model, weighted averaging.
 
+A sampled party trains the downloaded w by the run's local training (:mod:`fusion.federated.local`: epochs of
+minibatches of its own rows, or steps) and uploads it; the server takes the sample-weighted mean.
+
 A novel party receives the global model: ``fedavg`` uses it as it is at every k, ``fedavg_ft`` fine-tunes it on
 its k shots by the run's recipe. Both are one training run.
 """
@@ -8,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusion.adapt.training import train
 from fusion.federated.base import (
     FederatedAlgorithm,
     FederatedStart,
@@ -18,6 +20,7 @@ from fusion.federated.base import (
     register,
     weighted_mean,
 )
+from fusion.federated.local import local_train
 from fusion.models.spec import MLPSpec
 from fusion.strategies.average import Constant
 
@@ -46,8 +49,7 @@ class FedAvg(FederatedAlgorithm):
     finetune_novel = False
 
     def local_update(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> tuple[Tensors, None]:
-        start = down["w"].expand(len(batch), -1)
-        return {"w": train(start, batch.spec, batch.x, batch.y, batch.loss, batch.train)}, None
+        return {"w": local_train(down["w"].expand(len(batch), -1), batch)}, None
 
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         return {**server, "w": weighted_mean(uploads["w"], weights)}

@@ -1,7 +1,7 @@
 """``fedgh`` (Yi et al., ACM MM 2023): a global head trained by the server on the parties' class prototypes.
 
 Every party keeps its whole model (:mod:`fusion.federated.htfl`). Each round a sampled party puts the downloaded
-global head on its own body, trains the whole model ``local_steps`` steps on the task loss, keeps it and uploads
+global head on its own body, trains the whole model by the run's local training on the task loss, keeps it and uploads
 its class prototypes (mean features per class, (classes, feature_dim)) and class counts. The server trains the
 global head ``Linear(feature_dim, classes)`` on the uploaded prototypes — each (party, class) prototype one
 example of its class, cross-entropy — for ``server_steps`` full-batch Adam steps at ``server_lr``, from where it

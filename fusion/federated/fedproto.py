@@ -1,7 +1,7 @@
 """``fedproto`` (Tan et al., AAAI 2022): parties share class prototypes, the mean feature of each class.
 
 Every party keeps its whole model (:mod:`fusion.federated.htfl`: features are the common feature layer's
-``feature_dim`` activations). Each round a sampled party trains ``local_steps`` steps on the task loss plus
+``feature_dim`` activations). Each round a sampled party trains by the run's local training on the task loss plus
 ``lam`` times the mean squared distance of each example's features to the global prototype of its class
 (classes the server has one for), then uploads its class prototypes (classes, feature_dim) and class counts.
 The server's global prototype of a class is the parties' class prototypes weighted by their class counts — the

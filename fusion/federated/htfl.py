@@ -16,8 +16,8 @@ feature_dim``; 0 (the default) takes the smallest last hidden width among the ru
 ``mlp-100`` + ``cnn-s`` + ``cnn-m``: ``mlp-100`` unchanged, ``cnn-s`` and ``cnn-m`` get a 100-unit layer).
 
 **Personal models.** A party's model starts from its own init, drawn from (run seed, party id) (not the common
-init of FedAvg): it is kept in the shard that hosts the party (a personal state) and trained ``local_steps``
-full-batch steps per sampled round.
+init of FedAvg): it is kept in the shard that hosts the party (a personal state) and trained by the run's local training
+(:mod:`fusion.federated.local`) every round the party is sampled.
 
 **Novel parties.** A novel party took no part in training and the server holds no body, so its 0-shot model is
 the plain init of its family's model (one draw per family from the run seed, :func:`novel_body`) with the
@@ -34,10 +34,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fusion.adapt.constraint import Constraint
+from fusion.adapt import Constraint
 from fusion.adapt.optimizer import Optimizer
 from fusion.adapt.train_config import TrainConfig
-from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, State, Tensors
+from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, LossFn, State, Tensors
+from fusion.federated.local import local_train
 from fusion.lazy import torch
 from fusion.models.activation import activate
 from fusion.models.loss import RowLoss
@@ -105,25 +106,15 @@ def _weighted_sum(pred: torch.Tensor, _, weights: torch.Tensor) -> torch.Tensor:
     return (pred * weights).sum(dim=(1, 2))
 
 
-def train_features(
-    params: torch.Tensor,
-    spec: Spec,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    loss_fn: FeatureLoss,
-    cfg: TrainConfig,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Train a stack (P, n_params) for ``cfg.steps`` full-batch steps of ``cfg.optimizer`` at ``cfg.lr`` (cosine-decayed
-    when ``cfg.decay``; a round's local training has none) on a loss of features and logits; ``mask`` (n_params,)
-    bool: only those parameters move. Element-wise optimizers: each model gets the updates it would get alone."""
-    weights = params.detach().clone()
-    steps = cfg.steps if x.shape[1] > 0 else 0
-    opt = Optimizer(cfg, weights, steps, fused=False)  # torch's ops: torch.optim's updates bit for bit
-    for _ in range(steps):
-        grad = loss_and_grad_features(weights, spec, x, y, loss_fn)[1]
-        opt.step(grad if mask is None else grad * mask)
-    return weights
+def train_features(model: torch.Tensor, batch: LocalBatch, loss_of: Callable[[LossFn], FeatureLoss]) -> torch.Tensor:
+    """Train a stack (n, n_params) by the run's local training (:func:`fusion.federated.local.local_train`: epochs
+    of minibatches, or steps) on a loss of features and logits, ``loss_of(task loss of the parties trained)``."""
+
+    def grad(w: torch.Tensor, parts: list, rows: torch.Tensor | None) -> torch.Tensor:
+        (x, y), task = parts[0], batch.loss if rows is None else batch.loss_of(batch.descriptors[rows])
+        return loss_and_grad_features(w, batch.spec, x, y, loss_of(task))[1]
+
+    return local_train(model, batch, grad=grad)
 
 
 def server_train(
@@ -262,8 +253,8 @@ class HtFLAlgorithm(FederatedAlgorithm):
     def prepare(self, model: torch.Tensor, down: Tensors, batch: LocalBatch) -> torch.Tensor:
         return model
 
-    def local_loss(self, down: Tensors, batch: LocalBatch) -> FeatureLoss:
-        task = batch.loss
+    def local_loss(self, down: Tensors, task: LossFn) -> FeatureLoss:
+        """The local objective from the broadcast ``down`` and the parties' task loss ``task``."""
         return lambda feats, logits, y: task(logits, y)
 
     def upload(self, model: torch.Tensor, batch: LocalBatch) -> Tensors:
@@ -274,8 +265,11 @@ class HtFLAlgorithm(FederatedAlgorithm):
 
     def local_update(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> tuple[Tensors, Tensors]:
         model = self.prepare(personal["model"], down, batch)
-        model = train_features(model, batch.spec, batch.x, batch.y, self.local_loss(down, batch), batch.train)
+        model = train_features(model, batch, lambda task: self.local_loss(down, task))
         return self.upload(model, batch), {"model": model}
+
+    def participant_models(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> torch.Tensor:
+        return self.prepare(personal["model"], down, batch)  # its kept model, as the round starts from it
 
     def novel_head(self, server: dict, spec: Spec) -> np.ndarray | None:
         """The head (classes * D + classes,) a novel party receives, or None (it keeps its init's)."""
@@ -317,6 +311,6 @@ class SharedPrototypes(HtFLAlgorithm):
     def broadcast(self, server: State) -> State:
         return {"protos": server["protos"], "have": server["have"]}
 
-    def local_loss(self, down: Tensors, batch: LocalBatch):
-        task, lam, have = batch.loss, self.opts.lam, down["have"] > 0
+    def local_loss(self, down: Tensors, task: LossFn):
+        lam, have = self.opts.lam, down["have"] > 0
         return lambda feats, logits, y: task(logits, y) + lam * pull_to(down["protos"], have, feats, y)

@@ -3,7 +3,7 @@ global head.
 
 Every party keeps its whole model (:mod:`fusion.federated.htfl`: its family's model with a common feature layer
 of ``feature_dim`` units and the head ``Linear(feature_dim, classes)``). Each round a sampled party puts the
-downloaded global head on its own body, trains the whole model ``local_steps`` steps on its data, keeps it and
+downloaded global head on its own body, trains the whole model by the run's local training on its data, keeps it and
 uploads its head; the server's global head is the sample-weighted mean of the uploaded heads. The server's first
 head is ``Linear``'s init from the run seed.
 

@@ -12,19 +12,17 @@ s is 1/√fan_in of the layer each parameter belongs to (the scale of ``torch.nn
 unit of the last Linear works at the same scale whatever the layer; the output bias o starts at init / s, so at
 round 0 every party's θ is the run's common init plus a small descriptor-dependent offset s ⊙ O a.
 
-A round: the server broadcasts φ (and μ, σ); each sampled party computes θ_i = h(e(τ_i)) from its own descriptor,
-trains it for ``federated.local_steps`` steps with the run's local optimizer, and uploads Δθ_i = θ_i − θ_i^after
-with its descriptor τ_i (d numbers, so that the server needs no map from party ids to descriptors). The server
+A round: the server sends each sampled party its θ_i = h(e(τ_i)); the party trains it by the run's local training
+(:mod:`fusion.federated.local`) and uploads Δθ_i = θ_i − θ_i^after with its descriptor τ_i (d numbers, so that the
+server needs no map from party ids to descriptors). In this engine the shard hosting the party computes θ_i from
+the broadcast φ on the server's behalf (one object in the store per round instead of one per party); the costs
+count what pFedHN sends, θ_i per sampled party (:meth:`PFedHN.download_bytes`), not φ. The server
 takes one Adam step (lr ``server_lr``) on φ along Σ_i c_i J_i^T Δθ_i, c_i = n_i / Σ n, J_i = ∂θ_i/∂φ — the
 vector-Jacobian product of pFedHN's update, averaged over the round's parties instead of one step per party.
 
 ``server_lr``: Adam moves every entry of φ by about the step size each round whatever its gradient's size, and the
-output layer alone has hidden · n_params entries, so the step must be small. On sine-domains (60 training parties,
-default [federated]) the novel parties' mean 0-shot nRMSE at server_lr 3·10⁻⁴ / 10⁻³ / 3·10⁻³ / 10⁻² / 3·10⁻²
-was – / 0.42 / 2.1 / 1.1 / 0.61 (seed 0), 0.73 / 0.58 / – / 2.2 / – (seed 1), 1.0 / 4.6 / – / 2.5 / – (seed 2):
-10⁻³ is the default. Seed 2's means at 10⁻³ are carried by a few small-amplitude parties (nRMSE divides by the
-amplitude): its median 0-shot nRMSE is 0.60 against FedAvg's 0.63 and cold start's 1.2. The spread over step sizes
-still says the last iterate of φ is noisy (open: an average of φ over the last rounds, or a decaying server step).
+output layer alone has hidden · n_params entries, so the step must be small (10⁻³ by default; a scenario may set
+its own, :meth:`scenarios.Scenario.federated_defaults`).
 
 A novel party needs no training to get a model: θ = h(e(τ)) from its descriptor alone (:class:`HyperStart`);
 with k shots it fine-tunes that by the run's recipe.
@@ -36,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.adapt.training import train
 from fusion.federated.base import FederatedAlgorithm, FederatedStart, LocalBatch, State, Tensors, register
+from fusion.federated.local import local_train
 from fusion.lazy import lazy, torch
 from fusion.models.spec import MLPSpec
 
@@ -50,7 +48,7 @@ class PFedHNSettings:
 
     embed: int = 8  # encoder output e
     hidden: int = 100  # width of the encoder's and the hypernetwork's hidden layers
-    server_lr: float = 0.001  # Adam step size of the server on φ (sine-domains, 100 rounds: see the module doc)
+    server_lr: float = 0.001  # Adam step size of the server on φ (see the module docstring)
 
     def __post_init__(self) -> None:
         for key in ("embed", "hidden"):
@@ -68,6 +66,18 @@ def _shapes(d: int, embed: int, hidden: int, n_params: int) -> list[tuple[int, i
 def encoder_size(d: int, hidden: int, embed: int) -> int:
     """Entries of φ that belong to the encoder (its first ``encoder_size`` entries)."""
     return hidden * d + hidden + embed * hidden + embed
+
+
+def generated_size(n_phi: int, d: int, embed: int, hidden: int) -> int:
+    """n_params of the models a φ of ``n_phi`` entries generates (descriptors of ``d`` entries): the inverse of the
+    layout of :func:`_shapes`."""
+    fixed = encoder_size(d, hidden, embed) + hidden * embed + hidden + hidden * hidden + hidden
+    n_params, rest = divmod(n_phi - fixed, hidden + 1)
+    if rest or n_params < 1:
+        raise ValueError(
+            f"φ has {n_phi} entries, not a pfedhn layout for descriptors of {d} (embed {embed}, hidden {hidden})"
+        )
+    return n_params
 
 
 def _layers(phi: torch.Tensor, shapes: list[tuple[int, int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -157,13 +167,23 @@ class PFedHN(FederatedAlgorithm):
     def broadcast(self, server: State) -> State:
         return {k: server[k] for k in ("phi", "mu", "sd")}
 
+    def download_bytes(self, down: State) -> int:
+        """θ_i (float32, n_params) per sampled party: what pFedHN's server sends (φ stays on the server)."""
+        return 4 * generated_size(len(down["phi"]), len(down["mu"]), self.opts.embed, self.opts.hidden)
+
     def local_update(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> tuple[Tensors, None]:
         z = (batch.descriptors.to(down["phi"].dtype) - down["mu"]) / down["sd"]
         scale = output_scale(batch.spec).to(batch.x.device)
         with torch.no_grad():  # one party at a time: a party's θ must not depend on which others share its shard
             theta = torch.cat([generate(down["phi"], row[None], self.opts.embed, self.opts.hidden, scale) for row in z])
-        after = train(theta, batch.spec, batch.x, batch.y, batch.loss, batch.train)
+        after = local_train(theta, batch)
         return {"delta": theta - after, "descriptor": batch.descriptors.to(theta.dtype)}, None
+
+    def participant_models(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> torch.Tensor:
+        z = (batch.descriptors.to(down["phi"].dtype) - down["mu"]) / down["sd"]
+        scale = output_scale(batch.spec).to(batch.x.device)
+        with torch.no_grad():  # θ_i, the model the server generates for the party
+            return torch.cat([generate(down["phi"], row[None], self.opts.embed, self.opts.hidden, scale) for row in z])
 
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         phi = torch.tensor(server["phi"], requires_grad=True)

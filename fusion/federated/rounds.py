@@ -22,7 +22,9 @@ from fusion.federated.base import (
     local_rng,
     sample,
 )
+from fusion.federated.local import OptimizerMemory
 from fusion.lazy import torch
+from fusion.models.params import forward
 from fusion.models.spec import MLPSpec, Spec
 
 
@@ -32,11 +34,12 @@ class PartyStore:
     def __init__(self) -> None:
         self.rows: dict[int, Tensors] = {}
 
-    def stack(self, ids: np.ndarray) -> Tensors | None:
-        """The states of ``ids`` stacked (n, ...), or None when none of them has one yet."""
+    def stack(self, ids: np.ndarray, own: bool = False) -> Tensors | None:
+        """The states of ``ids`` stacked (n, ...), or None when none of them has one yet. ``own``: the algorithm's
+        personal states only, not the optimizer states kept beside them (:class:`OptimizerMemory`)."""
         if not len(ids) or int(ids[0]) not in self.rows:
             return None
-        keys = self.rows[int(ids[0])]
+        keys = [k for k in self.rows[int(ids[0])] if not (own and k.startswith(OptimizerMemory.PREFIX))]
         return {k: torch.stack([self.rows[int(i)][k] for i in ids]) for k in keys}
 
     def has(self, ids: np.ndarray) -> np.ndarray:
@@ -106,8 +109,15 @@ def nbytes(state: State) -> int:
     return int(sum(np.asarray(v).nbytes for v in state.values()))
 
 
-def shard_round(algo: FederatedAlgorithm, down: State, store: PartyStore | None, batch: LocalBatch) -> State:
-    """The local updates of one shard's sampled parties; personal states updated in ``store``. Uploads (n, ...)."""
+def shard_round(
+    algo: FederatedAlgorithm,
+    down: State,
+    store: PartyStore | None,
+    batch: LocalBatch,
+    cfg: FederatedConfig | None = None,
+) -> State:
+    """The local updates of one shard's sampled parties; personal states (and, with ``cfg.optimizer_state =
+    "persistent"``, the optimizer states) updated in ``store``. Uploads (n, ...)."""
     device = batch.x.device
     down_t = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in down.items()}
     personal = None
@@ -116,11 +126,25 @@ def shard_round(algo: FederatedAlgorithm, down: State, store: PartyStore | None,
         if fresh.any():
             sub = batch.subset(np.flatnonzero(fresh))
             store.update(sub.ids, algo.init_personal(down_t, sub))
-        personal = store.stack(batch.ids)
+        personal = store.stack(batch.ids, own=True)
+    persistent = keeps_optimizer(cfg)
+    if persistent:
+        batch.memory = OptimizerMemory([store.rows.get(int(i), {}) for i in batch.ids])
     uploads, personal = algo.local_update(down_t, personal, batch)
-    if algo.personal:
-        store.update(batch.ids, personal)
+    if algo.personal or persistent:
+        store.update(batch.ids, {**(personal or {}), **(batch.memory.kept if persistent else {})})
     return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in uploads.items()}
+
+
+def keeps_optimizer(cfg: FederatedConfig | None) -> bool:
+    """Whether the parties' optimizer states live across rounds (in the shard's :class:`PartyStore`)."""
+    return cfg is not None and cfg.optimizer_state == "persistent"
+
+
+def keeps_state(algo_cls: type[FederatedAlgorithm], cfg: FederatedConfig) -> bool:
+    """Whether a shard keeps state for the parties of this training between rounds (personal or optimizer states),
+    which a restart loses and a checkpoint saves."""
+    return bool(algo_cls.personal) or keeps_optimizer(cfg)
 
 
 def local_round(
@@ -144,11 +168,59 @@ def local_round(
     counts = np.zeros(len(ids), np.float64)
     for rows, family in groups:
         batch = parties.batch(ids[rows], algo.model_spec(family), cfg, seed, round_)
-        up = shard_round(algo, down, store, batch)
+        up = shard_round(algo, down, store, batch, cfg)
         for k, v in up.items():
             out.setdefault(k, np.zeros((len(ids), *v.shape[1:]), np.float32))[rows] = v
         counts[rows] = batch.counts.cpu().numpy()
     return out, counts
+
+
+def participant_scores(
+    algo: FederatedAlgorithm,
+    down: State,
+    store: PartyStore | None,
+    parties: Parties,
+    ids: np.ndarray,
+    spec: Spec,
+    cfg: FederatedConfig,
+    seed: int,
+    round_: int,
+    held_out: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
+    metric: Callable,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """PFLlib's score of participating parties ``ids`` before round ``round_``: each party's own model
+    (:meth:`FederatedAlgorithm.participant_models` after the broadcast ``down``) on its held-out rows, and its training
+    loss on its own training rows. ``held_out(ids) -> (x (m, N, in), y (m, N, ...))`` gives the held-out rows;
+    ``metric(pred, y, descriptors) -> (m,)``. Returns (metric (n,), training loss (n,)) in the order of ``ids``, or
+    None when the algorithm has no per-party model. Nothing in ``store`` changes: a party without a personal state
+    yet is scored with the one it would start with.
+    """
+    ids = np.asarray(ids, np.int64)
+    groups = parties.families(ids) if parties.families is not None else [(np.arange(len(ids)), spec)]
+    values, losses = np.full(len(ids), np.nan), np.full(len(ids), np.nan)
+    for rows, family in groups:
+        batch = parties.batch(ids[rows], algo.model_spec(family), cfg, seed, round_)
+        device = batch.x.device
+        down_t = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in down.items()}
+        personal = None
+        if algo.personal:
+            have = store.has(batch.ids)
+            fresh = algo.init_personal(down_t, batch) if not have.all() else None
+            kept = store.stack(batch.ids[have]) if have.any() else None
+            personal = {}
+            for k in fresh or kept:
+                rows_k = torch.zeros_like((fresh or kept)[k]) if fresh is None else fresh[k].clone()
+                if kept is not None:
+                    rows_k[torch.as_tensor(np.flatnonzero(have), device=device)] = kept[k].to(rows_k.dtype)
+                personal[k] = rows_k
+        models = algo.participant_models(down_t, personal, batch)
+        if models is None:
+            return None
+        x, y = held_out(batch.ids)
+        with torch.no_grad():
+            values[rows] = metric(forward(models, batch.spec, x), y, batch.descriptors).cpu().numpy()
+            losses[rows] = batch.loss(forward(models, batch.spec, batch.x), batch.y).cpu().numpy()
+    return values, losses
 
 
 def server_round(algo: FederatedAlgorithm, server: State, parts: list[tuple[np.ndarray, State, np.ndarray]]) -> State:
@@ -169,11 +241,20 @@ class Costs:
     download_bytes: int = 0
     party_steps: int = 0
 
-    def add(self, sampled: int, down: State, uploads: State, steps: int) -> None:
+    def add(self, sampled: int, download: int, uploads: State, steps: int) -> None:
+        """One round: ``sampled`` parties each downloading ``download`` bytes, their ``uploads`` stacked, their
+        local gradient evaluations ``steps`` in all."""
         self.rounds += 1
-        self.download_bytes += sampled * nbytes(down)
+        self.download_bytes += sampled * download
         self.upload_bytes += nbytes(uploads)
-        self.party_steps += sampled * steps
+        self.party_steps += steps
+
+    def count(self, algo: FederatedAlgorithm, down: State, parts: list[tuple[np.ndarray, State, np.ndarray]]) -> None:
+        """One round of ``algo`` from the shards' ``parts`` [(ids, uploads, real sample counts)]."""
+        sampled = sum(len(p[0]) for p in parts)
+        uploads = {(i, k): v for i, p in enumerate(parts) for k, v in p[1].items()}
+        steps = int(sum(algo.party_steps(np.asarray(p[2])).sum() for p in parts))
+        self.add(sampled, algo.download_bytes(down), uploads, steps)
 
 
 @dataclass
@@ -234,18 +315,15 @@ def run_rounds(
     for r in range(cfg.rounds if rounds is None else rounds):
         chosen = sample(seed, r, ids, cfg.clients_per_round)
         down = algo.broadcast(server)
-        parts, all_up = [], []
+        parts = []
         for group, store in zip(groups, stores):
             mine = chosen[np.isin(chosen, group)]
             if not len(mine):
                 continue
             up, counts = local_round(algo, down, store, parties, mine, spec, cfg, seed, r)
             parts.append((mine, up, counts))
-            all_up.append(up)
         server = server_round(algo, server, parts)
-        costs.add(
-            len(chosen), down, {k: np.concatenate([u[k] for u in all_up]) for k in all_up[0]}, algo.steps_per_round()
-        )
+        costs.count(algo, down, parts)
     merged = PartyStore()
     for store in stores:
         merged.rows.update(store.rows)

@@ -1,0 +1,249 @@
+"""A party's local training in one round: epochs of minibatches (or a number of steps), batched over the parties
+of a shard.
+
+The schedule (:class:`LocalTraining`). Party i holds n_i real rows: the first n_i rows of its stack, padding after
+(what :class:`fusion.federated.base.LocalBatch` carries). With ``batch_size`` B > 0 its minibatches hold
+b_i = min(B, n_i) rows each, taken in order from a stream of random permutations of its real rows (one permutation
+per epoch, drawn from its own generator, :func:`fusion.federated.base.local_rng`); the last minibatch of the round
+is completed from one more permutation, so every minibatch is full. The party takes
+
+    ``local_steps`` steps when ``local_steps`` > 0, else ⌈local_epochs · n_i / (g · b_i)⌉ steps,
+
+where g is the number of minibatches one step consumes (1; Per-FedAvg's step takes two, B1 and B2). With
+``batch_size`` 0 every step sees all of the party's rows (padding included, which the task loss ignores): one step
+per epoch, or ``local_steps``. Parties with more rows take more steps; a party whose steps are done is left as it
+is while the others go on (the batch shrinks to the parties still training), so the parties of a shard stay one
+batched program and a party's result does not depend on which other parties share its batch.
+
+The optimizer (``optimizer``): SGD (``momentum`` as ``torch.optim.SGD``'s, no dampening) or Adam (torch's
+defaults), element-wise per party. Its state starts fresh every round, like a party that starts from the model it
+downloads; with ``[federated] optimizer_state = "persistent"`` each party's state (momentum buffer, Adam moments
+and step count) is kept across rounds in the shard that hosts it (:class:`OptimizerMemory`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusion.adapt import FREE, Constraint
+from fusion.lazy import torch
+from fusion.models.params import loss_and_grad
+
+OPTIMIZERS = ("sgd", "adam")
+
+# (weights (m, P), minibatches [(x (m, W, in), y (m, W, ...))] * g, rows (m,) of the batch or None: all) -> a fresh
+# gradient (m, P) (the loop updates it in place)
+GradFn = Callable[["torch.Tensor", list, "torch.Tensor | None"], "torch.Tensor"]
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """One model's local training in a round (the module docstring): the budget (``epochs`` or ``steps``), the
+    minibatch size (0: all rows) and the optimizer. Errors name the ``[federated]`` key."""
+
+    epochs: int = 1
+    steps: int = 0  # > 0: this many steps per round, whatever the party's size (epochs are then not used)
+    batch_size: int = 10
+    lr: float = 0.005
+    momentum: float = 0.0
+    optimizer: str = "sgd"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"federated.local_epochs must be >= 0, got {self.epochs}")
+        if self.steps < 0:
+            raise ValueError(f"federated.local_steps must be >= 0, got {self.steps}")
+        if self.batch_size < 0:
+            raise ValueError(f"federated.batch_size must be >= 0 (0: all of a party's rows), got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"federated.lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"federated.momentum must be in [0, 1), got {self.momentum}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"federated.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(f'federated.momentum is SGD\'s (optimizer = "sgd"), got optimizer = {self.optimizer!r}')
+
+    def budget(self, epochs: int, steps: int) -> LocalTraining:
+        """The same training with another budget: ``steps`` when > 0, else ``epochs`` (both 0: no training)."""
+        return LocalTraining(0 if steps else epochs, steps, self.batch_size, self.lr, self.momentum, self.optimizer)
+
+    def party_steps(self, counts, group: int = 1) -> np.ndarray:
+        """Optimizer steps (n,) of parties with ``counts`` (n,) real rows; ``group`` minibatches per step."""
+        counts = np.asarray(counts).astype(np.int64)
+        if self.steps > 0:
+            steps = np.full(len(counts), self.steps, np.int64)
+        elif self.batch_size == 0:
+            steps = np.full(len(counts), self.epochs, np.int64)
+        else:
+            b = np.maximum(np.minimum(self.batch_size, counts), 1)
+            steps = -(-self.epochs * counts // (group * b))
+        return np.where(counts > 0, steps, 0)
+
+
+@dataclass
+class Plan:
+    """The minibatches of one local training: ``steps`` (n,) per party; ``idx`` (S, g, n, W) the rows of each
+    party's minibatches (None: every step sees all rows)."""
+
+    steps: np.ndarray
+    idx: torch.Tensor | None
+
+    @property
+    def length(self) -> int:
+        return int(self.steps.max()) if len(self.steps) else 0
+
+    def rows(self, step: int, device) -> torch.Tensor | None:
+        """The parties (rows of the batch) still training at ``step``; None: all of them."""
+        live = self.steps > step
+        return None if live.all() else torch.as_tensor(np.flatnonzero(live), device=device)
+
+    def minibatches(self, step: int, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None) -> list:
+        """[(x (m, W, ...), y (m, W, ...))] * g of the parties ``rows`` (None: all) at ``step``."""
+        if self.idx is None:
+            return [(x, y) if rows is None else (x[rows], y[rows])]
+        party = (torch.arange(len(x), device=x.device) if rows is None else rows)[:, None]
+        out = []
+        for idx in self.idx[step]:
+            idx = idx if rows is None else idx[rows]
+            out.append((x[party, idx], y[party, idx]))
+        return out
+
+
+def plan(
+    train: LocalTraining, counts, width: int, rngs: list[np.random.Generator], group: int = 1, device="cpu"
+) -> Plan:
+    """The minibatches of parties with ``counts`` (n,) real rows in stacks of ``width`` rows, each party's drawn
+    from its generator in ``rngs`` (which this advances)."""
+    counts = np.asarray(counts).astype(np.int64)
+    steps = train.party_steps(counts, group)
+    if train.batch_size == 0 or not len(counts) or steps.max() == 0:
+        return Plan(steps, None)
+    if (counts > width).any():
+        raise ValueError(f"real sample counts {counts.tolist()} exceed the {width} rows of the parties' stacks")
+    w = min(train.batch_size, width)
+    idx = np.zeros((int(steps.max()), group, len(counts), w), np.int64)
+    for i, (n_i, s_i, rng) in enumerate(zip(counts, steps, rngs)):
+        if s_i == 0:
+            continue
+        b = min(train.batch_size, int(n_i))
+        need = int(s_i) * group * b
+        stream = np.concatenate([rng.permutation(int(n_i)) for _ in range(-(-need // int(n_i)))])[:need]
+        idx[:s_i, :, i, :b] = stream.reshape(s_i, group, b)
+        idx[:s_i, :, i, b:] = n_i  # b < w: the party has fewer rows than the stack, row n_i is padding
+    return Plan(steps, torch.as_tensor(idx, device=device))
+
+
+class OptimizerMemory:
+    """Each party's optimizer states kept across rounds (``optimizer_state = "persistent"``): ``rows`` one dict per
+    party of the batch (its saved ``opt.<slot>.<name>`` tensors, empty when it has none yet). A party without a
+    state gets zeros, which is a fresh optimizer."""
+
+    PREFIX = "opt."
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows, self.kept = rows, {}
+
+    def load(self, slot: str, name: str, like: torch.Tensor) -> torch.Tensor:
+        key = f"{self.PREFIX}{slot}.{name}"
+        return torch.stack([r[key].to(like) if key in r else torch.zeros_like(like[0]) for r in self.rows])
+
+    def keep(self, slot: str, state: dict) -> None:
+        self.kept.update({f"{self.PREFIX}{slot}.{k}": v for k, v in state.items()})
+
+
+class LocalOptimizer:
+    """SGD (with ``momentum``) or Adam over a stack of models (n, P), each row its own optimizer; :meth:`step` may
+    update a subset of the rows. Adam's step count is per row (a row's bias correction counts its own steps)."""
+
+    def __init__(self, train: LocalTraining, weights: torch.Tensor, memory: OptimizerMemory | None, slot: str):
+        self.train, self.weights = train, weights
+        names = {"sgd": ("buf",) if train.momentum else (), "adam": ("m", "v", "t")}[train.optimizer]
+        like = {"buf": weights, "m": weights, "v": weights, "t": weights[:, :1]}
+        self.state = {
+            k: memory.load(slot, k, like[k]) if memory is not None else torch.zeros_like(like[k]) for k in names
+        }
+
+    def step(self, grad: torch.Tensor, rows: torch.Tensor | None) -> None:
+        """One step of the rows ``rows`` (None: all) along their gradient ``grad`` (m, P), which it may overwrite.
+        torch.optim's arithmetic (SGD: ``w − lr · d``; Adam: its bias-corrected moments, eps 1e-8)."""
+        cfg, s = self.train, self.state
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows])  # noqa: E731
+        w = pick(self.weights)
+        if cfg.optimizer == "sgd":
+            if cfg.momentum:
+                grad = pick(s["buf"]).mul_(cfg.momentum).add_(grad)
+                self._put("buf", grad, rows)
+            w = w.add_(grad, alpha=-cfg.lr)
+        else:
+            beta1, beta2, eps = 0.9, 0.999, 1e-8
+            t = pick(s["t"]) + 1
+            m = pick(s["m"]).lerp_(grad, 1 - beta1)
+            v = pick(s["v"]).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = v.clamp_min(torch.finfo(v.dtype).tiny).sqrt_().div_((1 - beta2**t).sqrt_()).add_(eps)
+            w = w.addcdiv_(m * (cfg.lr / (1 - beta1**t)), denom, value=-1.0)
+            for k, value in (("t", t), ("m", m), ("v", v)):
+                self._put(k, value, rows)
+        if rows is not None:
+            self.weights.index_copy_(0, rows, w)
+
+    def _put(self, key: str, value: torch.Tensor, rows: torch.Tensor | None) -> None:
+        if rows is None:
+            self.state[key] = value
+        else:
+            self.state[key].index_copy_(0, rows, value)
+
+
+def task_grad(batch) -> GradFn:
+    """The task loss's gradient of ``batch`` (a :class:`LocalBatch`) on minibatches (one per step)."""
+    work: dict = {}
+
+    def grad(w: torch.Tensor, parts: list, rows: torch.Tensor | None) -> torch.Tensor:
+        loss = batch.loss if rows is None else batch.loss_of(batch.descriptors[rows])
+        ((x, y),) = parts
+        return loss_and_grad(w, batch.spec, x, y, loss, work)[1]
+
+    return grad
+
+
+def _rows_of(constraint: Constraint, rows: torch.Tensor | None) -> Constraint:
+    if rows is None or constraint.anchor is None:
+        return constraint
+    return Constraint(constraint.mask, constraint.prox, constraint.anchor[rows])
+
+
+def local_train(
+    start: torch.Tensor,
+    batch,
+    train: LocalTraining | None = None,
+    constraint: Constraint = FREE,
+    slot: str = "w",
+    grad: GradFn | None = None,
+    group: int = 1,
+) -> torch.Tensor:
+    """Train ``start`` (n, P) on ``batch`` (a :class:`fusion.federated.base.LocalBatch`) by ``train`` (default:
+    ``batch.train``); returns the trained stack. ``constraint``: a mask and/or a proximal pull (anchor (n, P));
+    ``slot``: the name of this model's optimizer state (an algorithm that trains two models per round names them
+    apart); ``grad``: the gradient of another loss (default: the task loss), fed ``group`` minibatches per step.
+    Draws the minibatches from ``batch.rngs``."""
+    train = batch.train if train is None else train
+    weights = start.detach().clone()
+    counts = batch.counts.detach().cpu().numpy()
+    schedule = plan(train, counts, batch.x.shape[1], batch.rngs, group, batch.x.device)
+    memory = getattr(batch, "memory", None)
+    opt = LocalOptimizer(train, weights, memory, slot)
+    gradient = grad if grad is not None else task_grad(batch)
+    for step in range(schedule.length):
+        rows = schedule.rows(step, weights.device)
+        parts = schedule.minibatches(step, batch.x, batch.y, rows)
+        w = weights if rows is None else weights[rows]
+        g = gradient(w, parts, rows)
+        if constraint is not FREE:
+            g = _rows_of(constraint, rows).apply(g, w)
+        opt.step(g, rows)
+    if memory is not None:
+        memory.keep(slot, opt.state)
+    return weights
