@@ -40,7 +40,7 @@ from fusion.layout import ModelLayout
 from fusion.lazy import lazy
 from fusion.methods import is_federated, strategy_for
 from fusion.screening.screen import TooFewModels
-from scenarios import Scenario, build, model_layout, with_hidden_width
+from scenarios import Scenario, build, model_layout, party_descriptors, with_hidden_width
 
 # torch, matplotlib, pyarrow: imported by a thread while Ray starts (_preload), not before the run's checks
 HEAVY = ("actors.party_shard", "actors.fusion", "cluster.rounds", "cluster.results", "cluster.plots")
@@ -210,8 +210,10 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float |
         if conn.owned:
             ray.shutdown()
         stages["teardown"] = time.perf_counter() - res["evaluated_at"]  # actors stopped, Ray shut down
-        summary, written, stages["write"] = writing.result()
+        summary, participating, written, stages["write"] = writing.result()
     text = results.format_summary(summary, scenario.metric_name)
+    if participating:
+        text += "\n\n" + participating_table(participating, scenario.metric_name)
     log(text)
     wall = time.perf_counter() - started
     write_atomic(out / TIMING_JSON, lambda tmp: tmp.write_text(timing_json(wall, stages)))
@@ -238,9 +240,45 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float |
     )
 
 
-def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id: str) -> tuple[list, list, float]:
-    """Write the run's files into ``out`` (staged, then renamed). Returns the summary rows, the files written and
-    the seconds it took."""
+def participating_table(rows: list[dict], metric: str) -> str:
+    """The participating protocol's rows as a printed table: each rounds method at its last and best round."""
+    key = "weighted_mean" if rows and "weighted_mean" in rows[0] else "mean"
+    last = {r["method"]: r for r in rows if r["protocol"] == "participating"}
+    best = {r["method"]: r for r in rows if r["protocol"] == "participating_best_optimistic"}
+    head = [f"{metric} of the training parties on their own held-out rows (PFLlib's protocol)", "last round", "best"]
+    body = [
+        [m, f"{r[key]:.4f} ± {r['std']:.4f} (round {r['round']})", f"{best[m][key]:.4f} (round {best[m]['round']})"]
+        for m, r in last.items()
+    ]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(3)]
+    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+    note = "(best: chosen on the same held-out rows, an optimistic figure)"
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body), note])
+
+
+def _novel_points(cfg: RunConfig, res: dict) -> dict[str, list[dict]]:
+    """The novel protocol's point of each rounds method for rounds.parquet: its test parties at 0 shots after the
+    last round, with the method's costs."""
+    cols, out = res["cols"], {}
+    for method in res["curves"]:
+        rows = [i for i, (m, k) in enumerate(zip(cols.method, cols.shots)) if m == method and k == 0]
+        if rows:
+            costs = {k: res["costs"][method][k] for k in results.ROUND_COSTS}
+            out[method] = [
+                {
+                    "round": cfg.federated.rounds,
+                    "protocol": "novel",
+                    "party_id": np.array([cols.party_id[i] for i in rows]),
+                    "value": np.array([cols.value[i] for i in rows]),
+                    **costs,
+                }
+            ]
+    return out
+
+
+def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id: str) -> tuple:
+    """Write the run's files into ``out`` (staged, then renamed). Returns the novel protocol's summary rows, the
+    participating protocol's, the files written and the seconds it took."""
     clock = time.perf_counter()
     written = ["results.parquet", "summary.csv", "costs.csv", "quarantined.csv", plots.SHOTS_PNG, plots.UPLOAD_PNG]
     with results.staged_dir(out) as tmp:
@@ -249,7 +287,7 @@ def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id:
         test_ids = np.arange(cfg.parties, cfg.parties + cfg.test_parties)
         weights = scenario.party_weights(cfg.seed, test_ids)
         weights = None if weights is None else dict(zip(test_ids.tolist(), weights.tolist()))
-        summary = results.summarize(table, list(cfg.methods), weights)
+        summary = results.summarize(table, list(cfg.methods), weights, scenario.lower_is_better)
         results.write_summary_csv(summary, tmp / "summary.csv")
         results.write_costs_csv(res["costs"], list(cfg.methods), tmp / "costs.csv")
         plots.plot_metric_vs_upload(summary, res["costs"], scenario.metric_name, tmp / plots.UPLOAD_PNG)
@@ -258,12 +296,38 @@ def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id:
             (tmp / "left_out.csv").write_text(left_out_csv(plan, cfg.party_classes))
             written.append("left_out.csv")
         plots.plot_metric_vs_shots(summary, scenario.metric_name, tmp / plots.SHOTS_PNG)
+        every = np.arange(cfg.parties + cfg.test_parties)
+        counts = scenario.label_counts(cfg.seed, every)
+        descriptors = party_descriptors(scenario, cfg.seed, every) if counts is None else None
+        plots.plot_partition(counts, descriptors, cfg.parties, tmp / plots.PARTITION_PNG)
+        written.append(plots.PARTITION_PNG)
+        participating = []
+        if res["curves"]:
+            train_ids = np.arange(cfg.parties)
+            tw = scenario.party_weights(cfg.seed, train_ids)
+            tw = None if tw is None else dict(zip(train_ids.tolist(), tw.tolist()))
+            curves = {m: list(c) for m, c in res["curves"].items()}
+            for m, pts in _novel_points(cfg, res).items():
+                curves[m] = curves.get(m, []) + pts
+            results.write_parquet(
+                results.rounds_table(curves, run_id, cfg.scenario, cfg.seed, scenario.metric_name),
+                tmp / "rounds.parquet",
+            )
+            participating = results.participating_rows(res["curves"], tw, scenario.lower_is_better)
+            means = results.curve_means(res["curves"], tw)
+            if means:
+                plots.plot_metric_vs_round(means, scenario.metric_name, tmp / plots.ROUND_PNG)
+                written += ["rounds.parquet", plots.ROUND_PNG]
+            else:
+                written.append("rounds.parquet")
+        if participating:
+            results.write_summary_csv(summary + participating, tmp / "summary.csv")
         if plots.plot_warm_starts(scenario, res["shown"], cfg.seed, shown_parties(cfg), tmp / plots.WARM_STARTS_PNG):
             written.append(plots.WARM_STARTS_PNG)
         if "fusion" in res["fitted"]:
             save_warm_starter(res["fitted"]["fusion"], scenario.target_spec, tmp / "fusion_model.pt")
             written.append("fusion_model.pt")
-    return summary, written, time.perf_counter() - clock
+    return summary, participating, written, time.perf_counter() - clock
 
 
 TIMING_JSON = "timing.json"
@@ -413,6 +477,11 @@ def _execute(
 
         clock = time.perf_counter()
         cols, shown = _evaluate(cfg, shards, slices, fit_ref, run_id, log)
+        if fed is not None:  # a start without a 0-shot model (FedRep's untrained head) scores n/a at 0 shots
+            from fusion.federated.base import no_zero_shot
+
+            blank = no_zero_shot(dataclasses.asdict(cols), fed.starts)["value"]
+            cols = dataclasses.replace(cols, value=blank)
         _stage(stages, run_id, "evaluate", clock)
         evaluated_at = time.perf_counter()
         restarted = [i["index"] for i in ray.get([s.info.remote() for s in shards]) if i["restarted"]]
@@ -432,6 +501,7 @@ def _execute(
         "quarantined": quarantine,
         "shards": infos,
         "costs": costs,
+        "curves": fed.curves if fed is not None else {},
         "evaluated_at": evaluated_at,
     }
 

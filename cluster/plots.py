@@ -18,6 +18,7 @@ SHOTS_PNG = "metric_vs_shots.png"
 WARM_STARTS_PNG = "warm_starts.png"
 UPLOAD_PNG = "metric_vs_upload.png"
 PARTITION_PNG = "partition.png"
+ROUND_PNG = "metric_vs_round.png"
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -215,6 +216,32 @@ def plot_partition(counts: np.ndarray | None, descriptors: np.ndarray, n_train: 
         else:
             ax.tick_params(labelleft=False)
     fig.colorbar(image, ax=fig.axes, label=label + (" (log scale)" if counts is not None else ""), fraction=0.03)
+    _save(fig, path)
+
+
+def plot_metric_vs_round(means: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], metric: str, path: Path) -> None:
+    """``metric_vs_round.png``: each rounds method's learning curve on the participating parties (left: the mean
+    metric on their held-out rows; right: their mean training loss), log y axes when a curve spans a decade."""
+    fig = Figure(figsize=(11, 4))
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for i, (method, (rounds_, mean, loss)) in enumerate(means.items()):
+        style = dict(marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[(i // len(MARKERS)) % len(LINESTYLES)])
+        left.plot(rounds_, mean, label=method, markersize=4, **style)
+        right.plot(rounds_, loss, label=method, markersize=4, **style)
+    for ax, values, label in (
+        (left, [v for _, m, _ in means.values() for v in m], METRIC_LABELS.get(metric, metric)),
+        (right, [v for _, _, l_ in means.values() for v in l_], "training loss (mean over parties)"),
+    ):
+        finite = [v for v in values if np.isfinite(v)]
+        if log_scale_wanted(finite):
+            ax.set_yscale("log")
+            plain_log_ticks(ax.yaxis)
+        ax.set_xlabel("round")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    left.set_title("participating parties, their own held-out rows", fontsize=9)
+    right.set_title("participating parties, their own training rows", fontsize=9)
+    right.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title="method", fontsize=8)
     _save(fig, path)
 
 

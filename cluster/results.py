@@ -114,14 +114,101 @@ def summarize(
     return rows
 
 
+ROUND_COSTS = ("upload_bytes", "download_bytes", "party_steps")
+
+
+def rounds_table(curves: dict[str, list[dict]], run_id: str, scenario: str, seed: int, metric: str) -> pa.Table:
+    """``rounds.parquet``: one row per (method, round, protocol, party) of the rounds methods' learning curves.
+
+    ``curves``: method -> points ``{"round", "party_id" (n,), "value" (n,), "loss" (n,), upload_bytes,
+    download_bytes, party_steps}`` (the costs so far) of the participating protocol; points with ``"protocol"`` set
+    (the novel protocol's) carry ``loss`` NaN.
+    """
+    cols: dict[str, list] = {k: [] for k in ("method", "round", "protocol", "party_id", "value", "train_loss")}
+    costs: dict[str, list] = {k: [] for k in ROUND_COSTS}
+    for method, points in curves.items():
+        for pt in points:
+            n = len(pt["party_id"])
+            cols["method"] += [method] * n
+            cols["round"] += [int(pt["round"])] * n
+            cols["protocol"] += [pt.get("protocol", "participating")] * n
+            cols["party_id"] += [int(i) for i in pt["party_id"]]
+            cols["value"] += [float(v) for v in pt["value"]]
+            cols["train_loss"] += [float(v) for v in pt.get("loss", np.full(n, np.nan))]
+            for k in ROUND_COSTS:
+                costs[k] += [int(pt.get(k, 0))] * n
+    n = len(cols["value"])
+    return pa.table(
+        {
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "scenario": pa.array([scenario] * n, pa.string()),
+            "seed": pa.array([seed] * n, pa.int64()),
+            "method": pa.array(cols["method"], pa.string()),
+            "round": pa.array(cols["round"], pa.int64()),
+            "protocol": pa.array(cols["protocol"], pa.string()),
+            "party_id": pa.array(cols["party_id"], pa.int64()),
+            "metric": pa.array([metric] * n, pa.string()),
+            "value": pa.array(cols["value"], pa.float64()),
+            "train_loss": pa.array(cols["train_loss"], pa.float64()),
+            **{k: pa.array(v, pa.int64()) for k, v in costs.items()},
+        }
+    )
+
+
+def curve_means(
+    curves: dict[str, list[dict]], weights: dict[int, float] | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per method, its participating learning curve: rounds (R,), the mean metric (R,) over the parties (sample-weighted
+    with ``weights``) and the mean training loss (R,)."""
+    out = {}
+    for method, points in curves.items():
+        points = [p for p in points if p.get("protocol", "participating") == "participating"]
+        if not points:
+            continue
+        means = []
+        for p in points:
+            w = None if weights is None else np.array([weights.get(int(i), 0.0) for i in p["party_id"]])
+            v = np.asarray(p["value"], np.float64)
+            means.append(float(v.mean()) if w is None or w.sum() <= 0 else float((v * w).sum() / w.sum()))
+        loss = [float(np.nanmean(p["loss"])) for p in points]
+        out[method] = (np.array([p["round"] for p in points]), np.array(means), np.array(loss))
+    return out
+
+
+def participating_rows(
+    curves: dict[str, list[dict]], weights: dict[int, float] | None = None, lower_is_better: bool = True
+) -> list[dict]:
+    """The participating protocol's summary rows per method: its last round (``protocol = "participating"``) and,
+    optimistic because chosen on the test rows themselves, its best round (``"participating_best_optimistic"``)."""
+    rows = []
+    means = curve_means(curves, weights)
+    for method, (rounds_, mean, _) in means.items():
+        points = {int(p["round"]): p for p in curves[method] if p.get("protocol", "participating") == "participating"}
+        best = int(rounds_[np.argmin(mean) if lower_is_better else np.argmax(mean)])
+        for protocol, r in (("participating", int(rounds_[-1])), ("participating_best_optimistic", best)):
+            v = np.asarray(points[r]["value"], np.float64)
+            row = {"method": method, "shots": 0, "mean": float(v.mean()), "std": float(v.std()), "n": len(v)}
+            if weights is not None:
+                w = np.array([weights.get(int(i), 0.0) for i in points[r]["party_id"]])
+                row["weighted_mean"] = float((v * w).sum() / w.sum()) if w.sum() > 0 else float("nan")
+            rows.append({**row, **tail(v, lower_is_better), "protocol": protocol, "round": r})
+    return rows
+
+
 def write_summary_csv(rows: list[dict], path: Path) -> None:
-    """``summary.csv``: method, shots, mean, std, n, [weighted_mean], median, p10, p90, worst10 (see :func:`tail`)."""
+    """``summary.csv``: method, shots, mean, std, n, [weighted_mean], median, p10, p90, worst10 (see :func:`tail`),
+    then, in a run with rounds methods, protocol and round (``novel`` rows: the test parties after the last round;
+    ``participating`` rows: the training parties' own held-out rows at the last round, and at the best round, named
+    ``participating_best_optimistic``)."""
     weighted = bool(rows) and "weighted_mean" in rows[0]
+    protocols = any("protocol" in r for r in rows)
     head = "method,shots,mean,std,n" + (",weighted_mean" if weighted else "") + "," + ",".join(TAIL_COLUMNS)
+    head += ",protocol,round" if protocols else ""
     lines = [head] + [
         f"{r['method']},{r['shots']},{r['mean']:.6g},{r['std']:.6g},{r['n']}"
         + (f",{r['weighted_mean']:.6g}" if weighted else "")
         + "".join(f",{r[c]:.6g}" for c in TAIL_COLUMNS)
+        + (f",{r.get('protocol', 'novel')},{r.get('round', '')}" if protocols else "")
         for r in rows
     ]
     path.write_text("\n".join(lines) + "\n")
