@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fusion.layout import ModelLayout  # noqa: E402
 from fusion.matching import align  # noqa: E402
 from fusion.metamodel import GPConfig, GPMetaModel  # noqa: E402
 from fusion.params import forward, init_params  # noqa: E402
@@ -145,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     wide = MLPSpec((1, max(widths), 1))
     embedded = np.stack([embed(mod[None], s, max(widths))[0] for mod, s in zip(models, specs)])
     fcfg = FusionConfig(pfnm=cfg, refit_steps=args.refit_steps)
-    ctx = FitContext(wide, args.seed, config=fcfg, probe=sc0.probe_inputs(), widths=train_w)
+    layout = ModelLayout(wide, widths=tuple(widths))
+    groups = layout.width_groups(np.asarray(train_w))
+    ctx = FitContext(wide, args.seed, config=fcfg, probe=sc0.probe_inputs(), layout=layout, groups=groups)
     ctx.cache["pfnm"] = (models, specs, matching)  # the same matching (the strategy would compute it again)
-    refit_warm = STRATEGIES["gp_refit"]().fit(embedded, desc, ctx).predict_widths(test_desc, test_w)
+    refit_warm = STRATEGIES["gp_refit"]().fit_layout(embedded, desc, ctx).predict_widths(test_desc, test_w)
     stages["gp_refit_s"] = time.perf_counter() - clock
     scores: dict[str, list[float]] = {
         "gp_refit": [],
