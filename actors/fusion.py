@@ -20,7 +20,6 @@ from fusion.methods import strategy_for
 from fusion.models.params import init_params
 from fusion.screening.screen import screen
 from fusion.strategies import FitContext, FusionConfig
-from fusion.strategies.by_family import fit_strategy
 from scenarios import Scenario, training_data
 
 
@@ -79,7 +78,7 @@ class FusionActor:
                 continue
             start = time.perf_counter()
             try:
-                fitted[method] = fit_strategy(strategy, models, descriptors, ctx)
+                fitted[method] = strategy.fit_layout(models, descriptors, ctx)
             except Exception as exc:
                 self.error = f"{method}: {type(exc).__name__}: {exc}"
                 raise
@@ -91,21 +90,17 @@ class FusionActor:
     def _context(self, ids: np.ndarray, probe: np.ndarray | None, solvers: tuple | None) -> FitContext:
         """The strategies' context for the models of training parties ``ids`` (in that order)."""
         solve_many, solve_rect = solvers or (solve_many_serial, solve_rect_serial)
-        lay = self.layout
-        families = tuple((spec, rows) for rows, spec in lay.family_groups(self.seed, ids)) if lay.families else None
         return FitContext(
-            lay.spec,
+            self.layout.spec,
             self.seed,
             solve_many,
             self.cfg,
             probe,
-            tasks=(lambda: self._tasks(ids)) if self.scenario is not None and not lay.families else None,
-            widths=lay.widths_of(self.seed, ids),
+            tasks=(lambda: self._tasks(ids)) if self.scenario is not None else None,
             solve_rect=solve_rect,
             outputs=self.outputs,
-            target=None if lay.families else lay.target,
-            families=families,
-            target_families=lay.target_families if lay.families else (),
+            layout=self.layout,
+            groups=tuple(self.layout.groups(self.seed, ids)),
         )
 
     def _tasks(self, ids: np.ndarray) -> tuple:

@@ -74,13 +74,13 @@ def main() -> None:
     if screened.quarantined:
         print(f"quarantined: {', '.join(f'{q.party_id} ({q})' for q in screened.quarantined)}")
     models, desc = out["params"][screened.kept], out["descriptor"][screened.kept]
-    ctx = FitContext(sc.spec, args.seed, config=cfg, probe=sc.probe_inputs(), outputs=sc.outputs)
+    ctx = FitContext(sc.spec, args.seed, config=cfg, probe=sc.probe_inputs(), outputs=sc.outputs, layout=shard.layout)
     fitted = {}
     for method in methods:
         strategy = strategy_for(method, cfg)
         if strategy is not None:
             clock = time.perf_counter()
-            fitted[method] = strategy.fit(models, desc, ctx)
+            fitted[method] = strategy.fit_layout(models, desc, ctx)
             print(f"fit {method}: {time.perf_counter() - clock:.0f}s", flush=True)
     clock = time.perf_counter()
     scores = shard.evaluate({"fitted": fitted}, methods, shots)

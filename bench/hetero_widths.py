@@ -32,9 +32,9 @@ import time
 import numpy as np
 import torch
 
-from fusion.adapt.train_config import TrainConfig
-from fusion.adapt.training import train
-from fusion.matching.alignment import align
+from fusion.adapt import TrainConfig, train
+from fusion.layout import ModelLayout
+from fusion.matching import align
 from fusion.matching.pfnm import PFNMConfig, expand, match_models, matched_average, to_width
 from fusion.metamodels.gp import GPMetaModel
 from fusion.metamodels.gp_config import GPConfig
@@ -144,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     wide = MLPSpec((1, max(widths), 1))
     embedded = np.stack([embed(mod[None], s, max(widths))[0] for mod, s in zip(models, specs)])
     fcfg = FusionConfig(pfnm=cfg, refit_steps=args.refit_steps)
-    ctx = FitContext(wide, args.seed, config=fcfg, probe=sc0.probe_inputs(), widths=train_w)
+    layout = ModelLayout(wide, widths=tuple(widths))
+    groups = layout.width_groups(np.asarray(train_w))
+    ctx = FitContext(wide, args.seed, config=fcfg, probe=sc0.probe_inputs(), layout=layout, groups=groups)
     ctx.cache["pfnm"] = (models, specs, matching)  # the same matching (the strategy would compute it again)
-    refit_warm = STRATEGIES["gp_refit"]().fit(embedded, desc, ctx).predict_widths(test_desc, test_w)
+    refit_warm = STRATEGIES["gp_refit"]().fit_layout(embedded, desc, ctx).predict_widths(test_desc, test_w)
     stages["gp_refit_s"] = time.perf_counter() - clock
     scores: dict[str, list[float]] = {
         "gp_refit": [],

@@ -21,6 +21,7 @@ from fusion.adapt.train_config import FinetuneConfig, TrainConfig
 from fusion.faults import FaultConfig
 from fusion.federated import ALGORITHMS, FederatedConfig
 from fusion.federated.base import with_defaults
+from fusion.layout import ModelLayout
 from fusion.metamodels.gp_config import GPConfig
 from fusion.methods import (
     COLD_START,
@@ -32,7 +33,7 @@ from fusion.methods import (
 )
 from fusion.strategies import FusionConfig
 from fusion.strategies.base import settings_classes
-from scenarios import SCENARIOS, canonical_name, make_options
+from scenarios import SCENARIOS, build, canonical_name, make_options, model_layout
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,7 @@ class RunConfig:
                 f'finetune.recipe = "residual_gp" needs a regression scenario with a probe (sine-domains, '
                 f'sine-uniform); scenario {self.scenario} does not support it: use "steps" or "auto"'
             )
-        self._check_families()
-        self._check_target()
+        self._check_layout()
         if self.system != SystemConfig() and not self.party_classes:
             raise ConfigError("[system] needs [[party_classes]] (speed factors and drop probabilities live there)")
 
@@ -143,48 +143,38 @@ class RunConfig:
         hidden = getattr(self.scenario_options, "hidden", None)
         if hidden is not None and len(hidden) != 1:
             raise ConfigError(f"widths needs single-hidden-layer nets, but scenario.hidden = {list(hidden)}")
-        unsupported = [
-            m for m in self.methods if m != COLD_START and not getattr(strategy_for(m, self.fusion), "mixed_widths", 0)
-        ]
-        if unsupported:
-            raise ConfigError(f"method(s) {unsupported} do not support mixed widths (widths = {list(self.widths)})")
 
-    def _check_families(self) -> None:
-        """Parties of several architecture families: only methods that handle them (and cold start)."""
-        families = getattr(self.scenario_options, "families", ())
-        if not families:
-            return
-        if self.widths:
-            raise ConfigError("scenario.archs with several families cannot be combined with widths")
-        names = [f.family for f in families]
-        for m in self.methods:
-            if m == COLD_START:
-                continue
-            handler = ALGORITHMS[m] if is_federated(m) else strategy_for(m, self.fusion)
-            if not getattr(handler, "mixed_families", False):
-                raise ConfigError(
-                    f"method {m} cannot handle parties of mixed architecture families (scenario.archs = {names}); "
-                    "drop it from methods"
-                )
+    def _check_layout(self) -> None:
+        """Every method but cold start supports what the run's population layout (:class:`fusion.layout.ModelLayout`:
+        mixed widths, mixed families, a target family) needs of it, by its capability flags."""
+        options = self.scenario_options if self.scenario_options is not None else make_options(self.scenario, {})
+        try:
+            layout = model_layout(build(self.scenario, options), self.widths)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        for flag in layout.needs:
+            lacking = [m for m in self.methods if m != COLD_START and not getattr(self._capabilities(m), flag, False)]
+            if lacking:
+                raise ConfigError(self._refusal(flag, lacking, layout))
 
-    def _check_target(self) -> None:
-        """A target family other than the parties' can only be made by cross-family strategies (and cold start)."""
-        specs = getattr(self.scenario_options, "specs", None)
-        if specs is None:
-            return
-        families = getattr(self.scenario_options, "families", ()) or (specs[0],)
-        if specs[1] in families:
-            return
-        if self.widths:
-            raise ConfigError("scenario.target_arch cannot be combined with widths")
-        unsupported = [
-            m for m in self.methods if m != COLD_START and not getattr(strategy_for(m, self.fusion), "cross_family", 0)
-        ]
-        if unsupported:
-            raise ConfigError(
-                f"method(s) {unsupported} cannot make warm starts of scenario.target_arch = {specs[1].family!r} from "
-                f"models of {' and '.join(repr(f.family) for f in families)}; methods = {list(self.methods)}"
+    def _capabilities(self, method: str):
+        """What declares ``method``'s capability flags: its federated algorithm or fusion strategy."""
+        return ALGORITHMS[method] if is_federated(method) else strategy_for(method, self.fusion)
+
+    def _refusal(self, flag: str, lacking: list[str], layout: ModelLayout) -> str:
+        if flag == "mixed_widths":
+            return f"method(s) {lacking} do not support mixed widths (widths = {list(self.widths)})"
+        if flag == "mixed_families":
+            names = [f.family for f in layout.families]
+            return (
+                f"method {lacking[0]} cannot handle parties of mixed architecture families (scenario.archs = {names}); "
+                "drop it from methods"
             )
+        own = " and ".join(repr(f.family) for f in layout.families or (layout.spec,))
+        return (
+            f"method(s) {lacking} cannot make warm starts of scenario.target_arch = {layout.target.family!r} from "
+            f"models of {own}; methods = {list(self.methods)}"
+        )
 
 
 # TOML layout: top-level keys, and tables whose keys map onto a sub-config.

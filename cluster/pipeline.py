@@ -461,6 +461,7 @@ def _execute(
                 federated,
                 cfg.federated,
                 scenario,
+                layout,
                 cfg.seed,
                 shards,
                 train_slices,
@@ -490,7 +491,7 @@ def _execute(
     finally:
         for actor in [*shards, *([fusion] if fusion is not None else [])]:
             ray.kill(actor, no_restart=True)
-    costs = oneshot_costs(cfg, scenario, uploaded, stages.get("pretrain", 0.0), fit_seconds)
+    costs = oneshot_costs(cfg, layout, uploaded, stages.get("pretrain", 0.0), fit_seconds)
     if fed is not None:
         costs.update(fed.costs)
     starts = {**fitted, **(fed.starts if fed is not None else {})}
@@ -554,7 +555,9 @@ def _pretrain_and_fuse(cfg, shards, slices, fusion, stages, run_id, log, ckpt, s
     return fit_ref, fitted, quarantine, ids, seconds
 
 
-def oneshot_costs(cfg: RunConfig, scenario, uploaded, pretrain_s: float, fit_seconds: dict) -> dict[str, dict]:
+def oneshot_costs(
+    cfg: RunConfig, layout: ModelLayout, uploaded, pretrain_s: float, fit_seconds: dict
+) -> dict[str, dict]:
     """The costs row of every one-shot method: one upload of each pretrained model (of training parties
     ``uploaded`` (n,), each of its own family), one warm-start download per novel party (of the family it
     receives), the pretraining's steps, one round; ``cold_start`` costs nothing.
@@ -571,8 +574,8 @@ def oneshot_costs(cfg: RunConfig, scenario, uploaded, pretrain_s: float, fit_sec
         test_ids = np.arange(cfg.parties, cfg.parties + cfg.test_parties)
         out[m] = dict(
             rounds=1,
-            upload_bytes=sum(len(r) * rounds.model_bytes(s) for r, s in scenario.family_groups(cfg.seed, uploaded)),
-            download_bytes=sum(len(r) * rounds.model_bytes(s) for r, s in scenario.target_groups(cfg.seed, test_ids)),
+            upload_bytes=sum(len(r) * rounds.model_bytes(s) for r, s in layout.family_groups(cfg.seed, uploaded)),
+            download_bytes=sum(len(r) * rounds.model_bytes(s) for r, s in layout.target_groups(cfg.seed, test_ids)),
             party_steps=len(uploaded) * cfg.pretrain.steps,
             wall_s=pretrain_s + fit_seconds.get(m, 0.0),
         )

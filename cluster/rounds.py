@@ -34,6 +34,7 @@ from fusion.federated import ALGORITHMS, FederatedConfig, FederatedStart
 from fusion.federated.base import State, sample
 from fusion.federated.htfl import HtFLAlgorithm, feature_dim
 from fusion.federated.rounds import merge_exports
+from fusion.layout import ModelLayout
 from fusion.models.spec import MLPSpec
 from fusion.strategies.by_family import ByFamily
 from scenarios import Scenario, party_descriptors
@@ -217,6 +218,7 @@ def train_federated(
     methods: list[str],
     cfg: FederatedConfig,
     scenario: Scenario,
+    layout: ModelLayout,
     seed: int,
     shards: list,
     slices: list[np.ndarray],
@@ -235,7 +237,7 @@ def train_federated(
     its compute.
     """
     if cfg.feature_dim == 0 and any(issubclass(ALGORITHMS[m], HtFLAlgorithm) for m in methods):
-        cfg = dataclasses.replace(cfg, feature_dim=feature_dim(0, scenario.families or (scenario.spec,)))
+        cfg = dataclasses.replace(cfg, feature_dim=feature_dim(0, layout.families or (layout.spec,)))
     server = FederatedServerActor.options(name="federated-server", namespace=namespace, lifetime=None).remote(run_id)
     engine = RoundsEngine(shards, slices, server, scenario, seed, ckpt, run_id, log)
     out = FederatedOutcome({}, {})
@@ -244,7 +246,7 @@ def train_federated(
             trained = engine.train(job, served)
             out.restarts += trained.restarts
             clock = time.perf_counter()
-            starts = {m: novel_start(ALGORITHMS[m](cfg, cfg.settings_of(m)), trained.server, scenario) for m in served}
+            starts = {m: novel_start(ALGORITHMS[m](cfg, cfg.settings_of(m)), trained.server, layout) for m in served}
             wall = trained.wall_s + time.perf_counter() - clock
             for m, (start, download) in starts.items():
                 out.starts[m] = start
@@ -258,13 +260,13 @@ def train_federated(
     return out
 
 
-def novel_start(algo, server: State, scenario: Scenario) -> tuple[FederatedStart | ByFamily, int]:
+def novel_start(algo, server: State, layout: ModelLayout) -> tuple[FederatedStart | ByFamily, int]:
     """What a novel party receives after the last round and its download bytes per novel party: one start, or in a
     run of mixed families one per family the novel parties receive (:class:`ByFamily`)."""
-    if not scenario.mixed:
-        start = algo.novel(server, scenario.spec)
-        return start, getattr(start, "download", model_bytes(scenario.spec))
-    starts = {f.family: algo.novel(server, f) for f in scenario.target_families}
+    if not layout.families:
+        start = algo.novel(server, layout.spec)
+        return start, getattr(start, "download", model_bytes(layout.spec))
+    starts = {f.family: algo.novel(server, f) for f in layout.target_families}
     download = max(getattr(s, "download", model_bytes(s.spec)) for s in starts.values())
     return ByFamily(starts, {f: s.spec for f, s in starts.items()}), download
 

@@ -33,7 +33,7 @@ from enum import Enum
 import numpy as np
 
 from fusion.lazy import torch
-from fusion.models.spec import Spec
+from fusion.models.spec import MLPSpec, Spec
 from fusion.models.widths import at_width, embed, own_width
 from fusion.streams import Stream, party_rng
 
@@ -104,6 +104,8 @@ class ModelLayout:
             raise ValueError("scenario.archs with several families cannot be combined with widths")
         if self.widths and self.target is not None:
             raise ValueError("scenario.target_arch cannot be combined with widths")
+        if self.widths and (not isinstance(self.spec, MLPSpec) or self.spec.n_layers != 2):
+            raise ValueError(f"widths needs single-hidden-layer nets, got {self.spec}")
         if self.widths and at_width(self.spec, max(self.widths)) != self.spec:
             raise ValueError(f"the stack of widths {list(self.widths)} is the widest net, not {self.spec}")
 

@@ -39,34 +39,10 @@ class Scenario(ABC):
         self.spec = spec  # the parties' model (a run of mixed families: the largest family, the packed row's size)
         self.target_spec = spec if target_spec is None else target_spec  # the model novel parties receive
         # A run whose parties mix architecture families: each party's family drawn from (seed, party id)
-        # (:func:`party_families`); models travel packed (:mod:`fusion.strategies.by_family`). ``own_target``: novel
-        # parties receive their own drawn family (no ``target_arch``).
+        # (:func:`fusion.layout.party_families`). ``own_target``: novel parties receive their own drawn family (no
+        # ``target_arch``). Which party has which model is the run's layout (:func:`model_layout`).
         self.families = tuple(families) if len(families) > 1 else ()
         self.own_target = own_target
-
-    @property
-    def mixed(self) -> bool:
-        """Whether the parties of this run mix architecture families."""
-        return bool(self.families)
-
-    def family_groups(self, seed: int, ids: np.ndarray) -> list[tuple[np.ndarray, Spec]]:
-        """(rows of ``ids``, spec) per architecture family of the parties ``ids``; one group without mixed families."""
-        if not self.mixed:
-            return [(np.arange(len(ids)), self.spec)]
-        fam = party_families(seed, ids, len(self.families))
-        return [(np.flatnonzero(fam == f), self.families[f]) for f in np.unique(fam)]
-
-    def target_groups(self, seed: int, ids: np.ndarray) -> list[tuple[np.ndarray, Spec]]:
-        """(rows of ``ids``, spec) per architecture the novel parties ``ids`` receive: ``target_spec`` for all, or
-        (mixed families without ``target_arch``) each party's own drawn family."""
-        if self.mixed and self.own_target:
-            return self.family_groups(seed, ids)
-        return [(np.arange(len(ids)), self.target_spec)]
-
-    @property
-    def target_families(self) -> tuple[Spec, ...]:
-        """Every architecture a novel party of this run may receive."""
-        return self.families if self.mixed and self.own_target else (self.target_spec,)
 
     @abstractmethod
     def descriptor(self, rng: np.random.Generator) -> np.ndarray:
@@ -243,9 +219,8 @@ def model_layout(scenario: Scenario, widths: tuple[int, ...] = ()) -> ModelLayou
     """The run's population layout (:class:`fusion.layout.ModelLayout`) from the scenario's architectures and the
     run's ``widths`` (mixed hidden widths: the stack's rows are the widest net). Raises ``ValueError`` naming the
     problem for combinations no run supports."""
-    if widths and scenario.spec.n_layers != 2:
-        raise ValueError(f"widths needs single-hidden-layer nets; scenario {scenario.name} has {scenario.spec}")
-    spec = at_width(scenario.spec, max(widths)) if widths else scenario.spec
+    single = isinstance(scenario.spec, MLPSpec) and scenario.spec.n_layers == 2
+    spec = at_width(scenario.spec, max(widths)) if widths and single else scenario.spec  # the layout checks the rest
     if scenario.families:  # None: each novel party receives its own drawn family
         target = None if scenario.own_target else scenario.target_spec
     else:

@@ -237,6 +237,7 @@ def test_bad_cnn_state_dicts_are_refused_with_the_file_named(tmp_path):
 
 def test_gp_refit_makes_warm_starts_of_another_family_in_function_space(tmp_path):
     from fusion.io import load_warm_starter, save_warm_starter
+    from fusion.layout import ModelLayout
     from fusion.metamodels.gp_config import GPConfig
     from fusion.strategies import STRATEGIES, FitContext, FusionConfig
 
@@ -244,8 +245,8 @@ def test_gp_refit_makes_warm_starts_of_another_family_in_function_space(tmp_path
     probe = np.random.default_rng(15).uniform(size=(32, TINY.fan_in)).astype(np.float32)
     target = spec_for_family("mlp-32", TINY.fan_in, TINY.fan_out)
     cfg = FusionConfig(gp=GPConfig(max_steps=30, inducing=4), refit_steps=400)
-    ctx = FitContext(TINY, config=cfg, probe=probe, outputs="logits", target=target)
-    fitted = STRATEGIES["gp_refit"]().fit(model, np.array([[0.2, 0.4]]), ctx)
+    ctx = FitContext(TINY, config=cfg, probe=probe, outputs="logits", layout=ModelLayout(TINY, target=target))
+    fitted = STRATEGIES["gp_refit"]().fit_layout(model, np.array([[0.2, 0.4]]), ctx)
     save_warm_starter(fitted, target, tmp_path / "m.pt")
     loaded, spec = load_warm_starter(tmp_path / "m.pt")
     warm = loaded.predict(np.array([[0.2, 0.4]]))
@@ -255,7 +256,7 @@ def test_gp_refit_makes_warm_starts_of_another_family_in_function_space(tmp_path
     got = torch.softmax(forward(torch.as_tensor(warm), target, x), -1)
     assert (got - want).abs().max() < 0.1 and (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
     with pytest.raises(ValueError, match="cannot make warm starts of another architecture"):
-        STRATEGIES["gp"]().require(ctx)
+        STRATEGIES["gp"]().fit_layout(model, np.array([[0.2, 0.4]]), ctx)
 
 
 def test_fuse_arch_names_a_family_and_takes_the_image_size_from_the_files(tmp_path):

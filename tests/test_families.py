@@ -15,9 +15,9 @@ from fusion.methods import strategy_for
 from fusion.models.params import init_params
 from fusion.models.spec import spec_for_family
 from fusion.strategies import FitContext, FusionConfig
-from fusion.strategies.by_family import ByFamily, fit_strategy, pack, unpack
+from fusion.strategies.by_family import ByFamily
 from fusion.strategies.gp import GPFusion
-from scenarios import build, make_options, party_families
+from scenarios import build, make_options, model_layout, party_families
 
 ARCHS = ["mlp-8", "mlp-16"]
 
@@ -29,11 +29,11 @@ def _scenario(archs=ARCHS, n_train=12, n_test=4, seed=2, **opts):
 
 
 def _ctx(sc, ids, seed=2, **over):
-    families = tuple((spec, rows) for rows, spec in sc.family_groups(seed, ids))
+    layout = model_layout(sc)
     cfg = FusionConfig(gp=GPConfig(max_steps=10, inducing=4), align_iters=2, refit_steps=3)
     return FitContext(
-        sc.spec, seed, config=cfg, probe=sc.probe_inputs()[:32], outputs="logits", families=families,
-        target_families=sc.target_families, **over,
+        sc.spec, seed, config=cfg, probe=sc.probe_inputs()[:32], outputs="logits", layout=layout,
+        groups=layout.groups(seed, ids), **over,
     )  # fmt: skip
 
 
@@ -41,22 +41,14 @@ def test_each_party_draws_its_family_from_seed_and_id():
     ids = np.arange(40)
     fam = party_families(5, ids, 2)
     assert set(fam) == {0, 1} and (party_families(5, ids[::-1], 2) == fam[::-1]).all()  # order does not matter
-    sc = _scenario()
-    assert sc.mixed and sc.spec == spec_for_family("mlp-16", 64, 10)  # packed rows: the largest family's size
-    groups = sc.family_groups(2, ids)
+    layout = model_layout(_scenario())
+    assert layout.families and layout.spec == spec_for_family("mlp-16", 64, 10)  # packed rows: the largest family
+    groups = layout.groups(2, ids)
     assert sorted(np.concatenate([r for r, _ in groups]).tolist()) == ids.tolist()
     assert [s.family for _, s in groups] == ARCHS
-    assert sc.target_families == tuple(s for _, s in groups)  # novel parties receive their own family
-    sc_t = _scenario(target_arch="mlp-8")
-    assert sc_t.target_groups(2, ids)[0][1] == spec_for_family("mlp-8", 64, 10) and len(sc_t.target_groups(2, ids)) == 1
-
-
-def test_pack_and_unpack_round_trip_and_by_family_saves():
-    spec = spec_for_family("mlp-8", 64, 10)
-    params = np.random.default_rng(0).normal(size=(3, spec.n_params)).astype(np.float32)
-    packed = pack(params, spec.n_params + 50)
-    assert packed.shape == (3, spec.n_params + 50) and not packed[:, spec.n_params :].any()
-    assert (unpack(packed, spec) == params).all()
+    assert layout.target_families == tuple(s for _, s in groups)  # novel parties receive their own family
+    targets = model_layout(_scenario(target_arch="mlp-8")).target_groups(2, ids)
+    assert targets[0][1] == spec_for_family("mlp-8", 64, 10) and len(targets) == 1
 
 
 def test_mixed_strategies_fit_each_target_family():
@@ -65,26 +57,24 @@ def test_mixed_strategies_fit_each_target_family():
     sc = _scenario()
     ids = np.arange(12)
     rng = np.random.default_rng(0)
-    models = np.zeros((12, sc.spec.n_params), np.float32)
-    for rows, spec in sc.family_groups(2, ids):
-        models[rows] = pack(rng.normal(size=(len(rows), spec.n_params)), sc.spec.n_params)
-    desc = rng.dirichlet(np.ones(10), size=12).astype(np.float32)
     ctx = _ctx(sc, ids)
+    models = ctx.layout.stack(2, ids, lambda rows, spec: rng.normal(size=(len(rows), spec.n_params)))
+    desc = rng.dirichlet(np.ones(10), size=12).astype(np.float32)
     cfg = ctx.config
-    near = fit_strategy(strategy_for("nearest_task", cfg), models, desc, ctx)
-    avg = fit_strategy(strategy_for("average", cfg), models, desc, ctx)
-    for rows, spec in sc.family_groups(2, ids):
-        own = unpack(models[rows], spec)
+    near = strategy_for("nearest_task", cfg).fit_layout(models, desc, ctx)
+    avg = strategy_for("average", cfg).fit_layout(models, desc, ctx)
+    for rows, spec in ctx.groups:
+        own = ctx.layout.unpack(models[rows], spec)
         got = near.for_family(spec).predict(desc[rows[:1]])
         assert got.shape == (1, spec.n_params) and np.allclose(got[0], own[0])
         assert np.allclose(avg.for_family(spec).predict(desc[:1])[0], own.mean(0), atol=1e-6)
-    fused = fit_strategy(strategy_for("fusion", cfg), models, desc, ctx)
+    fused = strategy_for("fusion", cfg).fit_layout(models, desc, ctx)
     restored = ByFamily.restore(fused.export())
-    for spec in sc.target_families:
+    for spec in ctx.layout.target_families:
         out = restored.for_family(spec).predict(desc[:2])
         assert out.shape == (2, spec.n_params) and np.isfinite(out).all()
     with pytest.raises(ValueError, match="strategy gp cannot fuse parties of mixed architecture families"):
-        fit_strategy(strategy_for("gp", cfg), models, desc, ctx)
+        strategy_for("gp", cfg).fit_layout(models, desc, ctx)
 
 
 def test_gp_refit_init_is_the_target_familys_parameter_gp_or_its_plain_init():
@@ -93,20 +83,17 @@ def test_gp_refit_init_is_the_target_familys_parameter_gp_or_its_plain_init():
     sc = _scenario(target_arch="mlp-8")
     ids = np.arange(12)
     rng = np.random.default_rng(1)
-    models = np.zeros((12, sc.spec.n_params), np.float32)
-    for rows, spec in sc.family_groups(2, ids):
-        models[rows] = pack(rng.normal(size=(len(rows), spec.n_params)), sc.spec.n_params)
-    desc = rng.dirichlet(np.ones(10), size=12).astype(np.float32)
     ctx = _ctx(sc, ids)
+    models = ctx.layout.stack(2, ids, lambda rows, spec: rng.normal(size=(len(rows), spec.n_params)))
+    desc = rng.dirichlet(np.ones(10), size=12).astype(np.float32)
     ctx.config = FusionConfig(gp=GPConfig(max_steps=10, inducing=4), align_iters=2, refit_steps=0)
     spec8 = spec_for_family("mlp-8", 64, 10)
-    fused = fit_strategy(strategy_for("fusion", ctx.config), models, desc, ctx).for_family(spec8)
-    rows = [r for r, s in sc.family_groups(2, ids) if s == spec8][0]
-    alone = GPFusion().fit(unpack(models[rows], spec8), desc[rows], ctx.family_context(spec8))
+    fused = strategy_for("fusion", ctx.config).fit_layout(models, desc, ctx).for_family(spec8)
+    rows = [r for r, s in ctx.groups if s == spec8][0]
+    alone = GPFusion().fit(ctx.layout.unpack(models[rows], spec8), desc[rows], ctx.family_context(spec8))
     assert np.allclose(fused.predict(desc[:3]), alone.predict(desc[:3]), atol=1e-5)
-    only16 = tuple((s, r) for s, r in ctx.families if s != spec8)  # no mlp-8 party at all
-    ctx.families = only16
-    fused = fit_strategy(strategy_for("fusion", ctx.config), models, desc, ctx).for_family(spec8)
+    ctx.groups = tuple((r, s) for r, s in ctx.groups if s != spec8)  # no mlp-8 party at all
+    fused = strategy_for("fusion", ctx.config).fit_layout(models, desc, ctx).for_family(spec8)
     plain = init_params(spec8, torch.Generator().manual_seed(2)).numpy()
     assert np.allclose(fused.predict(desc[:1])[0], plain)
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from fusion.io import load_warm_starter, save_warm_starter
+from fusion.layout import ModelLayout
 from fusion.models.params import forward, init_params, permute
 from fusion.models.spec import MLPSpec
-from fusion.strategies import STRATEGIES, FitContext, FusionConfig
+from fusion.strategies import STRATEGIES, FitContext, FusionConfig, Strategy
 from tests.builders import FAST, SPEC, outputs, permuted_copies, random_stack
 from tests.builders import fit_context as ctx
 
@@ -190,3 +191,47 @@ def test_refit_from_closer_starts_each_party_from_the_start_nearer_the_predicted
         np.testing.assert_array_equal(type(starter).restore(starter.export()).predict(desc[:2]), expected)
     with pytest.raises(ValueError, match="fusion.refit_from must be one of gp, closer"):
         FusionConfig(refit_from="nearest")
+
+
+def test_a_strategy_is_refused_a_layout_its_flags_do_not_declare():
+    layout = ModelLayout(SPEC, widths=(6, 12))
+    widths = np.array([6, 12, 6, 12])
+    wide_ctx = FitContext(SPEC, config=FAST, probe=ctx().probe, layout=layout, groups=layout.width_groups(widths))
+    models, desc = random_stack(SPEC, 4), np.random.default_rng(0).uniform(size=(4, 2))
+
+    with pytest.raises(ValueError, match="strategy gp cannot fuse models of mixed hidden widths"):
+        STRATEGIES["gp"]().fit_layout(models, desc, wide_ctx)
+
+
+def test_the_base_hands_each_layout_to_its_own_hook():
+    calls = []
+
+    class Recorder(Strategy):
+        name = "recorder"
+        mixed_widths = True
+
+        def fit(self, models, descriptors, ctx):
+            calls.append("fit")
+
+        def fit_widths(self, models, descriptors, ctx):
+            calls.append("fit_widths")
+
+    layout = ModelLayout(SPEC, widths=(6, 12))
+    wide_ctx = FitContext(SPEC, layout=layout, groups=layout.width_groups(np.array([6, 12])))
+    models, desc = random_stack(SPEC, 2), np.zeros((2, 1))
+
+    Recorder().fit_layout(models, desc, ctx())
+    Recorder().fit_layout(models, desc, wide_ctx)
+
+    assert calls == ["fit", "fit_widths"]
+
+
+def test_a_strategy_that_declares_a_capability_must_override_its_hook():
+    with pytest.raises(TypeError, match="sets mixed_families = True, so it must override fit_mixed"):
+
+        class Careless(Strategy):
+            name = "careless"
+            mixed_families = True
+
+            def fit(self, models, descriptors, ctx):
+                return None

@@ -11,6 +11,7 @@ from cluster.config import ConfigError, resolve
 from cluster.pipeline import run
 from fusion.adapt.train_config import TrainConfig
 from fusion.adapt.training import train
+from fusion.layout import ModelLayout
 from fusion.metamodels.gp_config import GPConfig
 from fusion.models.params import forward, init_params
 from fusion.models.spec import MLPSpec
@@ -65,8 +66,9 @@ def mixed_models():
 def test_mixed_width_warm_starts_have_the_asked_width(mixed_models, method):
     sc, models, desc, widths = mixed_models
     cfg = FusionConfig(refit_steps=50, gp=GPConfig(max_steps=20, inducing=8))
-    ctx = FitContext(sc.spec, 0, config=cfg, probe=sc.probe_inputs(), widths=widths)
-    starter = STRATEGIES[method]().fit(models, desc, ctx)
+    layout = ModelLayout(sc.spec, widths=(4, 8, 12))
+    ctx = FitContext(sc.spec, 0, config=cfg, probe=sc.probe_inputs(), layout=layout, groups=layout.width_groups(widths))
+    starter = STRATEGIES[method]().fit_layout(models, desc, ctx)
     asked = np.array([4, 12, 8])
     warm = starter.predict_widths(desc[:3], asked)
     assert warm.shape == (3, sc.spec.n_params) and np.isfinite(warm).all()

@@ -1,6 +1,6 @@
 """``average``: the plain parameter average of all pretrained models (no alignment, no personalization).
 
-With models of different widths (``FitContext.widths``) a plain average is not defined: ``average`` is then the
+With models of different widths (:meth:`Average.fit_widths`) a plain average is not defined: ``average`` is then the
 PFNM matched average cut to each party's width (:mod:`fusion.strategies.mixed_widths`). With parties of mixed
 architecture families it is the average of the models of the family the party receives.
 """
@@ -39,12 +39,15 @@ class Constant(WarmStarter):
 class Average(Strategy):
     name = "average"
     mixed_widths = True
-    mixed_families = True  # the target family's own models (fusion.strategies.by_family.each_family)
-
-    def fit_mixed(self, models, descriptors, ctx: FitContext) -> WarmStarter:
-        return each_family(self, models, descriptors, ctx)
+    mixed_families = True
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
-        if ctx.widths is not None:
-            return fit_width_average(models, ctx)
         return Constant(np.asarray(models, dtype=np.float64).mean(axis=0))
+
+    def fit_widths(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        """The PFNM matched average, cut to each party's width."""
+        return fit_width_average(models, ctx)
+
+    def fit_mixed(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        """The average of the target family's own models."""
+        return each_family(self, models, descriptors, ctx)

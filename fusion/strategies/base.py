@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fusion.layout import LayoutKind, ModelLayout
 from fusion.matching.alignment import SolveMany, solve_many_serial
 from fusion.matching.pfnm import PFNMConfig, SolveRect, solve_rect_serial
 from fusion.metamodels.gp_config import GPConfig
@@ -78,16 +79,12 @@ class FitContext:
     ``tasks``: for baselines that need the training parties' data (MAML), a callable returning
     ``(x (n, N, in), y (n, N, ...), loss_fn(pred, y, descriptors) -> (P,), init_fn(spec, gen), real (n, N) bool)``
     in the order of the models (``real``: the rows that are data, not padding).
-    ``widths``: in a run that mixes hidden widths, the width (n,) of each model; the models are then embedded at
-    ``spec`` (the widest, :mod:`fusion.models.widths`), and only strategies with ``mixed_widths = True`` accept them.
     ``outputs``: what the models' outputs are, for strategies that combine them: ``"values"`` (regression:
     averaged as they are) or ``"logits"`` (classification over all outputs: combined as class probabilities).
-    ``target``: the architecture the warm starts must have when it is not the models' own ``spec`` (another
-    family); only strategies with ``cross_family = True`` accept it.
-    ``families``: in a run that mixes architecture families, each family's spec and the rows of its models; the
-    models are then packed (each row its family's flat vector, zero-padded to ``spec.n_params``,
-    :mod:`fusion.strategies.by_family`), ``target_families`` are the families whose warm starts are asked for, and
-    only strategies with ``mixed_families = True`` accept them (:func:`fusion.strategies.by_family.fit_strategy`).
+    ``layout``: the run's population layout (:class:`fusion.layout.ModelLayout`; default: every model and warm
+    start of ``spec``), whose rows the models are; ``groups``: the (rows, spec) of each architecture among the
+    models (:meth:`fusion.layout.ModelLayout.groups` of their parties; needed with mixed widths or families).
+    :meth:`Strategy.fit_layout` hands a fit to the strategy's hook for the layout.
     """
 
     spec: Spec
@@ -97,25 +94,55 @@ class FitContext:
     probe: np.ndarray | None = None
     tasks: Callable[[], tuple] | None = None
     solve_rect: SolveRect = solve_rect_serial
-    widths: np.ndarray | None = None
     cache: dict = field(default_factory=dict)  # work shared by strategies of one fit (e.g. the PFNM matching)
     outputs: str = "values"
-    target: Spec | None = None
-    families: tuple[tuple[Spec, np.ndarray], ...] | None = None
-    target_families: tuple[Spec, ...] = ()
-
-    def family_context(self, spec: Spec) -> FitContext:
-        """This context for the models of one family ``spec`` alone (unpacked), warm starts of that family."""
-        return dataclasses.replace(self, spec=spec, families=None, target=None, target_families=(), cache={})
-
-    @property
-    def target_spec(self) -> Spec:
-        """The architecture of the warm starts: ``target``, or the models' own ``spec``."""
-        return self.spec if self.target is None else self.target
+    layout: ModelLayout | None = None
+    groups: tuple[tuple[np.ndarray, Spec], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.outputs not in OUTPUT_KINDS:
             raise ValueError(f"outputs must be one of {OUTPUT_KINDS}, got {self.outputs!r}")
+        if self.layout is None:
+            self.layout = ModelLayout(self.spec)
+        if self.layout.spec != self.spec:
+            raise ValueError(f"FitContext.spec {self.spec} is not the layout's row spec {self.layout.spec}")
+        if self.groups is None and self.layout.kind in (LayoutKind.WIDTHS, LayoutKind.FAMILIES):
+            raise ValueError(f"a fit of the {self.layout.kind.value} layout needs FitContext.groups")
+        if self.groups is not None:
+            self.groups = tuple((np.asarray(rows, np.int64), spec) for rows, spec in self.groups)
+
+    def family_context(self, spec: Spec) -> FitContext:
+        """This context for the models of one family ``spec`` alone (unpacked), warm starts of that family."""
+        return dataclasses.replace(self, spec=spec, layout=ModelLayout(spec), groups=None, cache={})
+
+    @property
+    def target_spec(self) -> Spec:
+        """The architecture of the warm starts when it is one for all (the layout's target, or ``spec``)."""
+        return self.layout.target_spec
+
+    @property
+    def widths(self) -> np.ndarray | None:
+        """In a fit of models of mixed hidden widths, the width (n,) of each model (embedded at ``spec``, the widest,
+        :mod:`fusion.widths`); None otherwise."""
+        if self.layout.kind is not LayoutKind.WIDTHS:
+            return None
+        widths = np.zeros(sum(len(rows) for rows, _ in self.groups), np.int64)
+        for rows, spec in self.groups:
+            widths[rows] = spec.widths[1]
+        return widths
+
+
+_HOOKS = {
+    LayoutKind.UNIFORM: (None, "fit"),
+    LayoutKind.WIDTHS: ("mixed_widths", "fit_widths"),
+    LayoutKind.FAMILIES: ("mixed_families", "fit_mixed"),
+    LayoutKind.CROSS: ("cross_family", "fit_cross"),
+}
+_REFUSALS = {
+    "mixed_widths": "cannot fuse models of mixed hidden widths",
+    "mixed_families": "cannot fuse parties of mixed architecture families",
+    "cross_family": "cannot make warm starts of another architecture ({target})",
+}
 
 
 class Strategy(ABC):
@@ -124,14 +151,22 @@ class Strategy(ABC):
     ``settings``: an instance of ``settings_class`` (its defaults when None), read from ``[fusion.<settings_key>]``;
     ``aligned=False`` (only where ``alignable``): the no-alignment ablation (``fusion_noalign``). Build strategies
     through :func:`fusion.methods.make_strategy`, which passes both.
+
+    :meth:`fit_layout` is the entry: it hands the fit to the hook of the context's layout — :meth:`fit` (one
+    architecture), :meth:`fit_widths`, :meth:`fit_mixed` or :meth:`fit_cross` — after checking the capability flags,
+    the one declaration of what a strategy supports (the run config reads them too). A strategy that sets a flag
+    overrides its hook.
     """
 
     name: str
-    mixed_widths = False  # accepts models of different widths (FitContext.widths)
     alignable = False  # True: ``aligned=False`` gives the no-alignment ablation (``fusion_noalign``)
     needs_probe: bool = False  # True: ``fit`` needs ``FitContext.probe`` (unlabeled inputs)
     settings_key: str | None = None  # the ``[fusion.<key>]`` table of this strategy's own settings
     settings_class: type | None = None  # a frozen dataclass of those settings
+    mixed_widths = False  # fuses models of different hidden widths: ``fit_widths``
+    mixed_families = False  # fuses parties of several architecture families: ``fit_mixed``
+    cross_family = False  # makes warm starts of another architecture than the models' (``fit_cross``, and a
+    # target outside the families of ``fit_mixed``)
 
     def __init__(self, settings: Any = None, aligned: bool = True) -> None:
         if not aligned and not self.alignable:
@@ -140,22 +175,42 @@ class Strategy(ABC):
             settings = self.settings_class()
         self.settings, self.aligned = settings, aligned
 
-    cross_family = False  # makes warm starts of another architecture than the models' (FitContext.target)
-    mixed_families = False  # fuses parties of several architecture families (FitContext.families): ``fit_mixed``
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for flag, hook in _HOOKS.values():
+            if flag and getattr(cls, flag) and getattr(cls, hook) is getattr(Strategy, hook):
+                raise TypeError(f"{cls.__name__} sets {flag} = True, so it must override {hook}")
 
-    def fit_mixed(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter:
-        """Fit on packed ``models`` of mixed families (``ctx.families``): a warm starter per target family."""
-        raise ValueError(f"strategy {self.name} cannot fuse parties of mixed architecture families")
+    def fit_layout(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter:
+        """Fit on ``models`` (n, ctx.spec.n_params), rows of ``ctx.layout``, by the hook of that layout."""
+        lacking = [flag for flag in ctx.layout.needs if not getattr(self, flag)]
+        if lacking:
+            refusal = _REFUSALS[lacking[0]].format(target=ctx.layout.target)
+            raise ValueError(f"strategy {self.name} {refusal}")
+        return getattr(self, _HOOKS[ctx.layout.kind][1])(models, descriptors, ctx)
 
     @abstractmethod
-    def fit(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter: ...
+    def fit(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter:
+        """Fit on models of one architecture ``ctx.spec``, warm starts of the same."""
+
+    def fit_widths(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter:
+        """Fit on models of mixed hidden widths (``ctx.widths``), embedded at ``ctx.spec`` (the widest): a warm
+        starter whose ``predict_widths`` gives each party its own width."""
+        raise NotImplementedError
+
+    def fit_mixed(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter:
+        """Fit on packed ``models`` of mixed families (``ctx.groups``): a warm starter per target family
+        (``ctx.layout.target_families``), :class:`fusion.strategies.by_family.ByFamily`."""
+        raise NotImplementedError
+
+    def fit_cross(self, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> WarmStarter:
+        """Fit on models of ``ctx.spec``: warm starts of another family, ``ctx.target_spec``."""
+        raise NotImplementedError
 
     def require(self, ctx: FitContext) -> None:
         """Raise, before any long work, when ``ctx`` lacks what this strategy declares it needs."""
         if self.needs_probe and ctx.probe is None:
             raise ValueError(f"strategy {self.name} needs probe inputs from the scenario (FitContext.probe)")
-        if ctx.target_spec != ctx.spec and not self.cross_family:
-            raise ValueError(f"strategy {self.name} cannot make warm starts of another architecture ({ctx.target})")
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}

@@ -9,12 +9,11 @@ batched program.
 
 Classifiers (``FitContext.outputs == "logits"``) are combined as class probabilities and refit by KL
 divergence. The output GP needs no shared architecture: asked for warm starts of another family
-(``FitContext.target``), it refits that family's plain init (seeded by the run seed; there are no models of that
-family to regress its parameters on). Parties of several families (``FitContext.families``): one output GP over
-all of them, and per target family the parameter GP over that family's models as the init (:meth:`fit_mixed`).
-With mixed widths the init is
-:func:`fusion.strategies.mixed_widths.fit_width_gp` (PFNM matching, cut to each party's width) and the refit runs
-at each party's width.
+(:meth:`GPRefit.fit_cross`), it refits that family's plain init (seeded by the run seed; there are no models of
+that family to regress its parameters on). Parties of several families (:meth:`GPRefit.fit_mixed`): one output GP
+over all of them, and per target family the parameter GP over that family's models as the init. With mixed widths
+(:meth:`GPRefit.fit_widths`) the init is :class:`fusion.strategies.matched_gp.MatchedGPWarmStarter` (PFNM matching,
+cut to each party's width) and the refit runs at each party's width.
 """
 
 from __future__ import annotations
@@ -167,12 +166,18 @@ class RefitWarmStarter(WarmStarter):
 
 
 def refit_warm_starter(
-    init: WarmStarter, models: np.ndarray, descriptors: np.ndarray, ctx: FitContext, spec: Spec | None = None
+    init: WarmStarter,
+    models: np.ndarray,
+    descriptors: np.ndarray,
+    ctx: FitContext,
+    spec: Spec | None = None,
+    closer: bool = True,
 ) -> RefitWarmStarter:
     """Wrap a fitted ``init`` with the function-space refit: fits the GP from descriptors to the outputs of
     ``models`` (n, D) on ``ctx.probe`` (the models embedded at ``ctx.spec`` in a run with mixed widths).
     The caller has checked the probe (:meth:`Strategy.require`). ``spec``: the warm starts' architecture (default
-    ``ctx.spec``; ``init`` must predict models of it)."""
+    ``ctx.spec``; ``init`` must predict models of it); ``closer``: ``models`` are warm starts of that architecture,
+    which ``[fusion] refit_from = "closer"`` may start from (:func:`_nearest`)."""
     cached = ctx.cache.get("output_gp")
     if cached is not None and cached[0] is models and cached[1] is descriptors:
         gp_out = cached[2]  # the same fit (fusion and fusion_noalign: outputs do not depend on the unit order)
@@ -181,13 +186,14 @@ def refit_warm_starter(
             outs = forward(torch.as_tensor(models), ctx.spec, torch.as_tensor(ctx.probe, dtype=torch.float32))
         gp_out = output_gp(outs, descriptors, ctx)
         ctx.cache["output_gp"] = (models, descriptors, gp_out)
-    nearest = _nearest(models, descriptors, ctx) if spec is None or spec == ctx.spec else None
+    nearest = _nearest(models, descriptors, ctx) if closer and (spec is None or spec == ctx.spec) else None
     return RefitWarmStarter(init, gp_out, spec or ctx.spec, ctx.probe, _refit(ctx), ctx.outputs, nearest)
 
 
 def _nearest(models: np.ndarray, descriptors: np.ndarray, ctx: FitContext) -> Lookup | None:
-    """The pretrained models as refit starts (``[fusion] refit_from = "closer"``), else None."""
-    return Lookup(models, descriptors) if ctx.config.refit_from == "closer" and ctx.widths is None else None
+    """The pretrained models (of the warm starts' own architecture) as refit starts (``[fusion] refit_from =
+    "closer"``), else None."""
+    return Lookup(models, descriptors) if ctx.config.refit_from == "closer" else None
 
 
 def output_gp(outs: torch.Tensor, descriptors: np.ndarray, ctx: FitContext) -> GPMetaModel:
@@ -212,15 +218,23 @@ class GPRefit(Strategy):
     mixed_families = True
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        """Aligned units + parameter-space GP as the init."""
         self.require(ctx)  # before the (long) init fit
-        if ctx.target_spec != ctx.spec:  # another family: its plain init, refit to the predicted function
-            init = Constant(init_params(ctx.target_spec, torch.Generator().manual_seed(ctx.seed)).numpy())
-            return refit_warm_starter(init, models, descriptors, ctx, ctx.target_spec)
-        if ctx.widths is not None:  # PFNM-matched units + parameter-space GP, cut to each party's width
-            init = fit_width_gp(models, descriptors, ctx, self.aligned)
-        else:  # aligned units + parameter-space GP
-            init = GPFusion(aligned=self.aligned).fit(models, descriptors, ctx)
+        init = GPFusion(aligned=self.aligned).fit(models, descriptors, ctx)
         return refit_warm_starter(init, models, descriptors, ctx)
+
+    def fit_widths(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        """PFNM-matched units + parameter-space GP as the init, cut to each party's width (no "closer" starts: the
+        pretrained models have other widths than the party's)."""
+        self.require(ctx)
+        init = fit_width_gp(models, descriptors, ctx, self.aligned)
+        return refit_warm_starter(init, models, descriptors, ctx, closer=False)
+
+    def fit_cross(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        """Another family: its plain init, refit to the predicted function."""
+        self.require(ctx)
+        init = Constant(init_params(ctx.target_spec, torch.Generator().manual_seed(ctx.seed)).numpy())
+        return refit_warm_starter(init, models, descriptors, ctx, ctx.target_spec)
 
     def fit_mixed(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         """Parties of several families: one output GP over every model's function on the probe (each through its
@@ -231,17 +245,18 @@ class GPRefit(Strategy):
         if cached is not None and cached[0] is models and cached[1] is descriptors:
             gp_out = cached[2]  # fusion and fusion_noalign share it
         else:
-            gp_out = output_gp(probe_outputs(models, ctx.families, ctx.probe), descriptors, ctx)
+            families = [(spec, rows) for rows, spec in ctx.groups]  # each model through its own family
+            gp_out = output_gp(probe_outputs(models, families, ctx.probe), descriptors, ctx)
             ctx.cache["output_gp"] = (models, descriptors, gp_out)
         starters = {}
-        for spec in ctx.target_families:
+        for spec in ctx.layout.target_families:
             rows = by_family.rows_of(ctx, spec)
             nearest = None
             if len(rows) >= 2:
-                own = by_family.unpack(models[rows], spec)
+                own = ctx.layout.unpack(models[rows], spec)
                 init = GPFusion(aligned=self.aligned).fit(own, descriptors[rows], ctx.family_context(spec))
                 nearest = _nearest(own, descriptors[rows], ctx)
             else:
                 init = Constant(init_params(spec, torch.Generator().manual_seed(ctx.seed)).numpy())
             starters[spec.family] = RefitWarmStarter(init, gp_out, spec, ctx.probe, _refit(ctx), ctx.outputs, nearest)
-        return by_family.ByFamily(starters, {s.family: s for s in ctx.target_families})
+        return by_family.ByFamily(starters, {s.family: s for s in ctx.layout.target_families})

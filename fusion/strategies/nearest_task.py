@@ -49,10 +49,15 @@ class Lookup(WarmStarter):
 class NearestTask(Strategy):
     name = "nearest_task"
     mixed_widths = True
-    mixed_families = True  # the target family's own models (fusion.strategies.by_family.each_family)
-
-    def fit_mixed(self, models, descriptors, ctx: FitContext) -> WarmStarter:
-        return each_family(self, models, descriptors, ctx)
+    mixed_families = True
 
     def fit(self, models, descriptors, ctx: FitContext) -> WarmStarter:
         return Lookup(models, descriptors)
+
+    def fit_widths(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        """The nearest model at whatever width it has (embedded at the widest)."""
+        return Lookup(models, descriptors)
+
+    def fit_mixed(self, models, descriptors, ctx: FitContext) -> WarmStarter:
+        """The nearest model of the target family."""
+        return each_family(self, models, descriptors, ctx)
