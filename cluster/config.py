@@ -84,8 +84,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.parties < 2:
             raise ConfigError(f"parties must be >= 2 (fusion needs several models), got {self.parties}")
-        if self.test_parties < 1:
-            raise ConfigError(f"test_parties must be >= 1, got {self.test_parties}")
+        rounds_only = bool(self.methods) and all(is_federated(m) for m in self.methods)
+        if self.test_parties < (0 if rounds_only else 1):
+            raise ConfigError(
+                f"test_parties must be >= 1 (>= 0 when every method is a rounds method, scored on the "
+                f"participating parties), got {self.test_parties}"
+            )
         if not self.shots or any(k < 0 for k in self.shots) or len(set(self.shots)) != len(self.shots):
             raise ConfigError(f"shots must be distinct integers >= 0, got {list(self.shots)}")
         if self.seed < 0:

@@ -211,7 +211,7 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float |
             ray.shutdown()
         stages["teardown"] = time.perf_counter() - res["evaluated_at"]  # actors stopped, Ray shut down
         summary, participating, written, stages["write"] = writing.result()
-    text = results.format_summary(summary, scenario.metric_name)
+    text = results.format_summary(summary, scenario.metric_name) if summary else "(no novel parties in this run)"
     if participating:
         text += "\n\n" + participating_table(participating, scenario.metric_name)
     log(text)
@@ -290,12 +290,16 @@ def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id:
         summary = results.summarize(table, list(cfg.methods), weights, scenario.lower_is_better)
         results.write_summary_csv(summary, tmp / "summary.csv")
         results.write_costs_csv(res["costs"], list(cfg.methods), tmp / "costs.csv")
-        plots.plot_metric_vs_upload(summary, res["costs"], scenario.metric_name, tmp / plots.UPLOAD_PNG)
+        if summary:  # (a rounds-only run without novel parties has none)
+            plots.plot_metric_vs_upload(summary, res["costs"], scenario.metric_name, tmp / plots.UPLOAD_PNG)
         (tmp / "quarantined.csv").write_text(results.quarantine_csv(res["quarantined"]))
         if plan is not None:
             (tmp / "left_out.csv").write_text(left_out_csv(plan, cfg.party_classes))
             written.append("left_out.csv")
-        plots.plot_metric_vs_shots(summary, scenario.metric_name, tmp / plots.SHOTS_PNG)
+        if summary:
+            plots.plot_metric_vs_shots(summary, scenario.metric_name, tmp / plots.SHOTS_PNG)
+        else:
+            written = [w for w in written if w not in (plots.SHOTS_PNG, plots.UPLOAD_PNG)]
         every = np.arange(cfg.parties + cfg.test_parties)
         counts = scenario.label_counts(cfg.seed, every)
         descriptors = party_descriptors(scenario, cfg.seed, every) if counts is None else None
