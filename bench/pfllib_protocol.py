@@ -71,15 +71,16 @@ def config(args: argparse.Namespace, algorithm: str, out: Path) -> dict:
 
 def accuracy_per_round(out: Path, algorithm: str) -> list[float]:
     """PFLlib's accuracy after each round: correct predictions over all clients' test samples (a client's accuracy
-    weighted by its test samples), from rounds.parquet's participating rows."""
-    table = pq.read_table(out / "rounds.parquet").to_pandas()
-    rows = table[(table.method == algorithm) & (table.protocol == "participating")]
-    weights = json.loads((out / "test_counts.json").read_text()) if (out / "test_counts.json").exists() else None
-    acc = []
-    for _, group in rows.groupby("round"):
-        w = np.ones(len(group)) if weights is None else np.array([weights[str(p)] for p in group.party_id])
-        acc.append(float((group.value.to_numpy() * w).sum() / w.sum()))
-    return acc
+    weighted by its test samples, ``test_counts.json``), from rounds.parquet's participating rows."""
+    cols = pq.read_table(out / "rounds.parquet").to_pydict()
+    weights = json.loads((out / "test_counts.json").read_text())
+    by_round: dict[int, list[float]] = {}
+    for m, proto, r, pid, v in zip(cols["method"], cols["protocol"], cols["round"], cols["party_id"], cols["value"]):
+        if m == algorithm and proto == "participating":
+            hits = by_round.setdefault(r, [0.0, 0.0])
+            hits[0] += v * weights[str(pid)]
+            hits[1] += weights[str(pid)]
+    return [by_round[r][0] / by_round[r][1] for r in sorted(by_round)]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -138,6 +138,27 @@ class RunConfig:
         self._check_layout()
         if self.system != SystemConfig() and not self.party_classes:
             raise ConfigError("[system] needs [[party_classes]] (speed factors and drop probabilities live there)")
+        self._check_round_clock()
+
+    def _check_round_clock(self) -> None:
+        """The keys of the rounds' simulated clock (cluster.system.round_plan) have no run that uses them yet:
+        refused, not silently ignored."""
+        unused = [
+            f"system.{k}"
+            for k, default in (("straggler", "drop"), ("overselect", 1.0), ("availability", ""))
+            if getattr(self.system, k) != default
+        ]
+        unused += [
+            f"party_classes[{c.name!r}].{k}"
+            for c in self.party_classes
+            for k, default in (("bandwidth", 0.0), ("latency", 0.0), ("online", 1.0))
+            if getattr(c, k) != default
+        ]
+        if unused:
+            raise ConfigError(
+                f"{', '.join(unused)}: the per-round clock's keys (cluster.system.round_plan) are not used by a run "
+                "yet (one-shot runs model pretraining with speed, drop, jitter and deadline); leave them out"
+            )
 
     def _check_widths(self) -> None:
         if not self.widths:
