@@ -73,6 +73,7 @@ def test_cli_run_writes_every_file(ray_session, tmp_path, capsys):
         "fusion_model.pt",
         "metric_vs_shots.png",
         "metric_vs_upload.png",
+        "partition.png",
         "quarantined.csv",
         "results.parquet",
         "summary.csv",

@@ -163,7 +163,7 @@ def local_round(
     ``algo.model_spec(family)``. Returns the uploads (n, ...) in the order of ``ids`` and the real sample counts (n,).
     """
     ids = np.asarray(ids, np.int64)
-    groups = parties.families(ids) if parties.families is not None else [(np.arange(len(ids)), spec)]
+    groups = parties.groups(ids, spec)
     out: State = {}
     counts = np.zeros(len(ids), np.float64)
     for rows, family in groups:
@@ -196,7 +196,7 @@ def participant_scores(
     yet is scored with the one it would start with.
     """
     ids = np.asarray(ids, np.int64)
-    groups = parties.families(ids) if parties.families is not None else [(np.arange(len(ids)), spec)]
+    groups = parties.groups(ids, spec)
     values, losses = np.full(len(ids), np.nan), np.full(len(ids), np.nan)
     for rows, family in groups:
         batch = parties.batch(ids[rows], algo.model_spec(family), cfg, seed, round_)
@@ -270,6 +270,10 @@ class Parties:
     counts: torch.Tensor
     loss_of: Callable[[torch.Tensor], LossFn]
     families: Callable[[np.ndarray], list[tuple[np.ndarray, Spec]]] | None = None  # ids -> (rows, spec) per family
+
+    def groups(self, ids: np.ndarray, spec: Spec) -> list[tuple[np.ndarray, Spec]]:
+        """(rows of ``ids``, spec) per architecture family among ``ids``; one group of ``spec`` without families."""
+        return self.families(ids) if self.families is not None else [(np.arange(len(ids)), spec)]
 
     def batch(self, ids: np.ndarray, spec: Spec, cfg: FederatedConfig, seed: int, round_: int) -> LocalBatch:
         rows = torch.as_tensor(np.searchsorted(self.ids, ids))
