@@ -8,7 +8,7 @@ outliers, the strategies are fitted in process, and the same shard fine-tunes an
 shared 2-core machine Ray's niced workers get a small share of the cores; this runs at the caller's priority.)
 Prints the summary table (sample-weighted mean accuracy ± std over the test parties) and stage timings.
 
-    python -m bench.cnn_digits_split --data-dir /work/shared/data/mnist
+    python -m bench.cnn_digits_split --data-dir ../shared/data/mnist
     python -m bench.cnn_digits_split --data-dir ... --pretrain-steps 30 --refit-steps 100 --shots 0,5
 """
 
@@ -31,7 +31,7 @@ from scenarios import build, make_options  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default="/work/shared/data/mnist")
+    ap.add_argument("--data-dir", default="../shared/data/mnist")
     ap.add_argument("--source", default="mnist", choices=["mnist", "sklearn"])
     ap.add_argument("--arch", default="cnn-s")
     ap.add_argument("--parties", type=int, default=40)

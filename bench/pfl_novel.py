@@ -51,7 +51,7 @@ METHODS = (
     "fedala",
     "pfedhn",
 )
-MNIST = "/work/shared/data/mnist"
+MNIST = "../shared/data/mnist"  # relative to the repository root, where the benches run
 PRETRAIN_STEPS, ROUNDS = 2000, 100  # the defaults the budget scales (docs/federated.md: equal party steps)
 
 PROTOCOLS = {
