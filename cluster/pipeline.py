@@ -288,7 +288,6 @@ def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id:
         weights = scenario.party_weights(cfg.seed, test_ids)
         weights = None if weights is None else dict(zip(test_ids.tolist(), weights.tolist()))
         summary = results.summarize(table, list(cfg.methods), weights, scenario.lower_is_better)
-        results.write_summary_csv(summary, tmp / "summary.csv")
         results.write_costs_csv(res["costs"], list(cfg.methods), tmp / "costs.csv")
         if summary:  # (a rounds-only run without novel parties has none)
             plots.plot_metric_vs_upload(summary, res["costs"], scenario.metric_name, tmp / plots.UPLOAD_PNG)
@@ -324,8 +323,7 @@ def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id:
                 written += ["rounds.parquet", plots.ROUND_PNG]
             else:
                 written.append("rounds.parquet")
-        if participating:
-            results.write_summary_csv(summary + participating, tmp / "summary.csv")
+        results.write_summary_csv(summary + participating, tmp / "summary.csv")
         if plots.plot_warm_starts(scenario, res["shown"], cfg.seed, shown_parties(cfg), tmp / plots.WARM_STARTS_PNG):
             written.append(plots.WARM_STARTS_PNG)
         if "fusion" in res["fitted"]:
