@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 
 import numpy as np
@@ -138,6 +139,26 @@ def test_run_rounds_does_not_depend_on_the_sharding(algo):
     for k, v in one.store.export().items():
         np.testing.assert_array_equal(v, three.store.export()[k])
     assert one.costs == three.costs
+
+
+@pytest.mark.parametrize(
+    "algo",
+    [
+        fedavg(clients_per_round=0.5, batch_size=3, local_steps=0),
+        PersonalToy(FederatedConfig(rounds=3, local_steps=5, clients_per_round=0.5, batch_size=0)),
+        ALGORITHMS["per_fedavg"](FederatedConfig(rounds=2, local_steps=4, clients_per_round=0.5, batch_size=2)),
+    ],
+)
+def test_training_a_shards_parties_a_few_at_a_time_changes_nothing(algo, monkeypatch):
+    """Large models train in chunks of parties (fusion.federated.local.party_chunks); two parties per chunk here."""
+    parties = dataclasses.replace(toy_parties(7), counts=torch.tensor([12, 4, 9, 12, 6, 3, 11]))  # real rows
+    whole = run_rounds(algo, SPEC, parties, init(), seed=2)
+    monkeypatch.setattr("fusion.federated.local.CHUNK_BYTES", 2 * 4 * SPEC.n_params)
+    chunked = run_rounds(algo, SPEC, parties, init(), seed=2)
+    np.testing.assert_array_equal(whole.server["w"], chunked.server["w"])
+    for k, v in whole.store.export().items():
+        np.testing.assert_array_equal(v, chunked.store.export()[k])
+    assert whole.costs == chunked.costs
 
 
 def test_unknown_federated_keys_exit_2(tmp_path, capsys):

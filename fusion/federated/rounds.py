@@ -22,7 +22,7 @@ from fusion.federated.base import (
     local_rng,
     sample,
 )
-from fusion.federated.local import OptimizerMemory
+from fusion.federated.local import OptimizerMemory, party_chunks
 from fusion.lazy import torch
 from fusion.models.params import forward
 from fusion.models.spec import MLPSpec, Spec
@@ -159,19 +159,23 @@ def local_round(
     round_: int,
 ) -> tuple[State, np.ndarray]:
     """The local updates of one shard's sampled parties ``ids`` (sorted): :func:`shard_round` once per architecture
-    family among them (``parties.families``; ``spec`` for all when None), each family's parties as one batch, on
-    ``algo.model_spec(family)``. Returns the uploads (n, ...) in the order of ``ids`` and the real sample counts (n,).
+    family among them (``parties.families``; ``spec`` for all when None), on ``algo.model_spec(family)``, each
+    family's parties in batches of :func:`fusion.federated.local.party_chunks`. Returns the uploads (n, ...) in the order of ``ids`` and the real sample counts (n,).
     """
     ids = np.asarray(ids, np.int64)
     groups = parties.groups(ids, spec)
     out: State = {}
     counts = np.zeros(len(ids), np.float64)
-    for rows, family in groups:
-        batch = parties.batch(ids[rows], algo.model_spec(family), cfg, seed, round_)
-        up = shard_round(algo, down, store, batch, cfg)
-        for k, v in up.items():
-            out.setdefault(k, np.zeros((len(ids), *v.shape[1:]), np.float32))[rows] = v
-        counts[rows] = batch.counts.cpu().numpy()
+    for family_rows, family in groups:
+        model = algo.model_spec(family)
+        sizes = parties.counts[torch.as_tensor(np.searchsorted(parties.ids, ids[family_rows]))].cpu().numpy()
+        for chunk in party_chunks(sizes, model.n_params):
+            rows = family_rows[chunk]
+            batch = parties.batch(ids[rows], model, cfg, seed, round_)
+            up = shard_round(algo, down, store, batch, cfg)
+            for k, v in up.items():
+                out.setdefault(k, np.zeros((len(ids), *v.shape[1:]), np.float32))[rows] = v
+            counts[rows] = batch.counts.cpu().numpy()
     return out, counts
 
 

@@ -29,11 +29,27 @@ PARTY_GROUP = 8  # models per grouped convolution: one over many models is slowe
 
 
 def _views(flat: torch.Tensor, spec: CNNSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (weight, bias) of the stack ``flat`` (P, n_params). One ``split``: its backward writes the whole
+    gradient in one concatenation (slicing layer by layer would add a stack-sized zero tensor per layer)."""
     p = flat.shape[0]
-    return [
-        (flat[:, w0:b0].reshape(p, *shape), flat[:, b0:b1])
-        for (w0, b0, b1), shape in zip(spec.offsets, spec.weight_shapes)
-    ]
+    sizes = [n for w0, b0, b1 in spec.offsets for n in (b0 - w0, b1 - b0)]
+    parts = torch.split(flat, sizes, dim=1)
+    return [(w.reshape(p, *shape), b) for w, b, shape in zip(parts[::2], parts[1::2], spec.weight_shapes)]
+
+
+def _conv_block(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, spec: CNNSpec) -> torch.Tensor:
+    """Conv -> ReLU -> MaxPool2d(2) of channels-last maps ``h`` (P, n, side, side, c) as one batched matrix product
+    over the stack (im2col): patches (P, n·s², c·k²) times each model's filters (P, c·k², out)."""
+    p, n, k = h.shape[0], h.shape[1], spec.kernel
+    if spec.padding:
+        h = F.pad(h, (0, 0, spec.padding, spec.padding, spec.padding, spec.padding))
+    c_out, c_in = weight.shape[1], weight.shape[2]
+    s = h.shape[2] - k + 1
+    cols = h.unfold(2, k, 1).unfold(3, k, 1).reshape(p, n * s * s, c_in * k * k)  # patch order (c, ky, kx)
+    out = torch.baddbmm(bias.unsqueeze(1), cols, weight.reshape(p, c_out, c_in * k * k).transpose(1, 2))
+    out = torch.relu(out).reshape(p * n, s, s, c_out).permute(0, 3, 1, 2)  # channels-last memory
+    pooled = F.max_pool2d(out, 2).permute(0, 2, 3, 1)
+    return pooled.reshape(p, n, *pooled.shape[1:])
 
 
 def _floats_per_example(spec: CNNSpec) -> int:
@@ -50,22 +66,20 @@ def _chunk(spec: CNNSpec, p: int, n: int) -> int:
 
 
 def _forward(views, spec: CNNSpec, x: torch.Tensor) -> torch.Tensor:
-    """One chunk: ``x`` (P, n, fan_in) -> (P, n, n_out)."""
+    """One chunk: ``x`` (P, n, fan_in) -> (P, n, n_out). Maps stay channels-last; the Linear layers run on
+    transposed activations (P, features, n), so each weight's gradient comes out in its own (out, in) layout."""
     p, n = x.shape[0], x.shape[1]
     n_conv = len(spec.convs)
-    h = x.reshape(p, n, spec.channels, spec.side, spec.side).transpose(0, 1)
-    h = h.reshape(n, p * spec.channels, spec.side, spec.side)
+    h = x.reshape(p, n, spec.channels, spec.side, spec.side).permute(0, 1, 3, 4, 2)
     for weight, bias in views[:n_conv]:
-        w = weight.reshape(p * weight.shape[1], *weight.shape[2:])
-        h = F.conv2d(h, w, bias.reshape(-1), padding=spec.padding, groups=p)
-        h = F.max_pool2d(torch.relu(h), 2)
-    h = h.reshape(n, p, spec.flat_features).transpose(0, 1)  # per model: torch.nn.Flatten's (c, y, x) order
+        h = _conv_block(h, weight, bias, spec)
+    h = h.permute(0, 4, 2, 3, 1).reshape(p, spec.flat_features, n)  # torch.nn.Flatten's (c, y, x) order
     linears = views[n_conv:]
     for i, (weight, bias) in enumerate(linears):
-        h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+        h = torch.baddbmm(bias.unsqueeze(2), weight, h)
         if i < len(linears) - 1:
             h = torch.relu(h)
-    return h
+    return h.transpose(1, 2)
 
 
 def _expand(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -117,11 +131,11 @@ def _stack_loss_and_grad(flat: torch.Tensor, spec: CNNSpec, x: torch.Tensor, y, 
     p, n = flat.shape[0], x.shape[1]
     with torch.enable_grad():
         if p * n * _floats_per_example(spec) <= CHUNK_FLOATS:  # every group's graph at once: one backward
-            weights = flat.detach().requires_grad_(True)
-            pred = torch.cat([_forward(_views(weights[g], spec), spec, x[g]) for g in _groups(p)])
+            parts = [flat[g].detach().requires_grad_(True) for g in _groups(p)]  # one leaf per group
+            pred = torch.cat([_forward(_views(w, spec), spec, x[g]) for w, g in zip(parts, _groups(p))])
             losses = loss_fn(pred, y)
-            (grad,) = torch.autograd.grad(losses.sum(), weights)
-            return losses.detach(), grad
+            grads = torch.autograd.grad(losses.sum(), parts)
+            return losses.detach(), torch.cat(grads)
         with torch.no_grad():
             pred = forward(flat, spec, x)
         pred.requires_grad_(True)
