@@ -160,7 +160,8 @@ def local_round(
 ) -> tuple[State, np.ndarray]:
     """The local updates of one shard's sampled parties ``ids`` (sorted): :func:`shard_round` once per architecture
     family among them (``parties.families``; ``spec`` for all when None), on ``algo.model_spec(family)``, each
-    family's parties in batches of :func:`fusion.federated.local.party_chunks`. Returns the uploads (n, ...) in the order of ``ids`` and the real sample counts (n,).
+    family's parties in batches of :func:`fusion.federated.local.party_chunks`. Returns the uploads (n, ...) in the
+    order of ``ids`` and the real sample counts (n,).
     """
     ids = np.asarray(ids, np.int64)
     groups = parties.groups(ids, spec)
