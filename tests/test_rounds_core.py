@@ -268,3 +268,56 @@ def test_participating_parties_are_scored_with_their_own_models_and_the_store_is
         assert not np.allclose(values[have], global_scores[have])
         others = np.setdiff1d(ids, have)
         np.testing.assert_allclose(values[others], global_scores[others], rtol=1e-6)
+
+
+def test_cnn_participants_are_scored_on_their_real_rows_whatever_the_padding():
+    """CNN parties are scored a party at a time on its own rows: more padding in the stacks changes nothing."""
+    from fusion.federated.rounds import participant_scores
+    from fusion.models.spec import spec_for_family
+
+    spec = spec_for_family("cnn-s", 64, 10)
+    g = torch.Generator().manual_seed(3)
+    counts = torch.tensor([5, 9, 3])
+
+    def stacks(width: int, n_real) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.rand(3, width, 64, generator=g)
+        y = torch.randint(0, 10, (3, width), generator=g)
+        for i, n in enumerate(n_real):
+            x[i, n:], y[i, n:] = 0.0, -1  # padding after the real rows
+        return x, y
+
+    def ce(pred, y, d):
+        real = (y >= 0).float()
+        losses = torch.nn.functional.cross_entropy(pred.flatten(0, 1), y.clamp(min=0).flatten(), reduction="none")
+        return (losses.view_as(real) * real).sum(1) / real.sum(1)
+
+    def acc(pred, y, d):
+        real = y >= 0
+        return ((pred.argmax(-1) == y) & real).sum(1).float() / real.sum(1).float()
+
+    x, y = stacks(9, counts.tolist())
+    hx, hy = stacks(7, [7, 2, 4])
+    cfg = FederatedConfig(rounds=1, local_steps=1, batch_size=0)
+    algo = ALGORITHMS["fedavg"](cfg)
+    w = init_params(spec, torch.Generator().manual_seed(1))
+    down = {"w": w.numpy()}
+
+    def score(pad: int) -> tuple[np.ndarray, np.ndarray]:
+        widen = lambda t, fill: torch.cat([t, torch.full((3, pad, *t.shape[2:]), fill, dtype=t.dtype)], 1)  # noqa: E731
+        parties = Parties(
+            np.arange(3), widen(x, 0.0), widen(y, -1), torch.zeros(3, 2), counts, lambda d: lambda p, t: ce(p, t, d)
+        )
+        held = (widen(hx, 0.0), widen(hy, -1))
+        return participant_scores(algo, down, None, parties, np.arange(3), spec, cfg, 0, 0, lambda i: held, acc)
+
+    values, losses = score(0)
+    padded_values, padded_losses = score(30)
+    np.testing.assert_array_equal(values, padded_values)
+    np.testing.assert_array_equal(losses, padded_losses)
+    with torch.no_grad():
+        for i, (n, m) in enumerate(zip(counts.tolist(), [7, 2, 4])):
+            own = forward(w[None], spec, hx[i : i + 1, :m])
+            assert values[i] == pytest.approx(acc(own, hy[i : i + 1, :m], None).item())
+            assert losses[i] == pytest.approx(
+                ce(forward(w[None], spec, x[i : i + 1, :n]), y[i : i + 1, :n], None).item()
+            )

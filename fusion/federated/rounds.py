@@ -25,7 +25,7 @@ from fusion.federated.base import (
 from fusion.federated.local import OptimizerMemory, party_chunks
 from fusion.lazy import torch
 from fusion.models.params import forward
-from fusion.models.spec import MLPSpec, Spec
+from fusion.models.spec import CNNSpec, MLPSpec, Spec
 
 
 class PartyStore:
@@ -167,17 +167,23 @@ def local_round(
     groups = parties.groups(ids, spec)
     out: State = {}
     counts = np.zeros(len(ids), np.float64)
+    for rows, batch in _chunked_batches(algo, parties, ids, groups, cfg, seed, round_):
+        up = shard_round(algo, down, store, batch, cfg)
+        for k, v in up.items():
+            out.setdefault(k, np.zeros((len(ids), *v.shape[1:]), np.float32))[rows] = v
+        counts[rows] = batch.counts.cpu().numpy()
+    return out, counts
+
+
+def _chunked_batches(algo, parties: Parties, ids: np.ndarray, groups, cfg, seed: int, round_: int):
+    """(rows of ``ids``, :class:`LocalBatch`) per architecture family in ``groups`` and chunk of its parties
+    (:func:`fusion.federated.local.party_chunks`)."""
     for family_rows, family in groups:
         model = algo.model_spec(family)
         sizes = parties.counts[torch.as_tensor(np.searchsorted(parties.ids, ids[family_rows]))].cpu().numpy()
         for chunk in party_chunks(sizes, model.n_params):
             rows = family_rows[chunk]
-            batch = parties.batch(ids[rows], model, cfg, seed, round_)
-            up = shard_round(algo, down, store, batch, cfg)
-            for k, v in up.items():
-                out.setdefault(k, np.zeros((len(ids), *v.shape[1:]), np.float32))[rows] = v
-            counts[rows] = batch.counts.cpu().numpy()
-    return out, counts
+            yield rows, parties.batch(ids[rows], model, cfg, seed, round_)
 
 
 def participant_scores(
@@ -203,8 +209,7 @@ def participant_scores(
     ids = np.asarray(ids, np.int64)
     groups = parties.groups(ids, spec)
     values, losses = np.full(len(ids), np.nan), np.full(len(ids), np.nan)
-    for rows, family in groups:
-        batch = parties.batch(ids[rows], algo.model_spec(family), cfg, seed, round_)
+    for rows, batch in _chunked_batches(algo, parties, ids, groups, cfg, seed, round_):
         device = batch.x.device
         down_t = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in down.items()}
         personal = None
@@ -223,9 +228,26 @@ def participant_scores(
             return None
         x, y = held_out(batch.ids)
         with torch.no_grad():
+            if isinstance(batch.spec, CNNSpec):  # a party at a time on its real rows, not the stack's padding
+                for i, row in enumerate(rows):
+                    one = batch.subset(np.array([i]))
+                    m, d = models[i : i + 1], one.descriptors
+                    n_x, n_y = _real_length(y[i]), int(one.counts[0])
+                    values[row] = metric(forward(m, one.spec, x[i : i + 1, :n_x]), y[i : i + 1, :n_x], d).item()
+                    losses[row] = one.loss(forward(m, one.spec, one.x[:, :n_y]), one.y[:, :n_y]).item()
+                continue
             values[rows] = metric(forward(models, batch.spec, x), y, batch.descriptors).cpu().numpy()
             losses[rows] = batch.loss(forward(models, batch.spec, batch.x), batch.y).cpu().numpy()
     return values, losses
+
+
+def _real_length(y: torch.Tensor) -> int:
+    """Rows of one party's stacked targets ``y`` (N, ...) up to its last real one (padding comes after: NaN targets
+    or negative labels, :class:`fusion.federated.base.LocalBatch`)."""
+    flat = y.reshape(len(y), -1)
+    real = ~torch.isnan(flat).all(1) if flat.is_floating_point() else (flat >= 0).all(1)
+    idx = torch.nonzero(real)
+    return int(idx[-1]) + 1 if len(idx) else 1
 
 
 def server_round(algo: FederatedAlgorithm, server: State, parts: list[tuple[np.ndarray, State, np.ndarray]]) -> State:
