@@ -2,14 +2,19 @@
 
 Three ways to train the same ``P`` models on the same data (28x28 random images, random labels of 10 classes):
 
-- ``batched``: ``fusion.adapt.training.train`` on the (P, n_params) stack: grouped convolutions (``groups=P``) and
-  batched matrix products, one tensor program for all parties (what party shards run);
+- ``batched``: ``fusion.adapt.training.train`` on the (P, n_params) stack: convolutions as batched matrix products
+  over the stack (im2col, :mod:`fusion.models.conv`), one tensor program for all parties (what party shards run);
 - ``loop (ours)``: the same ``train`` called once per party (P = 1);
 - ``loop (torch)``: a ``torch.nn.Sequential`` and ``torch.optim.Adam`` per party, one after the other.
 
 Prints wall seconds, CPU seconds of this process (the steadier figure on a shared machine), party-steps per
 second and the ratios to batched for each, and the largest difference between the batched and the
 torch-loop parameters (float rounding, scaled up by Adam on near-zero gradients).
+
+Efficiency: each method's arithmetic rate (a training step counted as 3x the forward pass's multiply-adds, 2 FLOP
+each) against the machine's conv throughput, measured in the same process as the best of 5 forward + backward
+passes of one large ``torch.nn.functional.conv2d`` (256 images of 32 channels, 12x12, 64 filters of 5x5: cnn-m's
+second layer on a big batch).
 
     python -m bench.cnn_batched                       # 50 parties x 50 steps x 100 images, cnn-s
     python -m bench.cnn_batched --parties 10 --steps 5 --family cnn-m
@@ -35,6 +40,31 @@ def per_model_ce(pred: torch.Tensor, y: torch.Tensor, _) -> torch.Tensor:
 
 
 cross_entropy = RowLoss(per_model_ce)  # per model, as party shards pass their scenario's loss
+
+
+def forward_macs(spec) -> int:
+    """Multiply-adds of one example's forward pass through ``spec`` (a CNNSpec)."""
+    macs, chans = 0, (spec.channels, *spec.convs)
+    for c_in, c_out, s_in in zip(chans[:-1], chans[1:], spec.sizes[:-1]):
+        side = s_in + 2 * spec.padding - spec.kernel + 1
+        macs += side * side * c_out * c_in * spec.kernel**2
+    dims = (spec.flat_features, *spec.fc, spec.n_out)
+    return macs + sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+def conv_reference_flops() -> float:
+    """FLOP/s of one large conv2d's forward and backward (best of 5) in this process."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 32, 12, 12, generator=g, requires_grad=True)
+    w = torch.randn(64, 32, 5, 5, generator=g, requires_grad=True)
+    flops = 3 * 2 * 256 * 64 * 8 * 8 * 32 * 25
+    best = float("inf")
+    for _ in range(6):
+        start = time.perf_counter()
+        out = torch.nn.functional.conv2d(x, w)
+        torch.autograd.grad(out.sum(), (x, w))
+        best = min(best, time.perf_counter() - start)
+    return flops / best
 
 
 def main() -> None:
@@ -94,6 +124,11 @@ def main() -> None:
             f"{cpu_s / rows[0][2]:>15.2f}x"
         )
     print(f"max |batched - torch loop| over all parameters: {diff:.2e}")
+    work = 3 * 2 * forward_macs(spec) * n * p * args.steps
+    ref = conv_reference_flops()
+    print(f"conv2d reference: {ref / 1e9:.1f} GFLOP/s")
+    for name, sec, _ in rows:
+        print(f"{name:<14}{work / sec / 1e9:>8.1f} GFLOP/s = {work / sec / ref:.0%} of the conv2d reference")
 
 
 if __name__ == "__main__":

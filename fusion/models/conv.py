@@ -1,22 +1,28 @@
 """Batched forward and gradient of ``P`` small CNNs (:class:`fusion.models.spec.CNNSpec`) as one tensor program.
 
-The ``P`` models run as *grouped* convolutions (``groups=P``: model ``p``'s filters only see model ``p``'s
-channels), the usual fastest batched conv on CPU, and their Linear layers as batched matrix products. Inputs
-arrive flat, (P, N, fan_in) or (N, fan_in), and are read as (channels, side, side) images.
+Two ways to run the convolutions of a stack, chosen by each model's convolution work on its examples
+(``bench/cnn_batched.py``):
 
-The stack runs in groups of at most :data:`PARTY_GROUP` models (a model's loss and gradient depend on its own
-parameters only, so the split is exact): one grouped convolution over a hundred models costs several times what
-a hundred single-model convolutions cost (``bench/cnn_batched.py``), while groups of a few models cost a little
-less than one model at a time.
+- little work (small models, or a minibatch of local training; up to :data:`PER_MODEL_MACS` multiply-adds): im2col,
+  the patches of every model's channels-last maps times its filters as one batched matrix product over the stack;
+  a model's step is then a few large products instead of many tiny convolutions;
+- more (a large CNN pretraining on a party's data, or scoring it): torch's own convolution model by model, whose
+  blocked kernels keep a large batch in the cache where im2col's patch matrix would not fit.
 
-Memory: a conv's activations are (N, G * channels, side, side) for a group of G models. Long inputs are processed
-in chunks of examples whose activations stay under :data:`CHUNK_FLOATS`: the forward pass chunk by chunk, and the
-gradient by a no-graph forward for the predictions, the loss's gradient w.r.t. them, then per chunk a forward with
-graph and a backward of that chunk's share (exact: the loss's gradient depends on the chunks only through the
-predictions).
+The Linear layers are batched matrix products either way. Inputs arrive flat, (P, N, fan_in) or (N, fan_in), and
+are read as (channels, side, side) images. The stack runs in groups of :data:`PARTY_GROUP` models (one model at a
+time on the per-model path), each group one gradient leaf: a model's loss and gradient depend on its own parameters
+only, so the split is exact.
+
+Memory: long inputs are processed in chunks of examples whose activations stay under :data:`CHUNK_FLOATS`: the
+forward pass chunk by chunk, and the gradient by a no-graph forward for the predictions, the loss's gradient w.r.t.
+them, then per chunk a forward with graph and a backward of that chunk's share (exact: the loss's gradient depends
+on the chunks only through the predictions).
 """
 
 from __future__ import annotations
+
+import functools
 
 from fusion.lazy import lazy, torch
 from fusion.models.loss import RowLoss
@@ -25,7 +31,8 @@ from fusion.models.spec import CNNSpec
 F = lazy("torch.nn.functional")
 
 CHUNK_FLOATS = 2**26  # activation floats of one chunk (256 MB: one cnn-s party's 1,500 images)
-PARTY_GROUP = 8  # models per grouped convolution: one over many models is slower than several over a few
+PARTY_GROUP = 8  # models per im2col group
+PER_MODEL_MACS = 5 * 10**7  # convolution multiply-adds per model above which convolutions run model by model
 
 
 def _views(flat: torch.Tensor, spec: CNNSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -66,14 +73,21 @@ def _chunk(spec: CNNSpec, p: int, n: int) -> int:
 
 
 def _forward(views, spec: CNNSpec, x: torch.Tensor) -> torch.Tensor:
-    """One chunk: ``x`` (P, n, fan_in) -> (P, n, n_out). Maps stay channels-last; the Linear layers run on
-    transposed activations (P, features, n), so each weight's gradient comes out in its own (out, in) layout."""
+    """One chunk: ``x`` (P, n, fan_in) -> (P, n, n_out). Maps stay channels-last on the im2col path; the Linear
+    layers run on transposed activations (P, features, n), so each weight's gradient comes out in its own (out, in)
+    layout."""
     p, n = x.shape[0], x.shape[1]
     n_conv = len(spec.convs)
-    h = x.reshape(p, n, spec.channels, spec.side, spec.side).permute(0, 1, 3, 4, 2)
-    for weight, bias in views[:n_conv]:
-        h = _conv_block(h, weight, bias, spec)
-    h = h.permute(0, 4, 2, 3, 1).reshape(p, spec.flat_features, n)  # torch.nn.Flatten's (c, y, x) order
+    if _per_model(spec, n):
+        h = torch.stack(
+            [_conv_model([(_one(w, i), _one(b, i)) for w, b in views[:n_conv]], spec, x[i]) for i in range(p)]
+        )
+    else:
+        h = x.reshape(p, n, spec.channels, spec.side, spec.side).permute(0, 1, 3, 4, 2)
+        for weight, bias in views[:n_conv]:
+            h = _conv_block(h, weight, bias, spec)
+        h = h.permute(0, 4, 2, 3, 1)
+    h = h.reshape(p, spec.flat_features, n)  # torch.nn.Flatten's (c, y, x) order
     linears = views[n_conv:]
     for i, (weight, bias) in enumerate(linears):
         h = torch.baddbmm(bias.unsqueeze(2), weight, h)
@@ -82,19 +96,49 @@ def _forward(views, spec: CNNSpec, x: torch.Tensor) -> torch.Tensor:
     return h.transpose(1, 2)
 
 
+def _one(t: torch.Tensor, i: int) -> torch.Tensor:
+    """Model ``i`` of a stacked tensor; a view (not an index, whose backward fills a zero stack) for one model."""
+    return t.reshape(t.shape[1:]) if t.shape[0] == 1 else t[i]
+
+
+def _conv_model(convs, spec: CNNSpec, x: torch.Tensor) -> torch.Tensor:
+    """One model's conv blocks by torch's convolution: ``x`` (n, fan_in) -> (c, y, x, n) maps (the im2col path's
+    layout after its permute, so both flatten alike)."""
+    h = x.reshape(len(x), spec.channels, spec.side, spec.side)
+    for weight, bias in convs:
+        h = F.max_pool2d(torch.relu(F.conv2d(h, weight, bias, padding=spec.padding)), 2)
+    return h.permute(1, 2, 3, 0)
+
+
 def _expand(x: torch.Tensor, p: int) -> torch.Tensor:
     return x if x.dim() == 3 else x.expand(p, *x.shape)
 
 
-def _groups(p: int, size: int = PARTY_GROUP) -> list[slice]:
-    """``p`` models in consecutive slices of at most ``size``."""
+@functools.cache
+def _conv_macs(spec: CNNSpec) -> int:
+    """Multiply-adds of one example's convolutions."""
+    macs, chans = 0, (spec.channels, *spec.convs)
+    for c_in, c_out, side in zip(chans[:-1], chans[1:], spec.sizes[:-1]):
+        macs += (side + 2 * spec.padding - spec.kernel + 1) ** 2 * c_out * c_in * spec.kernel**2
+    return macs
+
+
+def _per_model(spec: CNNSpec, n: int) -> bool:
+    """Whether a model's convolutions on ``n`` examples run by torch's convolution, model by model."""
+    return n * _conv_macs(spec) > PER_MODEL_MACS
+
+
+def _groups(p: int, spec: CNNSpec, n: int, size: int = PARTY_GROUP) -> list[slice]:
+    """``p`` models seeing ``n`` examples each in consecutive slices of at most ``size`` (one model per slice on the
+    per-model path)."""
+    size = 1 if _per_model(spec, n) else size
     return [slice(i, min(p, i + size)) for i in range(0, p, size)]
 
 
 def forward(flat: torch.Tensor, spec: CNNSpec, x: torch.Tensor) -> torch.Tensor:
     """``flat`` (P, n_params), ``x`` (P, N, fan_in) or (N, fan_in) -> outputs (P, N, n_out)."""
     x = _expand(x, flat.shape[0])
-    return torch.cat([_forward_group(flat[g], spec, x[g]) for g in _groups(flat.shape[0])])
+    return torch.cat([_forward_group(flat[g], spec, x[g]) for g in _groups(flat.shape[0], spec, 0)])
 
 
 def _forward_group(flat: torch.Tensor, spec: CNNSpec, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +166,7 @@ def loss_and_grad(
     size = max(1, min(PARTY_GROUP, CHUNK_FLOATS // (n * _floats_per_example(spec))))
     parts = [
         _stack_loss_and_grad(flat[g], spec, x[g], None if y is None else y[g], loss_fn.rows(g))
-        for g in _groups(p, size)
+        for g in _groups(p, spec, n, size)
     ]
     return torch.cat([loss for loss, _ in parts]), torch.cat([grad for _, grad in parts])
 
@@ -131,8 +175,9 @@ def _stack_loss_and_grad(flat: torch.Tensor, spec: CNNSpec, x: torch.Tensor, y, 
     p, n = flat.shape[0], x.shape[1]
     with torch.enable_grad():
         if p * n * _floats_per_example(spec) <= CHUNK_FLOATS:  # every group's graph at once: one backward
-            parts = [flat[g].detach().requires_grad_(True) for g in _groups(p)]  # one leaf per group
-            pred = torch.cat([_forward(_views(w, spec), spec, x[g]) for w, g in zip(parts, _groups(p))])
+            groups = _groups(p, spec, n)
+            parts = [flat[g].detach().requires_grad_(True) for g in groups]  # one leaf per group
+            pred = torch.cat([_forward(_views(w, spec), spec, x[g]) for w, g in zip(parts, groups)])
             losses = loss_fn(pred, y)
             grads = torch.autograd.grad(losses.sum(), parts)
             return losses.detach(), torch.cat(grads)
@@ -142,7 +187,7 @@ def _stack_loss_and_grad(flat: torch.Tensor, spec: CNNSpec, x: torch.Tensor, y, 
         losses = loss_fn(pred, y)
         (g_pred,) = torch.autograd.grad(losses.sum(), pred)
         grad = torch.zeros_like(flat)
-        for g in _groups(p):
+        for g in _groups(p, spec, n):
             weights = flat[g].detach().requires_grad_(True)
             step = _chunk(spec, weights.shape[0], n)
             for i in range(0, n, step):
