@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import ConfigError, StartError  # noqa: F401  (re-exported: the config's errors)
-from cluster.system import PartyClass, SystemConfig, check_classes
+from fusion.system import PartyClass, SystemConfig, check_classes
 from fusion.adapt.train_config import FinetuneConfig, TrainConfig
 from fusion.faults import FaultConfig
 from fusion.federated import ALGORITHMS, FederatedConfig
@@ -76,7 +76,7 @@ class RunConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)  # test/demo fault injection, off by default
-    party_classes: tuple[PartyClass, ...] = ()  # system heterogeneity (cluster/system.py); () = one class
+    party_classes: tuple[PartyClass, ...] = ()  # system heterogeneity (fusion/system.py); () = one class
     system: SystemConfig = field(default_factory=SystemConfig)
     widths: tuple[int, ...] = ()  # mixed hidden widths: each party's drawn from (seed, id); () = the scenario's
     federated: FederatedConfig = field(default_factory=FederatedConfig)  # rounds of the federated methods
@@ -141,7 +141,7 @@ class RunConfig:
         self._check_round_clock()
 
     def _check_round_clock(self) -> None:
-        """The keys of the rounds' simulated clock (cluster.system.round_plan) have no run that uses them yet:
+        """The keys of the rounds' simulated clock (fusion.system.round_plan) have no run that uses them yet:
         refused, not silently ignored."""
         unused = [
             f"system.{k}"
@@ -156,7 +156,7 @@ class RunConfig:
         ]
         if unused:
             raise ConfigError(
-                f"{', '.join(unused)}: the per-round clock's keys (cluster.system.round_plan) are not used by a run "
+                f"{', '.join(unused)}: the per-round clock's keys (fusion.system.round_plan) are not used by a run "
                 "yet (one-shot runs model pretraining with speed, drop, jitter and deadline); leave them out"
             )
 

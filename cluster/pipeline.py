@@ -33,7 +33,7 @@ from cluster.runtime import (
     metrics_url,
     party_actor_count,
 )
-from cluster.system import Schedule, left_out_csv, party_classes_of, schedule
+from fusion.system import Schedule, left_out_csv, party_classes_of, schedule
 from fusion.evaluate import Scores
 from fusion.io import save_warm_starter, write_atomic
 from fusion.layout import ModelLayout

@@ -8,7 +8,7 @@ import pytest
 
 from cluster.config import ConfigError, dumps_toml, load_toml, resolve, to_dict
 from cluster.pipeline import run
-from cluster.system import PartyClass, SystemConfig, party_classes_of, schedule
+from fusion.system import PartyClass, SystemConfig, party_classes_of, schedule
 
 CLASSES = [
     {"name": "fast", "share": 0.5, "cpus": 1, "gpus": 0.5},
@@ -133,9 +133,9 @@ def test_a_class_larger_than_the_cluster_is_refused(ray_session, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-# -- rounds on the simulated clock (cluster.system.round_plan) -------------------------------------------------------
+# -- rounds on the simulated clock (fusion.system.round_plan) -------------------------------------------------------
 
-from cluster.system import online_parties, read_availability, round_plan  # noqa: E402
+from fusion.system import online_parties, read_availability, round_plan  # noqa: E402
 
 SLOW = (PartyClass("fast", 0.5), PartyClass("slow", 0.5, speed=0.25, drop=0.1, bandwidth=1e6, latency=2.0))
 
