@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import ConfigError, StartError  # noqa: F401  (re-exported: the config's errors)
-from fusion.system import PartyClass, SystemConfig, check_classes
 from fusion.adapt.train_config import FinetuneConfig, TrainConfig
 from fusion.faults import FaultConfig
 from fusion.federated import ALGORITHMS, FederatedConfig
@@ -33,6 +32,7 @@ from fusion.methods import (
 )
 from fusion.strategies import FusionConfig
 from fusion.strategies.base import settings_classes
+from fusion.system import PartyClass, SystemConfig, check_classes
 from scenarios import SCENARIOS, build, canonical_name, make_options, model_layout
 
 

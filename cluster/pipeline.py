@@ -33,13 +33,13 @@ from cluster.runtime import (
     metrics_url,
     party_actor_count,
 )
-from fusion.system import Schedule, left_out_csv, party_classes_of, schedule
 from fusion.evaluate import Scores
 from fusion.io import save_warm_starter, write_atomic
 from fusion.layout import ModelLayout
 from fusion.lazy import lazy
 from fusion.methods import is_federated, strategy_for
 from fusion.screening.screen import TooFewModels
+from fusion.system import Schedule, left_out_csv, party_classes_of, schedule
 from scenarios import Scenario, build, model_layout, party_descriptors, with_hidden_width
 
 # torch, matplotlib, pyarrow: imported by a thread while Ray starts (_preload), not before the run's checks
