@@ -70,14 +70,16 @@ STRAGGLERS = ("drop", "partial")
 
 @dataclass(frozen=True)
 class SystemConfig:
-    """``[system]`` keys: ``deadline`` in simulated time units (0 = none): of the one-shot pretraining, and of every
-    round of the rounds methods; ``jitter`` relative (>= 0); ``straggler``: what a round does with a party that
+    """``[system]`` keys: ``deadline`` in simulated time units (0 = none) of the one-shot pretraining;
+    ``round_deadline`` (0 = none) of every round of the rounds methods; ``jitter`` relative (>= 0), of both;
+    ``straggler``: what a round does with a party that
     misses its deadline, ``"drop"`` (FedAvg: its update is lost) or ``"partial"`` (it uploads the local steps it
     finished by the deadline, FedProx-style); ``overselect`` (>= 1): a round samples that many times the parties
     it needs and keeps the first to finish (FedScale); ``availability``: a trace file of online windows
     (:func:`read_availability`), "" = each class's ``online`` probability per round."""
 
     deadline: float = 0.0
+    round_deadline: float = 0.0
     jitter: float = 0.0
     straggler: str = "drop"
     overselect: float = 1.0
@@ -86,6 +88,8 @@ class SystemConfig:
     def __post_init__(self) -> None:
         if self.deadline < 0:
             raise ValueError(f"system.deadline must be >= 0 (0 = no deadline), got {self.deadline}")
+        if self.round_deadline < 0:
+            raise ValueError(f"system.round_deadline must be >= 0 (0 = no deadline), got {self.round_deadline}")
         if self.jitter < 0:
             raise ValueError(f"system.jitter must be >= 0, got {self.jitter}")
         if self.straggler not in STRAGGLERS:
@@ -298,8 +302,9 @@ def party_times(
     """Each sampled party's clock in round ``round_``: ``steps`` its full local budget (an int for all, or (n,)).
 
     A party's time: latency + (down_bytes + up_bytes) / bandwidth + steps / speed * (1 + jitter * u), ``u`` and its
-    drop-out drawn from (seed, party id, round). Past ``system.deadline`` (when ``deadline``; an asynchronous server
-    has none) a party is "late", or with ``straggler = "partial"`` uploads the whole steps it finished by then, if any.
+    drop-out drawn from (seed, party id, round). Past ``system.round_deadline`` (when ``deadline``; an asynchronous
+    server has none) a party is "late", or with ``straggler = "partial"`` uploads the whole steps it finished by then,
+    if any.
     """
     ids = np.asarray(ids, np.int64)
     n = len(ids)
@@ -307,7 +312,7 @@ def party_times(
     cls = party_classes_of(classes, seed, ids)
     finish, done = np.full(n, np.inf), np.zeros(n, np.int64)
     reason = np.full(n, "", dtype=object)
-    limit = system.deadline if deadline else 0.0
+    limit = system.round_deadline if deadline else 0.0
     for k, (pid, c) in enumerate(zip(ids, cls)):
         pc = classes[c]
         rng = round_rng(seed, pid, round_)
@@ -343,7 +348,7 @@ def close_round(times: PartyTimes, system: SystemConfig, needed: int | None = No
     done[~included] = 0
     arrived = finish[included]
     last = float(arrived.max()) if len(arrived) else 0.0
-    limit = system.deadline if deadline else 0.0
+    limit = system.round_deadline if deadline else 0.0
     if (needed is not None and included.sum() >= needed) or not limit:
         duration = last  # enough uploads arrived (overselection), or no deadline: nobody is waited for past them
     elif (reason != "").any() or (done[included] < times.full[included]).any():

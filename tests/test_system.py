@@ -142,22 +142,22 @@ SLOW = (PartyClass("fast", 0.5), PartyClass("slow", 0.5, speed=0.25, drop=0.1, b
 
 def test_a_round_plan_is_a_function_of_seed_party_and_round():
     ids = np.arange(40)
-    whole = round_plan(SLOW, SystemConfig(deadline=300, jitter=0.2), 7, 3, ids, 100, 4000, 4000)
+    whole = round_plan(SLOW, SystemConfig(round_deadline=300, jitter=0.2), 7, 3, ids, 100, 4000, 4000)
     halves = [
-        round_plan(SLOW, SystemConfig(deadline=300, jitter=0.2), 7, 3, part, 100, 4000, 4000)
+        round_plan(SLOW, SystemConfig(round_deadline=300, jitter=0.2), 7, 3, part, 100, 4000, 4000)
         for part in (ids[:13], ids[13:])
     ]
     assert np.array_equal(whole.finish, np.concatenate([h.finish for h in halves]))
     assert np.array_equal(whole.reason, np.concatenate([h.reason for h in halves]))
-    other = round_plan(SLOW, SystemConfig(deadline=300, jitter=0.2), 7, 4, ids, 100, 4000, 4000)
+    other = round_plan(SLOW, SystemConfig(round_deadline=300, jitter=0.2), 7, 4, ids, 100, 4000, 4000)
     assert not np.array_equal(whole.finish, other.finish)  # a new round draws anew
 
 
 def test_slow_parties_miss_a_tight_deadline_and_partial_ones_upload_fewer_steps():
     ids = np.arange(200)
-    loose = round_plan(SLOW, SystemConfig(deadline=1000), 1, 0, ids, 100, 0, 0)
-    tight = round_plan(SLOW, SystemConfig(deadline=200), 1, 0, ids, 100, 0, 0)
-    partial = round_plan(SLOW, SystemConfig(deadline=200, straggler="partial"), 1, 0, ids, 100, 0, 0)
+    loose = round_plan(SLOW, SystemConfig(round_deadline=1000), 1, 0, ids, 100, 0, 0)
+    tight = round_plan(SLOW, SystemConfig(round_deadline=200), 1, 0, ids, 100, 0, 0)
+    partial = round_plan(SLOW, SystemConfig(round_deadline=200, straggler="partial"), 1, 0, ids, 100, 0, 0)
     slow = loose.class_index == 1
     assert (loose.reason[slow] == "dropped").mean() > 0.02  # drop 0.1 per round
     assert loose.included[~slow].all() and loose.included.sum() > tight.included.sum()
