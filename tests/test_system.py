@@ -133,7 +133,7 @@ def test_a_class_larger_than_the_cluster_is_refused(ray_session, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-# -- rounds on the simulated clock (fusion.system.round_plan) -------------------------------------------------------
+# -- rounds on the simulated clock (fusion.system.round_plan; in runs: tests/test_rounds_clock.py) -------------------
 
 from fusion.system import online_parties, read_availability, round_plan  # noqa: E402
 
@@ -192,10 +192,3 @@ def test_availability_by_class_probability_and_by_trace(tmp_path):
     trace.write_text("who,start,end\n7,5,1\n")
     with pytest.raises(ValueError, match="row 2: a window needs start < end"):
         read_availability(str(trace))
-
-
-def test_the_round_clocks_keys_are_refused_until_a_run_uses_them():
-    with pytest.raises(ConfigError, match=r"system.straggler.*not used by a run yet"):
-        resolve({"party_classes": [{"name": "a", "share": 1.0}], "system": {"straggler": "partial"}})
-    with pytest.raises(ConfigError, match=r"party_classes\['a'\].bandwidth"):
-        resolve({"party_classes": [{"name": "a", "share": 1.0, "bandwidth": 1e6}]})
