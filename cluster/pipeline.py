@@ -350,9 +350,11 @@ def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id:
 def _plot_time(summary: list[dict], res: dict, tw, metric: str, target: float | None, path: Path) -> bool:
     """``metric_vs_time.png`` (:func:`cluster.plots.plot_metric_vs_time`): the rounds methods' participating curves
     and every method's 0-shot novel mean at its simulated time. False (nothing written) when there is nothing to
-    draw."""
+    draw or no rounds method (a one-shot run's methods each have one time)."""
     means, times = results.curve_means(res["curves"], tw), results.curve_times(res["curves"])
     curves = {m: (times[m], mean) for m, (_, mean, _) in means.items()}
+    if not res["curves"]:
+        return False
     points = {}
     for r in summary:
         if r["shots"] == 0 and np.isfinite(r["mean"]) and r["method"] in res["costs"]:
