@@ -16,19 +16,21 @@ import numpy as np
 import ray
 
 from fusion.federated.base import FederatedAlgorithm, FederatedConfig, State
-from fusion.federated.rounds import Costs, keeps_state, server_round
+from fusion.federated.rounds import Costs, close_round, keeps_state
 from fusion.models.spec import MLPSpec
+from fusion.system import RoundClock
 
 
 @dataclass(frozen=True)
 class RoundsJob:
     """One training run of rounds: its key (``training_key()``), the algorithm class, the shared ``[federated]``
-    settings and the algorithm's own. Small: it travels with every shard call."""
+    settings, the algorithm's own and the simulated clock of its rounds. Small: it travels with every shard call."""
 
     key: str
     algorithm: type[FederatedAlgorithm]
     cfg: FederatedConfig
     settings: Any = None
+    clock: RoundClock = RoundClock()
 
     def build(self) -> FederatedAlgorithm:
         return self.algorithm(self.cfg, self.settings)
@@ -77,10 +79,11 @@ class FederatedServer:
         job["down"] = job["algo"].broadcast(job["server"])
         return job["down"]
 
-    def aggregate(self, key: str, round_: int, sampled: int, *parts: dict) -> dict:
-        """The server's step on the shards' ``parts`` (resolved refs, in any order: aggregated in party-id order).
+    def aggregate(self, key: str, round_: int, needed: int, clock: RoundClock, *parts: dict) -> dict:
+        """The server's step on the shards' ``parts`` (resolved refs, in any order: aggregated in party-id order) of
+        a round that needs ``needed`` uploads (:func:`fusion.federated.rounds.close_round` on ``clock``).
 
-        Returns ``{"round", "costs", "upload_bytes"}`` (this round's upload) or ``{"lost": [...]}``.
+        Returns ``{"round", "costs", "upload_bytes", "aggregated", "duration"}`` (this round's) or ``{"lost": [...]}``.
         """
         job = self.jobs.get(key)
         lost = [p["lost"] for p in parts if "lost" in p]
@@ -88,15 +91,14 @@ class FederatedServer:
             lost.append("server")
         if lost:
             return {"lost": lost}
-        algo, shards = job["algo"], [(p["party_id"], p["uploads"], p["weights"]) for p in parts]
-        job["server"] = server_round(algo, job["server"], shards)
-        before = job["costs"].upload_bytes
-        job["costs"].count(algo, job["down"], shards)
+        algo, costs = job["algo"], job["costs"]
+        job["server"], outcome = close_round(algo, job["server"], list(parts), clock, needed, costs.sim_time)
+        costs.add(algo.download_bytes(job["down"]), outcome)
         job["next"], job["down"] = round_ + 1, None
         return {
             "round": round_,
-            "costs": dataclasses.asdict(job["costs"]),
-            "upload_bytes": job["costs"].upload_bytes - before,
+            "costs": dataclasses.asdict(costs),
+            **{k: outcome[k] for k in ("upload_bytes", "aggregated", "duration")},
         }
 
     def state(self, key: str) -> dict | None:

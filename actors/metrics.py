@@ -139,12 +139,15 @@ def quarantined(run: str, n: int) -> None:
 
 def federated_round(run: str, methods: list[str], round_: int, sampled: int, upload_bytes: int) -> None:
     """A federated round finished: its number (1-based), the parties it sampled and the bytes they uploaded,
-    once per method trained by these rounds (e.g. ``fedavg`` and ``fedavg_ft`` share them)."""
+    once per method trained by these rounds (e.g. ``fedavg`` and ``fedavg_ft`` share them). A round in which nobody
+    uploaded (everyone dropped out or missed the deadline) adds nothing (Ray's counters take only positive steps)."""
     gauge = _gauge(FEDERATED_ROUND, "last finished federated round", ("run", "method"))
     parties = _counter(FEDERATED_PARTIES, "parties sampled in federated rounds", ("run", "method"))
     upload = _counter(FEDERATED_UPLOAD, "bytes uploaded by parties in federated rounds", ("run", "method"))
     for method in methods:
         tags = {"run": run, "method": method}
         _set(gauge, FEDERATED_ROUND, round_, tags)
-        parties.inc(sampled, tags=tags)
-        upload.inc(upload_bytes, tags=tags)
+        if sampled > 0:
+            parties.inc(sampled, tags=tags)
+        if upload_bytes > 0:
+            upload.inc(upload_bytes, tags=tags)

@@ -19,7 +19,7 @@ from actors import metrics
 from fusion import evaluate, faults
 from fusion.adapt import FinetuneConfig, TrainConfig, train
 from fusion.faults import FaultConfig
-from fusion.federated.rounds import Parties, PartyStore, local_round, participant_scores
+from fusion.federated.rounds import Parties, PartyStore, participant_scores, timed_round
 from fusion.layout import ModelLayout
 from fusion.models.loss import RowLoss
 from fusion.streams import Stream, party_inits
@@ -165,10 +165,12 @@ class PartyShard:
         self._rounds[job.key] = {"algo": job.build(), "store": store, "last": round_ - 1}
 
     def fed_round(self, job, round_: int, down: dict | None, ids: np.ndarray) -> dict:
-        """One round of the sampled hosted parties ``ids`` (one call per shard and round): their local updates from
-        the broadcast ``down``, personal states kept here. Returns ``party_id`` (n,), ``uploads`` {name: (n, ...)},
-        ``weights`` (n,) real sample counts; or ``{"lost": shard index}`` when this process lost the state the
-        round needs (a restarted shard, a restarted server): the driver then rolls back to the last save."""
+        """One round of the sampled hosted parties ``ids`` (one call per shard and round) on the simulated clock
+        ``job.clock``: their local updates from the broadcast ``down``, personal states kept here
+        (:func:`fusion.federated.rounds.timed_round`). Returns ``party_id`` (m,) of the parties that upload,
+        ``uploads`` {name: (m, ...)}, ``weights`` (m,) real sample counts and ``times`` (every sampled party's
+        clock); or ``{"lost": shard index}`` when this process lost the state the round needs (a restarted shard, a
+        restarted server): the driver then rolls back to the last save."""
         state = self._rounds.get(job.key)
         if state is None and not job.keeps_state:  # nothing kept between rounds: a restart loses nothing
             self.fed_start(job, round_, {})
@@ -177,11 +179,11 @@ class PartyShard:
             return {"lost": self.index}
         ids = self._subset(ids, self.train_ids, "training")
         parties = self._training_parties()
-        uploads, counts = local_round(
-            state["algo"], down, state["store"], parties, ids, self.scenario.spec, job.cfg, self.seed, round_
+        part = timed_round(
+            state["algo"], down, state["store"], parties, ids, self.scenario.spec, job.cfg, self.seed, round_, job.clock
         )
         state["last"] = round_
-        return {"party_id": ids, "uploads": uploads, "weights": counts}
+        return part
 
     def _held_out(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The held-out rows (x (n, N, in), y (n, N, ...)) of hosted training parties ``ids``, drawn once and kept."""

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from cluster.config import ConfigError, load_toml
+from fusion.federated.rounds import COUNTS
 from fusion.io import load_warm_starter, save_warm_starter, write_atomic
 from fusion.screening.screen import Quarantined, Reason
 from fusion.warm_start import WarmStarter
@@ -175,12 +176,14 @@ class Checkpoint:
         return self.dir / f"federated-{key}.npz"
 
     def save_federated(self, key: str, saved: dict) -> None:
-        """``saved``: ``round`` (the next round), ``costs`` {rounds, upload_bytes, download_bytes, party_steps},
-        ``wall_s``, ``server`` (name -> array) and ``personal`` (:meth:`PartyStore.export`, may be empty)."""
+        """``saved``: ``round`` (the next round), ``costs`` (:class:`fusion.federated.rounds.Costs` as a dict: the
+        counts and ``sim_time``), ``wall_s``, ``server`` (name -> array) and ``personal`` (:meth:`PartyStore.export`,
+        may be empty)."""
         c = saved["costs"]
         arrays = {
             "round": np.int64(saved["round"]),
-            "costs": np.array([c["rounds"], c["upload_bytes"], c["download_bytes"], c["party_steps"]], np.int64),
+            "costs": np.array([c[k] for k in COUNTS], np.int64),
+            "sim_time": np.float64(c["sim_time"]),
             "wall_s": np.float64(saved["wall_s"]),
             **{f"server.{k}": np.asarray(v) for k, v in saved["server"].items()},
             **{f"personal.{k}": np.asarray(v) for k, v in saved["personal"].items()},
@@ -201,18 +204,18 @@ class Checkpoint:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: np.array(z[k]) for k in z.files}
             round_, costs, wall = int(arrays.pop("round")), arrays.pop("costs"), float(arrays.pop("wall_s"))
+            sim_time = float(arrays.pop("sim_time"))
         except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as exc:
             raise ConfigError(
                 f"checkpoint {path} is corrupted or not a federated checkpoint: {_first_line(exc)}"
             ) from None
         personal = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("personal.")}
         ids = personal.get("party_id", np.zeros(0, np.int64))
-        if not 0 <= round_ <= rounds or costs.shape != (4,) or ((ids < 0) | (ids >= self.parties)).any():
+        if not 0 <= round_ <= rounds or costs.shape != (len(COUNTS),) or ((ids < 0) | (ids >= self.parties)).any():
             raise ConfigError(f"checkpoint {path}: round, costs or party ids do not belong to this run")
-        names = ("rounds", "upload_bytes", "download_bytes", "party_steps")
         return {
             "round": round_,
-            "costs": {n: int(v) for n, v in zip(names, costs)},
+            "costs": {**{n: int(v) for n, v in zip(COUNTS, costs)}, "sim_time": sim_time},
             "wall_s": wall,
             "server": {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("server.")},
             "personal": personal,

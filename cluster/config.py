@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import ConfigError, StartError  # noqa: F401  (re-exported: the config's errors)
-from cluster.system import PartyClass, SystemConfig, check_classes
 from fusion.adapt.train_config import FinetuneConfig, TrainConfig
 from fusion.faults import FaultConfig
 from fusion.federated import ALGORITHMS, FederatedConfig
@@ -33,6 +32,7 @@ from fusion.methods import (
 )
 from fusion.strategies import FusionConfig
 from fusion.strategies.base import settings_classes
+from fusion.system import PartyClass, SystemConfig, check_classes
 from scenarios import SCENARIOS, build, canonical_name, make_options, model_layout
 
 
@@ -62,6 +62,20 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """``[report]``: ``target``, a metric value; the summary gives each method's time to reach it on the simulated
+    clock (at or below it for an error metric, at or above it for accuracy); None: no time-to-target."""
+
+    target: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.target is not None and (isinstance(self.target, bool) or not isinstance(self.target, (int, float))):
+            raise ValueError(f"target must be a number (a metric value), got {self.target!r}")
+        if self.target is not None:
+            object.__setattr__(self, "target", float(self.target))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     scenario: str = "sine-domains"
     scenario_options: Any = None  # the scenario's own options dataclass
@@ -76,10 +90,11 @@ class RunConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)  # test/demo fault injection, off by default
-    party_classes: tuple[PartyClass, ...] = ()  # system heterogeneity (cluster/system.py); () = one class
+    party_classes: tuple[PartyClass, ...] = ()  # system heterogeneity (fusion/system.py); () = one class
     system: SystemConfig = field(default_factory=SystemConfig)
     widths: tuple[int, ...] = ()  # mixed hidden widths: each party's drawn from (seed, id); () = the scenario's
     federated: FederatedConfig = field(default_factory=FederatedConfig)  # rounds of the federated methods
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
         if self.parties < 2:
@@ -117,12 +132,6 @@ class RunConfig:
         if self.party_classes and self.cluster.party_actors:
             raise ConfigError("party_actors cannot be combined with [[party_classes]]: set actors per class instead")
         self._check_widths()
-        federated = [m for m in self.methods if is_federated(m)]
-        if federated and self.party_classes:
-            raise ConfigError(
-                f"federated method(s) {federated} do not model [[party_classes]] (drop-outs, deadlines) yet; "
-                "run them without party classes"
-            )
         classifiers = [m for m in self.methods if is_federated(m) and ALGORITHMS[m].classification]
         kind = SCENARIOS[canonical_name(self.scenario)][0].outputs
         if classifiers and kind != "logits":
@@ -141,23 +150,25 @@ class RunConfig:
         self._check_round_clock()
 
     def _check_round_clock(self) -> None:
-        """The keys of the rounds' simulated clock (cluster.system.round_plan) have no run that uses them yet:
-        refused, not silently ignored."""
+        """The keys only the rounds' simulated clock uses (fusion.system.RoundClock) are refused in a run without a
+        rounds method, not silently ignored."""
+        if any(is_federated(m) for m in self.methods):
+            return
         unused = [
             f"system.{k}"
-            for k, default in (("straggler", "drop"), ("overselect", 1.0), ("availability", ""))
+            for k, default in (
+                ("round_deadline", 0.0),
+                ("straggler", "drop"),
+                ("overselect", 1.0),
+                ("availability", ""),
+            )
             if getattr(self.system, k) != default
         ]
-        unused += [
-            f"party_classes[{c.name!r}].{k}"
-            for c in self.party_classes
-            for k, default in (("bandwidth", 0.0), ("latency", 0.0), ("online", 1.0))
-            if getattr(c, k) != default
-        ]
+        unused += [f"party_classes[{c.name!r}].online" for c in self.party_classes if c.online != 1.0]
         if unused:
             raise ConfigError(
-                f"{', '.join(unused)}: the per-round clock's keys (cluster.system.round_plan) are not used by a run "
-                "yet (one-shot runs model pretraining with speed, drop, jitter and deadline); leave them out"
+                f"{', '.join(unused)}: only the rounds methods' clock uses these keys, and methods = "
+                f"{list(self.methods)} has none; leave them out"
             )
 
     def _check_widths(self) -> None:
@@ -205,7 +216,13 @@ class RunConfig:
 # TOML layout: top-level keys, and tables whose keys map onto a sub-config.
 _TOP = {"parties", "test_parties", "shots", "seed", "methods", "out", "widths"}
 _CLUSTER = {f.name for f in fields(ClusterConfig)}
-_TABLES = {"pretrain": TrainConfig, "finetune": FinetuneConfig, "faults": FaultConfig, "system": SystemConfig}
+_TABLES = {
+    "pretrain": TrainConfig,
+    "finetune": FinetuneConfig,
+    "faults": FaultConfig,
+    "system": SystemConfig,
+    "report": ReportConfig,
+}
 _FEDERATED = {f.name for f in fields(FederatedConfig)} - {"algorithms"}  # plus one sub-table per algorithm
 
 
@@ -479,6 +496,8 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
         fed = dataclasses.asdict(cfg.federated)
         settings = fed.pop("algorithms")
         out["federated"] = {**fed, **settings}
+    if cfg.report != ReportConfig():
+        out["report"] = dataclasses.asdict(cfg.report)
     if cfg.party_classes:
         out["party_classes"] = [dataclasses.asdict(c) for c in cfg.party_classes]
         out["system"] = dataclasses.asdict(cfg.system)

@@ -33,13 +33,13 @@ from cluster.runtime import (
     metrics_url,
     party_actor_count,
 )
-from cluster.system import Schedule, left_out_csv, party_classes_of, schedule
 from fusion.evaluate import Scores
 from fusion.io import save_warm_starter, write_atomic
 from fusion.layout import ModelLayout
 from fusion.lazy import lazy
 from fusion.methods import is_federated, strategy_for
 from fusion.screening.screen import TooFewModels
+from fusion.system import NOMINAL, RoundClock, Schedule, left_out_csv, party_classes_of, read_availability, schedule
 from scenarios import Scenario, build, model_layout, party_descriptors, with_hidden_width
 
 # torch, matplotlib, pyarrow: imported by a thread while Ray starts (_preload), not before the run's checks
@@ -116,13 +116,14 @@ def check_out(out: Path) -> None:
 
 class Preflight(NamedTuple):
     """What the checks before Ray leave for the run: the config with its output folder, the prepared scenario, its
-    population layout and, with ``[[party_classes]]``, the simulated schedule."""
+    population layout, with ``[[party_classes]]`` the simulated schedule of pretraining, and the rounds' clock."""
 
     cfg: RunConfig
     out: Path
     scenario: Scenario
     layout: ModelLayout
     plan: Schedule | None
+    clock: RoundClock
 
 
 def preflight(cfg: RunConfig, resume: bool = False) -> Preflight:
@@ -155,7 +156,12 @@ def preflight(cfg: RunConfig, resume: bool = False) -> Preflight:
                 f"only {len(plan.reporting)} of {cfg.parties} training parties report by system.deadline="
                 f"{cfg.system.deadline:g} (drops and stragglers); fusion needs at least 2"
             )
-    return Preflight(cfg, out, scenario, layout, plan)
+    try:
+        trace = read_availability(cfg.system.availability) if cfg.system.availability else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    clock = RoundClock(cfg.party_classes or NOMINAL, cfg.system, trace)
+    return Preflight(cfg, out, scenario, layout, plan, clock)
 
 
 def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float | None = None) -> RunResult:
@@ -165,7 +171,7 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float |
     wall time in ``timing.json``.
     """
     started = time.perf_counter() if started is None else started
-    cfg, out, scenario, layout, plan = preflight(cfg, resume)
+    cfg, out, scenario, layout, plan, round_clock = preflight(cfg, resume)
     ckpt = Checkpoint(out, scenario, cfg.seed, cfg.parties)
     fit_methods = [m for m in cfg.methods if strategy_for(m, cfg.fusion) is not None]
     saved = ckpt.load_pretrained() if resume else []  # a bad checkpoint fails here, before Ray starts
@@ -200,7 +206,7 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float |
         if endpoint:
             log(f'Prometheus metrics (this node): {endpoint}  (series ray_{metrics.PREFIX}*, run="{run_id}")')
         with metrics.keep_gauges_fresh():
-            res = _execute(cfg, scenario, layout, run_id, n_actors, stages, log, ckpt, saved, fitted, plan)
+            res = _execute(cfg, scenario, layout, run_id, n_actors, stages, log, ckpt, saved, fitted, plan, round_clock)
     except BaseException:
         if conn.owned:
             ray.shutdown()
@@ -214,6 +220,8 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float |
     text = results.format_summary(summary, scenario.metric_name) if summary else "(no novel parties in this run)"
     if participating:
         text += "\n\n" + participating_table(participating, scenario.metric_name)
+    if cfg.report.target is not None:
+        text += "\n\n" + results.format_times(summary + participating, scenario.metric_name, cfg.report.target)
     log(text)
     wall = time.perf_counter() - started
     write_atomic(out / TIMING_JSON, lambda tmp: tmp.write_text(timing_json(wall, stages)))
@@ -263,7 +271,7 @@ def _novel_points(cfg: RunConfig, res: dict) -> dict[str, list[dict]]:
     for method in res["curves"]:
         rows = [i for i, (m, k) in enumerate(zip(cols.method, cols.shots)) if m == method and k == 0]
         if rows:
-            costs = {k: res["costs"][method][k] for k in results.ROUND_COSTS}
+            costs = {k: res["costs"][method][k] for k in (*results.ROUND_COSTS, "sim_time")}
             out[method] = [
                 {
                     "round": cfg.federated.rounds,
@@ -304,7 +312,7 @@ def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id:
         descriptors = party_descriptors(scenario, cfg.seed, every) if counts is None else None
         plots.plot_partition(counts, descriptors, cfg.parties, tmp / plots.PARTITION_PNG)
         written.append(plots.PARTITION_PNG)
-        participating = []
+        participating, tw = [], None
         if res["curves"]:
             train_ids = np.arange(cfg.parties)
             tw = scenario.party_weights(cfg.seed, train_ids)
@@ -323,6 +331,13 @@ def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id:
                 written += ["rounds.parquet", plots.ROUND_PNG]
             else:
                 written.append("rounds.parquet")
+        if cfg.report.target is not None:
+            timed = results.with_time_to_target(
+                summary + participating, res["costs"], res["curves"], cfg.report.target, scenario.lower_is_better, tw
+            )
+            summary, participating = timed[: len(summary)], timed[len(summary) :]
+        if _plot_time(summary, res, tw, scenario.metric_name, cfg.report.target, tmp / plots.TIME_PNG):
+            written.append(plots.TIME_PNG)
         results.write_summary_csv(summary + participating, tmp / "summary.csv")
         if plots.plot_warm_starts(scenario, res["shown"], cfg.seed, shown_parties(cfg), tmp / plots.WARM_STARTS_PNG):
             written.append(plots.WARM_STARTS_PNG)
@@ -330,6 +345,25 @@ def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id:
             save_warm_starter(res["fitted"]["fusion"], scenario.target_spec, tmp / "fusion_model.pt")
             written.append("fusion_model.pt")
     return summary, participating, written, time.perf_counter() - clock
+
+
+def _plot_time(summary: list[dict], res: dict, tw, metric: str, target: float | None, path: Path) -> bool:
+    """``metric_vs_time.png`` (:func:`cluster.plots.plot_metric_vs_time`): the rounds methods' participating curves
+    and every method's 0-shot novel mean at its simulated time. False (nothing written) when there is nothing to
+    draw or no rounds method (a one-shot run's methods each have one time)."""
+    means, times = results.curve_means(res["curves"], tw), results.curve_times(res["curves"])
+    curves = {m: (times[m], mean) for m, (_, mean, _) in means.items()}
+    if not res["curves"]:
+        return False
+    points = {}
+    for r in summary:
+        if r["shots"] == 0 and np.isfinite(r["mean"]) and r["method"] in res["costs"]:
+            value = r.get("weighted_mean", r["mean"])
+            points[r["method"]] = (float(res["costs"][r["method"]]["sim_time"]), float(value))
+    if not curves and not points:
+        return False
+    plots.plot_metric_vs_time(curves, points, metric, path, target)
+    return True
 
 
 TIMING_JSON = "timing.json"
@@ -411,6 +445,7 @@ def _execute(
     saved,
     fitted_saved,
     plan: Schedule | None,
+    round_clock: RoundClock,
 ) -> dict:
     namespace = f"fusion-cluster-{run_id}"
     shard_plans = plan_shards(cfg, n_actors)
@@ -457,7 +492,7 @@ def _execute(
             )
         fed = None
         if federated:
-            clock = time.perf_counter()
+            started_at = time.perf_counter()
             train_slices = [tr for tr, _ in slices]
             fed = rounds.train_federated(
                 federated,
@@ -472,8 +507,9 @@ def _execute(
                 ckpt,
                 cfg.test_parties,
                 log,
+                round_clock,
             )
-            _stage(stages, run_id, "federated", clock)
+            _stage(stages, run_id, "federated", started_at)
             fit_ref = ray.put({"fitted": {**fitted, **fed.starts}})
         elif fit_ref is None:  # cold_start alone
             fit_ref = ray.put({"fitted": {}})
@@ -493,7 +529,7 @@ def _execute(
     finally:
         for actor in [*shards, *([fusion] if fusion is not None else [])]:
             ray.kill(actor, no_restart=True)
-    costs = oneshot_costs(cfg, layout, uploaded, stages.get("pretrain", 0.0), fit_seconds)
+    costs = oneshot_costs(cfg, layout, uploaded, stages.get("pretrain", 0.0), fit_seconds, plan, round_clock)
     if fed is not None:
         costs.update(fed.costs)
     starts = {**fitted, **(fed.starts if fed is not None else {})}
@@ -558,30 +594,61 @@ def _pretrain_and_fuse(cfg, shards, slices, fusion, stages, run_id, log, ckpt, s
 
 
 def oneshot_costs(
-    cfg: RunConfig, layout: ModelLayout, uploaded, pretrain_s: float, fit_seconds: dict
+    cfg: RunConfig,
+    layout: ModelLayout,
+    uploaded,
+    pretrain_s: float,
+    fit_seconds: dict,
+    plan: Schedule | None = None,
+    clock: RoundClock | None = None,
 ) -> dict[str, dict]:
     """The costs row of every one-shot method: one upload of each pretrained model (of training parties
     ``uploaded`` (n,), each of its own family), one warm-start download per novel party (of the family it
-    receives), the pretraining's steps, one round; ``cold_start`` costs nothing.
+    receives), the pretraining's steps, one round, the models fused (``aggregated``); ``cold_start`` costs nothing.
 
     ``wall_s``: the pretraining stage (shared by every one-shot method, as its compute is) plus the method's own fit.
+    ``sim_time`` (:func:`oneshot_time`): when the last model reaches fusion on the simulated clock.
     """
     out = {}
+    uploaded = np.asarray(uploaded, np.int64)
     for m in cfg.methods:
         if is_federated(m):
             continue
         if strategy_for(m, cfg.fusion) is None:  # cold_start: a random init, nothing sent
-            out[m] = dict(rounds=0, upload_bytes=0, download_bytes=0, party_steps=0, wall_s=0.0)
+            out[m] = dict(
+                rounds=0, upload_bytes=0, download_bytes=0, party_steps=0, aggregated=0, sim_time=0.0, wall_s=0.0
+            )
             continue
         test_ids = np.arange(cfg.parties, cfg.parties + cfg.test_parties)
+        groups = layout.family_groups(cfg.seed, uploaded)
         out[m] = dict(
             rounds=1,
-            upload_bytes=sum(len(r) * rounds.model_bytes(s) for r, s in layout.family_groups(cfg.seed, uploaded)),
+            upload_bytes=sum(len(r) * rounds.model_bytes(s) for r, s in groups),
             download_bytes=sum(len(r) * rounds.model_bytes(s) for r, s in layout.target_groups(cfg.seed, test_ids)),
             party_steps=len(uploaded) * cfg.pretrain.steps,
+            aggregated=len(uploaded),
+            sim_time=oneshot_time(
+                cfg, uploaded, max((rounds.model_bytes(s) for _, s in groups), default=0), plan, clock
+            ),
             wall_s=pretrain_s + fit_seconds.get(m, 0.0),
         )
     return out
+
+
+def oneshot_time(
+    cfg: RunConfig, uploaded: np.ndarray, model_bytes: int, plan: Schedule | None, clock: RoundClock | None
+) -> float:
+    """A one-shot method on the simulated clock: the end of pretraining — ``system.deadline`` when a party is left
+    out (fusion waits for it until then), else the last reporting party's finish (``pretrain.steps`` for the nominal
+    class) — plus the slowest reporting class's one upload of a model (latency + bytes / bandwidth)."""
+    clock = clock or RoundClock()
+    if plan is None:
+        done = float(cfg.pretrain.steps)
+    elif cfg.system.deadline > 0 and (plan.left_out_reason != "").any():
+        done = float(cfg.system.deadline)
+    else:
+        done = float(plan.time[plan.left_out_reason == ""].max()) if len(plan.reporting) else 0.0
+    return done + clock.upload_time(cfg.seed, uploaded, model_bytes)
 
 
 def _pretrain(

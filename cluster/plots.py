@@ -19,6 +19,7 @@ WARM_STARTS_PNG = "warm_starts.png"
 UPLOAD_PNG = "metric_vs_upload.png"
 PARTITION_PNG = "partition.png"
 ROUND_PNG = "metric_vs_round.png"
+TIME_PNG = "metric_vs_time.png"
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -346,3 +347,39 @@ def plot_study(table, keys: list[str], metric: str, path: Path) -> None:
     FigureCanvasAgg(fig)
     fig.tight_layout()
     write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+
+
+def plot_metric_vs_time(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    points: dict[str, tuple[float, float]],
+    metric: str,
+    path: Path,
+    target: float | None = None,
+) -> None:
+    """``metric_vs_time.png``: the metric against simulated time (:class:`fusion.system.RoundClock`). ``curves``:
+    rounds method -> (sim_time (R,), mean metric (R,)) of the participating parties; ``points``: method -> (sim_time,
+    mean 0-shot metric of the novel parties) — a one-shot method's after its pretraining and one upload, a rounds
+    method's after its last round; ``target``: the ``[report] target`` line."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    names = list(dict.fromkeys([*curves, *points]))
+    values = [v for _, m in curves.values() for v in m] + [v for _, v in points.values()]
+    for i, method in enumerate(names):
+        style = dict(marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}")
+        if method in curves:
+            t, mean = curves[method]
+            ax.plot(t, mean, label=f"{method} (participating)", markersize=4, linestyle="-", **style)
+        if method in points:
+            t, v = points[method]
+            ax.plot([t], [v], label=f"{method} (novel, 0-shot)", markersize=9, linestyle="none", **style)
+    if target is not None:
+        ax.axhline(target, color="0.4", linestyle=":", label=f"target {target:g}")
+    finite = [v for v in values if np.isfinite(v)]
+    if log_scale_wanted(finite):
+        ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
+    ax.set_xlabel("simulated time (nominal local steps)")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric), fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
+    _save(fig, path)

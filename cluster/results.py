@@ -114,17 +114,20 @@ def summarize(
     return rows
 
 
-ROUND_COSTS = ("upload_bytes", "download_bytes", "party_steps")
+ROUND_COSTS = ("upload_bytes", "download_bytes", "party_steps", "aggregated")
 
 
 def rounds_table(curves: dict[str, list[dict]], run_id: str, scenario: str, seed: int, metric: str) -> pa.Table:
     """``rounds.parquet``: one row per (method, round, protocol, party) of the rounds methods' learning curves.
 
     ``curves``: method -> points ``{"round", "party_id" (n,), "value" (n,), "loss" (n,), upload_bytes,
-    download_bytes, party_steps}`` (the costs so far) of the participating protocol; points with ``"protocol"`` set
-    (the novel protocol's) carry ``loss`` NaN.
+    download_bytes, party_steps, aggregated, sim_time}`` (the costs so far; ``sim_time`` the simulated time at the
+    start of that round) of the participating protocol; points with ``"protocol"`` set (the novel protocol's) carry
+    ``loss`` NaN.
     """
-    cols: dict[str, list] = {k: [] for k in ("method", "round", "protocol", "party_id", "value", "train_loss")}
+    cols: dict[str, list] = {
+        k: [] for k in ("method", "round", "protocol", "party_id", "value", "train_loss", "sim_time")
+    }
     costs: dict[str, list] = {k: [] for k in ROUND_COSTS}
     for method, points in curves.items():
         for pt in points:
@@ -135,6 +138,7 @@ def rounds_table(curves: dict[str, list[dict]], run_id: str, scenario: str, seed
             cols["party_id"] += [int(i) for i in pt["party_id"]]
             cols["value"] += [float(v) for v in pt["value"]]
             cols["train_loss"] += [float(v) for v in pt.get("loss", np.full(n, np.nan))]
+            cols["sim_time"] += [float(pt.get("sim_time", 0.0))] * n
             for k in ROUND_COSTS:
                 costs[k] += [int(pt.get(k, 0))] * n
     n = len(cols["value"])
@@ -150,6 +154,7 @@ def rounds_table(curves: dict[str, list[dict]], run_id: str, scenario: str, seed
             "metric": pa.array([metric] * n, pa.string()),
             "value": pa.array(cols["value"], pa.float64()),
             "train_loss": pa.array(cols["train_loss"], pa.float64()),
+            "sim_time": pa.array(cols["sim_time"], pa.float64()),
             **{k: pa.array(v, pa.int64()) for k, v in costs.items()},
         }
     )
@@ -195,35 +200,91 @@ def participating_rows(
     return rows
 
 
+def reaches(value: float, target: float, lower_is_better: bool) -> bool:
+    """Whether a metric ``value`` reaches ``target``: at or below it for an error, at or above it for accuracy."""
+    return bool(value <= target) if lower_is_better else bool(value >= target)
+
+
+def curve_times(curves: dict[str, list[dict]]) -> dict[str, np.ndarray]:
+    """Per method, the simulated time (R,) at each participating point of its learning curve (:func:`curve_means`)."""
+    return {
+        m: np.array(
+            [float(p.get("sim_time", 0.0)) for p in pts if p.get("protocol", "participating") == "participating"]
+        )
+        for m, pts in curves.items()
+    }
+
+
+def with_time_to_target(
+    rows: list[dict],
+    costs: dict[str, dict],
+    curves: dict[str, list[dict]],
+    target: float,
+    lower_is_better: bool,
+    weights: dict[int, float] | None = None,
+) -> list[dict]:
+    """``rows`` (summary rows) with ``time_to_target``: the first simulated time the method's metric reaches
+    ``target`` (:func:`reaches`; the row's weighted mean when it has one), inf when it never does.
+
+    A novel row (the test parties at k shots) has one time: the method's (its rounds', or its pretraining and one
+    upload for a one-shot method, ``costs[method]["sim_time"]``) if the row reaches the target. A participating row
+    has the time of the first point of its learning curve that reaches it."""
+    means, times = curve_means(curves, weights), curve_times(curves)
+    first = {}
+    for m, (_, mean, _) in means.items():
+        hit = [t for t, v in zip(times[m], mean) if reaches(v, target, lower_is_better)]
+        first[m] = hit[0] if hit else float("inf")
+    out = []
+    for r in rows:
+        key = "weighted_mean" if "weighted_mean" in r else "mean"
+        if r.get("protocol", "novel") == "novel":
+            t = float(costs[r["method"]]["sim_time"]) if reaches(r[key], target, lower_is_better) else float("inf")
+        else:
+            t = first.get(r["method"], float("inf"))
+        out.append({**r, "time_to_target": t})
+    return out
+
+
+def time_text(t: float) -> str:
+    return "never" if not np.isfinite(t) else f"{t:.6g}"
+
+
 def write_summary_csv(rows: list[dict], path: Path) -> None:
     """``summary.csv``: method, shots, mean, std, n, [weighted_mean], median, p10, p90, worst10 (see :func:`tail`),
     then, in a run with rounds methods, protocol and round (``novel`` rows: the test parties after the last round;
     ``participating`` rows: the training parties' own held-out rows at the last round, and at the best round, named
-    ``participating_best_optimistic``)."""
+    ``participating_best_optimistic``); with a ``[report] target``, ``time_to_target`` (:func:`with_time_to_target`,
+    "never" when the metric does not reach it)."""
     weighted = bool(rows) and "weighted_mean" in rows[0]
     protocols = any("protocol" in r for r in rows)
+    timed = any("time_to_target" in r for r in rows)
     head = "method,shots,mean,std,n" + (",weighted_mean" if weighted else "") + "," + ",".join(TAIL_COLUMNS)
     head += ",protocol,round" if protocols else ""
+    head += ",time_to_target" if timed else ""
     lines = [head] + [
         f"{r['method']},{r['shots']},{r['mean']:.6g},{r['std']:.6g},{r['n']}"
         + (f",{r['weighted_mean']:.6g}" if weighted else "")
         + "".join(f",{r[c]:.6g}" for c in TAIL_COLUMNS)
         + (f",{r.get('protocol', 'novel')},{r.get('round', '')}" if protocols else "")
+        + (f",{time_text(r['time_to_target'])}" if timed else "")
         for r in rows
     ]
     path.write_text("\n".join(lines) + "\n")
 
 
-COSTS_HEAD = ("method", "rounds", "upload_bytes", "download_bytes", "party_steps", "wall_s")
+COSTS_HEAD = ("method", "rounds", "upload_bytes", "download_bytes", "party_steps", "aggregated", "sim_time", "wall_s")
 
 
 def write_costs_csv(costs: dict[str, dict], methods: list[str], path: Path) -> None:
-    """One row per method (in ``methods`` order): communication in bytes, party-side gradient steps, wall seconds."""
+    """One row per method (in ``methods`` order): communication in bytes, party-side gradient steps, the uploads the
+    server aggregated (a one-shot method: the models fused), the simulated time (:class:`fusion.system.RoundClock`)
+    and wall seconds."""
     lines = [",".join(COSTS_HEAD)]
     for m in methods:
         c = costs[m]
         lines.append(
-            f"{m},{c['rounds']},{c['upload_bytes']},{c['download_bytes']},{c['party_steps']},{c['wall_s']:.3f}"
+            f"{m},{c['rounds']},{c['upload_bytes']},{c['download_bytes']},{c['party_steps']},{c['aggregated']},"
+            f"{c['sim_time']:.6g},{c['wall_s']:.3f}"
         )
     path.write_text("\n".join(lines) + "\n")
 
@@ -253,6 +314,18 @@ def format_summary(rows: list[dict], metric: str, stat: str = "mean") -> str:
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
     fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])
+
+
+def format_times(rows: list[dict], metric: str, target: float) -> str:
+    """Each method's time to ``target`` on the simulated clock, one line per (method, protocol[, shots])."""
+    lines = [f"simulated time to {metric} target {target:g} (never: not reached)"]
+    for r in rows:
+        protocol = r.get("protocol", "novel")
+        if protocol == "participating_best_optimistic":
+            continue
+        where = f"novel, {r['shots']}-shot" if protocol == "novel" else protocol
+        lines.append(f"  {r['method']} ({where}): {time_text(r['time_to_target'])}")
+    return "\n".join(lines)
 
 
 def quarantine_csv(records: Iterable[Quarantined]) -> str:

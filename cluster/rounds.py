@@ -2,13 +2,15 @@
 
 One training run per ``training_key()`` (``fedavg`` and ``fedavg_ft`` train once). A round:
 
-1. the driver samples the training parties from (seed, round) (:func:`fusion.federated.base.sample`) and groups
-   them by the shard that hosts them;
+1. the driver samples the online training parties from (seed, round) on the run's simulated clock
+   (:func:`fusion.federated.rounds.sample_round`) and groups them by the shard that hosts them;
 2. the server actor computes ``broadcast(server)``: one object in the store, read by every sampled shard;
-3. each shard with sampled parties gets ONE call (``fed_round``): a :class:`LocalBatch` of its parties from data
-   it drew once, :func:`fusion.federated.rounds.shard_round` with its :class:`PartyStore`; it returns the uploads
-   stacked and the real sample counts;
-4. the server actor receives the shards' result refs and runs ``server_round`` in party-id order.
+3. each shard with sampled parties gets ONE call (``fed_round``): each party's time, drop-out and step budget on
+   the clock, then a :class:`LocalBatch` of the parties that upload, from data it drew once
+   (:func:`fusion.federated.rounds.timed_round` with its :class:`PartyStore`); it returns the uploads stacked, the
+   real sample counts and every sampled party's times;
+4. the server actor receives the shards' result refs and runs :func:`fusion.federated.rounds.close_round`: who the
+   round aggregates (deadline, overselection), in party-id order, and how far the simulated clock moves.
 
 Every ``checkpoint_every`` rounds (and after the last) the server state, the costs so far and every party's
 personal state are saved into ``checkpoint/federated-<key>.npz``. A shard or server that restarts holds no state
@@ -31,18 +33,23 @@ from actors import metrics
 from actors.federated_server import FederatedServerActor, RoundsJob
 from cluster.checkpoint import Checkpoint
 from fusion.federated import ALGORITHMS, FederatedConfig, FederatedStart
-from fusion.federated.base import State, sample
+from fusion.federated.base import State
 from fusion.federated.htfl import HtFLAlgorithm, feature_dim
-from fusion.federated.rounds import merge_exports
+from fusion.federated.rounds import COUNTS, merge_exports, sample_round
 from fusion.layout import ModelLayout
 from fusion.models.spec import MLPSpec
 from fusion.strategies.by_family import ByFamily
+from fusion.system import RoundClock
 from scenarios import Scenario, party_descriptors
 
 Log = Callable[[str], None]
 _INIT_TAG = 0xF1D  # the common init's stream: (seed, tag), no party's
 
-COST_COLUMNS = ("rounds", "upload_bytes", "download_bytes", "party_steps")
+
+def so_far(costs: dict | None) -> dict:
+    """The costs a learning-curve point carries: the counts but ``rounds``, and ``sim_time`` (zeros for None)."""
+    costs = costs or {}
+    return {**{k: int(costs.get(k, 0)) for k in COUNTS[1:]}, "sim_time": float(costs.get("sim_time", 0.0))}
 
 
 def common_init(scenario: Scenario, seed: int) -> np.ndarray:
@@ -53,15 +60,18 @@ def common_init(scenario: Scenario, seed: int) -> np.ndarray:
     return scenario.init_params(gen).numpy().astype(np.float32)
 
 
-def jobs_of(methods: list[str], cfg: FederatedConfig) -> dict[str, tuple[RoundsJob, list[str]]]:
-    """One :class:`RoundsJob` per training key of the federated ``methods``, with the methods it serves (the first
-    method's settings train it)."""
+def jobs_of(
+    methods: list[str], cfg: FederatedConfig, clock: RoundClock | None = None
+) -> dict[str, tuple[RoundsJob, list[str]]]:
+    """One :class:`RoundsJob` per training key of the federated ``methods`` on ``clock`` (default: the nominal one),
+    with the methods it serves (the first method's settings train it)."""
+    clock = clock or RoundClock()
     out: dict[str, tuple[RoundsJob, list[str]]] = {}
     for m in methods:
         cls = ALGORITHMS[m]
         key = cls.training_key()
         if key not in out:
-            out[key] = (RoundsJob(key, cls, cfg, cfg.settings_of(m)), [])
+            out[key] = (RoundsJob(key, cls, cfg, cfg.settings_of(m), clock), [])
         out[key][1].append(m)
     return out
 
@@ -154,9 +164,11 @@ class RoundsEngine:
             self.log(f"{key}: round {r}/{cfg.rounds} loaded from the checkpoint")
         every, restarts, mark, mark_r = max(1, cfg.rounds // 10), 0, time.perf_counter(), r
         scored_at, curve = set(cfg.eval_rounds()), {}
-        costs = {k: int((saved or {}).get("costs", {}).get(k, 0)) for k in COST_COLUMNS[1:]}
+        costs = so_far((saved or {}).get("costs"))
         while r < cfg.rounds:
-            chosen = sample(self.seed, r, self.train_ids, cfg.clients_per_round)
+            chosen, needed = sample_round(
+                job.clock, self.seed, r, self.train_ids, cfg.clients_per_round, costs["sim_time"]
+            )
             down = self.server.broadcast.remote(key, r)
             scoring = self._score(job, r, down) if r in scored_at else None
             parts = []
@@ -166,13 +178,13 @@ class RoundsEngine:
                     parts.append(shard.fed_round.remote(job, r, down, mine))
             if self.hook is not None:
                 self.hook(r)
-            done = ray.get(self.server.aggregate.remote(key, r, len(chosen), *parts))
+            done = ray.get(self.server.aggregate.remote(key, r, needed, job.clock, *parts))
             if scoring is not None:
                 point = self._scored(scoring, r, costs)
                 if point is not None:
                     curve[r] = point
             if "lost" not in done:
-                costs = {k: int(done["costs"][k]) for k in COST_COLUMNS[1:]}
+                costs = so_far(done["costs"])
                 r += 1
                 metrics.federated_round(self.run_id, methods, r, len(chosen), done["upload_bytes"])
                 if r % every == 0 or r == cfg.rounds:
@@ -194,7 +206,7 @@ class RoundsEngine:
             back = saved["round"] if saved else 0
             self.log(f"{key}: state lost ({', '.join(map(str, done['lost']))} restarted); rolled back to round {back}")
             r = mark_r = self._start(job, init, desc, saved)
-            costs = {k: int((saved or {}).get("costs", {}).get(k, 0)) for k in COST_COLUMNS[1:]}
+            costs = so_far((saved or {}).get("costs"))
             mark = time.perf_counter()
         if r in scored_at:  # after the last round
             point = self._scored(self._score(job, r, self.server.broadcast.remote(key, r)), r, costs)
@@ -227,6 +239,7 @@ def train_federated(
     ckpt: Checkpoint,
     n_novel: int,
     log: Log = print,
+    clock: RoundClock | None = None,
 ) -> FederatedOutcome:
     """Train every federated method of a run (one training per key) and give each method's novel-party start.
 
@@ -234,7 +247,8 @@ def train_federated(
     model; for the HtFL algorithms the shared head or prototypes, :attr:`fusion.federated.htfl.HtFLStart.download`);
     ``wall_s`` the rounds' wall time (replays after restarts included) plus the ``novel()`` calls of every method the
     training serves: one figure for the methods that share a training (``fedavg`` and ``fedavg_ft``), as they share
-    its compute.
+    its compute. ``clock``: the rounds' simulated clock (default: the nominal one); each row's ``sim_time`` is the
+    simulated time its rounds took and ``aggregated`` the uploads that entered a server step.
     """
     if cfg.feature_dim == 0 and any(issubclass(ALGORITHMS[m], HtFLAlgorithm) for m in methods):
         cfg = dataclasses.replace(cfg, feature_dim=feature_dim(0, layout.families or (layout.spec,)))
@@ -242,7 +256,7 @@ def train_federated(
     engine = RoundsEngine(shards, slices, server, scenario, seed, ckpt, run_id, log)
     out = FederatedOutcome({}, {})
     try:
-        for job, served in jobs_of(methods, cfg).values():
+        for job, served in jobs_of(methods, cfg, clock).values():
             trained = engine.train(job, served)
             out.restarts += trained.restarts
             clock = time.perf_counter()

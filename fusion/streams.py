@@ -35,7 +35,7 @@ class Stream(IntEnum):
     SHOTS = 3
     COLD_START = 4
     EVAL = 5
-    SYSTEM = 6  # party class, straggler jitter, dropout (cluster.system)
+    SYSTEM = 6  # party class, straggler jitter, dropout (fusion.system)
     WIDTH = 7  # hidden width when a run mixes widths
     FAULTS = 8  # injected faults ([faults] corrupt_share): whether the party uploads garbage, and which
     FAMILY = 9  # architecture family when a run mixes families ([scenario] archs with several entries)

@@ -62,13 +62,17 @@ def _algo(name: str, cfg: FederatedConfig = CFG, **settings):
 
 def _run(algo, shards: int = 1, rounds: int | None = None, parties: Parties | None = None):
     """run_rounds, also returning every round's uploads as the server received them."""
-    seen, aggregate = [], algo.aggregate
+    seen, aggregate, aggregate_async = [], algo.aggregate, algo.aggregate_async
 
     def recording(server, uploads, weights, ids):
         seen.append(uploads)
         return aggregate(server, uploads, weights, ids)
 
-    algo.aggregate = recording
+    def recording_async(server, uploads, weights, ids, arrival, t):
+        seen.append(uploads)
+        return aggregate_async(server, uploads, weights, ids, arrival, t)
+
+    algo.aggregate, algo.aggregate_async = recording, recording_async
     return run_rounds(algo, SPEC, parties or _parties(), INIT, SEED, rounds=rounds, shards=shards), seen
 
 

@@ -105,7 +105,7 @@ def reference(actors, tmp_path_factory):
 def test_one_and_two_shards_and_the_in_process_runner_give_the_same_bits(actors, reference, tmp_path, key):
     job = JOBS[key]
     local = in_process(job)
-    costs = {k: getattr(local.costs, k) for k in ("rounds", "upload_bytes", "download_bytes", "party_steps")}
+    costs = dataclasses.asdict(local.costs)
     two = engine_run(actors[2], tmp_path / "two", job)
     assert_same(two, local.server, local.store.export(), costs)
     if key == "personal_toy":

@@ -16,6 +16,7 @@ from tests.test_operations import SMALL, small, values
 FEDERATED = {
     "methods": ["fusion", "nearest_task", "cold_start", "fedavg", "fedavg_ft"],
     "federated": {"rounds": 6, "clients_per_round": 0.5, "local_steps": 20, "checkpoint_every": 2},
+    "report": {"target": 10.0},  # an nRMSE every method reaches at once: the times are the clock's own
 }
 
 
@@ -54,17 +55,36 @@ def test_federated_methods_run_beside_fusion_and_costs_are_written(federated_run
     assert int(rows["fusion"]["upload_bytes"]) == 12 * n_bytes and int(rows["fusion"]["rounds"]) == 1
     assert int(rows["fusion"]["download_bytes"]) == 4 * n_bytes
     assert int(rows["fusion"]["party_steps"]) == 12 * 150
-    assert rows["cold_start"] == {k: "0" for k in ("rounds", "upload_bytes", "download_bytes", "party_steps")} | {
-        "wall_s": "0.000"
-    }
+    # the nominal clock: the pretraining's 150 steps, then an upload that takes no time; 12 models fused
+    assert (float(rows["fusion"]["sim_time"]), int(rows["fusion"]["aggregated"])) == (150.0, 12)
+    assert rows["cold_start"] == {
+        k: "0" for k in ("rounds", "upload_bytes", "download_bytes", "party_steps", "aggregated", "sim_time")
+    } | {"wall_s": "0.000"}
     fed = rows["fedavg"]  # 6 rounds of 6 sampled parties, each 20 local steps; + the 4 novel parties' download
     assert (int(fed["rounds"]), int(fed["upload_bytes"]), int(fed["party_steps"])) == (6, 36 * n_bytes, 36 * 20)
     assert int(fed["download_bytes"]) == (36 + 4) * n_bytes
+    assert (int(fed["aggregated"]), float(fed["sim_time"])) == (36, 6 * 20.0)  # every upload, 20 steps a round
     assert rows["fedavg_ft"] == fed  # one training serves both
     assert int(rows["fusion"]["upload_bytes"]) < int(fed["upload_bytes"])
     assert any(line.startswith("fedavg: round 6/6, 6 parties sampled") for line in federated_run["lines"])
     stages = json.loads((out / "timing.json").read_text())["stages_s"]
     assert {"connect", "actors", "pretrain", "fusion", "federated", "evaluate", "write"} <= set(stages)
+
+
+def test_rounds_parquet_and_the_summary_carry_the_simulated_clock(federated_run):
+    out = federated_run["out"]
+    table = pq.read_table(out / "rounds.parquet")
+    cols = {k: np.asarray(table[k].to_pylist()) for k in ("method", "round", "protocol", "sim_time")}
+    fed = (cols["method"] == "fedavg") & (cols["protocol"] == "participating")
+    by_round = dict(zip(cols["round"][fed].tolist(), cols["sim_time"][fed].tolist()))
+    assert by_round[0] == 0.0 and by_round[6] == 6 * 20.0  # 20 nominal steps a round
+    assert list(by_round.values()) == sorted(by_round.values())
+    with open(out / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    times = {(r["method"], r["shots"], r["protocol"]): r["time_to_target"] for r in rows}
+    assert times[("fusion", "0", "novel")] == "150" and times[("fedavg", "0", "novel")] == "120"
+    assert times[("fedavg", "0", "participating")] == "0"  # the first point already reaches 10
+    assert (out / "metric_vs_time.png").stat().st_size > 0
 
 
 def test_fedavg_without_fine_tuning_scores_its_global_model_at_every_k(federated_run):

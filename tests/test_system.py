@@ -8,7 +8,7 @@ import pytest
 
 from cluster.config import ConfigError, dumps_toml, load_toml, resolve, to_dict
 from cluster.pipeline import run
-from cluster.system import PartyClass, SystemConfig, party_classes_of, schedule
+from fusion.system import PartyClass, SystemConfig, party_classes_of, schedule
 
 CLASSES = [
     {"name": "fast", "share": 0.5, "cpus": 1, "gpus": 0.5},
@@ -133,31 +133,31 @@ def test_a_class_larger_than_the_cluster_is_refused(ray_session, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-# -- rounds on the simulated clock (cluster.system.round_plan) -------------------------------------------------------
+# -- rounds on the simulated clock (fusion.system.round_plan; in runs: tests/test_rounds_clock.py) -------------------
 
-from cluster.system import online_parties, read_availability, round_plan  # noqa: E402
+from fusion.system import online_parties, read_availability, round_plan  # noqa: E402
 
 SLOW = (PartyClass("fast", 0.5), PartyClass("slow", 0.5, speed=0.25, drop=0.1, bandwidth=1e6, latency=2.0))
 
 
 def test_a_round_plan_is_a_function_of_seed_party_and_round():
     ids = np.arange(40)
-    whole = round_plan(SLOW, SystemConfig(deadline=300, jitter=0.2), 7, 3, ids, 100, 4000, 4000)
+    whole = round_plan(SLOW, SystemConfig(round_deadline=300, jitter=0.2), 7, 3, ids, 100, 4000, 4000)
     halves = [
-        round_plan(SLOW, SystemConfig(deadline=300, jitter=0.2), 7, 3, part, 100, 4000, 4000)
+        round_plan(SLOW, SystemConfig(round_deadline=300, jitter=0.2), 7, 3, part, 100, 4000, 4000)
         for part in (ids[:13], ids[13:])
     ]
     assert np.array_equal(whole.finish, np.concatenate([h.finish for h in halves]))
     assert np.array_equal(whole.reason, np.concatenate([h.reason for h in halves]))
-    other = round_plan(SLOW, SystemConfig(deadline=300, jitter=0.2), 7, 4, ids, 100, 4000, 4000)
+    other = round_plan(SLOW, SystemConfig(round_deadline=300, jitter=0.2), 7, 4, ids, 100, 4000, 4000)
     assert not np.array_equal(whole.finish, other.finish)  # a new round draws anew
 
 
 def test_slow_parties_miss_a_tight_deadline_and_partial_ones_upload_fewer_steps():
     ids = np.arange(200)
-    loose = round_plan(SLOW, SystemConfig(deadline=1000), 1, 0, ids, 100, 0, 0)
-    tight = round_plan(SLOW, SystemConfig(deadline=200), 1, 0, ids, 100, 0, 0)
-    partial = round_plan(SLOW, SystemConfig(deadline=200, straggler="partial"), 1, 0, ids, 100, 0, 0)
+    loose = round_plan(SLOW, SystemConfig(round_deadline=1000), 1, 0, ids, 100, 0, 0)
+    tight = round_plan(SLOW, SystemConfig(round_deadline=200), 1, 0, ids, 100, 0, 0)
+    partial = round_plan(SLOW, SystemConfig(round_deadline=200, straggler="partial"), 1, 0, ids, 100, 0, 0)
     slow = loose.class_index == 1
     assert (loose.reason[slow] == "dropped").mean() > 0.02  # drop 0.1 per round
     assert loose.included[~slow].all() and loose.included.sum() > tight.included.sum()
@@ -192,10 +192,3 @@ def test_availability_by_class_probability_and_by_trace(tmp_path):
     trace.write_text("who,start,end\n7,5,1\n")
     with pytest.raises(ValueError, match="row 2: a window needs start < end"):
         read_availability(str(trace))
-
-
-def test_the_round_clocks_keys_are_refused_until_a_run_uses_them():
-    with pytest.raises(ConfigError, match=r"system.straggler.*not used by a run yet"):
-        resolve({"party_classes": [{"name": "a", "share": 1.0}], "system": {"straggler": "partial"}})
-    with pytest.raises(ConfigError, match=r"party_classes\['a'\].bandwidth"):
-        resolve({"party_classes": [{"name": "a", "share": 1.0, "bandwidth": 1e6}]})

@@ -5,6 +5,7 @@ from fusion.federated import (  # noqa: F401  (registration)
     fd,
     fedala,
     fedavg,
+    fedbuff,
     fedgh,
     fedproto,
     fedrep,

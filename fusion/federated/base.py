@@ -154,13 +154,14 @@ def with_defaults(defaults: dict, table: dict) -> dict:
     return out
 
 
-def sample(seed: int, round_: int, ids: np.ndarray, fraction: float) -> np.ndarray:
-    """The training parties of round ``round_``: ``ceil(fraction · n)`` of ``ids`` (at least 1), sorted.
+def sample(seed: int, round_: int, ids: np.ndarray, fraction: float, k: int | None = None) -> np.ndarray:
+    """The training parties of round ``round_``: ``ceil(fraction · n)`` of ``ids`` (at least 1), or ``k`` of them
+    when given, sorted.
 
     A function of (seed, round) and the id list only: every shard and the server agree without talking.
     """
     ids = np.sort(np.asarray(ids, np.int64))
-    n = max(1, int(np.ceil(fraction * len(ids) - 1e-9)))
+    n = max(1, int(np.ceil(fraction * len(ids) - 1e-9))) if k is None else min(int(k), len(ids))
     rng = np.random.default_rng([int(seed), int(round_), _SAMPLE])
     return np.sort(rng.choice(ids, size=n, replace=False))
 
@@ -179,7 +180,9 @@ class LocalBatch:
     sample counts; ``descriptors`` (n, d); ``loss_of(descriptors) -> LossFn`` binds the task loss (``loss`` is it
     bound to these parties); ``rngs`` one generator per party (:func:`local_rng`), which the minibatches draw from;
     ``train`` the local training (:meth:`FederatedConfig.local`, :func:`fusion.federated.local.local_train`);
-    ``memory`` the parties' optimizer states kept across rounds (None: fresh each round).
+    ``memory`` the parties' optimizer states kept across rounds (None: fresh each round); ``budget`` (done (n,),
+    full (n,)) the share of its round's steps each party finishes by the deadline (None: all;
+    :func:`fusion.federated.local.capped`).
     """
 
     spec: MLPSpec
@@ -194,6 +197,7 @@ class LocalBatch:
     round: int = 0
     seed: int = 0  # the run seed (a party's own streams derive from (seed, party id))
     memory: OptimizerMemory | None = None
+    budget: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -219,6 +223,7 @@ class LocalBatch:
             self.round,
             self.seed,
             None if self.memory is None else OptimizerMemory([self.memory.rows[i] for i in rows]),
+            None if self.budget is None else (self.budget[0][rows], self.budget[1][rows]),
         )
 
     def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,6 +264,7 @@ class FederatedAlgorithm(ABC):
     mixed_families: ClassVar[bool] = False  # trains parties of several architecture families in one run
     classification: ClassVar[bool] = False  # needs class labels (a scenario whose outputs are logits)
     training: ClassVar[str] = ""  # algorithms with the same training share one run of rounds (default: name)
+    asynchronous: ClassVar[bool] = False  # the server steps as uploads arrive (aggregate_async), with no deadline
 
     def __init__(self, cfg: FederatedConfig, settings: Any = None) -> None:
         self.cfg = cfg
@@ -277,6 +283,11 @@ class FederatedAlgorithm(ABC):
     def download_bytes(self, down: State) -> int:
         """What one sampled party downloads in a round, in bytes (default: the whole broadcast)."""
         return int(sum(np.asarray(v).nbytes for v in down.values()))
+
+    def upload_bytes(self, down: State) -> int:
+        """What one sampled party uploads in a round, in bytes, as the simulated clock times it before the round
+        (default: as much as it downloads)."""
+        return self.download_bytes(down)
 
     def model_spec(self, spec: Spec) -> Spec:
         """The model a party of architecture ``spec`` trains in this algorithm (default: ``spec`` itself)."""
@@ -303,6 +314,14 @@ class FederatedAlgorithm(ABC):
     @abstractmethod
     def aggregate(self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray) -> State:
         """The server's step: ``uploads`` (n, ...) in party-id order ``ids`` (n,), ``weights`` (n,) sample counts."""
+
+    def aggregate_async(
+        self, server: State, uploads: State, weights: np.ndarray, ids: np.ndarray, arrival: np.ndarray, t: float
+    ) -> tuple[State, float, int]:
+        """An asynchronous server's round (``asynchronous``): ``uploads`` (n, ...) of parties ``ids`` (n,) that
+        arrive at simulated times ``arrival`` (n,) after the round started at ``t``. Returns the new state, the
+        simulated time the round ends and how many uploads entered a server step."""
+        raise NotImplementedError(f"{self.name} is synchronous")
 
     def participant_models(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> torch.Tensor | None:
         """Each party's own model (n, n_params of ``batch.spec``) as PFLlib scores a participating client after the

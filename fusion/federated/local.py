@@ -130,12 +130,20 @@ class Plan:
 
 
 def plan(
-    train: LocalTraining, counts, width: int, rngs: list[np.random.Generator], group: int = 1, device="cpu"
+    train: LocalTraining,
+    counts,
+    width: int,
+    rngs: list[np.random.Generator],
+    group: int = 1,
+    device="cpu",
+    budget: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Plan:
     """The minibatches of parties with ``counts`` (n,) real rows in stacks of ``width`` rows, each party's drawn
-    from its generator in ``rngs`` (which this advances)."""
+    from its generator in ``rngs`` (which this advances). ``budget``: (done (n,), full (n,)) — a party finishes only
+    ``done`` of the ``full`` steps of its round (a ``partial`` straggler on the simulated clock,
+    :func:`fusion.system.party_times`), so each training takes ``steps · done // full`` of its steps."""
     counts = np.asarray(counts).astype(np.int64)
-    steps = train.party_steps(counts, group)
+    steps = capped(train.party_steps(counts, group), budget)
     if train.batch_size == 0 or not len(counts) or steps.max() == 0:
         return Plan(steps, None)
     if (counts > width).any():
@@ -151,6 +159,14 @@ def plan(
         idx[:s_i, :, i, :b] = stream.reshape(s_i, group, b)
         idx[:s_i, :, i, b:] = n_i  # b < w: the party has fewer rows than the stack, row n_i is padding
     return Plan(steps, torch.as_tensor(idx, device=device))
+
+
+def capped(steps: np.ndarray, budget: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """``steps`` (n,) cut to the share ``done / full`` of each party's round it finishes (``budget``; None: all)."""
+    if budget is None:
+        return steps
+    done, full = (np.asarray(b, np.int64) for b in budget)
+    return np.where(full > 0, steps * np.minimum(done, full) // np.maximum(full, 1), steps)
 
 
 class OptimizerMemory:
@@ -244,11 +260,12 @@ def local_train(
     ``batch.train``); returns the trained stack. ``constraint``: a mask and/or a proximal pull (anchor (n, P));
     ``slot``: the name of this model's optimizer state (an algorithm that trains two models per round names them
     apart); ``grad``: the gradient of another loss (default: the task loss), fed ``group`` minibatches per step.
-    Draws the minibatches from ``batch.rngs``."""
+    Draws the minibatches from ``batch.rngs``; a party with a ``batch.budget`` trains its share of the steps."""
     train = batch.train if train is None else train
     weights = start.detach().clone()
     counts = batch.counts.detach().cpu().numpy()
-    schedule = plan(train, counts, batch.x.shape[1], batch.rngs, group, batch.x.device)
+    budget = getattr(batch, "budget", None)
+    schedule = plan(train, counts, batch.x.shape[1], batch.rngs, group, batch.x.device, budget)
     memory = getattr(batch, "memory", None)
     opt = LocalOptimizer(train, weights, memory, slot)
     gradient = grad if grad is not None else task_grad(batch)

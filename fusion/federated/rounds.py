@@ -1,8 +1,13 @@
 """The pieces of a round that every runner shares: a shard's step, the server's step, the cost count.
 
 :func:`run_rounds` runs a whole algorithm in one process on in-memory parties (tests, small studies); the Ray
-engine calls :func:`shard_round` in each party shard and :func:`server_round` in the server actor, with the
+engine calls :func:`timed_round` in each party shard and :func:`close_round` in the server actor, with the
 same sampling and the same party-id order, so both give the same numbers.
+
+Every round runs on the simulated clock of :class:`fusion.system.RoundClock` (a run without party classes has the
+nominal one: speed 1, nobody drops out, no deadline): the sampled parties that are online (:func:`sample_round`)
+each get their own time, drop-out and step budget in their shard (:func:`fusion.system.party_times`), and the server
+keeps those the round aggregates (:func:`fusion.system.close_round`: deadline, overselection) and advances the clock.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from fusion.federated.local import OptimizerMemory, party_chunks
 from fusion.lazy import torch
 from fusion.models.params import forward
 from fusion.models.spec import CNNSpec, MLPSpec, Spec
+from fusion.system import PartyTimes, RoundClock
 
 
 class PartyStore:
@@ -157,17 +163,21 @@ def local_round(
     cfg: FederatedConfig,
     seed: int,
     round_: int,
+    budget: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[State, np.ndarray]:
     """The local updates of one shard's sampled parties ``ids`` (sorted): :func:`shard_round` once per architecture
     family among them (``parties.families``; ``spec`` for all when None), on ``algo.model_spec(family)``, each
-    family's parties in batches of :func:`fusion.federated.local.party_chunks`. Returns the uploads (n, ...) in the
-    order of ``ids`` and the real sample counts (n,).
+    family's parties in batches of :func:`fusion.federated.local.party_chunks`. ``budget``: (done (n,), full (n,))
+    steps of each party's round (None: all). Returns the uploads (n, ...) in the order of ``ids`` and the real
+    sample counts (n,).
     """
     ids = np.asarray(ids, np.int64)
     groups = parties.groups(ids, spec)
     out: State = {}
     counts = np.zeros(len(ids), np.float64)
     for rows, batch in _chunked_batches(algo, parties, ids, groups, cfg, seed, round_):
+        if budget is not None:
+            batch.budget = (budget[0][rows], budget[1][rows])
         up = shard_round(algo, down, store, batch, cfg)
         for k, v in up.items():
             out.setdefault(k, np.zeros((len(ids), *v.shape[1:]), np.float32))[rows] = v
@@ -251,7 +261,11 @@ def _real_length(y: torch.Tensor) -> int:
 
 
 def server_round(algo: FederatedAlgorithm, server: State, parts: list[tuple[np.ndarray, State, np.ndarray]]) -> State:
-    """Aggregate the shards' ``parts`` [(ids (n_s,), uploads (n_s, ...), weights (n_s,))] in party-id order."""
+    """Aggregate the shards' ``parts`` [(ids (n_s,), uploads (n_s, ...), weights (n_s,))] in party-id order (a round
+    without uploads leaves ``server`` as it is)."""
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
+        return server
     ids = np.concatenate([p[0] for p in parts])
     order = np.argsort(ids, kind="stable")
     uploads = {k: np.concatenate([p[1][k] for p in parts])[order] for k in parts[0][1]}
@@ -259,29 +273,118 @@ def server_round(algo: FederatedAlgorithm, server: State, parts: list[tuple[np.n
     return algo.aggregate(server, uploads, weights, ids[order])
 
 
+def sample_round(
+    clock: RoundClock, seed: int, round_: int, ids: np.ndarray, fraction: float, t: float
+) -> tuple[np.ndarray, int]:
+    """The parties of round ``round_`` starting at simulated time ``t``, and how many the round needs: of the online
+    ``ids`` (:meth:`RoundClock.online`), ``ceil(fraction · n)`` times ``overselect`` (:meth:`RoundClock.needed`),
+    sorted. With every party online and no overselection this is :func:`sample`."""
+    ids = np.sort(np.asarray(ids, np.int64))
+    needed, k = clock.needed(len(ids), fraction)
+    online = ids[clock.online(seed, round_, ids, t)]
+    return sample(seed, round_, online, fraction, min(k, len(online))), needed
+
+
+def timed_round(
+    algo: FederatedAlgorithm,
+    down: State,
+    store: PartyStore | None,
+    parties: Parties,
+    ids: np.ndarray,
+    spec: Spec,
+    cfg: FederatedConfig,
+    seed: int,
+    round_: int,
+    clock: RoundClock,
+) -> dict:
+    """One shard's part of a round on the simulated clock: each sampled party's :class:`PartyTimes` (from (seed,
+    party id, round) and its own step budget), then the local updates of those that upload (a ``partial`` straggler
+    its share of the steps); a dropped or late party does nothing. Returns ``party_id`` (m,) of the uploading parties,
+    their ``uploads`` {name: (m, ...)} and ``weights`` (m,) real sample counts, and ``times`` of all ``ids``."""
+    ids = np.asarray(ids, np.int64)
+    counts = parties.counts[torch.as_tensor(np.searchsorted(parties.ids, ids))].cpu().numpy()
+    times = clock.times(
+        seed,
+        round_,
+        ids,
+        algo.party_steps(counts),
+        algo.download_bytes(down),
+        algo.upload_bytes(down),
+        deadline=not algo.asynchronous,
+    )
+    go = times.reason == ""
+    uploads, weights = {}, np.zeros(0, np.float64)
+    if go.any():
+        budget = (times.steps[go], times.full[go])
+        uploads, weights = local_round(algo, down, store, parties, ids[go], spec, cfg, seed, round_, budget)
+    return {"party_id": ids[go], "uploads": uploads, "weights": weights, "times": times}
+
+
+def close_round(
+    algo: FederatedAlgorithm, server: State, parts: list[dict], clock: RoundClock, needed: int, t: float
+) -> tuple[State, dict]:
+    """The server's step on the shards' :func:`timed_round` ``parts`` of a round that starts at simulated time ``t``.
+
+    Synchronous algorithms: :meth:`RoundClock.close` says whose uploads the round aggregates (deadline,
+    overselection) and how long it lasts; those uploads are aggregated in party-id order. An asynchronous algorithm
+    (``algo.asynchronous``) gets every upload with its arrival time (:meth:`FederatedAlgorithm.aggregate_async`).
+    Returns the new server state and the round's ``{"sampled", "duration", "aggregated", "upload_bytes",
+    "party_steps", "plan"}``."""
+    times = PartyTimes.concat([p["times"] for p in parts])
+    sent = times.reason == ""
+    steps = int(times.steps[sent].sum())
+    upload_bytes = sum(nbytes(p["uploads"]) for p in parts)
+    if algo.asynchronous:
+        ids = np.concatenate([p["party_id"] for p in parts]) if parts else np.zeros(0, np.int64)
+        order = np.argsort(ids, kind="stable")
+        keys = next((p["uploads"].keys() for p in parts if len(p["party_id"])), ())
+        uploads = {k: np.concatenate([p["uploads"][k] for p in parts if len(p["party_id"])])[order] for k in keys}
+        weights = np.concatenate([p["weights"] for p in parts])[order] if parts else np.zeros(0)
+        arrival = t + times.finish[np.isin(times.ids, ids[order])]
+        server, end, aggregated = algo.aggregate_async(server, uploads, weights, ids[order], arrival, t)
+        duration, plan = end - t, None
+    else:
+        plan = clock.close(times, needed)
+        keep = set(plan.ids[plan.included].tolist())
+        kept = []
+        for p in parts:
+            rows = np.array([int(i) in keep for i in p["party_id"]], bool)
+            kept.append((p["party_id"][rows], {k: v[rows] for k, v in p["uploads"].items()}, p["weights"][rows]))
+        server = server_round(algo, server, kept)
+        duration, aggregated = plan.duration, int(plan.included.sum())
+    return server, {
+        "sampled": len(times.ids),
+        "duration": float(duration),
+        "aggregated": int(aggregated),
+        "upload_bytes": int(upload_bytes),
+        "party_steps": steps,
+        "plan": plan,
+    }
+
+
+COUNTS = ("rounds", "upload_bytes", "download_bytes", "party_steps", "aggregated")  # Costs' integer fields
+
+
 @dataclass
 class Costs:
-    """Communication and compute of one algorithm's rounds (bytes of float32 payloads; local gradient steps)."""
+    """Communication and compute of one algorithm's rounds (bytes of float32 payloads; local gradient steps), the
+    uploads the server aggregated and the simulated time the rounds took (:class:`fusion.system.RoundClock`)."""
 
     rounds: int = 0
     upload_bytes: int = 0
     download_bytes: int = 0
     party_steps: int = 0
+    aggregated: int = 0
+    sim_time: float = 0.0
 
-    def add(self, sampled: int, download: int, uploads: State, steps: int) -> None:
-        """One round: ``sampled`` parties each downloading ``download`` bytes, their ``uploads`` stacked, their
-        local gradient evaluations ``steps`` in all."""
+    def add(self, download: int, outcome: dict) -> None:
+        """One round: its ``outcome`` (:func:`close_round`), each sampled party downloading ``download`` bytes."""
         self.rounds += 1
-        self.download_bytes += sampled * download
-        self.upload_bytes += nbytes(uploads)
-        self.party_steps += steps
-
-    def count(self, algo: FederatedAlgorithm, down: State, parts: list[tuple[np.ndarray, State, np.ndarray]]) -> None:
-        """One round of ``algo`` from the shards' ``parts`` [(ids, uploads, real sample counts)]."""
-        sampled = sum(len(p[0]) for p in parts)
-        uploads = {(i, k): v for i, p in enumerate(parts) for k, v in p[1].items()}
-        steps = int(sum(algo.party_steps(np.asarray(p[2])).sum() for p in parts))
-        self.add(sampled, algo.download_bytes(down), uploads, steps)
+        self.download_bytes += outcome["sampled"] * download
+        self.upload_bytes += outcome["upload_bytes"]
+        self.party_steps += outcome["party_steps"]
+        self.aggregated += outcome["aggregated"]
+        self.sim_time += outcome["duration"]
 
 
 @dataclass
@@ -334,27 +437,27 @@ def run_rounds(
     seed: int,
     rounds: int | None = None,
     shards: int = 1,
+    clock: RoundClock | None = None,
 ) -> RoundsResult:
     """Run ``algo`` for ``rounds`` (default ``cfg.rounds``) in this process, the parties split into ``shards``
-    contiguous groups as a Ray run would split them (the result must not depend on ``shards``)."""
-    cfg = algo.cfg
+    contiguous groups as a Ray run would split them (the result must not depend on ``shards``), on ``clock``
+    (default: the nominal one)."""
+    cfg, clock = algo.cfg, clock or RoundClock()
     ids = np.sort(parties.ids)
     server = algo.init_server(spec, init, parties.descriptors.cpu().numpy(), seed)
     groups = np.array_split(ids, shards)
     stores = [PartyStore() for _ in groups]
     costs = Costs()
     for r in range(cfg.rounds if rounds is None else rounds):
-        chosen = sample(seed, r, ids, cfg.clients_per_round)
+        chosen, needed = sample_round(clock, seed, r, ids, cfg.clients_per_round, costs.sim_time)
         down = algo.broadcast(server)
         parts = []
         for group, store in zip(groups, stores):
             mine = chosen[np.isin(chosen, group)]
-            if not len(mine):
-                continue
-            up, counts = local_round(algo, down, store, parties, mine, spec, cfg, seed, r)
-            parts.append((mine, up, counts))
-        server = server_round(algo, server, parts)
-        costs.count(algo, down, parts)
+            if len(mine):
+                parts.append(timed_round(algo, down, store, parties, mine, spec, cfg, seed, r, clock))
+        server, outcome = close_round(algo, server, parts, clock, needed, costs.sim_time)
+        costs.add(algo.download_bytes(down), outcome)
     merged = PartyStore()
     for store in stores:
         merged.rows.update(store.rows)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scenarios import Stream, party_rng
+from fusion.streams import Stream, party_rng
 
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -70,14 +70,16 @@ STRAGGLERS = ("drop", "partial")
 
 @dataclass(frozen=True)
 class SystemConfig:
-    """``[system]`` keys: ``deadline`` in simulated time units (0 = none): of the one-shot pretraining, and of every
-    round of the rounds methods; ``jitter`` relative (>= 0); ``straggler``: what a round does with a party that
+    """``[system]`` keys: ``deadline`` in simulated time units (0 = none) of the one-shot pretraining;
+    ``round_deadline`` (0 = none) of every round of the rounds methods; ``jitter`` relative (>= 0), of both;
+    ``straggler``: what a round does with a party that
     misses its deadline, ``"drop"`` (FedAvg: its update is lost) or ``"partial"`` (it uploads the local steps it
     finished by the deadline, FedProx-style); ``overselect`` (>= 1): a round samples that many times the parties
     it needs and keeps the first to finish (FedScale); ``availability``: a trace file of online windows
     (:func:`read_availability`), "" = each class's ``online`` probability per round."""
 
     deadline: float = 0.0
+    round_deadline: float = 0.0
     jitter: float = 0.0
     straggler: str = "drop"
     overselect: float = 1.0
@@ -86,6 +88,8 @@ class SystemConfig:
     def __post_init__(self) -> None:
         if self.deadline < 0:
             raise ValueError(f"system.deadline must be >= 0 (0 = no deadline), got {self.deadline}")
+        if self.round_deadline < 0:
+            raise ValueError(f"system.round_deadline must be >= 0 (0 = no deadline), got {self.round_deadline}")
         if self.jitter < 0:
             raise ValueError(f"system.jitter must be >= 0, got {self.jitter}")
         if self.straggler not in STRAGGLERS:
@@ -123,6 +127,8 @@ class Schedule:
 
 def party_classes_of(classes: tuple[PartyClass, ...], seed: int, ids: np.ndarray) -> np.ndarray:
     """Class index of every party in ``ids``: (n,) int64, drawn by share from the party's own stream."""
+    if len(classes) == 1:  # nothing to draw (a run's nominal clock)
+        return np.zeros(len(ids), np.int64)
     edges = np.cumsum([c.share for c in classes])
     u = np.array([party_rng(seed, i, Stream.SYSTEM).random() for i in ids])
     return np.minimum(np.searchsorted(edges, u * edges[-1], side="right"), len(classes) - 1).astype(np.int64)
@@ -231,6 +237,39 @@ def online_parties(
 
 
 @dataclass(frozen=True)
+class PartyTimes:
+    """One round's sampled parties as each one's own clock sees it (in the order of ``ids``): ``finish`` when it
+    would upload, relative to the round's start (inf: dropped out); ``steps`` the local steps it finishes of its
+    ``full`` budget (fewer for a ``partial`` straggler, 0 when left out); ``reason`` "" (uploads), "dropped" or "late".
+    Each row is a function of (seed, party id, round) and the party's own budget: any split of ``ids`` gives the same
+    rows (:func:`close_round` is the server's part, which needs them all)."""
+
+    ids: np.ndarray
+    class_index: np.ndarray
+    finish: np.ndarray
+    steps: np.ndarray
+    full: np.ndarray
+    reason: np.ndarray
+
+    @staticmethod
+    def concat(parts: list[PartyTimes]) -> PartyTimes:
+        """Several shards' times as one, in party-id order."""
+        ids = np.concatenate([p.ids for p in parts]) if parts else np.zeros(0, np.int64)
+        order = np.argsort(ids, kind="stable")
+        cat = lambda k, dt: (  # noqa: E731
+            np.concatenate([getattr(p, k) for p in parts])[order] if parts else np.zeros(0, dt)
+        )
+        return PartyTimes(
+            ids[order],
+            cat("class_index", np.int64),
+            cat("finish", float),
+            cat("steps", np.int64),
+            cat("full", np.int64),
+            cat("reason", str),
+        )
+
+
+@dataclass(frozen=True)
 class RoundPlan:
     """What the simulated clock says of one round's sampled parties (in the order of ``ids``).
 
@@ -249,31 +288,31 @@ class RoundPlan:
     duration: float
 
 
-def round_plan(
+def party_times(
     classes: tuple[PartyClass, ...],
     system: SystemConfig,
     seed: int,
     round_: int,
     ids: np.ndarray,
-    steps: int,
+    steps,
     down_bytes: int,
     up_bytes: int,
-    needed: int | None = None,
-) -> RoundPlan:
-    """The clock of one synchronous round for the sampled parties ``ids``, each running ``steps`` local steps.
+    deadline: bool = True,
+) -> PartyTimes:
+    """Each sampled party's clock in round ``round_``: ``steps`` its full local budget (an int for all, or (n,)).
 
     A party's time: latency + (down_bytes + up_bytes) / bandwidth + steps / speed * (1 + jitter * u), ``u`` and its
-    drop-out drawn from (seed, party id, round). With ``system.deadline`` the server aggregates the parties that
-    finish by it (``straggler = "partial"``: a late party uploads the whole steps it finished by then, if any); the
-    round lasts until the deadline when anyone is late or dropped out (the server cannot tell the two apart), else
-    until the last upload; without a deadline a drop-out declines the round and nobody waits for it. ``needed``: with
-    overselection, keep only the first ``needed`` parties to finish (the round ends at the last of them).
+    drop-out drawn from (seed, party id, round). Past ``system.round_deadline`` (when ``deadline``; an asynchronous
+    server has none) a party is "late", or with ``straggler = "partial"`` uploads the whole steps it finished by then,
+    if any.
     """
     ids = np.asarray(ids, np.int64)
-    cls = party_classes_of(classes, seed, ids)
     n = len(ids)
+    full = np.broadcast_to(np.asarray(steps, np.int64), (n,)).copy()
+    cls = party_classes_of(classes, seed, ids)
     finish, done = np.full(n, np.inf), np.zeros(n, np.int64)
     reason = np.full(n, "", dtype=object)
+    limit = system.round_deadline if deadline else 0.0
     for k, (pid, c) in enumerate(zip(ids, cls)):
         pc = classes[c]
         rng = round_rng(seed, pid, round_)
@@ -284,13 +323,23 @@ def round_plan(
             continue
         comm = pc.latency + ((down_bytes + up_bytes) / pc.bandwidth if pc.bandwidth > 0 else 0.0)
         per_step = (1.0 + system.jitter * jitter_u) / pc.speed
-        finish[k] = comm + steps * per_step
-        done[k] = steps
-        if system.deadline > 0 and finish[k] > system.deadline:
-            partial = int(np.floor((system.deadline - comm) / per_step + 1e-9)) if system.straggler == "partial" else 0
-            done[k] = max(0, min(partial, steps))
+        finish[k] = comm + full[k] * per_step
+        done[k] = full[k]
+        if limit > 0 and finish[k] > limit:
+            partial = int(np.floor((limit - comm) / per_step + 1e-9)) if system.straggler == "partial" else 0
+            done[k] = max(0, min(partial, full[k]))
             reason[k] = "" if done[k] > 0 else "late"
-            finish[k] = system.deadline if done[k] > 0 else finish[k]
+            finish[k] = limit if done[k] > 0 else finish[k]
+    return PartyTimes(ids, cls, finish, done, full, reason.astype(str))
+
+
+def close_round(times: PartyTimes, system: SystemConfig, needed: int | None = None, deadline: bool = True) -> RoundPlan:
+    """The server's side of a synchronous round from every sampled party's :class:`PartyTimes`: who is aggregated
+    and how long the round lasts. The round lasts until the deadline when anyone is late or dropped out (the server
+    cannot tell the two apart), else until the last upload; without a deadline a drop-out declines the round and
+    nobody waits for it. ``needed``: with overselection, keep only the first ``needed`` parties to finish (the round
+    ends at the last of them)."""
+    reason, finish, done = times.reason.astype(object), times.finish, times.steps.copy()
     included = reason == ""
     if needed is not None and included.sum() > needed:
         order = np.flatnonzero(included)[np.argsort(finish[included], kind="stable")]
@@ -299,10 +348,71 @@ def round_plan(
     done[~included] = 0
     arrived = finish[included]
     last = float(arrived.max()) if len(arrived) else 0.0
-    if (needed is not None and included.sum() >= needed) or not system.deadline:
+    limit = system.round_deadline if deadline else 0.0
+    if (needed is not None and included.sum() >= needed) or not limit:
         duration = last  # enough uploads arrived (overselection), or no deadline: nobody is waited for past them
-    elif (reason != "").any() or (done[included] < steps).any():
-        duration = float(system.deadline)  # a drop-out or a straggler: the server waits until the deadline
+    elif (reason != "").any() or (done[included] < times.full[included]).any():
+        duration = float(limit)  # a drop-out or a straggler: the server waits until the deadline
     else:
         duration = last
-    return RoundPlan(ids, cls, finish, done, included, reason.astype(str), duration)
+    return RoundPlan(times.ids, times.class_index, finish, done, included, reason.astype(str), duration)
+
+
+def round_plan(
+    classes: tuple[PartyClass, ...],
+    system: SystemConfig,
+    seed: int,
+    round_: int,
+    ids: np.ndarray,
+    steps,
+    down_bytes: int,
+    up_bytes: int,
+    needed: int | None = None,
+) -> RoundPlan:
+    """The clock of one synchronous round for the sampled parties ``ids``, each running ``steps`` local steps:
+    :func:`party_times` (each party's own) then :func:`close_round` (the server's)."""
+    times = party_times(classes, system, seed, round_, ids, steps, down_bytes, up_bytes)
+    return close_round(times, system, needed)
+
+
+NOMINAL = (PartyClass("all", 1.0),)
+
+
+@dataclass(frozen=True)
+class RoundClock:
+    """The simulated clock of a run's rounds: its party classes, ``[system]`` keys and availability trace. A run
+    without ``[[party_classes]]`` has one nominal class (speed 1, no drop-outs, transfers free): its clock counts
+    local steps. Small and frozen: it travels with every shard call."""
+
+    classes: tuple[PartyClass, ...] = NOMINAL
+    system: SystemConfig = SystemConfig()
+    trace: Availability | None = None
+
+    def needed(self, n_ids: int, fraction: float) -> tuple[int, int]:
+        """(parties a round needs, parties it samples) of ``n_ids`` training parties: ``ceil(fraction · n)`` (at
+        least 1), and that times ``overselect`` (at most ``n_ids``)."""
+        needed = max(1, int(np.ceil(fraction * n_ids - 1e-9)))
+        return needed, min(n_ids, int(np.ceil(needed * self.system.overselect - 1e-9)))
+
+    def online(self, seed: int, round_: int, ids: np.ndarray, t: float) -> np.ndarray:
+        """(n,) bool: which of ``ids`` are online at the start of round ``round_`` (at simulated time ``t``)."""
+        if self.trace is None and all(c.online >= 1 for c in self.classes):
+            return np.ones(len(ids), bool)
+        return online_parties(self.classes, seed, ids, round_, t, self.trace)
+
+    def times(self, seed, round_, ids, steps, down_bytes, up_bytes, deadline=True) -> PartyTimes:
+        return party_times(self.classes, self.system, seed, round_, ids, steps, down_bytes, up_bytes, deadline)
+
+    def close(self, times: PartyTimes, needed: int | None, deadline: bool = True) -> RoundPlan:
+        return close_round(times, self.system, needed, deadline)
+
+    def upload_time(self, seed: int, ids: np.ndarray, up_bytes: int) -> float:
+        """The longest time one upload of ``up_bytes`` takes among ``ids`` (latency + bytes / bandwidth)."""
+        cls = party_classes_of(self.classes, seed, np.asarray(ids, np.int64))
+        if not len(cls):
+            return 0.0
+        each = [
+            self.classes[c].latency + (up_bytes / self.classes[c].bandwidth if self.classes[c].bandwidth else 0.0)
+            for c in np.unique(cls)
+        ]
+        return float(max(each))
