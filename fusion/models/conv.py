@@ -44,6 +44,17 @@ def _views(flat: torch.Tensor, spec: CNNSpec) -> list[tuple[torch.Tensor, torch.
     return [(w.reshape(p, *shape), b) for w, b, shape in zip(parts[::2], parts[1::2], spec.weight_shapes)]
 
 
+def _assemble(grads, groups: list[slice], like: torch.Tensor, spec: CNNSpec) -> torch.Tensor:
+    """The flat gradient (P, n_params) from each group's per-layer gradients (weight, bias, weight, ...), written
+    once into place (one leaf per layer, not per stack: no concatenation inside the backward pass)."""
+    out, per_group = torch.empty_like(like), 2 * len(spec.offsets)
+    bounds = [(lo, hi) for w0, b0, b1 in spec.offsets for lo, hi in ((w0, b0), (b0, b1))]
+    for i, g in enumerate(groups):
+        for (lo, hi), grad in zip(bounds, grads[i * per_group : (i + 1) * per_group]):
+            out[g, lo:hi] = grad.reshape(grad.shape[0], -1)
+    return out
+
+
 def _conv_block(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, spec: CNNSpec) -> torch.Tensor:
     """Conv -> ReLU -> MaxPool2d(2) of channels-last maps ``h`` (P, n, side, side, c) as one batched matrix product
     over the stack (im2col): patches (P, n·s², c·k²) times each model's filters (P, c·k², out)."""
@@ -176,11 +187,12 @@ def _stack_loss_and_grad(flat: torch.Tensor, spec: CNNSpec, x: torch.Tensor, y, 
     with torch.enable_grad():
         if p * n * _floats_per_example(spec) <= CHUNK_FLOATS:  # every group's graph at once: one backward
             groups = _groups(p, spec, n)
-            parts = [flat[g].detach().requires_grad_(True) for g in groups]  # one leaf per group
-            pred = torch.cat([_forward(_views(w, spec), spec, x[g]) for w, g in zip(parts, groups)])
+            leaves = [[t.requires_grad_(True) for pair in _views(flat[g].detach(), spec) for t in pair] for g in groups]
+            pairs = [list(zip(ls[::2], ls[1::2])) for ls in leaves]
+            pred = torch.cat([_forward(views, spec, x[g]) for views, g in zip(pairs, groups)])
             losses = loss_fn(pred, y)
-            grads = torch.autograd.grad(losses.sum(), parts)
-            return losses.detach(), torch.cat(grads)
+            grads = torch.autograd.grad(losses.sum(), [t for ls in leaves for t in ls])
+            return losses.detach(), _assemble(grads, groups, flat, spec)
         with torch.no_grad():
             pred = forward(flat, spec, x)
         pred.requires_grad_(True)
