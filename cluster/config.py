@@ -61,6 +61,22 @@ class ClusterConfig:
             raise ConfigError(f"gpus_per_actor above 1 must be a whole number, got {self.gpus_per_actor}")
 
 
+BANDS = ("sem", "std", "iqr")  # cluster.plots.BANDS (not imported here: plots imports matplotlib and torch)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """``[report]``: how a run's figures summarize its test parties. ``band`` of ``metric_vs_shots.png``: "sem" (the
+    mean and its standard error), "std" (the mean ± the std over parties) or "iqr" (the median and the 25th-75th
+    percentile)."""
+
+    band: str = "sem"
+
+    def __post_init__(self) -> None:
+        if self.band not in BANDS:
+            raise ConfigError(f"band must be one of {', '.join(BANDS)}, got {self.band!r}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     scenario: str = "sine-domains"
@@ -80,6 +96,7 @@ class RunConfig:
     system: SystemConfig = field(default_factory=SystemConfig)
     widths: tuple[int, ...] = ()  # mixed hidden widths: each party's drawn from (seed, id); () = the scenario's
     federated: FederatedConfig = field(default_factory=FederatedConfig)  # rounds of the federated methods
+    report: ReportConfig = field(default_factory=ReportConfig)  # how the figures summarize the test parties
 
     def __post_init__(self) -> None:
         if self.parties < 2:
@@ -205,7 +222,13 @@ class RunConfig:
 # TOML layout: top-level keys, and tables whose keys map onto a sub-config.
 _TOP = {"parties", "test_parties", "shots", "seed", "methods", "out", "widths"}
 _CLUSTER = {f.name for f in fields(ClusterConfig)}
-_TABLES = {"pretrain": TrainConfig, "finetune": FinetuneConfig, "faults": FaultConfig, "system": SystemConfig}
+_TABLES = {
+    "pretrain": TrainConfig,
+    "finetune": FinetuneConfig,
+    "faults": FaultConfig,
+    "system": SystemConfig,
+    "report": ReportConfig,
+}
 _FEDERATED = {f.name for f in fields(FederatedConfig)} - {"algorithms"}  # plus one sub-table per algorithm
 
 
@@ -469,6 +492,7 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     out["scenario"] = {"name": cfg.scenario, **dataclasses.asdict(cfg.scenario_options)}
     out["pretrain"] = dataclasses.asdict(cfg.pretrain)
     out["finetune"] = dataclasses.asdict(cfg.finetune)
+    out["report"] = dataclasses.asdict(cfg.report)
     out["fusion"] = dataclasses.asdict(cfg.fusion)
     out["fusion"].update(out["fusion"].pop("settings"))  # each strategy's settings as its own [fusion.<key>]
     if cfg.faults != FaultConfig():

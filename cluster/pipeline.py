@@ -296,7 +296,7 @@ def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id:
             (tmp / "left_out.csv").write_text(left_out_csv(plan, cfg.party_classes))
             written.append("left_out.csv")
         if summary:
-            plots.plot_metric_vs_shots(summary, scenario.metric_name, tmp / plots.SHOTS_PNG)
+            plots.plot_metric_vs_shots(summary, scenario.metric_name, tmp / plots.SHOTS_PNG, cfg.report.band)
         else:
             written = [w for w in written if w not in (plots.SHOTS_PNG, plots.UPLOAD_PNG)]
         every = np.arange(cfg.parties + cfg.test_parties)

@@ -48,25 +48,51 @@ def plain_log_ticks(axis) -> None:
     axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
 
 
-def plot_metric_vs_shots(summary: list[dict], metric: str, path: Path) -> None:
-    """One line per method (own marker and dash), mean metric against the shots, error bars = standard error of
-    the mean over the test parties. A log y axis when the means span more than a decade (lower whiskers that
-    would reach 0 stop at a fifth of the mean); the legend sits outside the axes."""
+BANDS = ("sem", "std", "iqr")  # what metric_vs_shots.png draws around each line ([report] band)
+
+
+def _band(rows: list[dict], band: str, log: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The line (R,) and its lower / upper error lengths (R,), (R,) of one method's ``rows`` for ``band``: the mean
+    ± its standard error ("sem") or ± the std over parties ("std"), or the median with the 25th-75th percentile
+    ("iqr"). On a log axis a lower error that would reach 0 stops at a fifth of the line."""
+    if band == "iqr":
+        line = np.array([r["median"] for r in rows])
+        lower = line - np.array([r["p25"] for r in rows])
+        upper = np.array([r["p75"] for r in rows]) - line
+    else:
+        line = np.array([r["mean"] for r in rows])
+        n = np.array([np.sqrt(max(r["n"], 1)) if band == "sem" else 1.0 for r in rows])
+        lower = upper = np.array([r["std"] for r in rows]) / n
+    return line, (np.minimum(lower, 0.8 * line) if log else lower), upper
+
+
+def plot_metric_vs_shots(summary: list[dict], metric: str, path: Path, band: str = "sem") -> None:
+    """Write :func:`metric_vs_shots_figure` of ``summary`` to ``path``."""
+    _save(metric_vs_shots_figure(summary, metric, band), path)
+
+
+def metric_vs_shots_figure(summary: list[dict], metric: str, band: str = "sem") -> Figure:
+    """One line per method (own marker and dash) against the shots. ``band`` (:data:`BANDS`): "sem", the mean with
+    error bars of its standard error over the test parties; "std", the mean ± the std over the parties; "iqr", the
+    median with bars from the 25th to the 75th percentile (rows need ``median``, ``p25``, ``p75``:
+    :func:`cluster.results.tail`). A log y axis when the lines span more than a decade; the legend sits outside the
+    axes."""
+    if band not in BANDS:
+        raise ValueError(f"band must be one of {', '.join(BANDS)}, got {band!r}")
+    center = "median" if band == "iqr" else "mean"
     methods = list(dict.fromkeys(r["method"] for r in summary))
     shots = sorted({r["shots"] for r in summary})
-    log = log_scale_wanted([r["mean"] for r in summary])
+    log = log_scale_wanted([r[center] for r in summary])
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
     step = (max(shots) - min(shots) or 1) * 0.012  # dodge: methods at one shots value do not cover each other
     for i, method in enumerate(methods):
         rows = sorted((r for r in summary if r["method"] == method), key=lambda r: r["shots"])
-        mean = np.array([r["mean"] for r in rows])
-        sem = np.array([r["std"] / np.sqrt(max(r["n"], 1)) for r in rows])
-        lower = np.minimum(sem, 0.8 * mean) if log else sem
+        line, lower, upper = _band(rows, band, log)
         ax.errorbar(
             [r["shots"] + (i - (len(methods) - 1) / 2) * step for r in rows],
-            mean,
-            yerr=[lower, sem],
+            line,
+            yerr=[lower, upper],
             label=method,
             marker=MARKERS[i % len(MARKERS)],
             linestyle=LINESTYLES[(i // len(MARKERS)) % len(LINESTYLES)],
@@ -77,13 +103,18 @@ def plot_metric_vs_shots(summary: list[dict], metric: str, path: Path) -> None:
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
     n = max((r["n"] for r in summary), default=0)
+    what = {
+        "sem": "mean ± standard error",
+        "std": "mean ± standard deviation",
+        "iqr": "median, bars from the 25th to the 75th percentile,",
+    }[band]
     ax.set_xticks(shots)
     ax.set_xlabel("fine-tuning shots per test party")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-    ax.set_title(f"mean ± standard error over {n} test parties" + (" (log scale)" if log else ""), fontsize=9)
+    ax.set_title(f"{what} over {n} test parties" + (" (log scale)" if log else ""), fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title="method", fontsize=9)
     ax.grid(alpha=0.3, which="both" if log else "major")
-    _save(fig, path)
+    return fig
 
 
 def plot_metric_vs_upload(

@@ -110,6 +110,7 @@ BAD_VALUES = [
     ({"finetune": {"folds": 1}}, "finetune.folds", "1"),
     ({"finetune": {"recipe": "magic"}}, "finetune.recipe", "'magic'"),
     ({"faults": {"corrupt_share": 0.9}}, "faults.corrupt_share", "0.9"),
+    ({"report": {"band": "ci"}}, "report.band", "'ci'"),
     ({"party_classes": CLASSES, "system": {"jitter": -1}}, "system.jitter", "-1"),
     ({"party_classes": [{"name": "a", "share": 1.0, "speed": 0}]}, "party_classes[0].speed", "0"),
     ({"party_classes": [{"name": "a b", "share": 1.0}]}, "party_classes[0].name", "'a b'"),
@@ -161,7 +162,7 @@ def test_a_refused_value_names_its_dotted_key_and_the_value(tree, key, value):
 
 
 def test_the_bad_value_cases_cover_every_table_of_a_run_config():
-    tables = {"", "pretrain", "finetune", "faults", "system", "party_classes[0]", "fusion", "federated"}
+    tables = {"", "pretrain", "finetune", "faults", "system", "report", "party_classes[0]", "fusion", "federated"}
     tables |= {"fusion.gp", "fusion.pfnm", "fusion.outliers", *(f"fusion.{key}" for key in settings_classes())}
     tables |= {f"federated.{name}" for name, algorithm in ALGORITHMS.items() if algorithm.settings is not None}
     tables |= {f"scenario:{name}" for name in SCENARIOS}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from cluster import plots
 
@@ -35,6 +36,52 @@ def test_metric_vs_shots_and_study_pngs(tmp_path):
     for name in ("shots.png", "study.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _drawn(fig) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """method -> (the line's y (R,), its bars' lower ends (R,), upper ends (R,)) of a metric_vs_shots figure."""
+    ax = fig.axes[0]
+    out = {}
+    for container, label in zip(ax.containers, [t.get_text() for t in ax.get_legend().get_texts()]):
+        line, _, (bars,) = container.lines
+        ends = np.array([seg[:, 1] for seg in bars.get_segments()])
+        out[label] = (np.asarray(line.get_ydata()), ends.min(axis=1), ends.max(axis=1))
+    return out
+
+
+def test_metric_vs_shots_draws_the_median_and_quartiles_with_band_iqr_and_the_mean_by_default():
+    from cluster.results import summarize
+
+    # Prepare: skewed per-party accuracies (a few bad parties pull the mean below the median)
+    rng = np.random.default_rng(0)
+    values = {("fusion", 0): rng.beta(8, 1, 40), ("fusion", 5): rng.beta(9, 1, 40), ("average", 0): rng.beta(2, 5, 40)}
+    values[("average", 5)] = rng.beta(3, 3, 40)
+    table = pa.table(
+        {
+            "method": [m for (m, _), v in values.items() for _ in v],
+            "shots": [k for (_, k), v in values.items() for _ in v],
+            "party_id": [i for v in values.values() for i in range(len(v))],
+            "value": np.concatenate(list(values.values())),
+        }
+    )
+    summary = summarize(table, ["fusion", "average"], lower_is_better=False)
+
+    # Execute
+    iqr = _drawn(plots.metric_vs_shots_figure(summary, "accuracy", "iqr"))
+    sem = _drawn(plots.metric_vs_shots_figure(summary, "accuracy"))
+
+    # Assert: iqr draws the median with bars over the 25th-75th percentile; the default the mean ± its std error
+    for method in ("fusion", "average"):
+        v = [values[(method, k)] for k in (0, 5)]
+        line, lo, hi = iqr[method]
+        np.testing.assert_allclose(line, [np.median(x) for x in v])
+        np.testing.assert_allclose(lo, [np.percentile(x, 25) for x in v])
+        np.testing.assert_allclose(hi, [np.percentile(x, 75) for x in v])
+        line, lo, hi = sem[method]
+        np.testing.assert_allclose(line, [x.mean() for x in v])
+        np.testing.assert_allclose(hi - line, [x.std() / np.sqrt(len(x)) for x in v])
+    with pytest.raises(ValueError, match="band must be one of sem, std, iqr"):
+        plots.metric_vs_shots_figure(summary, "accuracy", "ci")
 
 
 def test_metric_vs_upload_puts_silent_methods_in_their_own_strip_and_draws_curves(tmp_path):
