@@ -144,12 +144,11 @@ def plot_metric_vs_upload(
         ax = fig.add_subplot(grid[1], sharey=strip)
     else:
         strip, ax = None, fig.add_subplot()
-    stacked: dict[float, int] = {}  # labels of methods with the same upload are stacked, not overprinted
+    labels = []  # (axes, x, y, method, colour): placed once the axes are final, apart from each other
     for i, method in enumerate(methods):
         mean = {r["shots"]: r["mean"] for r in summary if r["method"] == method}
         up = costs[method]["upload_bytes"]
         target, x = (ax, up) if up > 0 else (strip, 0.0)
-        j = stacked[(id(target), x)] = stacked.get((id(target), x), -1) + 1
         ks = sorted({0, k_max} & set(mean))
         color = f"C{i % 10}"
         if method in curves:
@@ -166,20 +165,7 @@ def plot_metric_vs_upload(
         target.plot([x] * len(ks), [mean[k] for k in ks], color=color, lw=1, alpha=0.6)
         for k in ks:
             target.plot(x, mean[k], marker="o" if k == 0 else "s", color=color, ls="none")
-        if target is strip:  # a narrow strip: the label under the last point, centred
-            target.annotate(
-                method,
-                (x, mean[ks[-1]]),
-                textcoords="offset points",
-                xytext=(0, -12 - 9 * j),
-                fontsize=7,
-                color=color,
-                ha="center",
-            )
-        else:
-            target.annotate(
-                method, (x, mean[ks[-1]]), textcoords="offset points", xytext=(5, 3 + 9 * j), fontsize=7, color=color
-            )
+        labels.append((target, x, mean[ks[-1]], method, color))
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("total upload (bytes, log scale)")
@@ -198,7 +184,39 @@ def plot_metric_vs_upload(
     title = f"circles: 0 shots, squares: {k_max} shots"
     ax.set_title(title + ("; lines: rounds learning curves (0 shots)" if curves else ""), fontsize=9)
     ax.grid(alpha=0.3, which="both")
+    _place_labels(fig, labels, below={id(strip)})
     _save(fig, path)
+
+
+def _place_labels(fig: Figure, labels: list[tuple], below: set[int], gap: float = 11.0) -> None:
+    """Annotate each ``(axes, x, y, text, colour)`` beside its point (under it, centred, for axes in ``below``),
+    moving labels of points in one column (within 80 pixels in x) apart by ``gap`` pixels; a moved label gets a
+    thin leader line to its point."""
+    FigureCanvasAgg(fig).draw()  # the limits and transforms as they will be saved
+    to_points = 72.0 / fig.dpi
+    placed: list[tuple[int, float, float]] = []  # (axes id, x, y) of placed labels, in pixels
+    height = lambda lab: lab[0].transData.transform((lab[1], lab[2]))[1]  # noqa: E731
+    # labels pushed up are placed from the lowest point up, labels pushed down from the highest down
+    order = sorted(labels, key=lambda lab: -height(lab) if id(lab[0]) in below else height(lab))
+    for target, x, y, text, color in order:
+        down = id(target) in below
+        px, py = target.transData.transform((x, y))
+        want = py - 14.0 if down else py + 4.0
+        column = [q for a, qx, q in placed if a == id(target) and abs(qx - px) < 80]
+        while any(abs(want - q) < gap for q in column):
+            want += -gap if down else gap
+        placed.append((id(target), px, want))
+        moved = abs(want - (py - 14.0 if down else py + 4.0)) > 1
+        target.annotate(
+            text,
+            (x, y),
+            textcoords="offset points",
+            xytext=(0 if down else 6, (want - py) * to_points),
+            fontsize=7,
+            color=color,
+            ha="center" if down else "left",
+            arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5, "alpha": 0.6} if moved else None,
+        )
 
 
 def plot_partition(counts: np.ndarray | None, descriptors: np.ndarray, n_train: int, path: Path) -> None:
@@ -238,7 +256,7 @@ def plot_partition(counts: np.ndarray | None, descriptors: np.ndarray, n_train: 
         order = np.lexsort((-v.sum(axis=1), v.argmax(axis=1)))
         ax = fig.add_subplot(grid[g])
         image = ax.imshow(v[order].T, aspect="auto", interpolation="nearest", cmap="viridis", norm=norm)
-        ax.set_title(f"{name} parties ({len(v)}), sorted by their largest {what}", fontsize=9)
+        ax.set_title(f"{name} parties ({len(v)})", fontsize=9)
         ax.set_xlabel("party (sorted)")
         if v.shape[1] <= 20:
             ax.set_yticks(range(v.shape[1]), [str(k) for k in range(v.shape[1])] if g == 0 else [""] * v.shape[1])
@@ -246,7 +264,11 @@ def plot_partition(counts: np.ndarray | None, descriptors: np.ndarray, n_train: 
             ax.set_ylabel(what)
         else:
             ax.tick_params(labelleft=False)
-    fig.colorbar(image, ax=fig.axes, label=label + (" (log scale)" if counts is not None else ""), fraction=0.03)
+    bar = fig.colorbar(image, ax=fig.axes, label=label + (" (log scale)" if counts is not None else ""), fraction=0.03)
+    if counts is not None:  # 0, 1, 10, 100 rather than 10^0, 10^1
+        bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    held = "label counts" if counts is not None else "descriptors"
+    fig.suptitle(f"{held} of every party; parties sorted by their largest {what}", fontsize=10)
     _save(fig, path)
 
 
