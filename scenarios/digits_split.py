@@ -250,9 +250,19 @@ class DigitsSplitScenario(Scenario):
         return np.stack([np.bincount(labels[self._part(int(i)).indices], minlength=N_CLASSES) for i in ids])
 
     def probe_inputs(self):
-        """512 unlabeled images of the pool (a fixed draw; labels never used)."""
+        """512 unlabeled images of the pool (a fixed draw; labels never used). With ``shift``, the parties' domains:
+        image i rotated by ``angles[i % len(angles)]``, its ink scaled by the middle of ``intensity``."""
         x, _ = self._pool()
-        return x[np.random.default_rng(12345).choice(len(x), min(512, len(x)), replace=False)]
+        probe = x[np.random.default_rng(12345).choice(len(x), min(512, len(x)), replace=False)]
+        o = self.options
+        if not o.shift:
+            return probe
+        centered, ink = o.inputs == "centered", float(np.mean(o.intensity))
+        rows = [np.arange(i, len(probe), len(o.angles)) for i in range(len(o.angles))]
+        out = np.empty_like(probe)
+        for angle, idx in zip(o.angles, rows):
+            out[idx] = shifted(probe[idx], angle, ink, centered=centered)
+        return out
 
     # The per-descriptor draws of the Scenario interface are not used: parties are entities of the split.
     def descriptor(self, rng):
