@@ -36,8 +36,15 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 LINESTYLES = ("-", "--", "-.", ":")
 
 
-def log_scale_wanted(means: list[float], decades: float = 1.0) -> bool:
-    """True when the positive ``means`` span more than ``decades`` decades (a linear axis would flatten some)."""
+BOUNDED = {"accuracy"}  # metrics in [0, 1] whose high end matters: always a linear axis
+
+
+def log_scale_wanted(means: list[float], decades: float = 1.0, metric: str = "") -> bool:
+    """True when the positive ``means`` span more than ``decades`` decades (a linear axis would flatten some), unless
+    ``metric`` is bounded (:data:`BOUNDED`: on a log axis of accuracy 0.05 takes the room and 0.75 against 0.80
+    becomes unreadable)."""
+    if metric in BOUNDED:
+        return False
     pos = [m for m in means if m > 0]
     return len(pos) == len(means) and len(pos) > 1 and np.log10(max(pos) / min(pos)) > decades
 
@@ -82,7 +89,7 @@ def metric_vs_shots_figure(summary: list[dict], metric: str, band: str = "sem") 
     center = "median" if band == "iqr" else "mean"
     methods = list(dict.fromkeys(r["method"] for r in summary))
     shots = sorted({r["shots"] for r in summary})
-    log = log_scale_wanted([r[center] for r in summary])
+    log = log_scale_wanted([r[center] for r in summary], metric=metric)
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
     step = (max(shots) - min(shots) or 1) * 0.012  # dodge: methods at one shots value do not cover each other
@@ -103,9 +110,10 @@ def metric_vs_shots_figure(summary: list[dict], metric: str, band: str = "sem") 
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
     n = max((r["n"] for r in summary), default=0)
+    plain = " (parties alike, not sample-weighted)" if any("weighted_mean" in r for r in summary) else ""
     what = {
-        "sem": "mean ± standard error",
-        "std": "mean ± standard deviation",
+        "sem": f"mean{plain} ± standard error",
+        "std": f"mean{plain} ± standard deviation",
         "iqr": "median, bars from the 25th to the 75th percentile,",
     }[band]
     ax.set_xticks(shots)
@@ -135,7 +143,7 @@ def plot_metric_vs_upload(
     k_max = max(r["shots"] for r in summary)
     methods = list(dict.fromkeys(r["method"] for r in summary))
     means = [r["mean"] for r in summary] + [float(v) for _, m in curves.values() for v in m if np.isfinite(v)]
-    log_y = log_scale_wanted(means)
+    log_y = log_scale_wanted(means, metric=metric)
     silent = [m for m in methods if costs[m]["upload_bytes"] <= 0]
     fig = Figure(figsize=(7.5, 4.5))
     if silent:
@@ -165,7 +173,8 @@ def plot_metric_vs_upload(
         target.plot([x] * len(ks), [mean[k] for k in ks], color=color, lw=1, alpha=0.6)
         for k in ks:
             target.plot(x, mean[k], marker="o" if k == 0 else "s", color=color, ls="none")
-        labels.append((target, x, mean[ks[-1]], method, color))
+        # beside the last k's point; in the narrow strip centred above the highest point (off the joining line)
+        labels.append((target, x, max(mean[k] for k in ks) if target is strip else mean[ks[-1]], method, color))
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("total upload (bytes, log scale)")
@@ -184,38 +193,36 @@ def plot_metric_vs_upload(
     title = f"circles: 0 shots, squares: {k_max} shots"
     ax.set_title(title + ("; lines: rounds learning curves (0 shots)" if curves else ""), fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    _place_labels(fig, labels, below={id(strip)})
+    _place_labels(fig, labels, centred={id(strip)})
     _save(fig, path)
 
 
-def _place_labels(fig: Figure, labels: list[tuple], below: set[int], gap: float = 11.0) -> None:
-    """Annotate each ``(axes, x, y, text, colour)`` beside its point (under it, centred, for axes in ``below``),
-    moving labels of points in one column (within 80 pixels in x) apart by ``gap`` pixels; a moved label gets a
-    thin leader line to its point."""
+def _place_labels(fig: Figure, labels: list[tuple], centred: set[int], gap: float = 11.0) -> None:
+    """Annotate each ``(axes, x, y, text, colour)`` just right of its point (centred above it for axes in
+    ``centred``), moving labels of points in one column (within 80 pixels in x) up until they are ``gap`` pixels
+    apart; a moved label gets a thin leader line to its point."""
     FigureCanvasAgg(fig).draw()  # the limits and transforms as they will be saved
     to_points = 72.0 / fig.dpi
     placed: list[tuple[int, float, float]] = []  # (axes id, x, y) of placed labels, in pixels
-    height = lambda lab: lab[0].transData.transform((lab[1], lab[2]))[1]  # noqa: E731
-    # labels pushed up are placed from the lowest point up, labels pushed down from the highest down
-    order = sorted(labels, key=lambda lab: -height(lab) if id(lab[0]) in below else height(lab))
-    for target, x, y, text, color in order:
-        down = id(target) in below
+    pixels = lambda lab: lab[0].transData.transform((lab[1], lab[2]))  # noqa: E731
+    for target, x, y, text, color in sorted(labels, key=lambda lab: pixels(lab)[1]):  # from the lowest point up
+        above = id(target) in centred
         px, py = target.transData.transform((x, y))
-        want = py - 14.0 if down else py + 4.0
+        start = py + (7.0 if above else 3.0)
+        want = start
         column = [q for a, qx, q in placed if a == id(target) and abs(qx - px) < 80]
         while any(abs(want - q) < gap for q in column):
-            want += -gap if down else gap
+            want += gap
         placed.append((id(target), px, want))
-        moved = abs(want - (py - 14.0 if down else py + 4.0)) > 1
         target.annotate(
             text,
             (x, y),
             textcoords="offset points",
-            xytext=(0 if down else 6, (want - py) * to_points),
+            xytext=(0 if above else 6, (want - py) * to_points),
             fontsize=7,
             color=color,
-            ha="center" if down else "left",
-            arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5, "alpha": 0.6} if moved else None,
+            ha="center" if above else "left",
+            arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5, "alpha": 0.6} if want - start > 1 else None,
         )
 
 
@@ -286,7 +293,7 @@ def plot_metric_vs_round(means: dict[str, tuple[np.ndarray, np.ndarray, np.ndarr
         (right, [v for _, _, l_ in means.values() for v in l_], "training loss (mean over parties)"),
     ):
         finite = [v for v in values if np.isfinite(v)]
-        if log_scale_wanted(finite):
+        if log_scale_wanted(finite, metric=metric if ax is left else ""):
             ax.set_yscale("log")
             plain_log_ticks(ax.yaxis)
         ax.set_xlabel("round")
@@ -387,7 +394,7 @@ def plot_study(table, keys: list[str], metric: str, path: Path) -> None:
                 ax.set_xticks(xs)  # the swept values themselves, not 4.25, 4.5, ...
             if not numeric:
                 ax.set_xticks(pos, [str(x) for x in xs])
-            if log_scale_wanted([m for m in means_all if np.isfinite(m)]):
+            if log_scale_wanted([m for m in means_all if np.isfinite(m)], metric=metric):
                 ax.set_yscale("log")
                 plain_log_ticks(ax.yaxis)
             ax.set_xlabel(key)

@@ -13,6 +13,8 @@ def test_log_scale_only_for_wide_positive_ranges():
     assert plots.log_scale_wanted([0.028, 0.043, 0.71, 2.07])
     assert not plots.log_scale_wanted([0.87, 0.95, 0.30])  # accuracies: one decade at most
     assert not plots.log_scale_wanted([0.0, 0.5, 2.0])  # a zero cannot go on a log axis
+    assert plots.log_scale_wanted([0.06, 0.77], metric="nrmse")
+    assert not plots.log_scale_wanted([0.06, 0.77], metric="accuracy")  # bounded: 0.75 vs 0.80 must stay readable
 
 
 def test_metric_vs_shots_and_study_pngs(tmp_path):
