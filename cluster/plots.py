@@ -9,7 +9,7 @@ import torch
 from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.lines import Line2D
 
 from fusion.models.params import forward
 from scenarios import Scenario
@@ -133,8 +133,10 @@ def plot_metric_vs_upload(
     curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> None:
     """Each method's mean metric at 0 shots (circle) and at the largest k (square) against its total upload bytes
-    (log x), joined and labelled; a log y axis when the means span more than a decade. Methods that upload nothing
-    (cold_start) sit in a strip of their own at the left ("no upload"), not at a made-up byte count.
+    (log x, in kB / MB), joined, one colour per method and a legend; methods with the same upload are drawn side by
+    side (x 1.12 apart) so their lines do not cover each other; a log y axis when the means span more than a decade.
+    Methods that upload nothing (cold_start) sit in a strip of their own at the left ("no upload"), not at a made-up
+    byte count.
 
     ``curves``: method -> (cumulative upload bytes (R,), metric (R,)) of a rounds method's learning curve, drawn as a
     thin line of points ending at its final upload.
@@ -152,11 +154,16 @@ def plot_metric_vs_upload(
         ax = fig.add_subplot(grid[1], sharey=strip)
     else:
         strip, ax = None, fig.add_subplot()
-    labels = []  # (axes, x, y, method, colour): placed once the axes are final, apart from each other
+    handles = []  # one legend entry per method, in its colour (labels beside the points overlap when they crowd)
+    same = {}  # upload -> the methods with it: dodged side by side (x 1.12 apart on the log axis, 0.3 in the strip)
+    for method in methods:
+        same.setdefault(costs[method]["upload_bytes"], []).append(method)
     for i, method in enumerate(methods):
         mean = {r["shots"]: r["mean"] for r in summary if r["method"] == method}
         up = costs[method]["upload_bytes"]
-        target, x = (ax, up) if up > 0 else (strip, 0.0)
+        peers = same[up]
+        j = peers.index(method) - (len(peers) - 1) / 2
+        target, x = (ax, up * 1.12**j) if up > 0 else (strip, 0.3 * j)
         ks = sorted({0, k_max} & set(mean))
         color = f"C{i % 10}"
         if method in curves:
@@ -173,57 +180,45 @@ def plot_metric_vs_upload(
         target.plot([x] * len(ks), [mean[k] for k in ks], color=color, lw=1, alpha=0.6)
         for k in ks:
             target.plot(x, mean[k], marker="o" if k == 0 else "s", color=color, ls="none")
-        # beside the last k's point; in the narrow strip centred above the highest point (off the joining line)
-        labels.append((target, x, max(mean[k] for k in ks) if target is strip else mean[ks[-1]], method, color))
+        handles.append(Line2D([], [], color=color, lw=1.5, label=method))
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("total upload (bytes, log scale)")
+    lo, hi = ax.get_xlim()
+    if hi / lo < 30:  # uploads within a decade or so: widen to show labelled ticks (1, 2, 5 x a power of ten)
+        mid = np.sqrt(lo * hi)
+        ax.set_xlim(mid / 6, mid * 6)
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _bytes(v)))
+    ax.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: _bytes(v) if f"{v:.0e}"[0] in "25" else ""))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("total upload (log scale)")
     if log_y:
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
     ylabel = f"{metric} (mean over test parties)" + (", log scale" if log_y else "")
     if strip is not None:
         strip.set_xticks([0.0], ["no\nupload"])
-        strip.set_xlim(-1, 1)
+        strip.set_xlim(-1 - 0.15 * len(silent), 1 + 0.15 * len(silent))
         strip.set_ylabel(ylabel)
         strip.grid(alpha=0.3, axis="y", which="both")
         ax.tick_params(axis="y", which="both", labelleft=False)
     else:
         ax.set_ylabel(ylabel)
-    title = f"circles: 0 shots, squares: {k_max} shots"
+    title = f"circles: 0 shots, squares: {k_max} shots" + (
+        "; equal uploads side by side" if len(same) < len(methods) else ""
+    )
     ax.set_title(title + ("; lines: rounds learning curves (0 shots)" if curves else ""), fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    _place_labels(fig, labels, centred={id(strip)})
+    ax.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title="method", fontsize=8
+    )
     _save(fig, path)
 
 
-def _place_labels(fig: Figure, labels: list[tuple], centred: set[int], gap: float = 11.0) -> None:
-    """Annotate each ``(axes, x, y, text, colour)`` just right of its point (centred above it for axes in
-    ``centred``), moving labels of points in one column (within 80 pixels in x) up until they are ``gap`` pixels
-    apart; a moved label gets a thin leader line to its point."""
-    FigureCanvasAgg(fig).draw()  # the limits and transforms as they will be saved
-    to_points = 72.0 / fig.dpi
-    placed: list[tuple[int, float, float]] = []  # (axes id, x, y) of placed labels, in pixels
-    pixels = lambda lab: lab[0].transData.transform((lab[1], lab[2]))  # noqa: E731
-    for target, x, y, text, color in sorted(labels, key=lambda lab: pixels(lab)[1]):  # from the lowest point up
-        above = id(target) in centred
-        px, py = target.transData.transform((x, y))
-        start = py + (7.0 if above else 3.0)
-        want = start
-        column = [q for a, qx, q in placed if a == id(target) and abs(qx - px) < 80]
-        while any(abs(want - q) < gap for q in column):
-            want += gap
-        placed.append((id(target), px, want))
-        target.annotate(
-            text,
-            (x, y),
-            textcoords="offset points",
-            xytext=(0 if above else 6, (want - py) * to_points),
-            fontsize=7,
-            color=color,
-            ha="center" if above else "left",
-            arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5, "alpha": 0.6} if want - start > 1 else None,
-        )
+def _bytes(v: float) -> str:
+    """A byte count as 200 kB, 1.5 MB, 3 GB."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if v >= size:
+            return f"{v / size:g} {unit}"
+    return f"{v:g} B"
 
 
 def plot_partition(counts: np.ndarray | None, descriptors: np.ndarray, n_train: int, path: Path) -> None:
