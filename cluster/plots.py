@@ -132,6 +132,16 @@ def plot_metric_vs_upload(
     path: Path,
     curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> None:
+    """Write :func:`metric_vs_upload_figure` to ``path``."""
+    _save(metric_vs_upload_figure(summary, costs, metric, curves), path)
+
+
+def metric_vs_upload_figure(
+    summary: list[dict],
+    costs: dict[str, dict],
+    metric: str,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Figure:
     """Each method's mean metric at 0 shots (circle) and at the largest k (square) against its total upload bytes
     (log x, in kB / MB), joined, one colour per method and a legend; methods with the same upload are drawn side by
     side (x 1.12 apart) so their lines do not cover each other; a log y axis when the means span more than a decade.
@@ -210,7 +220,7 @@ def plot_metric_vs_upload(
     ax.legend(
         handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title="method", fontsize=8
     )
-    _save(fig, path)
+    return fig
 
 
 def _bytes(v: float) -> str:

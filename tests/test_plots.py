@@ -98,6 +98,25 @@ def test_metric_vs_upload_puts_silent_methods_in_their_own_strip_and_draws_curve
     assert (tmp_path / "up.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_metric_vs_upload_draws_methods_of_equal_upload_side_by_side_and_names_each_in_the_legend():
+    methods = ("fusion", "nearest_task", "average", "cold_start")
+    summary = [
+        {"method": m, "shots": k, "mean": 0.5 + 0.1 * i, "std": 0.1, "n": 10}
+        for i, m in enumerate(methods)
+        for k in (0, 5)
+    ]
+    costs = {m: {"upload_bytes": 0 if m == "cold_start" else 2e5} for m in methods}
+
+    fig = plots.metric_vs_upload_figure(summary, costs, "accuracy")
+
+    strip, ax = fig.axes
+    xs = {tuple(line.get_xdata()) for line in ax.lines}  # each method's segment and its two points
+    assert len({x[0] for x in xs}) == 3  # three methods uploading 200 kB: three columns, not one
+    assert all(1e5 < x[0] < 4e5 for x in xs)
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == set(methods)
+    assert ax.get_yscale() == "linear"  # accuracy
+
+
 def test_partition_png_for_label_counts_and_for_descriptors(tmp_path):
     rng = np.random.default_rng(0)
     counts = rng.poisson(rng.dirichlet(np.full(10, 0.1), size=30) * 300)
