@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -358,14 +359,16 @@ def plot_study(table, keys: list[str], metric: str, path: Path) -> None:
     swept = [k for k in keys if k != "seed"] or keys
     by_seed = "seed" in keys and swept != ["seed"]
     fig = Figure(figsize=(4.2 * len(swept) + 1.8, 3.2 * len(shots)))
+    first, every_mean = None, []
     for r, k_shots in enumerate(shots):
         for c, key in enumerate(swept):
-            ax = fig.add_subplot(len(shots), len(swept), r * len(swept) + c + 1)
+            # one y axis for every panel (one metric): the shots rows compare at a glance
+            ax = fig.add_subplot(len(shots), len(swept), r * len(swept) + c + 1, sharey=first)
+            first = first or ax
             xs = list(dict.fromkeys(cols[key]))
             numeric = _numeric(xs)
             xs = sorted(xs) if numeric else xs
             pos = xs if numeric else list(range(len(xs)))
-            means_all = []
             for i, method in enumerate(methods):
                 mean, err = [], []
                 for x in xs:
@@ -382,7 +385,7 @@ def plot_study(table, keys: list[str], metric: str, path: Path) -> None:
                     else:
                         mean.append(float(value[sel].mean()) if sel else np.nan)
                         err.append(0.0)
-                means_all += mean
+                every_mean += mean
                 ax.errorbar(
                     pos,
                     mean,
@@ -392,21 +395,22 @@ def plot_study(table, keys: list[str], metric: str, path: Path) -> None:
                     linestyle=LINESTYLES[(i // len(MARKERS)) % len(LINESTYLES)],
                     capsize=3,
                 )
-            if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
+            log_x = numeric and min(xs) > 0 and max(xs) / min(xs) >= 10
+            if log_x:
                 ax.set_xscale("log")
                 plain_log_ticks(ax.xaxis)
             elif numeric and len(xs) <= 12:
                 ax.set_xticks(xs)  # the swept values themselves, not 4.25, 4.5, ...
             if not numeric:
                 ax.set_xticks(pos, [str(x) for x in xs])
-            if log_scale_wanted([m for m in means_all if np.isfinite(m)], metric=metric):
-                ax.set_yscale("log")
-                plain_log_ticks(ax.yaxis)
-            ax.set_xlabel(key)
-            ax.set_ylabel(METRIC_LABELS.get(metric, metric), fontsize=8)
+            ax.set_xlabel(key + (" (log scale)" if log_x else ""))
+            ax.set_ylabel(textwrap.fill(METRIC_LABELS.get(metric, metric), 34), fontsize=8)
             what = "mean ± std over seeds" if by_seed else "mean over test parties"
             ax.set_title(f"{k_shots}-shot ({what})", fontsize=9)
             ax.grid(alpha=0.3)
+    if log_scale_wanted([m for m in every_mean if np.isfinite(m)], metric=metric):
+        first.set_yscale("log")  # shared: every panel
+        plain_log_ticks(first.yaxis)
     fig.axes[len(swept) - 1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
     FigureCanvasAgg(fig)
     fig.tight_layout()
