@@ -128,6 +128,8 @@ def shifted(x: np.ndarray, angle: float, ink: float, centered: bool = False) -> 
     background) with their ink scaled by ``ink`` (clipped to the pixel range); ``centered``: pixels in [-1, 1]."""
     from scipy.ndimage import rotate
 
+    if not len(x):  # no images (0 shots): nothing to rotate, and reshape(0, -1) cannot infer the width
+        return np.asarray(x, np.float32)
     side = int(round(np.sqrt(x.shape[1])))
     unit = (x * 0.5 + 0.5) if centered else x
     img = unit.reshape(len(x), side, side)
