@@ -149,8 +149,9 @@ def metric_vs_upload_figure(
     Methods that upload nothing (cold_start) sit in a strip of their own at the left ("no upload"), not at a made-up
     byte count.
 
-    ``curves``: method -> (cumulative upload bytes (R,), metric (R,)) of a rounds method's learning curve, drawn as a
-    thin line of points ending at its final upload.
+    ``curves``: method -> (cumulative upload bytes (R,), metric (R,)) of a rounds method's learning curve (the
+    participating parties scored on their own held-out rows, :func:`cluster.results.upload_curves`), drawn as a thin
+    line of points.
     """
     curves = curves or {}
     k_max = max(r["shots"] for r in summary)
@@ -216,7 +217,9 @@ def metric_vs_upload_figure(
     title = f"circles: 0 shots, squares: {k_max} shots" + (
         "; equal uploads side by side" if len(same) < len(methods) else ""
     )
-    ax.set_title(title + ("; lines: rounds learning curves (0 shots)" if curves else ""), fontsize=9)
+    ax.set_title(
+        title + ("\nlines: rounds learning curves, training parties on their own rows" if curves else ""), fontsize=9
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(
         handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title="method", fontsize=8

@@ -183,6 +183,16 @@ def curve_means(
     return out
 
 
+def upload_curves(curves: dict[str, list[dict]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per rounds method, its participating learning curve against its cumulative upload: bytes uploaded so far
+    (R,) and the mean metric over the scored parties (R,), parties alike (as ``metric_vs_upload.png``'s points)."""
+    out = {}
+    for method, (_, mean, _) in curve_means(curves).items():
+        points = [p for p in curves[method] if p.get("protocol", "participating") == "participating"]
+        out[method] = (np.array([p.get("upload_bytes", 0) for p in points], np.float64), mean)
+    return out
+
+
 def participating_rows(
     curves: dict[str, list[dict]], weights: dict[int, float] | None = None, lower_is_better: bool = True
 ) -> list[dict]:

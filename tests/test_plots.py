@@ -145,3 +145,22 @@ def test_summary_carries_the_tail_of_the_parties():
     rows = summarize(table, ["a", "b"])
     assert [r["method"] for r in rows] == ["a"]  # b has no finite value: not reported
     assert rows[0]["p10"] == np.percentile(values, 10) and rows[0]["p90"] == np.percentile(values, 90)
+
+
+def test_upload_curves_pair_each_scored_rounds_point_with_the_bytes_uploaded_so_far():
+    from cluster.results import upload_curves
+
+    point = lambda r, v, up: {
+        "round": r,
+        "party_id": np.array([0, 1]),
+        "value": np.array(v),
+        "loss": np.ones(2),
+        "upload_bytes": up,
+    }  # noqa: E731
+    novel = {"round": 5, "protocol": "novel", "party_id": np.array([7]), "value": np.array([0.9])}
+    curves = {"fedavg": [point(0, [0.1, 0.3], 0), point(5, [0.5, 0.7], 4000), novel]}
+
+    up, mean = upload_curves(curves)["fedavg"]
+
+    np.testing.assert_allclose(up, [0, 4000])
+    np.testing.assert_allclose(mean, [0.2, 0.6])  # the novel protocol's point is not on the curve
