@@ -94,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="study folder (default studies/<file name>-<time>); must not exist or be empty")
     s.add_argument("--address", default="", help="Ray cluster address (else RAY_ADDRESS, else an embedded local Ray)")
     s.add_argument("--resume", action="store_true", help="continue the study in --out: finished points are skipped")
+    s.add_argument("--data-dir", default="", help="data folder of scenarios that read files (every point's data_dir)")
     s.add_argument("--check", action="store_true", help="validate every point without starting Ray: exit 0 or 2")
     return p
 
@@ -184,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             from cluster.study import check_study, run_study
 
             if args.check:
-                print(check_study(args.study, args.out, args.address, args.resume))
+                print(check_study(args.study, args.out, args.address, args.resume, args.data_dir))
             else:
-                run_study(args.study, args.out, args.address, args.resume)
+                run_study(args.study, args.out, args.address, args.resume, data_dir=args.data_dir)
             return 0
         if args.check:
             print(check_run(args))

@@ -61,14 +61,22 @@ class ClusterConfig:
             raise ConfigError(f"gpus_per_actor above 1 must be a whole number, got {self.gpus_per_actor}")
 
 
+BANDS = ("sem", "std", "iqr")  # cluster.plots.BANDS (not imported here: plots imports matplotlib and torch)
+
+
 @dataclass(frozen=True)
 class ReportConfig:
-    """``[report]``: ``target``, a metric value; the summary gives each method's time to reach it on the simulated
-    clock (at or below it for an error metric, at or above it for accuracy); None: no time-to-target."""
+    """``[report]``: how a run summarizes its parties. ``band`` of ``metric_vs_shots.png``: "sem" (the mean and its
+    standard error), "std" (the mean ± the std over parties) or "iqr" (the median and the 25th-75th percentile).
+    ``target``, a metric value: the summary gives each method's time to reach it on the simulated clock (at or below
+    it for an error metric, at or above it for accuracy); None: no time-to-target."""
 
+    band: str = "sem"
     target: float | None = None
 
     def __post_init__(self) -> None:
+        if self.band not in BANDS:
+            raise ConfigError(f"band must be one of {', '.join(BANDS)}, got {self.band!r}")
         if self.target is not None and (isinstance(self.target, bool) or not isinstance(self.target, (int, float))):
             raise ValueError(f"target must be a number (a metric value), got {self.target!r}")
         if self.target is not None:
@@ -94,7 +102,7 @@ class RunConfig:
     system: SystemConfig = field(default_factory=SystemConfig)
     widths: tuple[int, ...] = ()  # mixed hidden widths: each party's drawn from (seed, id); () = the scenario's
     federated: FederatedConfig = field(default_factory=FederatedConfig)  # rounds of the federated methods
-    report: ReportConfig = field(default_factory=ReportConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)  # figures' bands, time-to-target
 
     def __post_init__(self) -> None:
         if self.parties < 2:
@@ -497,7 +505,7 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
         settings = fed.pop("algorithms")
         out["federated"] = {**fed, **settings}
     if cfg.report != ReportConfig():
-        out["report"] = dataclasses.asdict(cfg.report)
+        out["report"] = {k: v for k, v in dataclasses.asdict(cfg.report).items() if v is not None}
     if cfg.party_classes:
         out["party_classes"] = [dataclasses.asdict(c) for c in cfg.party_classes]
         out["system"] = dataclasses.asdict(cfg.system)

@@ -298,13 +298,14 @@ def _write_results(cfg: RunConfig, scenario, res: dict, plan, out: Path, run_id:
         summary = results.summarize(table, list(cfg.methods), weights, scenario.lower_is_better)
         results.write_costs_csv(res["costs"], list(cfg.methods), tmp / "costs.csv")
         if summary:  # (a rounds-only run without novel parties has none)
-            plots.plot_metric_vs_upload(summary, res["costs"], scenario.metric_name, tmp / plots.UPLOAD_PNG)
+            curves = results.upload_curves(res["curves"]) if res["curves"] else None
+            plots.plot_metric_vs_upload(summary, res["costs"], scenario.metric_name, tmp / plots.UPLOAD_PNG, curves)
         (tmp / "quarantined.csv").write_text(results.quarantine_csv(res["quarantined"]))
         if plan is not None:
             (tmp / "left_out.csv").write_text(left_out_csv(plan, cfg.party_classes))
             written.append("left_out.csv")
         if summary:
-            plots.plot_metric_vs_shots(summary, scenario.metric_name, tmp / plots.SHOTS_PNG)
+            plots.plot_metric_vs_shots(summary, scenario.metric_name, tmp / plots.SHOTS_PNG, cfg.report.band)
         else:
             written = [w for w in written if w not in (plots.SHOTS_PNG, plots.UPLOAD_PNG)]
         every = np.arange(cfg.parties + cfg.test_parties)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.lines import Line2D
 
 from fusion.models.params import forward
 from scenarios import Scenario
@@ -37,8 +38,15 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 LINESTYLES = ("-", "--", "-.", ":")
 
 
-def log_scale_wanted(means: list[float], decades: float = 1.0) -> bool:
-    """True when the positive ``means`` span more than ``decades`` decades (a linear axis would flatten some)."""
+BOUNDED = {"accuracy"}  # metrics in [0, 1] whose high end matters: always a linear axis
+
+
+def log_scale_wanted(means: list[float], decades: float = 1.0, metric: str = "") -> bool:
+    """True when the positive ``means`` span more than ``decades`` decades (a linear axis would flatten some), unless
+    ``metric`` is bounded (:data:`BOUNDED`: on a log axis of accuracy 0.05 takes the room and 0.75 against 0.80
+    becomes unreadable)."""
+    if metric in BOUNDED:
+        return False
     pos = [m for m in means if m > 0]
     return len(pos) == len(means) and len(pos) > 1 and np.log10(max(pos) / min(pos)) > decades
 
@@ -49,25 +57,51 @@ def plain_log_ticks(axis) -> None:
     axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
 
 
-def plot_metric_vs_shots(summary: list[dict], metric: str, path: Path) -> None:
-    """One line per method (own marker and dash), mean metric against the shots, error bars = standard error of
-    the mean over the test parties. A log y axis when the means span more than a decade (lower whiskers that
-    would reach 0 stop at a fifth of the mean); the legend sits outside the axes."""
+BANDS = ("sem", "std", "iqr")  # what metric_vs_shots.png draws around each line ([report] band)
+
+
+def _band(rows: list[dict], band: str, log: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The line (R,) and its lower / upper error lengths (R,), (R,) of one method's ``rows`` for ``band``: the mean
+    ± its standard error ("sem") or ± the std over parties ("std"), or the median with the 25th-75th percentile
+    ("iqr"). On a log axis a lower error that would reach 0 stops at a fifth of the line."""
+    if band == "iqr":
+        line = np.array([r["median"] for r in rows])
+        lower = line - np.array([r["p25"] for r in rows])
+        upper = np.array([r["p75"] for r in rows]) - line
+    else:
+        line = np.array([r["mean"] for r in rows])
+        n = np.array([np.sqrt(max(r["n"], 1)) if band == "sem" else 1.0 for r in rows])
+        lower = upper = np.array([r["std"] for r in rows]) / n
+    return line, (np.minimum(lower, 0.8 * line) if log else lower), upper
+
+
+def plot_metric_vs_shots(summary: list[dict], metric: str, path: Path, band: str = "sem") -> None:
+    """Write :func:`metric_vs_shots_figure` of ``summary`` to ``path``."""
+    _save(metric_vs_shots_figure(summary, metric, band), path)
+
+
+def metric_vs_shots_figure(summary: list[dict], metric: str, band: str = "sem") -> Figure:
+    """One line per method (own marker and dash) against the shots. ``band`` (:data:`BANDS`): "sem", the mean with
+    error bars of its standard error over the test parties; "std", the mean ± the std over the parties; "iqr", the
+    median with bars from the 25th to the 75th percentile (rows need ``median``, ``p25``, ``p75``:
+    :func:`cluster.results.tail`). A log y axis when the lines span more than a decade; the legend sits outside the
+    axes."""
+    if band not in BANDS:
+        raise ValueError(f"band must be one of {', '.join(BANDS)}, got {band!r}")
+    center = "median" if band == "iqr" else "mean"
     methods = list(dict.fromkeys(r["method"] for r in summary))
     shots = sorted({r["shots"] for r in summary})
-    log = log_scale_wanted([r["mean"] for r in summary])
+    log = log_scale_wanted([r[center] for r in summary], metric=metric)
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
     step = (max(shots) - min(shots) or 1) * 0.012  # dodge: methods at one shots value do not cover each other
     for i, method in enumerate(methods):
         rows = sorted((r for r in summary if r["method"] == method), key=lambda r: r["shots"])
-        mean = np.array([r["mean"] for r in rows])
-        sem = np.array([r["std"] / np.sqrt(max(r["n"], 1)) for r in rows])
-        lower = np.minimum(sem, 0.8 * mean) if log else sem
+        line, lower, upper = _band(rows, band, log)
         ax.errorbar(
             [r["shots"] + (i - (len(methods) - 1) / 2) * step for r in rows],
-            mean,
-            yerr=[lower, sem],
+            line,
+            yerr=[lower, upper],
             label=method,
             marker=MARKERS[i % len(MARKERS)],
             linestyle=LINESTYLES[(i // len(MARKERS)) % len(LINESTYLES)],
@@ -78,13 +112,19 @@ def plot_metric_vs_shots(summary: list[dict], metric: str, path: Path) -> None:
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
     n = max((r["n"] for r in summary), default=0)
+    plain = " (parties alike, not sample-weighted)" if any("weighted_mean" in r for r in summary) else ""
+    what = {
+        "sem": f"mean{plain} ± standard error",
+        "std": f"mean{plain} ± standard deviation",
+        "iqr": "median, bars from the 25th to the 75th percentile,",
+    }[band]
     ax.set_xticks(shots)
     ax.set_xlabel("fine-tuning shots per test party")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-    ax.set_title(f"mean ± standard error over {n} test parties" + (" (log scale)" if log else ""), fontsize=9)
+    ax.set_title(f"{what} over {n} test parties" + (" (log scale)" if log else ""), fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title="method", fontsize=9)
     ax.grid(alpha=0.3, which="both" if log else "major")
-    _save(fig, path)
+    return fig
 
 
 def plot_metric_vs_upload(
@@ -94,18 +134,31 @@ def plot_metric_vs_upload(
     path: Path,
     curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> None:
-    """Each method's mean metric at 0 shots (circle) and at the largest k (square) against its total upload bytes
-    (log x), joined and labelled; a log y axis when the means span more than a decade. Methods that upload nothing
-    (cold_start) sit in a strip of their own at the left ("no upload"), not at a made-up byte count.
+    """Write :func:`metric_vs_upload_figure` to ``path``."""
+    _save(metric_vs_upload_figure(summary, costs, metric, curves), path)
 
-    ``curves``: method -> (cumulative upload bytes (R,), metric (R,)) of a rounds method's learning curve, drawn as a
-    thin line of points ending at its final upload.
+
+def metric_vs_upload_figure(
+    summary: list[dict],
+    costs: dict[str, dict],
+    metric: str,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Figure:
+    """Each method's mean metric at 0 shots (circle) and at the largest k (square) against its total upload bytes
+    (log x, in kB / MB), joined, one colour per method and a legend; methods with the same upload are drawn side by
+    side (x 1.12 apart) so their lines do not cover each other; a log y axis when the means span more than a decade.
+    Methods that upload nothing (cold_start) sit in a strip of their own at the left ("no upload"), not at a made-up
+    byte count.
+
+    ``curves``: method -> (cumulative upload bytes (R,), metric (R,)) of a rounds method's learning curve (the
+    participating parties scored on their own held-out rows, :func:`cluster.results.upload_curves`), drawn as a thin
+    line of points.
     """
     curves = curves or {}
     k_max = max(r["shots"] for r in summary)
     methods = list(dict.fromkeys(r["method"] for r in summary))
     means = [r["mean"] for r in summary] + [float(v) for _, m in curves.values() for v in m if np.isfinite(v)]
-    log_y = log_scale_wanted(means)
+    log_y = log_scale_wanted(means, metric=metric)
     silent = [m for m in methods if costs[m]["upload_bytes"] <= 0]
     fig = Figure(figsize=(7.5, 4.5))
     if silent:
@@ -114,12 +167,16 @@ def plot_metric_vs_upload(
         ax = fig.add_subplot(grid[1], sharey=strip)
     else:
         strip, ax = None, fig.add_subplot()
-    stacked: dict[float, int] = {}  # labels of methods with the same upload are stacked, not overprinted
+    handles = []  # one legend entry per method, in its colour (labels beside the points overlap when they crowd)
+    same = {}  # upload -> the methods with it: dodged side by side (x 1.12 apart on the log axis, 0.3 in the strip)
+    for method in methods:
+        same.setdefault(costs[method]["upload_bytes"], []).append(method)
     for i, method in enumerate(methods):
         mean = {r["shots"]: r["mean"] for r in summary if r["method"] == method}
         up = costs[method]["upload_bytes"]
-        target, x = (ax, up) if up > 0 else (strip, 0.0)
-        j = stacked[(id(target), x)] = stacked.get((id(target), x), -1) + 1
+        peers = same[up]
+        j = peers.index(method) - (len(peers) - 1) / 2
+        target, x = (ax, up * 1.12**j) if up > 0 else (strip, 0.3 * j)
         ks = sorted({0, k_max} & set(mean))
         color = f"C{i % 10}"
         if method in curves:
@@ -136,39 +193,47 @@ def plot_metric_vs_upload(
         target.plot([x] * len(ks), [mean[k] for k in ks], color=color, lw=1, alpha=0.6)
         for k in ks:
             target.plot(x, mean[k], marker="o" if k == 0 else "s", color=color, ls="none")
-        if target is strip:  # a narrow strip: the label under the last point, centred
-            target.annotate(
-                method,
-                (x, mean[ks[-1]]),
-                textcoords="offset points",
-                xytext=(0, -12 - 9 * j),
-                fontsize=7,
-                color=color,
-                ha="center",
-            )
-        else:
-            target.annotate(
-                method, (x, mean[ks[-1]]), textcoords="offset points", xytext=(5, 3 + 9 * j), fontsize=7, color=color
-            )
+        handles.append(Line2D([], [], color=color, lw=1.5, label=method))
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("total upload (bytes, log scale)")
+    lo, hi = ax.get_xlim()
+    if hi / lo < 30:  # uploads within a decade or so: widen to show labelled ticks (1, 2, 5 x a power of ten)
+        mid = np.sqrt(lo * hi)
+        ax.set_xlim(mid / 6, mid * 6)
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _bytes(v)))
+    ax.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: _bytes(v) if f"{v:.0e}"[0] in "25" else ""))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("total upload (log scale)")
     if log_y:
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
     ylabel = f"{metric} (mean over test parties)" + (", log scale" if log_y else "")
     if strip is not None:
         strip.set_xticks([0.0], ["no\nupload"])
-        strip.set_xlim(-1, 1)
+        strip.set_xlim(-1 - 0.15 * len(silent), 1 + 0.15 * len(silent))
         strip.set_ylabel(ylabel)
         strip.grid(alpha=0.3, axis="y", which="both")
         ax.tick_params(axis="y", which="both", labelleft=False)
     else:
         ax.set_ylabel(ylabel)
-    title = f"circles: 0 shots, squares: {k_max} shots"
-    ax.set_title(title + ("; lines: rounds learning curves (0 shots)" if curves else ""), fontsize=9)
+    title = f"circles: 0 shots, squares: {k_max} shots" + (
+        "; equal uploads side by side" if len(same) < len(methods) else ""
+    )
+    ax.set_title(
+        title + ("\nlines: rounds learning curves, training parties on their own rows" if curves else ""), fontsize=9
+    )
     ax.grid(alpha=0.3, which="both")
-    _save(fig, path)
+    ax.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title="method", fontsize=8
+    )
+    return fig
+
+
+def _bytes(v: float) -> str:
+    """A byte count as 200 kB, 1.5 MB, 3 GB."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if v >= size:
+            return f"{v / size:g} {unit}"
+    return f"{v:g} B"
 
 
 def plot_partition(counts: np.ndarray | None, descriptors: np.ndarray, n_train: int, path: Path) -> None:
@@ -208,7 +273,7 @@ def plot_partition(counts: np.ndarray | None, descriptors: np.ndarray, n_train: 
         order = np.lexsort((-v.sum(axis=1), v.argmax(axis=1)))
         ax = fig.add_subplot(grid[g])
         image = ax.imshow(v[order].T, aspect="auto", interpolation="nearest", cmap="viridis", norm=norm)
-        ax.set_title(f"{name} parties ({len(v)}), sorted by their largest {what}", fontsize=9)
+        ax.set_title(f"{name} parties ({len(v)})", fontsize=9)
         ax.set_xlabel("party (sorted)")
         if v.shape[1] <= 20:
             ax.set_yticks(range(v.shape[1]), [str(k) for k in range(v.shape[1])] if g == 0 else [""] * v.shape[1])
@@ -216,7 +281,11 @@ def plot_partition(counts: np.ndarray | None, descriptors: np.ndarray, n_train: 
             ax.set_ylabel(what)
         else:
             ax.tick_params(labelleft=False)
-    fig.colorbar(image, ax=fig.axes, label=label + (" (log scale)" if counts is not None else ""), fraction=0.03)
+    bar = fig.colorbar(image, ax=fig.axes, label=label + (" (log scale)" if counts is not None else ""), fraction=0.03)
+    if counts is not None:  # 0, 1, 10, 100 rather than 10^0, 10^1
+        bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    held = "label counts" if counts is not None else "descriptors"
+    fig.suptitle(f"{held} of every party; parties sorted by their largest {what}", fontsize=10)
     _save(fig, path)
 
 
@@ -234,7 +303,7 @@ def plot_metric_vs_round(means: dict[str, tuple[np.ndarray, np.ndarray, np.ndarr
         (right, [v for _, _, l_ in means.values() for v in l_], "training loss (mean over parties)"),
     ):
         finite = [v for v in values if np.isfinite(v)]
-        if log_scale_wanted(finite):
+        if log_scale_wanted(finite, metric=metric if ax is left else ""):
             ax.set_yscale("log")
             plain_log_ticks(ax.yaxis)
         ax.set_xlabel("round")
@@ -294,14 +363,16 @@ def plot_study(table, keys: list[str], metric: str, path: Path) -> None:
     swept = [k for k in keys if k != "seed"] or keys
     by_seed = "seed" in keys and swept != ["seed"]
     fig = Figure(figsize=(4.2 * len(swept) + 1.8, 3.2 * len(shots)))
+    first, every_mean = None, []
     for r, k_shots in enumerate(shots):
         for c, key in enumerate(swept):
-            ax = fig.add_subplot(len(shots), len(swept), r * len(swept) + c + 1)
+            # one y axis for every panel (one metric): the shots rows compare at a glance
+            ax = fig.add_subplot(len(shots), len(swept), r * len(swept) + c + 1, sharey=first)
+            first = first or ax
             xs = list(dict.fromkeys(cols[key]))
             numeric = _numeric(xs)
             xs = sorted(xs) if numeric else xs
             pos = xs if numeric else list(range(len(xs)))
-            means_all = []
             for i, method in enumerate(methods):
                 mean, err = [], []
                 for x in xs:
@@ -318,7 +389,7 @@ def plot_study(table, keys: list[str], metric: str, path: Path) -> None:
                     else:
                         mean.append(float(value[sel].mean()) if sel else np.nan)
                         err.append(0.0)
-                means_all += mean
+                every_mean += mean
                 ax.errorbar(
                     pos,
                     mean,
@@ -328,21 +399,22 @@ def plot_study(table, keys: list[str], metric: str, path: Path) -> None:
                     linestyle=LINESTYLES[(i // len(MARKERS)) % len(LINESTYLES)],
                     capsize=3,
                 )
-            if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
+            log_x = numeric and min(xs) > 0 and max(xs) / min(xs) >= 10
+            if log_x:
                 ax.set_xscale("log")
                 plain_log_ticks(ax.xaxis)
             elif numeric and len(xs) <= 12:
                 ax.set_xticks(xs)  # the swept values themselves, not 4.25, 4.5, ...
             if not numeric:
                 ax.set_xticks(pos, [str(x) for x in xs])
-            if log_scale_wanted([m for m in means_all if np.isfinite(m)]):
-                ax.set_yscale("log")
-                plain_log_ticks(ax.yaxis)
-            ax.set_xlabel(key)
-            ax.set_ylabel(METRIC_LABELS.get(metric, metric), fontsize=8)
+            ax.set_xlabel(key + (" (log scale)" if log_x else ""))
+            ax.set_ylabel(textwrap.fill(METRIC_LABELS.get(metric, metric), 34), fontsize=8)
             what = "mean ± std over seeds" if by_seed else "mean over test parties"
             ax.set_title(f"{k_shots}-shot ({what})", fontsize=9)
             ax.grid(alpha=0.3)
+    if log_scale_wanted([m for m in every_mean if np.isfinite(m)], metric=metric):
+        first.set_yscale("log")  # shared: every panel
+        plain_log_ticks(first.yaxis)
     fig.axes[len(swept) - 1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
     FigureCanvasAgg(fig)
     fig.tight_layout()

@@ -78,13 +78,21 @@ TAIL_COLUMNS = ("median", "p10", "p90", "worst10")
 
 
 def tail(values: np.ndarray, lower_is_better: bool = True) -> dict[str, float]:
-    """The spread of per-party ``values`` (P,): median, 10th and 90th percentiles (linear interpolation) and
-    ``worst10``, the mean of the worst ceil(10%) of the parties (the highest values when lower is better)."""
+    """The spread of per-party ``values`` (P,): median, 10th, 25th, 75th and 90th percentiles (linear interpolation)
+    and ``worst10``, the mean of the worst ceil(10%) of the parties (the highest values when lower is better).
+    summary.csv writes :data:`TAIL_COLUMNS`; the quartiles ``p25``/``p75`` are for ``metric_vs_shots.png``'s IQR."""
     v = np.sort(np.asarray(values, np.float64))
     n_worst = max(1, int(np.ceil(0.1 * len(v))))
     worst = v[-n_worst:] if lower_is_better else v[:n_worst]
-    p10, median, p90 = np.percentile(v, [10, 50, 90])
-    return {"median": float(median), "p10": float(p10), "p90": float(p90), "worst10": float(worst.mean())}
+    p10, p25, median, p75, p90 = np.percentile(v, [10, 25, 50, 75, 90])
+    return {
+        "median": float(median),
+        "p10": float(p10),
+        "p90": float(p90),
+        "worst10": float(worst.mean()),
+        "p25": float(p25),
+        "p75": float(p75),
+    }
 
 
 def summarize(
@@ -177,6 +185,16 @@ def curve_means(
             means.append(float(v.mean()) if w is None or w.sum() <= 0 else float((v * w).sum() / w.sum()))
         loss = [float(np.nanmean(p["loss"])) for p in points]
         out[method] = (np.array([p["round"] for p in points]), np.array(means), np.array(loss))
+    return out
+
+
+def upload_curves(curves: dict[str, list[dict]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per rounds method, its participating learning curve against its cumulative upload: bytes uploaded so far
+    (R,) and the mean metric over the scored parties (R,), parties alike (as ``metric_vs_upload.png``'s points)."""
+    out = {}
+    for method, (_, mean, _) in curve_means(curves).items():
+        points = [p for p in curves[method] if p.get("protocol", "participating") == "participating"]
+        out[method] = (np.array([p.get("upload_bytes", 0) for p in points], np.float64), mean)
     return out
 
 

@@ -108,9 +108,9 @@ def read_study(path: str | Path) -> tuple[dict[str, Any], dict[str, list]]:
     return base, grid
 
 
-def plan(base: dict[str, Any], grid: dict[str, list], out: Path, address: str = "") -> list[Point]:
+def plan(base: dict[str, Any], grid: dict[str, list], out: Path, address: str = "", data_dir: str = "") -> list[Point]:
     """Every combination of the grid values, validated as a run config (errors name the point, or ``[base]`` when
-    the base keys alone give the same error)."""
+    the base keys alone give the same error). ``data_dir`` (``--data-dir``) is every point's ``scenario.data_dir``."""
     points = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
@@ -121,6 +121,8 @@ def plan(base: dict[str, Any], grid: dict[str, list], out: Path, address: str = 
         tree["out"] = str(out / name)
         if address:
             tree["address"] = address
+        if data_dir:
+            _set(tree, "scenario.data_dir", data_dir)
         try:
             cfg = resolve(tree)
         except ConfigError as exc:
@@ -140,7 +142,7 @@ def _base_error(base: dict[str, Any]) -> str:
 
 
 def prepare(
-    path: str | Path, out: str | Path | None = None, address: str = "", resume: bool = False
+    path: str | Path, out: str | Path | None = None, address: str = "", resume: bool = False, data_dir: str = ""
 ) -> tuple[Path, list[Point]]:
     """The study's folder and its points, every point checked as its run will check it before Ray starts
     (:func:`cluster.pipeline.preflight`; finished points are skipped). Writes nothing."""
@@ -159,7 +161,7 @@ def prepare(
         raise ConfigError(f"--resume {out}: {path} is not the study that folder holds ({out / STUDY_COPY})")
     if not resume:
         check_out(out)
-    points = plan(base, grid, out, address)
+    points = plan(base, grid, out, address, data_dir)
     for point in points:
         folder = out / point.name
         if not (folder / FINISHED).exists():
@@ -170,9 +172,11 @@ def prepare(
     return out, points
 
 
-def check_study(path: str | Path, out: str | Path | None = None, address: str = "", resume: bool = False) -> str:
+def check_study(
+    path: str | Path, out: str | Path | None = None, address: str = "", resume: bool = False, data_dir: str = ""
+) -> str:
     """``fusion-cluster study FILE --check``: :func:`prepare` alone, and one line saying what the study would run."""
-    out, points = prepare(path, out, address, resume)
+    out, points = prepare(path, out, address, resume, data_dir)
     cfgs = [p.cfg for p in points]
     scenarios = ", ".join(sorted({c.scenario for c in cfgs}))
     methods = ", ".join(dict.fromkeys(m for c in cfgs for m in c.methods))
@@ -207,15 +211,21 @@ def gather(points: list[Point], out: Path) -> pa.Table:
 
 
 def run_study(
-    path: str | Path, out: str | Path | None = None, address: str = "", resume: bool = False, log: Log = print
+    path: str | Path,
+    out: str | Path | None = None,
+    address: str = "",
+    resume: bool = False,
+    log: Log = print,
+    data_dir: str = "",
 ) -> Path:
-    """Run (or with ``resume`` continue) the study in ``path``; returns its output folder."""
+    """Run (or with ``resume`` continue) the study in ``path``; returns its output folder. ``data_dir``: every
+    point's ``scenario.data_dir`` (``--data-dir``; not part of the study file, so a resumed study may name another)."""
     from cluster import plots
     from cluster.pipeline import run
     from cluster.runtime import connect
 
     path = Path(path)
-    out, points = prepare(path, out, address, resume)
+    out, points = prepare(path, out, address, resume, data_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_atomic(out / STUDY_COPY, lambda tmp: shutil.copyfile(path, tmp))

@@ -128,6 +128,8 @@ def shifted(x: np.ndarray, angle: float, ink: float, centered: bool = False) -> 
     background) with their ink scaled by ``ink`` (clipped to the pixel range); ``centered``: pixels in [-1, 1]."""
     from scipy.ndimage import rotate
 
+    if not len(x):  # no images (0 shots): nothing to rotate, and reshape(0, -1) cannot infer the width
+        return np.asarray(x, np.float32)
     side = int(round(np.sqrt(x.shape[1])))
     unit = (x * 0.5 + 0.5) if centered else x
     img = unit.reshape(len(x), side, side)
@@ -250,9 +252,19 @@ class DigitsSplitScenario(Scenario):
         return np.stack([np.bincount(labels[self._part(int(i)).indices], minlength=N_CLASSES) for i in ids])
 
     def probe_inputs(self):
-        """512 unlabeled images of the pool (a fixed draw; labels never used)."""
+        """512 unlabeled images of the pool (a fixed draw; labels never used). With ``shift``, the parties' domains:
+        image i rotated by ``angles[i % len(angles)]``, its ink scaled by the middle of ``intensity``."""
         x, _ = self._pool()
-        return x[np.random.default_rng(12345).choice(len(x), min(512, len(x)), replace=False)]
+        probe = x[np.random.default_rng(12345).choice(len(x), min(512, len(x)), replace=False)]
+        o = self.options
+        if not o.shift:
+            return probe
+        centered, ink = o.inputs == "centered", float(np.mean(o.intensity))
+        rows = [np.arange(i, len(probe), len(o.angles)) for i in range(len(o.angles))]
+        out = np.empty_like(probe)
+        for angle, idx in zip(o.angles, rows):
+            out[idx] = shifted(probe[idx], angle, ink, centered=centered)
+        return out
 
     # The per-descriptor draws of the Scenario interface are not used: parties are entities of the split.
     def descriptor(self, rng):

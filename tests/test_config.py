@@ -110,6 +110,7 @@ BAD_VALUES = [
     ({"finetune": {"folds": 1}}, "finetune.folds", "1"),
     ({"finetune": {"recipe": "magic"}}, "finetune.recipe", "'magic'"),
     ({"faults": {"corrupt_share": 0.9}}, "faults.corrupt_share", "0.9"),
+    ({"report": {"band": "ci"}}, "report.band", "'ci'"),
     ({"party_classes": CLASSES, "system": {"jitter": -1}}, "system.jitter", "-1"),
     ({"party_classes": CLASSES, "system": {"round_deadline": -5}}, "system.round_deadline", "-5"),
     ({"report": {"target": "x"}}, "report.target", "'x'"),

@@ -288,3 +288,26 @@ def test_feature_shift_rotates_each_partys_images_and_its_descriptor_says_how():
     assert [again.party_shift(3, p)[0] for p in range(16)] == [sc.party_shift(3, p)[0] for p in range(16)]
     with pytest.raises(ValueError, match="scenario.intensity"):
         make_options("digits-split", {"intensity": [0, 1]})
+
+
+def test_with_feature_shift_the_probe_covers_every_rotation():
+    sc = build("digits-split", make_options("digits-split", {"shift": True, "angles": [0, 90], "intensity": [0.5, 1]}))
+    sc.prepare(3, 12, 4)
+    plain = build("digits-split", make_options("digits-split", {}))
+    plain.prepare(3, 12, 4)
+
+    probe, probe0 = sc.probe_inputs(), plain.probe_inputs()
+
+    assert probe.shape == probe0.shape
+    imgs, imgs0 = probe.reshape(-1, 8, 8), probe0.reshape(-1, 8, 8)
+    assert np.allclose(imgs[0::2], np.clip(imgs0[0::2] * 0.75, 0, 1), atol=1e-5)  # 0 degrees, the middle ink
+    assert np.allclose(imgs[1::2], np.clip(np.rot90(imgs0[1::2], axes=(1, 2)) * 0.75, 0, 1), atol=1e-5)
+
+
+def test_with_feature_shift_zero_shots_are_an_empty_set_of_images():
+    sc = build("digits-split", make_options("digits-split", {"shift": True, "angles": [30]}))
+    sc.prepare(3, 12, 4)
+
+    x, y = sc.party_shot_data(3, 13, sc.party_descriptor(3, 13), 0)
+
+    assert x.shape == (0, 64) and x.dtype == np.float32 and y.shape == (0,)

@@ -9,7 +9,7 @@ import pytest
 
 from cluster.cli import main
 from cluster.config import ConfigError
-from cluster.study import STUDY_PARQUET, STUDY_PNG, read_study, run_study
+from cluster.study import STUDY_PARQUET, STUDY_PNG, plan, read_study, run_study
 from tests.test_multinode import SMALL
 
 BASE = {**{k: v for k, v in SMALL.items() if k not in ("parties", "seed")}, "test_parties": 2, "shots": [0, 5]}
@@ -113,3 +113,18 @@ def test_grid_accepts_dotted_and_nested_keys(tmp_path):
     path.write_text("[base]\nparties = 4\n[other]\n")
     with pytest.raises(ConfigError, match="unknown table"):
         read_study(path)
+
+
+def test_data_dir_of_the_study_command_is_every_points_data_dir(tmp_path, capsys):
+    base = {"parties": 4, "scenario": {"name": "digits-split", "source": "mnist"}}
+    grid = {"scenario.alpha": [0.1, 1.0], "seed": [1, 2]}
+
+    given = plan(base, grid, tmp_path / "o", data_dir=str(tmp_path / "data"))
+    left_out = plan(base, grid, tmp_path / "o")
+
+    assert [p.cfg.scenario_options.data_dir for p in given] == [str(tmp_path / "data")] * 4
+    assert [p.cfg.scenario_options.data_dir for p in left_out] == [""] * 4
+    path = tmp_path / "s.toml"
+    path.write_text('[base.scenario]\nname = "digits-split"\nsource = "mnist"\n[grid]\nseed = [1]\n')
+    assert main(["study", str(path), "--check", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert f"scenario.data_dir = '{tmp_path}': no MNIST idx files" in capsys.readouterr().err
