@@ -7,7 +7,8 @@ Loads the run's ``config.toml`` and ``checkpoint/fitted-<method>.pt`` (no Ray), 
 starts, and fine-tunes them on k shots with each variant of ``[finetune]`` (the residual-GP recipe,
 :mod:`fusion.adapt.residual`; the step recipe and its step-selection margin, a proximal pull toward the warm start, the
 learning rate): the same shots, test points and code as the run's evaluation (``fusion.adapt.finetuning.finetune``).
-Prints one JSON line per (method, variant) and a Markdown table of the mean metric per k. ``--variants`` picks
+Prints one JSON line per (method, variant) and a Markdown table of the mean metric per k, with the CPU seconds of
+the variant's fine-tuning over all k. ``--variants`` picks
 among the built-in ones (default all).
 """
 
@@ -17,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,9 @@ VARIANTS = {
     "steps": ({"recipe": "steps"}, 0.0),
     "residual_gp": ({"recipe": "residual_gp"}, 0.0),
     "readout": ({"recipe": "readout"}, 0.0),
+    "readout only": ({"recipe": "readout", "steps": 0}, 0.0),  # the read-out's choice, no whole-model steps
+    "readout 100 steps": ({"recipe": "readout", "steps": 100}, 0.0),
+    "readout 3 folds": ({"recipe": "readout", "folds": 3}, 0.0),
     "auto": ({"recipe": "auto"}, 0.0),
     "margin 0": ({"recipe": "steps", "margin": 0.0}, 0.0),
     "margin 1": ({"recipe": "steps", "margin": 1.0}, 0.0),
@@ -80,7 +85,7 @@ def main() -> int:
         for name in variants:
             changes, prox = VARIANTS[name]
             ft = dataclasses.replace(cfg.finetune, **changes)
-            means = {}
+            means, cpu = {}, time.process_time()
             for k in shots:
                 n = sc.shot_examples(k)
                 sx, sy = (torch.as_tensor(np.stack([s[j][:n] for s in shot_sets])) for j in (0, 1))
@@ -92,16 +97,16 @@ def main() -> int:
                 "variant": name,
                 "0": round(zero, 4),
                 **{str(k): round(v, 4) for k, v in means.items()},
+                "cpu_s": round(time.process_time() - cpu, 2),
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
     print(f"\n{sc.metric_name}, mean over {len(ids)} test parties of {folder} (seed {cfg.seed})\n")
-    print("| method | variant | 0 | " + " | ".join(str(k) for k in shots) + " |")
-    print("| --- | --- | --- | " + " | ".join("---" for _ in shots) + " |")
+    print("| method | variant | 0 | " + " | ".join(str(k) for k in shots) + " | CPU s |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in shots) + " | --- |")
     for r in rows:
-        print(
-            f"| {r['method']} | {r['variant']} | {r['0']:.4f} | " + " | ".join(f"{r[str(k)]:.4f}" for k in shots) + " |"
-        )
+        cells = " | ".join(f"{r[str(k)]:.4f}" for k in shots)
+        print(f"| {r['method']} | {r['variant']} | {r['0']:.4f} | {cells} | {r['cpu_s']} |")
     return 0
 
 
