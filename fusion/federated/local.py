@@ -114,26 +114,35 @@ class Plan:
 
 
 def plan(
-    train: LocalTraining, counts, width: int, rngs: list[np.random.Generator], group: int = 1, device="cpu"
+    train: LocalTraining,
+    counts,
+    width: int,
+    rngs: list[np.random.Generator],
+    group: int = 1,
+    device="cpu",
+    passes: int = 1,
 ) -> Plan:
     """The minibatches of parties with ``counts`` (n,) real rows in stacks of ``width`` rows, each party's drawn
-    from its generator in ``rngs`` (which this advances)."""
+    from its generator in ``rngs`` (which this advances). ``passes`` > 1 runs the budget that many times in a
+    row, each pass with a stream of its own (as a client whose ``train()`` is called ``passes`` times)."""
     counts = np.asarray(counts).astype(np.int64)
-    steps = train.party_steps(counts, group)
+    per_pass = train.party_steps(counts, group)
+    steps = per_pass * passes
     if train.batch_size == 0 or not len(counts) or steps.max() == 0:
         return Plan(steps, None)
     if (counts > width).any():
         raise ValueError(f"real sample counts {counts.tolist()} exceed the {width} rows of the parties' stacks")
     w = min(train.batch_size, width)
     idx = np.zeros((int(steps.max()), group, len(counts), w), np.int64)
-    for i, (n_i, s_i, rng) in enumerate(zip(counts, steps, rngs)):
+    for i, (n_i, s_i, rng) in enumerate(zip(counts, per_pass, rngs)):
         if s_i == 0:
             continue
         b = min(train.batch_size, int(n_i))
         need = int(s_i) * group * b
-        stream = np.concatenate([rng.permutation(int(n_i)) for _ in range(-(-need // int(n_i)))])[:need]
-        idx[:s_i, :, i, :b] = stream.reshape(s_i, group, b)
-        idx[:s_i, :, i, b:] = n_i  # b < w: the party has fewer rows than the stack, row n_i is padding
+        for p in range(passes):
+            stream = np.concatenate([rng.permutation(int(n_i)) for _ in range(-(-need // int(n_i)))])[:need]
+            idx[p * s_i : (p + 1) * s_i, :, i, :b] = stream.reshape(s_i, group, b)
+        idx[: passes * s_i, :, i, b:] = n_i  # b < w: the party has fewer rows than the stack, row n_i is padding
     return Plan(steps, torch.as_tensor(idx, device=device))
 
 
@@ -223,16 +232,18 @@ def local_train(
     slot: str = "w",
     grad: GradFn | None = None,
     group: int = 1,
+    passes: int = 1,
 ) -> torch.Tensor:
     """Train ``start`` (n, P) on ``batch`` (a :class:`fusion.federated.base.LocalBatch`) by ``train`` (default:
     ``batch.train``); returns the trained stack. ``constraint``: a mask and/or a proximal pull (anchor (n, P));
     ``slot``: the name of this model's optimizer state (an algorithm that trains two models per round names them
-    apart); ``grad``: the gradient of another loss (default: the task loss), fed ``group`` minibatches per step.
-    Draws the minibatches from ``batch.rngs``."""
+    apart); ``grad``: the gradient of another loss (default: the task loss), fed ``group`` minibatches per step;
+    ``passes``: the budget run that many times in a row (:func:`plan`), one optimizer throughout. Draws the
+    minibatches from ``batch.rngs``."""
     train = batch.train if train is None else train
     weights = start.detach().clone()
     counts = batch.counts.detach().cpu().numpy()
-    schedule = plan(train, counts, batch.x.shape[1], batch.rngs, group, batch.x.device)
+    schedule = plan(train, counts, batch.x.shape[1], batch.rngs, group, batch.x.device, passes)
     memory = getattr(batch, "memory", None)
     opt = LocalOptimizer(train, weights, memory, slot)
     gradient = grad if grad is not None else task_grad(batch)
