@@ -25,8 +25,10 @@ round) and gives Per-FedAvg the budget every other algorithm gets. PFLlib's serv
 ``train()`` twice a round (``serverperavg.train``), so its Per-FedAvg takes two epochs a round at ``-ls 1``:
 ``passes = 2`` is that procedure (``bench.pfllib_protocol`` sets it). One difference stays: PFLlib's loader drops
 a last batch of fewer than 2B rows (``drop_last``), this one completes it from the next permutation, ⌈n_i / 2b_i⌉
-steps a pass against PFLlib's ⌊n_i / 2B⌋. The ``"sign"`` inner step moves every parameter by ≈ α whatever the scale of the
-party's loss; its Jacobian is ≈ 0 (|g| normalizes g away), so ``hessian_free`` requires ``inner = "sgd"``.
+steps a pass against PFLlib's ⌊n_i / 2B⌋.
+
+The ``"sign"`` inner step moves every parameter by ≈ α whatever the scale of the party's loss; its Jacobian is ≈ 0
+(|g| normalizes g away), so ``hessian_free`` requires ``inner = "sgd"``.
 
 ``hessian_free`` adds the Hessian-vector product of the paper's HF variant without forming a
 Hessian: ∇²L(w; B1) g ≈ ‖g‖ (∇L(w + r ĝ; B1) − ∇L(w − r ĝ; B1)) / (2r), ĝ = g / ‖g‖, a central difference of
