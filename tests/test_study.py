@@ -113,3 +113,144 @@ def test_grid_accepts_dotted_and_nested_keys(tmp_path):
     path.write_text("[base]\nparties = 4\n[other]\n")
     with pytest.raises(ConfigError, match="unknown table"):
         read_study(path)
+
+
+# -- [tune]: settings chosen on validation parties, then rerun on fresh seeds ----------------------------------------
+
+TUNE_BASE = """[base]
+parties = 8
+test_parties = 2
+shots = [0, 5]
+methods = ["nearest_task", "fedavg_ft"]
+party_actors = 1
+[base.scenario]
+name = "sine"
+hidden = [16]
+train_points = 40
+[base.pretrain]
+steps = 100
+[base.finetune]
+steps = 10
+[base.federated]
+rounds = 3
+clients_per_round = 0.5
+local_steps = 5
+"""
+
+
+def _tune_file(tmp_path, tune: str, grid: str = "seed = [1]") -> str:
+    path = tmp_path / "tuned.toml"
+    path.write_text(f"{TUNE_BASE}[grid]\n{grid}\n{tune}\n")
+    return str(path)
+
+
+def test_tuning_chooses_the_best_validation_score_and_never_draws_a_test_party(ray_session, tmp_path):
+    import csv
+    import tomllib
+
+    import numpy as np
+
+    tune = '[tune]\nvalidation_parties = 3\nseeds = [11]\nshots = 5\n[tune.grid]\n"federated.lr" = [1e-6, 3e-5]'
+    out = tmp_path / "study"
+    logs: list[str] = []
+
+    run_study(_tune_file(tmp_path, tune), out, log=logs.append)
+
+    # the tuning runs: 5 training parties and the 3 validation parties 5, 6, 7; no test party (ids 8, 9) anywhere
+    runs = sorted(p for p in (out / "tuning" / "fedavg_ft").iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["federated.lr=1e-06,seed=11", "federated.lr=3e-05,seed=11"]
+    scores = {}
+    for run in runs:
+        cfg = tomllib.loads((run / "config.toml").read_text())
+        assert (cfg["parties"], cfg["test_parties"], cfg["seed"], cfg["methods"]) == (5, 3, 11, ["fedavg_ft"])
+        novel = pq.read_table(run / "results.parquet")
+        assert set(novel["party_id"].to_pylist()) == {5, 6, 7}
+        assert max(pq.read_table(run / "rounds.parquet")["party_id"].to_pylist()) <= 7
+        table = novel.filter(pa_equal(novel, "shots", 5))
+        scores[cfg["federated"]["lr"]] = float(np.mean(table["value"].to_pylist()))
+    # the choice is the argmin of the validation scores (nRMSE: lower is better), as tuning.csv and tuned.toml say
+    with open(out / "tuning.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], r["chosen"]) for r in rows].count(("fedavg_ft", "1")) == 1
+    for r in rows:
+        lr = float(r["point"].split("=")[1])
+        assert np.isclose(float(r["score"]), scores[lr], rtol=1e-5)
+    best = min(scores, key=scores.get)
+    assert tomllib.loads((out / "tuned.toml").read_text())["fedavg_ft"]["federated"]["lr"] == best
+    assert any(line.startswith("tune: fedavg_ft at federated.lr=") for line in logs)
+    # the study: the tuned method at its choice on the fresh seed 1, the untuned one at [base]; test parties 8, 9
+    tuned = tomllib.loads((out / "seed=1,methods=fedavg_ft" / "config.toml").read_text())
+    assert tuned["federated"]["lr"] == best and tuned["seed"] == 1 and tuned["parties"] == 8
+    table = pq.read_table(out / STUDY_PARQUET)
+    assert set(table["method"].to_pylist()) == {"nearest_task", "fedavg_ft"}
+    assert set(table["party_id"].to_pylist()) == {8, 9} and set(table["seed"].to_pylist()) == {1}
+
+
+def pa_equal(table, column: str, value):
+    import pyarrow.compute as pc
+
+    return pc.equal(table[column], value)
+
+
+@pytest.mark.parametrize(
+    ("tune", "grid", "message"),
+    [
+        (
+            "[tune]\nvalidation_parties = 7\nseeds = [11]\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "seed = [1]",
+            "tune.validation_parties must be an integer in [1, parties - 2 = 6]",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [1]\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "seed = [1, 2]",
+            "tune.seeds [1] are seeds of the study",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = []\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "seed = [1]",
+            "tune.seeds must be a non-empty list",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\nbogus = 1\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "seed = [1]",
+            "unknown key(s) tune.bogus",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\n[tune.grid]\nseed = [3, 4]",
+            "seed = [1]",
+            "tune.grid.seed: seed is set by the tuning",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\n[tune.grid]\n'federated.lr' = 1e-6",
+            "seed = [1]",
+            "tune.grid.federated.lr must be a non-empty list",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\nmethods = ['ditto']\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "seed = [1]",
+            "['ditto'] not among the study's methods",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\nshots = 3\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "seed = [1]",
+            "tune.shots must be one of the runs' shots [0, 5]",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "parties = [8, 9]",
+            "grid.parties with [tune]",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\n[tune.grid]\n'federated.lr' = [-1.0]",
+            "seed = [1]",
+            "federated.lr must be > 0",
+        ),
+        ("[tune]\nvalidation_parties = 2\nseeds = [11]", "seed = [1]", "tune: method fedavg_ft has no grid"),
+    ],
+)
+def test_bad_tune_tables_are_one_clear_error(tmp_path, capsys, tune, grid, message):
+    path = _tune_file(tmp_path, tune, grid)
+    assert main(["study", path, "--check", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fusion-cluster: error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
