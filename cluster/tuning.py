@@ -22,8 +22,9 @@ study's grid, so the grid may not vary ``parties``, ``test_parties`` or ``method
 seeds of the study.
 
 Methods that choose the same settings share a run; the untuned methods run at ``[base]``. Files, in the study folder:
-``tuning/<methods>/<point>,seed=<s>/`` (each a run), ``tuning.csv`` (``method, point, seeds, shots, score, chosen``:
-every grid point's validation score) and ``tuned.toml`` (each tuned method's chosen keys, a table per method).
+``tuning/methods=<m1+m2>,<point>,seed=<s>/`` (each a run), ``tuning.csv`` (``method, point, seeds, shots, score,
+chosen``: every grid point's validation score) and ``tuned.toml`` (each tuned method's chosen keys, a table per
+method).
 """
 
 from __future__ import annotations
@@ -56,10 +57,6 @@ class Tune:
     shots: int
     grids: dict[str, dict[str, list]]
     parties: int
-
-    @property
-    def validation_ids(self) -> range:
-        return range(self.parties - self.validation_parties, self.parties)
 
 
 @dataclass(frozen=True)
@@ -155,7 +152,7 @@ def plan_tuning(tune: Tune, base: dict[str, Any], out: Path, address: str = "") 
         for combo in itertools.product(*grid.values()):
             values = dict(zip(grid, combo))
             for seed in tune.seeds:
-                name = f"{'+'.join(methods)}/{point_name({**values, 'seed': seed})}"
+                name = point_name({"methods": "+".join(methods), **values, "seed": seed})
                 keys = dict(seed=seed, parties=tune.parties - tune.validation_parties, methods=list(methods))
                 try:
                     cfg = point_config(

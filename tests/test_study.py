@@ -157,8 +157,8 @@ def test_tuning_chooses_the_best_validation_score_and_never_draws_a_test_party(r
     run_study(_tune_file(tmp_path, tune), out, log=logs.append)
 
     # the tuning runs: 5 training parties and the 3 validation parties 5, 6, 7; no test party (ids 8, 9) anywhere
-    runs = sorted(p for p in (out / "tuning" / "fedavg_ft").iterdir() if p.is_dir())
-    assert [p.name for p in runs] == ["federated.lr=1e-06,seed=11", "federated.lr=3e-05,seed=11"]
+    runs = sorted(p for p in (out / "tuning").iterdir() if p.is_dir())
+    assert [p.name for p in runs] == [f"methods=fedavg_ft,federated.lr={lr},seed=11" for lr in ("1e-06", "3e-05")]
     scores = {}
     for run in runs:
         cfg = tomllib.loads((run / "config.toml").read_text())
