@@ -185,7 +185,8 @@ def participating_rows(
     means = curve_means(curves, weights)
     for method, (rounds_, mean, _) in means.items():
         points = {int(p["round"]): p for p in curves[method] if p.get("protocol", "participating") == "participating"}
-        best = int(rounds_[np.argmin(mean) if lower_is_better else np.argmax(mean)])
+        score = np.where(np.isfinite(mean), mean if lower_is_better else -mean, np.inf)  # NaN (diverged): never best
+        best = int(rounds_[np.argmin(score)]) if np.isfinite(score).any() else int(rounds_[-1])
         for protocol, r in (("participating", int(rounds_[-1])), ("participating_best_optimistic", best)):
             v = np.asarray(points[r]["value"], np.float64)
             row = {"method": method, "shots": 0, "mean": float(v.mean()), "std": float(v.std()), "n": len(v)}

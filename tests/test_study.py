@@ -254,3 +254,35 @@ def test_bad_tune_tables_are_one_clear_error(tmp_path, capsys, tune, grid, messa
     err = capsys.readouterr().err
     assert err.startswith("fusion-cluster: error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_choice_is_the_best_mean_over_seeds_ties_to_the_first_and_never_a_diverged_point():
+    import numpy as np
+
+    from cluster.tuning import Tune, TuningRun, choose
+
+    tune = Tune(2, (11, 12), 5, {"a": {"federated.lr": [1, 2, 3, 4]}}, 8)
+    runs = [TuningRun(("a",), {"federated.lr": lr}, s, f"{lr},{s}", None) for lr in (1, 2, 3, 4) for s in (11, 12)]
+    scores = {(1, 11): 0.5, (1, 12): 0.3, (2, 11): 0.1, (2, 12): float("nan"), (3, 11): 0.2, (3, 12): 0.6}
+    scores |= {(4, 11): 0.9, (4, 12): 0.7}  # lr 2 diverged on one seed (its 0.1 is no score); lr 1 and 3 tie at 0.4
+
+    lower, _ = choose(tune, runs, lambda run, m: scores[(run.values["federated.lr"], run.seed)], True)
+    higher, rows = choose(tune, runs, lambda run, m: scores[(run.values["federated.lr"], run.seed)], False)
+
+    assert lower == {"a": {"federated.lr": 1}}  # the first of the tied 0.4s in grid order; lr 2's NaN never chosen
+    assert higher == {"a": {"federated.lr": 4}}
+    assert [r["chosen"] for r in rows] == [0, 0, 0, 1] and [r["seeds"] for r in rows] == ["11-12"] * 4
+    assert np.isnan(rows[1]["score"]) and np.isclose(rows[3]["score"], 0.8)
+
+
+def test_participating_best_round_skips_a_diverged_round():
+    import numpy as np
+
+    from cluster.results import participating_rows
+
+    pts = [
+        {"round": r, "party_id": np.arange(2), "value": np.array(v), "loss": np.zeros(2)}
+        for r, v in ((0, [0.9, 0.7]), (5, [0.3, 0.5]), (10, [float("nan"), 0.2]))
+    ]
+    rows = participating_rows({"fedavg": pts})
+    assert [(r["protocol"], r["round"]) for r in rows] == [("participating", 10), ("participating_best_optimistic", 5)]
