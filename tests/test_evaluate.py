@@ -112,3 +112,26 @@ def test_participating_scores_the_warm_start_at_a_training_partys_own_descriptor
         assert np.isclose(got[("average", pid)], metric(own.mean(0), pid), rtol=1e-6)
         assert np.isclose(got[("nearest_task", pid)], metric(own[nearest[pid]], pid), rtol=1e-6)
         assert got[("nearest_task", pid)] != got[(LOCAL, pid)]
+
+
+def test_participating_scores_cnn_parties_one_at_a_time_as_a_batch_would():
+    # Prepare: digits-split on the sklearn digits with cnn-s parties (8x8 images)
+    from fusion.evaluate import LOCAL, participating
+
+    sc = build("digits-split", make_options("digits-split", {"archs": ["cnn-s"]}))
+    sc.prepare(1, 6, 2)
+    layout, ids = model_layout(sc), np.arange(4)
+    own = np.stack([sc.init_params(torch.Generator().manual_seed(int(i))).numpy() for i in ids])
+
+    # Execute
+    scores = participating(sc, layout, 1, {"average": Constant(own.mean(0))}, ["average"], ids, own)
+
+    # Assert: each party's value is its model's metric on its own held-out rows
+    got = {(m, p): v for m, k, p, v in _rows(scores)}
+    for pid in ids:
+        d = sc.party_descriptor(1, pid)
+        x, y = sc.party_eval_data(1, pid, d)
+        pred = forward(torch.as_tensor(own[pid][None]), sc.spec, torch.as_tensor(x[None]))
+        want = sc.metric(pred, torch.as_tensor(y[None]), torch.as_tensor(d[None])).item()
+        assert np.isclose(got[(LOCAL, pid)], want, rtol=1e-5)
+    assert len(got) == 2 * len(ids)
