@@ -114,7 +114,7 @@ def test_participating_scores_the_warm_start_at_a_training_partys_own_descriptor
         assert got[("nearest_task", pid)] != got[(LOCAL, pid)]
 
 
-def test_participating_scores_cnn_parties_one_at_a_time_as_a_batch_would():
+def test_participating_scores_cnn_parties_on_their_own_held_out_rows():
     # Prepare: digits-split on the sklearn digits with cnn-s parties (8x8 images)
     from fusion.evaluate import LOCAL, participating
 
