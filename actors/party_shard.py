@@ -150,6 +150,17 @@ class PartyShard:
             self.device,
         )
 
+    def participating(self, fit: dict, methods: list[str], *parts: dict) -> evaluate.Scores:
+        """Score every hosted training party with the one-shot ``methods``' warm starts at its own descriptor and
+        with its own pretrained model (``local``) on its held-out rows (:func:`fusion.evaluate.participating`).
+        ``parts``: :meth:`pretrain` answers (any shard's; the hosted parties' rows are picked out)."""
+        ids = self.train_ids
+        pretrained = {int(i): row for p in parts for i, row in zip(p["party_id"], p["params"])}
+        own = np.stack([pretrained[int(i)] for i in ids]) if all(int(i) in pretrained for i in ids) else None
+        return evaluate.participating(
+            self.scenario, self.layout, self.seed, fit["fitted"], methods, ids, own, self.device
+        )
+
     # -- federated rounds (fusion.federated; driven by cluster/rounds.py) ------------------------
 
     def _training_parties(self) -> Parties:

@@ -10,7 +10,8 @@ runs the same setting through ``fusion-cluster``'s pipeline:
 - the model: ``cnn-m`` (PFLlib's FedAvgCNN: conv5x5-32, pool, conv5x5-64, pool, fc 1024-512, fc 512-10) on inputs
   scaled as PFLlib's transform does (``[scenario] inputs = "centered"``: (x/255 - 0.5)/0.5);
 - the rounds: ``[federated]`` rounds R, clients_per_round 1, local_epochs 1, batch_size 10, SGD lr 0.005, and
-  PFLlib's per-algorithm defaults (Ditto's mu = 0: ``lam = 0``; FedALA's eta 1, rand_percent 80, the last layer);
+  PFLlib's per-algorithm defaults (Ditto's mu = 0: ``lam = 0``; FedALA's eta 1, rand_percent 80, the last layer;
+  Per-FedAvg's two calls of a client's ``train()`` a round: ``passes = 2``);
 - the score: the participating protocol (rounds.parquet), every round (``eval_every = 1``); round 0 is the initial
   model (Per-FedAvg's: after its one step).
 
@@ -35,7 +36,9 @@ from cluster.pipeline import run
 from scenarios import build
 
 ALGORITHMS = ("fedavg", "fedrep", "ditto", "per_fedavg", "fedala")
-PFLLIB_SETTINGS = {"ditto": {"lam": 0.0}}  # PFLlib's argparse defaults where ours differ (its -mu is 0)
+# PFLlib's procedure where our defaults differ: Ditto's -mu is 0; PFLlib's Per-FedAvg server calls a client's
+# train() twice a round (serverperavg.py), two passes of the local epoch
+PFLLIB_SETTINGS = {"ditto": {"lam": 0.0}, "per_fedavg": {"passes": 2}}
 
 
 def config(args: argparse.Namespace, algorithm: str, out: Path) -> dict:

@@ -33,7 +33,7 @@ from cluster.runtime import (
     metrics_url,
     party_actor_count,
 )
-from fusion.evaluate import Scores
+from fusion.evaluate import LOCAL, Scores
 from fusion.io import save_warm_starter, write_atomic
 from fusion.layout import ModelLayout
 from fusion.lazy import lazy
@@ -265,8 +265,8 @@ def participating_table(rows: list[dict], metric: str) -> str:
 
 
 def _novel_points(cfg: RunConfig, res: dict) -> dict[str, list[dict]]:
-    """The novel protocol's point of each rounds method for rounds.parquet: its test parties at 0 shots after the
-    last round, with the method's costs."""
+    """The novel protocol's point of each method with a learning curve for rounds.parquet: its test parties at 0
+    shots after its last round (a one-shot method's: round 1), with the method's costs."""
     cols, out = res["cols"], {}
     for method in res["curves"]:
         rows = [i for i, (m, k) in enumerate(zip(cols.method, cols.shots)) if m == method and k == 0]
@@ -274,7 +274,7 @@ def _novel_points(cfg: RunConfig, res: dict) -> dict[str, list[dict]]:
             costs = {k: res["costs"][method][k] for k in (*results.ROUND_COSTS, "sim_time")}
             out[method] = [
                 {
-                    "round": cfg.federated.rounds,
+                    "round": int(res["costs"][method]["rounds"]),
                     "protocol": "novel",
                     "party_id": np.array([cols.party_id[i] for i in rows]),
                     "value": np.array([cols.value[i] for i in rows]),
@@ -487,8 +487,9 @@ def _execute(
             f"{cfg.parties} training, {cfg.test_parties} test parties; actors in namespace {namespace}"
         )
         fit_ref, fitted, quarantine, uploaded, fit_seconds = None, {}, (), np.zeros(0, np.int64), {}
+        part_refs: list = []
         if one_shot:  # pretraining and fusion, as a run without federated methods has them
-            fit_ref, fitted, quarantine, uploaded, fit_seconds = _pretrain_and_fuse(
+            fit_ref, fitted, quarantine, uploaded, fit_seconds, part_refs = _pretrain_and_fuse(
                 cfg, shards, slices, fusion, stages, run_id, log, ckpt, saved, fitted_saved, plan
             )
         fed = None
@@ -522,6 +523,10 @@ def _execute(
 
             blank = no_zero_shot(dataclasses.asdict(cols), fed.starts)["value"]
             cols = dataclasses.replace(cols, value=blank)
+        oneshot_scores = []
+        if fed is not None and one_shot:  # the one-shot methods and `local` on the participating protocol too
+            calls = [s.participating.remote(fit_ref, one_shot, *part_refs) for s in shards]
+            oneshot_scores = ray.get(calls)
         _stage(stages, run_id, "evaluate", clock)
         evaluated_at = time.perf_counter()
         restarted = [i["index"] for i in ray.get([s.info.remote() for s in shards]) if i["restarted"]]
@@ -531,8 +536,12 @@ def _execute(
         for actor in [*shards, *([fusion] if fusion is not None else [])]:
             ray.kill(actor, no_restart=True)
     costs = oneshot_costs(cfg, layout, uploaded, stages.get("pretrain", 0.0), fit_seconds, plan, round_clock)
+    curves = {}
     if fed is not None:
         costs.update(fed.costs)
+        local = oneshot_points(oneshot_scores, costs, len(uploaded) * cfg.pretrain.steps, pretrain_end(cfg, plan))
+        every = {**fed.curves, **local}
+        curves = {m: every[m] for m in [*cfg.methods, LOCAL] if m in every}
     starts = {**fitted, **(fed.starts if fed is not None else {})}
     return {
         "cols": cols,
@@ -541,7 +550,7 @@ def _execute(
         "quarantined": quarantine,
         "shards": infos,
         "costs": costs,
-        "curves": fed.curves if fed is not None else {},
+        "curves": curves,
         "evaluated_at": evaluated_at,
     }
 
@@ -550,7 +559,7 @@ def _pretrain_and_fuse(cfg, shards, slices, fusion, stages, run_id, log, ckpt, s
     """Pretrain every training party (but those ``saved``) and fit the one-shot methods (unless ``fitted``).
 
     Returns (ref of ``{"fitted": ...}``, fitted starters, the quarantine records, ids of the models uploaded, fit
-    seconds by method).
+    seconds by method, refs of the pretraining answers).
     """
     clock = time.perf_counter()
     reporting = None if plan is None else plan.reporting
@@ -591,7 +600,36 @@ def _pretrain_and_fuse(cfg, shards, slices, fusion, stages, run_id, log, ckpt, s
     for method, starter in fitted.items():
         if starter.summary().get("objective") is not None:
             metrics.meta_objective(run_id, method, float(starter.summary()["objective"]))
-    return fit_ref, fitted, quarantine, ids, seconds
+    return fit_ref, fitted, quarantine, ids, seconds, part_refs
+
+
+def oneshot_points(parts: list, costs: dict[str, dict], local_steps: int, local_time: float) -> dict[str, list[dict]]:
+    """The participating protocol's point of each one-shot method and of ``local`` (the shards'
+    :meth:`PartyShard.participating` answers ``parts``), as a learning curve of one point: at round = the method's
+    rounds in costs.csv (1; ``local`` 0: it never communicates), with its costs and simulated time (``local``: no
+    bytes, the pretraining's ``local_steps``, at ``local_time``, the end of pretraining) and no training loss."""
+    cols: dict[str, tuple[list, list]] = {}
+    for part in parts:
+        for m, pid, v in zip(part.method, part.party_id, part.value):
+            cols.setdefault(m, ([], []))
+            cols[m][0].append(int(pid))
+            cols[m][1].append(float(v))
+    out = {}
+    local = dict(rounds=0, upload_bytes=0, download_bytes=0, party_steps=local_steps, aggregated=0, sim_time=local_time)
+    for m, (pids, vals) in cols.items():
+        order = np.argsort(pids, kind="stable")
+        c = costs.get(m, local)
+        out[m] = [
+            {
+                "round": int(c["rounds"]),
+                "party_id": np.asarray(pids)[order],
+                "value": np.asarray(vals)[order],
+                "loss": np.full(len(pids), np.nan),
+                **{k: int(c[k]) for k in results.ROUND_COSTS},
+                "sim_time": float(c["sim_time"]),
+            }
+        ]
+    return out
 
 
 def oneshot_costs(
@@ -639,17 +677,19 @@ def oneshot_costs(
 def oneshot_time(
     cfg: RunConfig, uploaded: np.ndarray, model_bytes: int, plan: Schedule | None, clock: RoundClock | None
 ) -> float:
-    """A one-shot method on the simulated clock: the end of pretraining — ``system.deadline`` when a party is left
-    out (fusion waits for it until then), else the last reporting party's finish (``pretrain.steps`` for the nominal
-    class) — plus the slowest reporting class's one upload of a model (latency + bytes / bandwidth)."""
-    clock = clock or RoundClock()
+    """A one-shot method on the simulated clock: the end of pretraining (:func:`pretrain_end`) plus the slowest
+    reporting class's one upload of a model (latency + bytes / bandwidth)."""
+    return pretrain_end(cfg, plan) + (clock or RoundClock()).upload_time(cfg.seed, uploaded, model_bytes)
+
+
+def pretrain_end(cfg: RunConfig, plan: Schedule | None) -> float:
+    """When pretraining ends on the simulated clock: ``system.deadline`` when a party is left out (fusion waits for
+    it until then), else the last reporting party's finish (``pretrain.steps`` for the nominal class)."""
     if plan is None:
-        done = float(cfg.pretrain.steps)
-    elif cfg.system.deadline > 0 and (plan.left_out_reason != "").any():
-        done = float(cfg.system.deadline)
-    else:
-        done = float(plan.time[plan.left_out_reason == ""].max()) if len(plan.reporting) else 0.0
-    return done + clock.upload_time(cfg.seed, uploaded, model_bytes)
+        return float(cfg.pretrain.steps)
+    if cfg.system.deadline > 0 and (plan.left_out_reason != "").any():
+        return float(cfg.system.deadline)
+    return float(plan.time[plan.left_out_reason == ""].max()) if len(plan.reporting) else 0.0
 
 
 def _pretrain(

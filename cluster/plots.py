@@ -291,13 +291,21 @@ def plot_partition(counts: np.ndarray | None, descriptors: np.ndarray, n_train: 
 
 def plot_metric_vs_round(means: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], metric: str, path: Path) -> None:
     """``metric_vs_round.png``: each rounds method's learning curve on the participating parties (left: the mean
-    metric on their held-out rows; right: their mean training loss), log y axes when a curve spans a decade."""
+    metric on their held-out rows; right: their mean training loss), log y axes when a curve spans a decade. A
+    method of one point (a one-shot method, ``local``) is a horizontal dotted line at its value, labelled with its
+    round."""
     fig = Figure(figsize=(11, 4))
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for i, (method, (rounds_, mean, loss)) in enumerate(means.items()):
+        if len(rounds_) == 1:
+            color = f"C{i % 10}"
+            left.axhline(mean[0], color=color, linestyle=":", label=f"{method} (round {int(rounds_[0])})")
+            if np.isfinite(loss[0]):
+                right.axhline(loss[0], color=color, linestyle=":", label=f"{method} (round {int(rounds_[0])})")
+            continue
         style = dict(marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[(i // len(MARKERS)) % len(LINESTYLES)])
-        left.plot(rounds_, mean, label=method, markersize=4, **style)
-        right.plot(rounds_, loss, label=method, markersize=4, **style)
+        left.plot(rounds_, mean, label=method, markersize=4, color=f"C{i % 10}", **style)
+        right.plot(rounds_, loss, label=method, markersize=4, color=f"C{i % 10}", **style)
     for ax, values, label in (
         (left, [v for _, m, _ in means.values() for v in m], METRIC_LABELS.get(metric, metric)),
         (right, [v for _, _, l_ in means.values() for v in l_], "training loss (mean over parties)"),
@@ -311,7 +319,10 @@ def plot_metric_vs_round(means: dict[str, tuple[np.ndarray, np.ndarray, np.ndarr
         ax.grid(alpha=0.3, which="both")
     left.set_title("participating parties, their own held-out rows", fontsize=9)
     right.set_title("participating parties, their own training rows", fontsize=9)
-    right.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title="method", fontsize=8)
+    handles, labels = left.get_legend_handles_labels()  # every method; one-shot ones have no training loss
+    right.legend(
+        handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title="method", fontsize=8
+    )
     _save(fig, path)
 
 

@@ -183,7 +183,7 @@ def curve_means(
             w = None if weights is None else np.array([weights.get(int(i), 0.0) for i in p["party_id"]])
             v = np.asarray(p["value"], np.float64)
             means.append(float(v.mean()) if w is None or w.sum() <= 0 else float((v * w).sum() / w.sum()))
-        loss = [float(np.nanmean(p["loss"])) for p in points]
+        loss = [float(np.nanmean(p["loss"])) if np.isfinite(p["loss"]).any() else float("nan") for p in points]
         out[method] = (np.array([p["round"] for p in points]), np.array(means), np.array(loss))
     return out
 
@@ -202,12 +202,14 @@ def participating_rows(
     curves: dict[str, list[dict]], weights: dict[int, float] | None = None, lower_is_better: bool = True
 ) -> list[dict]:
     """The participating protocol's summary rows per method: its last round (``protocol = "participating"``) and,
-    optimistic because chosen on the test rows themselves, its best round (``"participating_best_optimistic"``)."""
+    optimistic because chosen on the test rows themselves, its best round (``"participating_best_optimistic"``). A
+    method of one point (a one-shot method, ``local``) has both rows at that point."""
     rows = []
     means = curve_means(curves, weights)
     for method, (rounds_, mean, _) in means.items():
         points = {int(p["round"]): p for p in curves[method] if p.get("protocol", "participating") == "participating"}
-        best = int(rounds_[np.argmin(mean) if lower_is_better else np.argmax(mean)])
+        score = np.where(np.isfinite(mean), mean if lower_is_better else -mean, np.inf)  # NaN (diverged): never best
+        best = int(rounds_[np.argmin(score)]) if np.isfinite(score).any() else int(rounds_[-1])
         for protocol, r in (("participating", int(rounds_[-1])), ("participating_best_optimistic", best)):
             v = np.asarray(points[r]["value"], np.float64)
             row = {"method": method, "shots": 0, "mean": float(v.mean()), "std": float(v.std()), "n": len(v)}

@@ -22,6 +22,7 @@ column per grid key, named by the key) and ``OUT/study.png`` are written (temp f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import re
 import shutil
@@ -41,6 +42,7 @@ Log = Callable[[str], None]
 STUDY_PARQUET = "study.parquet"
 STUDY_PNG = "study.png"
 STUDY_COPY = "study.toml"
+TUNING = "tuning"  # the tuning runs' folder (cluster/tuning.py)
 FINISHED = "results.parquet"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
@@ -54,23 +56,23 @@ class Point:
     cfg: RunConfig
 
 
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"scenario": {"alpha": [..]}}`` (an unquoted dotted key in TOML) -> ``{"scenario.alpha": [..]}``."""
     out = {}
     for key, value in table.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[prefix + key] = value
     return out
 
 
-def _label(value: Any) -> str:
+def value_label(value: Any) -> str:
     text = "-".join(map(str, value)) if isinstance(value, list) else str(value)
     return _SAFE.sub("_", text)
 
 
-def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_key(tree: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``a.b.c`` in a nested run tree (``scenario = "sine"`` becomes ``{name = "sine"}`` to take sub-keys)."""
     *path, last = dotted.split(".")
     node = tree
@@ -88,15 +90,15 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
 def read_study(path: str | Path) -> tuple[dict[str, Any], dict[str, list]]:
     """The ``[base]`` tree and the ``[grid]`` (dotted key -> values) of a study file; a bad file is a ConfigError."""
     tree = load_toml(path)
-    unknown = sorted(set(tree) - {"base", "grid"})
+    unknown = sorted(set(tree) - {"base", "grid", "tune"})
     if unknown:
-        raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}; a study has [base] and [grid]")
+        raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}; a study has [base], [grid] and [tune]")
     base, grid = tree.get("base", {}), tree.get("grid")
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base must be a table of run keys")
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{path}: [grid] must list at least one run key with its values, e.g. seed = [1, 2]")
-    grid = _flatten(grid)
+    grid = flatten(grid)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
@@ -108,23 +110,32 @@ def read_study(path: str | Path) -> tuple[dict[str, Any], dict[str, list]]:
     return base, grid
 
 
-def plan(base: dict[str, Any], grid: dict[str, list], out: Path, address: str = "", data_dir: str = "") -> list[Point]:
+def point_name(values: dict[str, Any]) -> str:
+    """A point's folder name: ``key=value,...``."""
+    return ",".join(f"{k}={value_label(v)}" for k, v in values.items())
+
+
+def point_config(base: dict[str, Any], values: dict[str, Any], out: Path, address: str = "", **keys) -> RunConfig:
+    """The run config of ``[base]`` with the dotted ``values`` set, written to ``out``, and the run ``keys`` set
+    (e.g. ``methods``); a bad value raises :class:`ConfigError`."""
+    tree = copy.deepcopy(base)
+    for key, value in values.items():
+        set_key(tree, key, value)
+    tree.update(keys, out=str(out))
+    if address:
+        tree["address"] = address
+    return resolve(tree)
+
+
+def plan(base: dict[str, Any], grid: dict[str, list], out: Path, address: str = "") -> list[Point]:
     """Every combination of the grid values, validated as a run config (errors name the point, or ``[base]`` when
-    the base keys alone give the same error). ``data_dir`` (``--data-dir``) is every point's ``scenario.data_dir``."""
+    the base keys alone give the same error)."""
     points = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
-        name = ",".join(f"{k}={_label(v)}" for k, v in values.items())
-        tree = copy.deepcopy(base)
-        for key, value in values.items():
-            _set(tree, key, value)
-        tree["out"] = str(out / name)
-        if address:
-            tree["address"] = address
-        if data_dir:
-            _set(tree, "scenario.data_dir", data_dir)
+        name = point_name(values)
         try:
-            cfg = resolve(tree)
+            cfg = point_config(base, values, out / name, address)
         except ConfigError as exc:
             where = "[base]" if _base_error(base) == str(exc) else f"point {name}"
             raise ConfigError(f"study {where}: {exc}") from None
@@ -141,15 +152,30 @@ def _base_error(base: dict[str, Any]) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class Study:
+    """A checked study: its folder, its points, its ``[base]`` tree and, with ``[tune]``, the tuning and its runs."""
+
+    out: Path
+    points: list[Point]
+    base: dict[str, Any]
+    address: str = ""
+    tune: Any = None  # cluster.tuning.Tune
+    tuning: tuple = ()  # cluster.tuning.TuningRun, every one
+
+
 def prepare(
     path: str | Path, out: str | Path | None = None, address: str = "", resume: bool = False, data_dir: str = ""
-) -> tuple[Path, list[Point]]:
-    """The study's folder and its points, every point checked as its run will check it before Ray starts
-    (:func:`cluster.pipeline.preflight`; finished points are skipped). Writes nothing."""
+) -> Study:
+    """The study's folder and its points (and tuning runs), every run checked as it will check itself before Ray
+    starts (:func:`cluster.pipeline.preflight`; finished runs are skipped). Writes nothing. ``data_dir``
+    (``--data-dir``) is every run's ``scenario.data_dir``: not part of the study file, so a resumed study may name
+    another."""
     from cluster.pipeline import check_out, preflight
 
     path = Path(path)
     base, grid = read_study(path)
+    tune_table = load_toml(path).get("tune")
     if out is None:
         if resume:
             raise ConfigError("--resume needs --out DIR: the folder of the study to continue")
@@ -157,32 +183,67 @@ def prepare(
     out = Path(out)
     if resume and not (out / STUDY_COPY).is_file():
         raise ConfigError(f"--resume {out}: not a study folder (no {STUDY_COPY})")
-    if resume and read_study(out / STUDY_COPY) != (base, grid):
+    if resume and (
+        read_study(out / STUDY_COPY) != (base, grid) or load_toml(out / STUDY_COPY).get("tune") != tune_table
+    ):
         raise ConfigError(f"--resume {out}: {path} is not the study that folder holds ({out / STUDY_COPY})")
     if not resume:
         check_out(out)
-    points = plan(base, grid, out, address, data_dir)
-    for point in points:
-        folder = out / point.name
+    if data_dir:
+        set_key(base, "scenario.data_dir", data_dir)
+    points = plan(base, grid, out, address)
+    study = Study(out, points, base, address)
+    if tune_table is not None:
+        study = _prepare_tuning(study, tune_table, grid)
+    runs = [(f"point {p.name}", out / p.name, p.cfg) for p in points]
+    runs += [(f"tune point {r.name}", out / TUNING / r.name, r.cfg) for r in study.tuning]
+    for what, folder, cfg in runs:
         if not (folder / FINISHED).exists():
             try:
-                preflight(point.cfg, resume=(folder / "config.toml").is_file())
+                preflight(cfg, resume=(folder / "config.toml").is_file())
             except ConfigError as exc:
-                raise ConfigError(f"study point {point.name}: {exc}") from None
-    return out, points
+                raise ConfigError(f"study {what}: {exc}") from None
+    return study
+
+
+def _prepare_tuning(study: Study, table: Any, grid: dict[str, list]) -> Study:
+    """``study`` with its ``[tune]`` read and its tuning runs planned; every point is also checked at every value
+    its tuned methods may choose (a bad combination fails now, not after the tuning)."""
+    from cluster import tuning
+
+    try:
+        base_cfg = resolve(copy.deepcopy(study.base))
+    except ConfigError as exc:
+        raise ConfigError(f"study [base]: {exc}") from None
+    tune = tuning.read_tune(table, base_cfg, grid, {p.cfg.seed for p in study.points})
+    runs = tuning.plan_tuning(tune, study.base, study.out, study.address)
+    for point in study.points:
+        for method, method_grid in tune.grids.items():
+            for combo in itertools.product(*method_grid.values()):
+                values = dict(zip(method_grid, combo))
+                try:
+                    point_config(study.base, {**point.values, **values}, study.out, methods=[method])
+                except ConfigError as exc:
+                    where = f"study point {point.name} with {method} at {point_name(values)}"
+                    raise ConfigError(f"{where}: {exc}") from None
+    return dataclasses.replace(study, tune=tune, tuning=tuple(runs))
 
 
 def check_study(
     path: str | Path, out: str | Path | None = None, address: str = "", resume: bool = False, data_dir: str = ""
 ) -> str:
     """``fusion-cluster study FILE --check``: :func:`prepare` alone, and one line saying what the study would run."""
-    out, points = prepare(path, out, address, resume, data_dir)
+    study = prepare(path, out, address, resume, data_dir)
+    points = study.points
     cfgs = [p.cfg for p in points]
     scenarios = ", ".join(sorted({c.scenario for c in cfgs}))
     methods = ", ".join(dict.fromkeys(m for c in cfgs for m in c.methods))
+    tuned = ""
+    if study.tune is not None:
+        tuned = f"; {len(study.tuning)} tuning runs choose the settings of {', '.join(study.tune.grids)}"
     return (
         f"{path} is valid (nothing run): {len(points)} points over {', '.join(points[0].values)}; scenario "
-        f"{scenarios}; methods {methods}; it would write {out}/"
+        f"{scenarios}; methods {methods}{tuned}; it would write {study.out}/"
     )
 
 
@@ -218,27 +279,24 @@ def run_study(
     log: Log = print,
     data_dir: str = "",
 ) -> Path:
-    """Run (or with ``resume`` continue) the study in ``path``; returns its output folder. ``data_dir``: every
-    point's ``scenario.data_dir`` (``--data-dir``; not part of the study file, so a resumed study may name another)."""
+    """Run (or with ``resume`` continue) the study in ``path``; returns its output folder. With ``[tune]`` the
+    tuning runs come first (:mod:`cluster.tuning`), then every point with each method at its chosen settings."""
     from cluster import plots
-    from cluster.pipeline import run
     from cluster.runtime import connect
 
     path = Path(path)
-    out, points = prepare(path, out, address, resume, data_dir)
+    study = prepare(path, out, address, resume, data_dir)
+    out, points = study.out, study.points
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_atomic(out / STUDY_COPY, lambda tmp: shutil.copyfile(path, tmp))
     conn = connect(points[0].cfg.cluster)  # once: every run's connect() reuses the initialized Ray
     try:
-        for i, point in enumerate(points, 1):
-            folder = out / point.name
-            if (folder / FINISHED).exists():
-                log(f"study point {i}/{len(points)} {point.name}: finished already, skipped")
-                continue
-            again = (folder / "config.toml").is_file()
-            log(f"study point {i}/{len(points)} {point.name}" + (": continuing from its checkpoint" if again else ""))
-            run(point.cfg, log=log, resume=again)
+        if study.tune is not None:
+            tuning_points = [Point(r.name, r.values, r.cfg) for r in study.tuning]
+            _run_points(tuning_points, out / TUNING, "tuning run", log)
+            points = _tuned_points(study, _choose(study, log))
+        _run_points(points, out, "study point", log)
     finally:
         if conn.owned:
             import ray
@@ -250,3 +308,49 @@ def run_study(
     plots.plot_study(table, list(points[0].values), metric, out / STUDY_PNG)
     log(f"wrote {out}/ ({STUDY_PARQUET}: {len(points)} points, {table.num_rows} rows; {STUDY_PNG})")
     return out
+
+
+def _run_points(points: list[Point], out: Path, what: str, log: Log) -> None:
+    """Run every point into ``out / point.name`` that has no results yet (an interrupted one from its checkpoint)."""
+    from cluster.pipeline import run
+
+    for i, point in enumerate(points, 1):
+        folder = out / point.name
+        if (folder / FINISHED).exists():
+            log(f"{what} {i}/{len(points)} {point.name}: finished already, skipped")
+            continue
+        again = (folder / "config.toml").is_file()
+        log(f"{what} {i}/{len(points)} {point.name}" + (": continuing from its checkpoint" if again else ""))
+        run(point.cfg, log=log, resume=again)
+
+
+def _choose(study: Study, log: Log) -> dict[str, dict[str, Any]]:
+    """Each tuned method's choice from the finished tuning runs; writes tuning.csv and tuned.toml."""
+    from cluster import tuning
+    from scenarios import build
+
+    cfg = study.points[0].cfg
+    lower = build(cfg.scenario, cfg.scenario_options).lower_is_better
+    folder = study.out / TUNING
+    score = lambda run, method: tuning.read_score(folder / run.name, method, study.tune.shots)  # noqa: E731
+    chosen, rows = tuning.choose(study.tune, list(study.tuning), score, lower)
+    write_atomic(study.out / tuning.TUNING_CSV, lambda tmp: tmp.write_text(tuning.tuning_csv(rows)))
+    write_atomic(study.out / tuning.TUNED_TOML, lambda tmp: tmp.write_text(tuning.tuned_toml(chosen)))
+    for method, values in chosen.items():
+        best = min(r["score"] for r in rows if r["method"] == method and r["chosen"])
+        log(f"tune: {method} at {point_name(values)} (validation {best:.4g} at {study.tune.shots} shots)")
+    return chosen
+
+
+def _tuned_points(study: Study, chosen: dict[str, dict[str, Any]]) -> list[Point]:
+    """Every point of the study once per group of its methods that run at the same settings (the tuned methods at
+    their choice, the others at ``[base]``): folder ``<point>,methods=<m1+m2>``."""
+    from cluster import tuning
+
+    points = []
+    for point in study.points:
+        for methods, values in tuning.settings_groups(list(point.cfg.methods), chosen):
+            name = f"{point.name},methods={'+'.join(methods)}"
+            cfg = point_config(study.base, {**point.values, **values}, study.out / name, study.address, methods=methods)
+            points.append(Point(name, point.values, cfg))
+    return points

@@ -29,7 +29,7 @@ from fusion.layout import ModelLayout
 from fusion.lazy import torch
 from fusion.methods import COLD_START
 from fusion.models.params import forward
-from fusion.models.spec import Spec
+from fusion.models.spec import CNNSpec, Spec
 from fusion.strategies.by_family import ByFamily
 from fusion.streams import InitFn, Stream, party_inits
 from fusion.warm_start import WarmStarter, predict_all
@@ -82,6 +82,63 @@ def evaluate(
     for rows, spec in layout.target_groups(seed, ids):
         starters = {m: f.for_family(spec) if isinstance(f, ByFamily) else f for m, f in fitted.items()}
         _evaluate_group(task, layout, seed, starters, methods, shots, ids[rows], spec, finetune_cfg, show, device, out)
+    return out
+
+
+LOCAL = "local"  # the participating protocol's row of each training party's own pretrained model
+
+
+def participating(
+    task: Task,
+    layout: ModelLayout,
+    seed: int,
+    fitted: dict[str, WarmStarter],
+    methods: Sequence[str],
+    ids: np.ndarray,
+    own: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
+) -> Scores:
+    """The participating protocol of the one-shot methods: training parties ``ids`` scored on their own held-out
+    rows (``task.party_eval_data``), at 0 shots (``shots`` 0 in the returned rows).
+
+    - each of ``methods`` that ``fitted`` holds as a one-shot warm starter (not a :class:`FederatedStart`): its warm
+      start at the party's own descriptor (:meth:`WarmStarter.predict_participating`: fusion's meta-model at a
+      descriptor it was fitted on, ``average`` the average of all models, ``nearest_task`` the nearest model of
+      another party);
+    - ``local`` (:data:`LOCAL`): the party's own pretrained model, row i of ``own`` (n, layout.spec.n_params), as
+      it was uploaded; None: no such row.
+    """
+    out = Scores()
+    ids = np.asarray(ids, np.int64)
+    if not len(ids):
+        return out
+    desc = np.stack([task.party_descriptor(seed, i) for i in ids]).astype(np.float32)
+    evals = [task.party_eval_data(seed, i, d) for i, d in zip(ids, desc)]
+
+    def score(method: str, rows: np.ndarray, models: np.ndarray, spec: Spec) -> None:
+        step = 1 if isinstance(spec, CNNSpec) else len(rows)  # a CNN's activations: a party at a time
+        for at in range(0, len(rows), step):
+            some, m = rows[at : at + step], models[at : at + step]
+            ex = _stack([evals[r][0] for r in some], device)
+            ey = _stack([evals[r][1] for r in some], device)
+            with torch.no_grad():
+                pred = forward(torch.as_tensor(m, device=device), spec, ex)
+                values = task.metric(pred, ey, torch.as_tensor(desc[some], device=device)).cpu().numpy()
+            out.method.extend([method] * len(some))
+            out.shots.extend([0] * len(some))
+            out.party_id.extend(ids[some].tolist())
+            out.value.extend(values.tolist())
+
+    for method in methods:
+        starter = fitted.get(method)
+        if starter is None or isinstance(starter, FederatedStart):
+            continue
+        for rows, spec in layout.target_groups(seed, ids):
+            one = starter.for_family(spec) if isinstance(starter, ByFamily) else starter
+            score(method, rows, one.predict_participating(desc[rows]), getattr(one, "spec", spec))
+    if own is not None:
+        for rows, spec in layout.groups(seed, ids):
+            score(LOCAL, rows, layout.unpack(np.asarray(own)[rows], spec), spec)
     return out
 
 

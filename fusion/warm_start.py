@@ -36,6 +36,12 @@ class WarmStarter(ABC):
         """Small facts about the fit for logs and metrics."""
         return {}
 
+    def predict_participating(self, descriptors: np.ndarray) -> np.ndarray:
+        """Warm starts (m, n_params) of training parties at their own ``descriptors`` (m, d), whose own models may
+        be among those fitted (the participating protocol, :func:`fusion.evaluate.participating`). Default:
+        :meth:`predict`; a lookup of one model leaves the party's own out (copying it would be ``local``)."""
+        return self.predict(descriptors)
+
     @classmethod
     def predict_many(cls, starters: list[WarmStarter], descriptors: np.ndarray) -> list[np.ndarray]:
         """Each of ``starters`` (all of this class) at the same ``descriptors``: a class whose starters can share

@@ -81,3 +81,57 @@ def test_the_shown_parties_keep_their_zero_shot_models():
     spec, ids, params = scores.shown["cold_start"]
     assert spec == SC.spec and ids.tolist() == [21, 23] and params.shape == (2, SC.spec.n_params)
     np.testing.assert_array_equal(params, cold_starts(SC, model_layout(SC), 3, np.array([21, 23]), SC.spec))
+
+
+def test_participating_scores_the_warm_start_at_a_training_partys_own_descriptor_and_its_own_model_as_local():
+    # Prepare: six training parties, each with a distinct model; nearest_task holds all six.
+    from fusion.evaluate import LOCAL, participating
+    from fusion.strategies.nearest_task import Lookup
+
+    ids, seed = np.arange(6), 3
+    own = np.stack([_constant(10 + int(i)).params for i in ids])
+    desc = np.stack([SC.party_descriptor(seed, i) for i in ids])
+    fitted = {"average": Constant(own.mean(0)), "nearest_task": Lookup(own, desc), "fedavg": GlobalModel(own[0])}
+
+    # Execute
+    scores = participating(SC, model_layout(SC), seed, fitted, ["average", "nearest_task", "fedavg"], ids, own)
+
+    # Assert: every party scored by each one-shot method and `local` (not the federated start), at 0 shots, each
+    # value the metric of the expected model on the party's own held-out rows; nearest_task never copies its own.
+    def metric(params, pid):
+        x, y = SC.party_eval_data(seed, pid, desc[pid])
+        pred = forward(torch.as_tensor(params[None]), SC.spec, torch.as_tensor(x[None]))
+        return SC.metric(pred, torch.as_tensor(y[None]), torch.as_tensor(desc[pid][None])).item()
+
+    got = {(m, p): v for m, k, p, v in _rows(scores) if k == 0}
+    assert len(got) == len(scores.value) == 3 * len(ids) and set(scores.shots) == {0}
+    nearest = Lookup(own, desc).nearest(desc, other=True)
+    assert (nearest != ids).all()
+    for pid in ids:
+        assert np.isclose(got[(LOCAL, pid)], metric(own[pid], pid), rtol=1e-6)
+        assert np.isclose(got[("average", pid)], metric(own.mean(0), pid), rtol=1e-6)
+        assert np.isclose(got[("nearest_task", pid)], metric(own[nearest[pid]], pid), rtol=1e-6)
+        assert got[("nearest_task", pid)] != got[(LOCAL, pid)]
+
+
+def test_participating_scores_cnn_parties_on_their_own_held_out_rows():
+    # Prepare: digits-split on the sklearn digits with cnn-s parties (8x8 images)
+    from fusion.evaluate import LOCAL, participating
+
+    sc = build("digits-split", make_options("digits-split", {"archs": ["cnn-s"]}))
+    sc.prepare(1, 6, 2)
+    layout, ids = model_layout(sc), np.arange(4)
+    own = np.stack([sc.init_params(torch.Generator().manual_seed(int(i))).numpy() for i in ids])
+
+    # Execute
+    scores = participating(sc, layout, 1, {"average": Constant(own.mean(0))}, ["average"], ids, own)
+
+    # Assert: each party's value is its model's metric on its own held-out rows
+    got = {(m, p): v for m, k, p, v in _rows(scores)}
+    for pid in ids:
+        d = sc.party_descriptor(1, pid)
+        x, y = sc.party_eval_data(1, pid, d)
+        pred = forward(torch.as_tensor(own[pid][None]), sc.spec, torch.as_tensor(x[None]))
+        want = sc.metric(pred, torch.as_tensor(y[None]), torch.as_tensor(d[None])).item()
+        assert np.isclose(got[(LOCAL, pid)], want, rtol=1e-5)
+    assert len(got) == 2 * len(ids)

@@ -13,7 +13,7 @@ from fusion.adapt.finetuning import finetune
 from fusion.adapt.train_config import FinetuneConfig, TrainConfig
 from fusion.adapt.training import train
 from fusion.federated import ALGORITHMS, FederatedConfig
-from fusion.federated.base import no_zero_shot, sample
+from fusion.federated.base import local_rng, no_zero_shot, sample
 from fusion.federated.fedrep import body_size
 from fusion.federated.local import LocalTraining, plan
 from fusion.federated.pfedhn import encoder_size, output_scale
@@ -213,6 +213,80 @@ def test_per_fedavg_hessian_free_step_follows_the_maml_gradient():
     assert err[True] < 1e-2 < err[False]
 
 
+def _pfllib_per_fedavg(w, x, y, d, n_real, b, alpha, beta, passes, rng):
+    """PFLlib's clientperavg.train, called ``passes`` times, for one party: per step a loader batch of 2b rows from
+    the pass's permutations, a temporary step of alpha on its first half, the gradient of its second half at the
+    temporary weights, the weights restored, a step of beta. Also returns the rows each step used."""
+    w, used = w.clone(), []
+    loss = lambda v, rows: _task_loss(forward(v[None], SPEC, x[None, rows]), y[None, rows], d[None]).sum()  # noqa: E731
+    steps = -(-n_real // (2 * b))
+    for _ in range(passes):
+        need = steps * 2 * b
+        stream = np.concatenate([rng.permutation(n_real) for _ in range(-(-need // n_real))])[:need]
+        for t in range(steps):
+            batch = stream[2 * b * t : 2 * b * (t + 1)]
+            first, second = torch.as_tensor(batch[:b]), torch.as_tensor(batch[b:])
+            v = w.clone().requires_grad_(True)
+            temp = (w - alpha * torch.autograd.grad(loss(v, first), v)[0]).requires_grad_(True)
+            g = torch.autograd.grad(loss(temp, second), temp)[0]
+            w = w - beta * g
+            used.append(batch)
+    return w, used
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_per_fedavg_takes_pfllibs_steps_two_minibatches_each_over_its_passes(passes):
+    # Prepare: one round, every party, one epoch of minibatches of 3 rows (party 0: 9 real rows, the others 12).
+    parties, alpha, beta, b = _parties(), 0.05, 0.1, 3
+    cfg = FederatedConfig(rounds=1, clients_per_round=1.0, local_epochs=1, batch_size=b, lr=0.01)
+    algo = _algo("per_fedavg", cfg, alpha=alpha, beta=beta, passes=passes)
+    w0 = torch.as_tensor(INIT)
+
+    # Execute
+    _, uploads = _run(algo, parties=parties)
+    refs = []
+    for i in range(6):
+        n_real = int(parties.counts[i])
+        rng = local_rng(SEED, i, 0)
+        x, y, d = parties.x[i], parties.y[i], parties.descriptors[i]
+        refs.append(_pfllib_per_fedavg(w0, x, y, d, n_real, b, alpha, beta, passes, rng))
+
+    # Assert: the same weights as the hand-written loop; ⌈n / 2b⌉ steps of 2b real rows a pass (distinct rows when
+    # 2b divides n: the 12-row parties; party 0's last batch is completed from the next permutation).
+    for i, (w_ref, used) in enumerate(refs):
+        np.testing.assert_allclose(uploads[0]["w"][i], w_ref.numpy(), rtol=1e-4, atol=1e-6, err_msg=f"party {i}")
+        n_real = int(parties.counts[i])
+        assert len(used) == passes * -(-n_real // (2 * b))
+        assert all(rows.max() < n_real for rows in used)
+        if i > 0:
+            assert all(len(set(rows.tolist())) == 2 * b for rows in used)
+    counts = parties.counts.numpy()
+    assert list(algo.party_steps(counts[:2])) == [2 * passes * 2, 2 * passes * 2]  # ⌈9/6⌉ = ⌈12/6⌉ = 2 steps
+
+
+def test_per_fedavg_participating_model_is_one_sgd_step_of_alpha_on_one_minibatch():
+    # Prepare: PFLlib's evaluate_one_step, train_one_step: one minibatch of b rows, one SGD step of alpha.
+    parties, alpha, b = _parties(), 0.05, 4
+    cfg = FederatedConfig(rounds=1, clients_per_round=1.0, batch_size=b, lr=0.01, momentum=0.5)
+    algo = _algo("per_fedavg", cfg, alpha=alpha)
+    ids = np.arange(6)
+    batch = parties.batch(ids, SPEC, cfg, SEED, 0)
+    down = {"w": torch.as_tensor(INIT)}
+
+    # Execute
+    models = algo.participant_models(down, None, batch).numpy()
+
+    # Assert
+    for i in ids:
+        n_real = int(parties.counts[i])
+        rows = torch.as_tensor(local_rng(SEED, i, 0).permutation(n_real)[:b])
+        v = torch.as_tensor(INIT).clone().requires_grad_(True)
+        d = parties.descriptors[i]
+        loss = _task_loss(forward(v[None], SPEC, parties.x[i, rows][None]), parties.y[i, rows][None], d[None])
+        want = INIT - alpha * torch.autograd.grad(loss.sum(), v)[0].numpy()
+        np.testing.assert_allclose(models[i], want, rtol=1e-4, atol=1e-6, err_msg=f"party {i}")
+
+
 def test_ditto_without_pull_trains_the_personal_model_locally():
     # Prepare: every party sampled every round, so its v trains `personal_steps` fresh steps per round from w_0.
     cfg = FederatedConfig(rounds=3, clients_per_round=1.0, local_steps=4, lr=0.01, batch_size=0)
@@ -316,6 +390,7 @@ def test_pfedhn_serves_a_784_100_10_mlp():
         ("per_fedavg", {"alpha": -1.0}, "federated.per_fedavg.alpha"),
         ("per_fedavg", {"beta": 0.0}, "federated.per_fedavg.beta"),
         ("per_fedavg", {"inner": "newton"}, "federated.per_fedavg.inner"),
+        ("per_fedavg", {"passes": 0}, "federated.per_fedavg.passes"),
         ("per_fedavg", {"hessian_free": True, "inner": "sign"}, "federated.per_fedavg.hessian_free"),
         ("ditto", {"lam": -0.1}, "federated.ditto.lam"),
         ("ditto", {"personal_steps": -1}, "federated.ditto.personal_steps"),

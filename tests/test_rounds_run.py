@@ -116,3 +116,31 @@ def test_a_run_interrupted_mid_rounds_resumes_from_the_last_saved_round(ray_sess
         assert {k: v for k, v in row.items() if k != "wall_s"} == {
             k: v for k, v in ref[method].items() if k != "wall_s"
         }
+
+
+def test_one_shot_methods_and_local_are_scored_on_the_participating_parties_too(federated_run):
+    out = federated_run["out"]
+    table = pq.read_table(out / "rounds.parquet")
+    cols = {k: np.asarray(table[k].to_pylist()) for k in ("method", "round", "protocol", "party_id", "value")}
+    part = cols["protocol"] == "participating"
+    rounds_of = {m: sorted(set(cols["round"][part & (cols["method"] == m)].tolist())) for m in set(cols["method"])}
+    # one point each: the one-shot methods after their one round, `local` (each party's own model) at round 0
+    assert rounds_of["fusion"] == rounds_of["nearest_task"] == [1] and rounds_of["local"] == [0]
+    assert "cold_start" not in rounds_of and len(rounds_of["fedavg"]) > 2
+    for m in ("fusion", "nearest_task", "local"):
+        sel = part & (cols["method"] == m)
+        assert sorted(cols["party_id"][sel].tolist()) == list(range(12)) and np.isfinite(cols["value"][sel]).all()
+    at = lambda m: cols["value"][part & (cols["method"] == m)]  # noqa: E731 (party-id order)
+    assert not np.allclose(at("nearest_task"), at("local"))  # a lookup never copies the party's own model
+    novel = cols["protocol"] == "novel"
+    assert set(cols["round"][novel & (cols["method"] == "fusion")].tolist()) == {1}
+    with open(out / "summary.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["protocol"] == "participating"]
+    assert {r["method"]: r["round"] for r in rows} == {
+        "fusion": "1",
+        "nearest_task": "1",
+        "fedavg": "6",
+        "fedavg_ft": "6",
+        "local": "0",
+    }
+    assert (out / "metric_vs_round.png").stat().st_size > 0

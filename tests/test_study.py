@@ -9,7 +9,7 @@ import pytest
 
 from cluster.cli import main
 from cluster.config import ConfigError
-from cluster.study import STUDY_PARQUET, STUDY_PNG, plan, read_study, run_study
+from cluster.study import STUDY_PARQUET, STUDY_PNG, read_study, run_study
 from tests.test_multinode import SMALL
 
 BASE = {**{k: v for k, v in SMALL.items() if k not in ("parties", "seed")}, "test_parties": 2, "shots": [0, 5]}
@@ -116,15 +116,180 @@ def test_grid_accepts_dotted_and_nested_keys(tmp_path):
 
 
 def test_data_dir_of_the_study_command_is_every_points_data_dir(tmp_path, capsys):
-    base = {"parties": 4, "scenario": {"name": "digits-split", "source": "mnist"}}
-    grid = {"scenario.alpha": [0.1, 1.0], "seed": [1, 2]}
-
-    given = plan(base, grid, tmp_path / "o", data_dir=str(tmp_path / "data"))
-    left_out = plan(base, grid, tmp_path / "o")
-
-    assert [p.cfg.scenario_options.data_dir for p in given] == [str(tmp_path / "data")] * 4
-    assert [p.cfg.scenario_options.data_dir for p in left_out] == [""] * 4
     path = tmp_path / "s.toml"
     path.write_text('[base.scenario]\nname = "digits-split"\nsource = "mnist"\n[grid]\nseed = [1]\n')
     assert main(["study", str(path), "--check", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert f"scenario.data_dir = '{tmp_path}': no MNIST idx files" in capsys.readouterr().err
+
+
+# -- [tune]: settings chosen on validation parties, then rerun on fresh seeds ----------------------------------------
+
+TUNE_BASE = """[base]
+parties = 8
+test_parties = 2
+shots = [0, 5]
+methods = ["nearest_task", "fedavg_ft"]
+party_actors = 1
+[base.scenario]
+name = "sine"
+hidden = [16]
+train_points = 40
+[base.pretrain]
+steps = 100
+[base.finetune]
+steps = 10
+[base.federated]
+rounds = 3
+clients_per_round = 0.5
+local_steps = 5
+"""
+
+
+def _tune_file(tmp_path, tune: str, grid: str = "seed = [1]") -> str:
+    path = tmp_path / "tuned.toml"
+    path.write_text(f"{TUNE_BASE}[grid]\n{grid}\n{tune}\n")
+    return str(path)
+
+
+def test_tuning_chooses_the_best_validation_score_and_never_draws_a_test_party(ray_session, tmp_path):
+    import csv
+    import tomllib
+
+    import numpy as np
+
+    tune = '[tune]\nvalidation_parties = 3\nseeds = [11]\nshots = 5\n[tune.grid]\n"federated.lr" = [1e-6, 3e-5]'
+    out = tmp_path / "study"
+    logs: list[str] = []
+
+    run_study(_tune_file(tmp_path, tune), out, log=logs.append)
+
+    # the tuning runs: 5 training parties and the 3 validation parties 5, 6, 7; no test party (ids 8, 9) anywhere
+    runs = sorted(p for p in (out / "tuning").iterdir() if p.is_dir())
+    assert [p.name for p in runs] == [f"methods=fedavg_ft,federated.lr={lr},seed=11" for lr in ("1e-06", "3e-05")]
+    scores = {}
+    for run in runs:
+        cfg = tomllib.loads((run / "config.toml").read_text())
+        assert (cfg["parties"], cfg["test_parties"], cfg["seed"], cfg["methods"]) == (5, 3, 11, ["fedavg_ft"])
+        novel = pq.read_table(run / "results.parquet")
+        assert set(novel["party_id"].to_pylist()) == {5, 6, 7}
+        assert max(pq.read_table(run / "rounds.parquet")["party_id"].to_pylist()) <= 7
+        table = novel.filter(pa_equal(novel, "shots", 5))
+        scores[cfg["federated"]["lr"]] = float(np.mean(table["value"].to_pylist()))
+    # the choice is the argmin of the validation scores (nRMSE: lower is better), as tuning.csv and tuned.toml say
+    with open(out / "tuning.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], r["chosen"]) for r in rows].count(("fedavg_ft", "1")) == 1
+    for r in rows:
+        lr = float(r["point"].split("=")[1])
+        assert np.isclose(float(r["score"]), scores[lr], rtol=1e-5)
+    best = min(scores, key=scores.get)
+    assert tomllib.loads((out / "tuned.toml").read_text())["fedavg_ft"]["federated"]["lr"] == best
+    assert any(line.startswith("tune: fedavg_ft at federated.lr=") for line in logs)
+    # the study: the tuned method at its choice on the fresh seed 1, the untuned one at [base]; test parties 8, 9
+    tuned = tomllib.loads((out / "seed=1,methods=fedavg_ft" / "config.toml").read_text())
+    assert tuned["federated"]["lr"] == best and tuned["seed"] == 1 and tuned["parties"] == 8
+    table = pq.read_table(out / STUDY_PARQUET)
+    assert set(table["method"].to_pylist()) == {"nearest_task", "fedavg_ft"}
+    assert set(table["party_id"].to_pylist()) == {8, 9} and set(table["seed"].to_pylist()) == {1}
+
+
+def pa_equal(table, column: str, value):
+    import pyarrow.compute as pc
+
+    return pc.equal(table[column], value)
+
+
+@pytest.mark.parametrize(
+    ("tune", "grid", "message"),
+    [
+        (
+            "[tune]\nvalidation_parties = 7\nseeds = [11]\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "seed = [1]",
+            "tune.validation_parties must be an integer in [1, parties - 2 = 6]",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [1]\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "seed = [1, 2]",
+            "tune.seeds [1] are seeds of the study",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = []\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "seed = [1]",
+            "tune.seeds must be a non-empty list",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\nbogus = 1\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "seed = [1]",
+            "unknown key(s) tune.bogus",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\n[tune.grid]\nseed = [3, 4]",
+            "seed = [1]",
+            "tune.grid.seed: seed is set by the tuning",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\n[tune.grid]\n'federated.lr' = 1e-6",
+            "seed = [1]",
+            "tune.grid.federated.lr must be a non-empty list",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\nmethods = ['ditto']\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "seed = [1]",
+            "['ditto'] not among the study's methods",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\nshots = 3\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "seed = [1]",
+            "tune.shots must be one of the runs' shots [0, 5]",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\n[tune.grid]\n'federated.lr' = [1e-6]",
+            "parties = [8, 9]",
+            "grid.parties with [tune]",
+        ),
+        (
+            "[tune]\nvalidation_parties = 2\nseeds = [11]\n[tune.grid]\n'federated.lr' = [-1.0]",
+            "seed = [1]",
+            "federated.lr must be > 0",
+        ),
+        ("[tune]\nvalidation_parties = 2\nseeds = [11]", "seed = [1]", "tune: method fedavg_ft has no grid"),
+    ],
+)
+def test_bad_tune_tables_are_one_clear_error(tmp_path, capsys, tune, grid, message):
+    path = _tune_file(tmp_path, tune, grid)
+    assert main(["study", path, "--check", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fusion-cluster: error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_choice_is_the_best_mean_over_seeds_ties_to_the_first_and_never_a_diverged_point():
+    import numpy as np
+
+    from cluster.tuning import Tune, TuningRun, choose
+
+    tune = Tune(2, (11, 12), 5, {"a": {"federated.lr": [1, 2, 3, 4]}}, 8)
+    runs = [TuningRun(("a",), {"federated.lr": lr}, s, f"{lr},{s}", None) for lr in (1, 2, 3, 4) for s in (11, 12)]
+    scores = {(1, 11): 0.5, (1, 12): 0.3, (2, 11): 0.1, (2, 12): float("nan"), (3, 11): 0.2, (3, 12): 0.6}
+    scores |= {(4, 11): 0.9, (4, 12): 0.7}  # lr 2 diverged on one seed (its 0.1 is no score); lr 1 and 3 tie at 0.4
+
+    lower, _ = choose(tune, runs, lambda run, m: scores[(run.values["federated.lr"], run.seed)], True)
+    higher, rows = choose(tune, runs, lambda run, m: scores[(run.values["federated.lr"], run.seed)], False)
+
+    assert lower == {"a": {"federated.lr": 1}}  # the first of the tied 0.4s in grid order; lr 2's NaN never chosen
+    assert higher == {"a": {"federated.lr": 4}}
+    assert [r["chosen"] for r in rows] == [0, 0, 0, 1] and [r["seeds"] for r in rows] == ["11-12"] * 4
+    assert np.isnan(rows[1]["score"]) and np.isclose(rows[3]["score"], 0.8)
+
+
+def test_participating_best_round_skips_a_diverged_round():
+    import numpy as np
+
+    from cluster.results import participating_rows
+
+    pts = [
+        {"round": r, "party_id": np.arange(2), "value": np.array(v), "loss": np.zeros(2)}
+        for r, v in ((0, [0.9, 0.7]), (5, [0.3, 0.5]), (10, [float("nan"), 0.2]))
+    ]
+    rows = participating_rows({"fedavg": pts})
+    assert [(r["protocol"], r["round"]) for r in rows] == [("participating", 10), ("participating_best_optimistic", 5)]

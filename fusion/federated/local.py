@@ -137,27 +137,34 @@ def plan(
     group: int = 1,
     device="cpu",
     budget: tuple[np.ndarray, np.ndarray] | None = None,
+    passes: int = 1,
 ) -> Plan:
     """The minibatches of parties with ``counts`` (n,) real rows in stacks of ``width`` rows, each party's drawn
-    from its generator in ``rngs`` (which this advances). ``budget``: (done (n,), full (n,)) — a party finishes only
-    ``done`` of the ``full`` steps of its round (a ``partial`` straggler on the simulated clock,
-    :func:`fusion.system.party_times`), so each training takes ``steps · done // full`` of its steps."""
+    from its generator in ``rngs`` (which this advances). ``passes`` > 1 runs the budget that many times in a
+    row, each pass with a stream of its own (as a client whose ``train()`` is called ``passes`` times).
+    ``budget``: (done (n,), full (n,)) — a party finishes only ``done`` of the ``full`` steps of its round (a
+    ``partial`` straggler on the simulated clock, :func:`fusion.system.party_times`), so each training takes
+    ``steps · done // full`` of its steps (the first ones: the streams are drawn only as far as they are used)."""
     counts = np.asarray(counts).astype(np.int64)
-    steps = capped(train.party_steps(counts, group), budget)
+    per_pass = train.party_steps(counts, group)
+    steps = capped(per_pass * passes, budget)
     if train.batch_size == 0 or not len(counts) or steps.max() == 0:
         return Plan(steps, None)
     if (counts > width).any():
         raise ValueError(f"real sample counts {counts.tolist()} exceed the {width} rows of the parties' stacks")
     w = min(train.batch_size, width)
     idx = np.zeros((int(steps.max()), group, len(counts), w), np.int64)
-    for i, (n_i, s_i, rng) in enumerate(zip(counts, steps, rngs)):
-        if s_i == 0:
-            continue
-        b = min(train.batch_size, int(n_i))
-        need = int(s_i) * group * b
-        stream = np.concatenate([rng.permutation(int(n_i)) for _ in range(-(-need // int(n_i)))])[:need]
-        idx[:s_i, :, i, :b] = stream.reshape(s_i, group, b)
-        idx[:s_i, :, i, b:] = n_i  # b < w: the party has fewer rows than the stack, row n_i is padding
+    for i, (n_i, s_i, total, rng) in enumerate(zip(counts, per_pass, steps, rngs)):
+        b, at = min(train.batch_size, int(n_i)), 0
+        for _ in range(passes):
+            take = min(int(s_i), int(total) - at)
+            if take <= 0:
+                break
+            need = take * group * b
+            stream = np.concatenate([rng.permutation(int(n_i)) for _ in range(-(-need // int(n_i)))])[:need]
+            idx[at : at + take, :, i, :b] = stream.reshape(take, group, b)
+            at += take
+        idx[:at, :, i, b:] = n_i  # b < w: the party has fewer rows than the stack, row n_i is padding
     return Plan(steps, torch.as_tensor(idx, device=device))
 
 
@@ -255,17 +262,19 @@ def local_train(
     slot: str = "w",
     grad: GradFn | None = None,
     group: int = 1,
+    passes: int = 1,
 ) -> torch.Tensor:
     """Train ``start`` (n, P) on ``batch`` (a :class:`fusion.federated.base.LocalBatch`) by ``train`` (default:
     ``batch.train``); returns the trained stack. ``constraint``: a mask and/or a proximal pull (anchor (n, P));
     ``slot``: the name of this model's optimizer state (an algorithm that trains two models per round names them
-    apart); ``grad``: the gradient of another loss (default: the task loss), fed ``group`` minibatches per step.
-    Draws the minibatches from ``batch.rngs``; a party with a ``batch.budget`` trains its share of the steps."""
+    apart); ``grad``: the gradient of another loss (default: the task loss), fed ``group`` minibatches per step;
+    ``passes``: the budget run that many times in a row (:func:`plan`), one optimizer throughout. Draws the
+    minibatches from ``batch.rngs``; a party with a ``batch.budget`` trains its share of the steps."""
     train = batch.train if train is None else train
     weights = start.detach().clone()
     counts = batch.counts.detach().cpu().numpy()
     budget = getattr(batch, "budget", None)
-    schedule = plan(train, counts, batch.x.shape[1], batch.rngs, group, batch.x.device, budget)
+    schedule = plan(train, counts, batch.x.shape[1], batch.rngs, group, batch.x.device, budget=budget, passes=passes)
     memory = getattr(batch, "memory", None)
     opt = LocalOptimizer(train, weights, memory, slot)
     gradient = grad if grad is not None else task_grad(batch)

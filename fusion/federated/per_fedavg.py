@@ -14,9 +14,21 @@ B1 and B2 (:mod:`fusion.federated.local` with two minibatches per step: ⌈epoch
 ``clientperavg`` splits a loader batch of 2B into its halves. With ``batch_size`` 0, B1, B2 are two disjoint random
 halves of the party's rows each step (``split``; from its own generator), or both all rows (``split`` False).
 
-Defaults as PFLlib's: α = β = the run's ``lr`` (``alpha``, ``beta`` unset), SGD. With the SGD optimizer the last
-line is the paper's w ← w − β g. The ``"sign"`` inner step moves every parameter by ≈ α whatever the scale of the
-party's loss; its Jacobian is ≈ 0 (|g| normalizes g away), so ``hessian_free`` requires ``inner = "sgd"``.
+Step sizes as PFLlib's: α = β = the run's ``lr`` (``alpha``, ``beta`` unset), SGD. With the SGD optimizer the last
+line is the paper's w ← w − β g, and a step is PFLlib's ``clientperavg.train`` step: a temporary SGD step of α on
+the first half of a loader batch of 2B, the gradient of the second half at the temporary weights, the weights
+restored, and a step of β along that gradient.
+
+``passes``: the run's local budget (``local_epochs`` or ``local_steps``) is run that many times a round, one after
+the other, each pass with its own permutations of the party's rows. The default 1 is the paper's (τ local steps a
+round) and gives Per-FedAvg the budget every other algorithm gets. PFLlib's server calls each selected client's
+``train()`` twice a round (``serverperavg.train``), so its Per-FedAvg takes two epochs a round at ``-ls 1``:
+``passes = 2`` is that procedure (``bench.pfllib_protocol`` sets it). One difference stays: PFLlib's loader drops
+a last batch of fewer than 2B rows (``drop_last``), this one completes it from the next permutation, ⌈n_i / 2b_i⌉
+steps a pass against PFLlib's ⌊n_i / 2B⌋.
+
+The ``"sign"`` inner step moves every parameter by ≈ α whatever the scale of the party's loss; its Jacobian is ≈ 0
+(|g| normalizes g away), so ``hessian_free`` requires ``inner = "sgd"``.
 
 ``hessian_free`` adds the Hessian-vector product of the paper's HF variant without forming a
 Hessian: ∇²L(w; B1) g ≈ ‖g‖ (∇L(w + r ĝ; B1) − ∇L(w − r ĝ; B1)) / (2r), ĝ = g / ‖g‖, a central difference of
@@ -24,7 +36,11 @@ two gradients at distance r = ``fd_radius`` from w along g (error O(r²)). The H
 of the inner step, which makes g − α H g the gradient of L(w − α∇L(w; B1); B2) itself (the paper draws a third
 batch for it). With ``batch_size`` 0, ``split`` False and α = 0 the SGD step is exactly FedAvg's full-batch step.
 
-Gradient evaluations per local step: 2 (first order) or 4 (Hessian-free); :meth:`party_steps` counts them.
+Gradient evaluations per local step: 2 (first order) or 4 (Hessian-free); :meth:`party_steps` counts them (and
+the passes).
+
+A participating party's own model (:meth:`participant_models`) is PFLlib's ``evaluate_one_step``: the global model
+after one SGD step of α on one minibatch of B of the party's rows (``train_one_step``), scored on its held-out rows.
 
 A novel party receives w and uses the run's k-shot recipe (:class:`GlobalModel` with ``finetune`` True), not
 "a few α-steps": the recipe is what every other method's novel party gets (same optimizer, same step-count
@@ -68,6 +84,7 @@ class PerFedAvgSettings:
     hessian_free: bool = False  # add the Hessian-vector-product correction (finite difference of gradients)
     split: bool = True  # full batch: B1, B2 = disjoint random halves of the party's rows; False: both are all rows
     fd_radius: float = 1e-3  # distance of the finite-difference points from w (Hessian-free only)
+    passes: int = 1  # the local budget run this many times a round (PFLlib's server trains a client twice: 2)
 
     def __post_init__(self) -> None:
         if self.alpha is not None and self.alpha < 0:
@@ -80,6 +97,8 @@ class PerFedAvgSettings:
             raise ValueError(f"federated.per_fedavg.beta must be > 0 (or unset: federated.lr), got {self.beta}")
         if not self.fd_radius > 0:
             raise ValueError(f"federated.per_fedavg.fd_radius must be > 0, got {self.fd_radius}")
+        if not (isinstance(self.passes, int) and self.passes >= 1):
+            raise ValueError(f"federated.per_fedavg.passes must be an integer >= 1, got {self.passes!r}")
 
     def resolve(self, cfg: FederatedConfig) -> PerFedAvgSettings:
         alpha = cfg.lr if self.alpha is None else self.alpha
@@ -102,7 +121,7 @@ class PerFedAvg(FederatedAlgorithm):
         return 2 if self.cfg.batch_size > 0 else 1
 
     def party_steps(self, counts: np.ndarray) -> np.ndarray:
-        steps = self.cfg.local().party_steps(counts, self._group())
+        steps = self.cfg.local().party_steps(counts, self._group()) * self.opts.passes
         return steps * (4 if self.opts.hessian_free else 2)
 
     def local_update(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> tuple[Tensors, None]:
@@ -132,7 +151,7 @@ class PerFedAvg(FederatedAlgorithm):
 
         outer = dataclasses.replace(batch.train, lr=opts.beta)
         w = down["w"].expand(len(batch), -1)
-        return {"w": local_train(w, batch, outer, grad=meta_grad, group=self._group())}, None
+        return {"w": local_train(w, batch, outer, grad=meta_grad, group=self._group(), passes=opts.passes)}, None
 
     def participant_models(self, down: Tensors, personal: Tensors | None, batch: LocalBatch) -> torch.Tensor:
         """The global model after one SGD step of size α on one minibatch of the party's rows (PFLlib's

@@ -24,15 +24,23 @@ class Lookup(WarmStarter):
         std = self.descriptors.std(axis=0)
         self.scale = np.where(std > 1e-12, std, 1.0)  # a constant dimension is left unscaled
 
-    def nearest(self, descriptors: np.ndarray) -> np.ndarray:
-        """Index of the closest training task for each row of ``descriptors`` (m, d): (m,)."""
+    def nearest(self, descriptors: np.ndarray, other: bool = False) -> np.ndarray:
+        """Index of the closest training task for each row of ``descriptors`` (m, d): (m,). ``other``: the closest
+        whose descriptor differs from the row's (a training party's own is then left out)."""
         q = np.asarray(descriptors, dtype=np.float64) / self.scale
         t = self.descriptors / self.scale
         d2 = (q**2).sum(1)[:, None] + (t**2).sum(1)[None, :] - 2 * q @ t.T
+        if other:
+            same = np.isclose(np.asarray(descriptors, np.float64)[:, None, :], self.descriptors[None]).all(axis=2)
+            d2 = np.where(same, np.inf, d2)
         return d2.argmin(axis=1)
 
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
         return self.models[self.nearest(descriptors)]
+
+    def predict_participating(self, descriptors: np.ndarray) -> np.ndarray:
+        """The nearest model of another descriptor: a training party's own model is ``local``, not a lookup."""
+        return self.models[self.nearest(descriptors, other=True)]
 
     def predict_widths(self, descriptors: np.ndarray, widths: np.ndarray) -> np.ndarray:
         return self.predict(descriptors)
