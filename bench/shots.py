@@ -3,13 +3,14 @@
     fusion-cluster run sine --seed 11 --methods fusion,nearest_task --shots 0 --out runs/shots-s11
     python -m bench.shots runs/shots-s11 --shots 5,10,20,40
 
-Loads the run's ``config.toml`` and ``checkpoint/fitted-<method>.pt`` (no Ray), gives its test parties their warm
-starts, and fine-tunes them on k shots with each variant of ``[finetune]`` (the residual-GP recipe,
+Loads the run's ``config.toml`` and ``checkpoint/fitted-<method>.pt`` (no Ray; a rounds method whose novel parties
+fine-tune freely, FedAvg+FT, from its saved server state), gives its test parties their warm starts, and
+fine-tunes them on k shots with each variant of ``[finetune]`` (the residual-GP recipe,
 :mod:`fusion.adapt.residual`; the step recipe and its step-selection margin, a proximal pull toward the warm start, the
-learning rate): the same shots, test points and code as the run's evaluation (``fusion.adapt.finetuning.finetune``).
-Prints one JSON line per (method, variant) and a Markdown table of the mean metric per k, with the CPU seconds of
-the variant's fine-tuning over all k. ``--variants`` picks
-among the built-in ones (default all).
+learning rate; for classifiers the read-out recipe with fewer whole-model steps or folds): the same shots, test
+points and code as the run's evaluation (``fusion.adapt.finetuning.finetune``). Prints one JSON line per (method,
+variant) and a Markdown table of the mean metric per k, with the CPU seconds of the variant's fine-tuning over all
+k. ``--variants`` picks among the built-in ones (default all).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import torch
 from bench.finished import load_run
 from fusion.adapt.constraint import FREE, Constraint
 from fusion.adapt.finetuning import finetune
+from fusion.federated import ALGORITHMS
+from fusion.methods import is_federated
 from fusion.models.params import forward
 
 # name: (changes to the run's [finetune], proximal pull toward the warm start: prox/2 · ||w - w0||^2)
@@ -51,6 +54,10 @@ VARIANTS = {
 }
 
 
+def _free(constraint: Constraint) -> bool:
+    return constraint.mask is None and constraint.prox == 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", help="a finished run folder (config.toml, checkpoint/fitted-<method>.pt)")
@@ -62,8 +69,16 @@ def main() -> int:
     run = load_run(folder)
     cfg, sc = run.cfg, run.scenario
     methods = args.methods.split(",") if args.methods else list(cfg.methods)
-    fitted = run.checkpoint.load_fitted(methods)
-    if fitted is None:
+    fitted = run.checkpoint.load_fitted([m for m in methods if not is_federated(m)]) or {}
+    for m in methods:
+        if is_federated(m):  # a rounds method whose novel parties fine-tune freely (FedAvg+FT): its saved server
+            algo = ALGORITHMS[m](cfg.federated, cfg.federated.settings_of(m))
+            saved = run.checkpoint.load_federated(algo.training_key(), cfg.federated.rounds)
+            starter = None if saved is None else algo.novel(saved["server"], sc.target_spec)
+            if starter is None or not starter.finetune or not _free(starter.constraint_for(starter.predict(run.desc))):
+                p.error(f"{m}: no saved server state, or its novel parties do not fine-tune freely")
+            fitted[m] = starter
+    if any(m not in fitted for m in methods):
         print(f"{folder}: no checkpoint/fitted-<method>.pt for every one of {methods}", file=sys.stderr)
         return 2
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)

@@ -89,3 +89,30 @@ def test_the_digits_scenario_groups_its_shots_by_its_digits():
         assert resolved.fold_group == k and resolved.recipe == "readout"
     sine = build("sine-domains", make_options("sine-domains", {}))
     assert sine.shot_recipe(FinetuneConfig())[0].fold_group == 1
+
+
+def test_stopping_a_training_early_keeps_its_schedule():
+    from fusion.adapt.training import train
+
+    flat, x, _, d = _task(3, 10)
+    y = torch.randint(0, 3, (3, 10), generator=torch.Generator().manual_seed(3))
+    loss = lambda pred, t: _ce(pred, t, d)  # noqa: E731
+    cfg = FinetuneConfig(steps=40, lr=0.05)
+    seen = {}
+    train(flat, SPEC, x, y, loss, cfg, lambda step, w: seen.setdefault(step, w.clone()))
+    stopped = train(flat, SPEC, x, y, loss, cfg, stop=15)
+    assert torch.equal(stopped, seen[15])  # the first 15 steps of the 40-step (cosine) schedule
+    assert not torch.equal(stopped, train(flat, SPEC, x, y, loss, FinetuneConfig(steps=15, lr=0.05)))
+
+
+def test_the_read_out_recipe_compares_whole_model_steps_up_to_readout_steps_only():
+    flat, x, _, d = _task(6, 30)
+    teacher = _task(6, 30, seed=100)[0]
+    x = x * 3
+    y = forward(teacher, SPEC, x).argmax(-1)  # another net's labels: its body has to move to follow them
+    free = dict(steps=100, every=10, lr=0.05, recipe="readout", margin=0.0, step_margin=0.0, folds=3)
+    full = finetune(flat, SPEC, x, y, _ce, d, FinetuneConfig(**free, readout_steps=100))
+    alone = finetune(flat, SPEC, x, y, _ce, d, FinetuneConfig(**free, readout_steps=0))
+    n_body = SPEC.offsets[-1][0]
+    assert (full[:, :n_body] != flat[:, :n_body]).any(1).sum() >= 2  # whole-model steps win for some parties
+    assert torch.equal(alone[:, :n_body], flat[:, :n_body])  # the read-out alone: no body ever moves

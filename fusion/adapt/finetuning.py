@@ -30,7 +30,8 @@ def _held_out_losses(params, spec, x, y, loss, descriptors, cfg, fit, val, candi
             with torch.no_grad():
                 out[:, :, candidates.index(step)] = g_loss(forward(w, spec, x_val), y_val).view(g, p)
 
-    train(params.repeat(g, 1), spec, rows(x, fit), rows(y, fit), g_loss, cfg, record, constraint.repeat(g))
+    fit_x, fit_y, start = rows(x, fit), rows(y, fit), params.repeat(g, 1)
+    train(start, spec, fit_x, fit_y, g_loss, cfg, record, constraint.repeat(g), stop=max(candidates))
     return out
 
 
@@ -101,6 +102,8 @@ def finetune(
     if folds < 2 or (cfg.steps == 0 and not heads):
         return train(params, spec, x, y, task_loss, cfg, constraint=constraint)
     candidates = cfg.candidates()
+    if heads:  # the read-out recipe compares whole-model steps only up to readout_steps
+        candidates = [c for c in candidates if c <= cfg.readout_steps]
     held_out, held_heads = [], []
     fold_of = (torch.arange(x.shape[1], device=x.device) // cfg.fold_group) % folds
     # Folds with the same number of held-out shots train as one batch (at most two groups).
@@ -126,5 +129,5 @@ def finetune(
             chosen[best == step] = w[best == step]
 
     if int(best.max()) > 0:  # the same schedule as in the folds, so step t means the same thing
-        train(params, spec, x, y, task_loss, cfg, keep, constraint)
+        train(params, spec, x, y, task_loss, cfg, keep, constraint, stop=int(best.max()))
     return chosen

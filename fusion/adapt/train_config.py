@@ -41,8 +41,8 @@ class FinetuneConfig(TrainConfig):
     ``recipe``: ``"steps"`` is the above; ``"residual_gp"`` corrects the start by a GP over its errors at the
     shots and refits the last layer to it (:mod:`fusion.adapt.residual`; regression scenarios with a probe);
     ``"readout"`` first lets the last layer refit under priors toward the start compete with the start
-    (:mod:`fusion.adapt.readout`); whole-model step counts must then beat the chosen read-out by ``step_margin``
-    standard errors (a far richer move needs clearer evidence);
+    (:mod:`fusion.adapt.readout`); whole-model step counts (up to ``readout_steps`` of the ``steps``-step schedule)
+    must then beat the chosen read-out by ``step_margin`` standard errors (a far richer move needs clearer evidence);
     ``"auto"`` takes ``residual_gp`` where the scenario supports it, ``readout`` for classifiers and ``steps``
     elsewhere (:func:`recipe_for`).
     """
@@ -54,6 +54,7 @@ class FinetuneConfig(TrainConfig):
     margin: float = 2.0
     recipe: str = "auto"
     step_margin: float = 5.0  # "readout": the margin whole-model steps need over the chosen read-out
+    readout_steps: int = 100  # "readout": whole-model step counts compared, up to this many (0: the read-out alone)
     # shots come in groups of this many consecutive examples (a classification scenario's draw: one per class);
     # a fold holds out whole groups, so every fold's fit keeps every class. Fewer than two groups: no fold
     # can be held out without removing a class, and the start is kept. The scenario sets it (shot_recipe).
@@ -67,6 +68,8 @@ class FinetuneConfig(TrainConfig):
             raise ValueError(f"margin must be >= 0 (standard errors), got {self.margin}")
         if self.step_margin < 0:
             raise ValueError(f"step_margin must be >= 0 (standard errors), got {self.step_margin}")
+        if self.readout_steps < 0:
+            raise ValueError(f"readout_steps must be >= 0, got {self.readout_steps}")
         if self.every < 1:
             raise ValueError(f"every must be >= 1, got {self.every}")
         if self.fold_group < 1:

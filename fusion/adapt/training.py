@@ -33,16 +33,20 @@ def train(
     cfg: TrainConfig,
     at_steps: Callable[[int, torch.Tensor], None] | None = None,
     constraint: Constraint = FREE,
+    stop: int | None = None,
 ) -> torch.Tensor:
     """Train a stack ``params`` (P, n_params) on ``x`` (P, N, in), ``y`` (P, N, ...); returns the new stack.
 
     ``at_steps(step, weights)``, if given, sees the weights before every step and after the last one (the live
     tensor, updated in place afterwards: copy what you keep). ``constraint``: a mask and/or a proximal pull.
+    ``stop``: end after this many of the ``cfg.steps`` steps, the learning-rate schedule still that of ``cfg.steps``
+    (so step t is the same step whatever ``stop``).
     """
     weights = params.detach().clone()
     steps = cfg.steps if x.shape[1] > 0 else 0
     opt, work = Optimizer(cfg, weights, steps), {}  # work: activation buffers reused across steps
     free, grad = constraint is FREE, torch.empty_like(weights) if isinstance(spec, MLPSpec) else None
+    steps = steps if stop is None else min(steps, stop)
     for step in range(steps):
         if at_steps is not None:
             at_steps(step, weights)
