@@ -69,10 +69,13 @@ class ReportConfig:
     """``[report]``: how a run summarizes its parties. ``band`` of ``metric_vs_shots.png``: "sem" (the mean and its
     standard error), "std" (the mean ± the std over parties) or "iqr" (the median and the 25th-75th percentile).
     ``target``, a metric value: the summary gives each method's time to reach it on the simulated clock (at or below
-    it for an error metric, at or above it for accuracy); None: no time-to-target."""
+    it for an error metric, at or above it for accuracy); None: no time-to-target. ``participating_oneshot``: in a
+    run with rounds methods, also score the one-shot methods and ``local`` on the training parties' held-out rows
+    (each one-shot method makes a warm start per training party: for a refitting strategy a refit each)."""
 
     band: str = "sem"
     target: float | None = None
+    participating_oneshot: bool = True
 
     def __post_init__(self) -> None:
         if self.band not in BANDS:

@@ -368,8 +368,19 @@ def _plot_time(summary: list[dict], res: dict, tw, metric: str, target: float | 
 
 
 TIMING_JSON = "timing.json"
-WORK_STAGES = ("pretrain", "fusion", "federated", "evaluate")  # the methods' own work; the rest is overhead
-_TIMING_ORDER = ("setup", "connect", "actors", "pretrain", "fusion", "federated", "evaluate", "teardown", "write")
+WORK_STAGES = ("pretrain", "fusion", "federated", "evaluate", "participating")  # the methods' own work
+_TIMING_ORDER = (
+    "setup",
+    "connect",
+    "actors",
+    "pretrain",
+    "fusion",
+    "federated",
+    "evaluate",
+    "participating",
+    "teardown",
+    "write",
+)
 
 
 def timing_json(wall: float, stages: dict[str, float]) -> str:
@@ -523,11 +534,14 @@ def _execute(
 
             blank = no_zero_shot(dataclasses.asdict(cols), fed.starts)["value"]
             cols = dataclasses.replace(cols, value=blank)
+        _stage(stages, run_id, "evaluate", clock)
         oneshot_scores = []
-        if fed is not None and one_shot:  # the one-shot methods and `local` on the participating protocol too
+        if fed is not None and one_shot and cfg.report.participating_oneshot:  # the participating protocol too
+            clock = time.perf_counter()
+            log(f"participating: {', '.join(one_shot)} and local on the {cfg.parties} training parties' held-out rows")
             calls = [s.participating.remote(fit_ref, one_shot, *part_refs) for s in shards]
             oneshot_scores = ray.get(calls)
-        _stage(stages, run_id, "evaluate", clock)
+            _stage(stages, run_id, "participating", clock)
         evaluated_at = time.perf_counter()
         restarted = [i["index"] for i in ray.get([s.info.remote() for s in shards]) if i["restarted"]]
         if restarted:

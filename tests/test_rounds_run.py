@@ -144,3 +144,17 @@ def test_one_shot_methods_and_local_are_scored_on_the_participating_parties_too(
         "local": "0",
     }
     assert (out / "metric_vs_round.png").stat().st_size > 0
+
+
+def test_the_one_shot_methods_participating_scores_are_a_stage_of_their_own_and_can_be_left_out(
+    federated_run, tmp_path
+):
+    timing = json.loads((federated_run["out"] / "timing.json").read_text())["stages_s"]
+    assert list(timing)[list(timing).index("evaluate") + 1] == "participating"
+    out = tmp_path / "without"
+    cfg = {**FEDERATED, "methods": ["fusion", "fedavg"], "report": {"participating_oneshot": False}}
+    run(small(out, **cfg), log=lambda line: None)
+    table = pq.read_table(out / "rounds.parquet")
+    part = {m for m, p in zip(table["method"].to_pylist(), table["protocol"].to_pylist()) if p == "participating"}
+    assert part == {"fedavg"}
+    assert "participating" not in json.loads((out / "timing.json").read_text())["stages_s"]
