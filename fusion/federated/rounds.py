@@ -240,11 +240,11 @@ def participant_scores(
         with torch.no_grad():
             if isinstance(batch.spec, CNNSpec):  # a party at a time on its real rows, not the stack's padding
                 for i, row in enumerate(rows):
-                    one = batch.subset(np.array([i]))
-                    m, d = models[i : i + 1], one.descriptors
-                    n_x, n_y = _real_length(y[i]), int(one.counts[0])
-                    values[row] = metric(forward(m, one.spec, x[i : i + 1, :n_x]), y[i : i + 1, :n_x], d).item()
-                    losses[row] = one.loss(forward(m, one.spec, one.x[:, :n_y]), one.y[:, :n_y]).item()
+                    m, d = models[i : i + 1], batch.descriptors[i : i + 1]
+                    n_x, n_y = _real_length(y[i]), int(batch.counts[i])
+                    values[row] = metric(forward(m, batch.spec, x[i : i + 1, :n_x]), y[i : i + 1, :n_x], d).item()
+                    pred = forward(m, batch.spec, batch.x[i : i + 1, :n_y])
+                    losses[row] = batch.loss_of(d)(pred, batch.y[i : i + 1, :n_y]).item()
                 continue
             values[rows] = metric(forward(models, batch.spec, x), y, batch.descriptors).cpu().numpy()
             losses[rows] = batch.loss(forward(models, batch.spec, batch.x), batch.y).cpu().numpy()

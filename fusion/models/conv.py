@@ -36,8 +36,9 @@ PER_MODEL_MACS = 5 * 10**7  # convolution multiply-adds per model above which co
 
 
 def _views(flat: torch.Tensor, spec: CNNSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer (weight, bias) of the stack ``flat`` (P, n_params). One ``split``: its backward writes the whole
-    gradient in one concatenation (slicing layer by layer would add a stack-sized zero tensor per layer)."""
+    """Per layer (weight, bias) views of the stack ``flat`` (P, n_params), by one ``split``: where the gradient
+    flows back through them (the chunked pass), the split's backward writes it in one concatenation (slicing layer
+    by layer would add a stack-sized zero tensor per layer)."""
     p = flat.shape[0]
     sizes = [n for w0, b0, b1 in spec.offsets for n in (b0 - w0, b1 - b0)]
     parts = torch.split(flat, sizes, dim=1)
