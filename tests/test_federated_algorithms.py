@@ -342,17 +342,86 @@ def test_fedrep_shared_heads_give_the_average_head():
 
 
 def test_fedala_with_all_weights_one_on_all_layers_is_fedavg():
-    ala, _ = _run(_algo("fedala", layers=SPEC.n_layers, weight_steps=0))
+    ala, _ = _run(_algo("fedala", layers=SPEC.n_layers, weight_epochs=0, max_epochs=0))
     avg, _ = _run(_algo("fedavg"))
     np.testing.assert_array_equal(ala.server["w"], avg.server["w"])
 
 
 def test_fedala_learns_weights_in_the_unit_interval_on_the_top_layer():
     cfg = FederatedConfig(rounds=4, clients_per_round=1.0, local_steps=4, lr=0.05)
-    result, _ = _run(_algo("fedala", cfg, layers=1, weight_steps=5, weight_lr=10.0))
+    result, _ = _run(_algo("fedala", cfg, layers=1, weight_lr=10.0))
     weights = result.store.export()["weights"]
     assert weights.shape == (6, SPEC.n_params - SPEC.offsets[-1][0])
     assert weights.min() >= 0 and weights.max() <= 1 and weights.min() < 1
+
+
+def _pfllib_ala(w, old, weights, x, y, d, order, b, eta, epochs, first, window=10, threshold=0.1):
+    """PFLlib's ``ALA.adaptive_local_aggregation`` weight learning, written out on one flat model: minibatches of
+    ``b`` rows of ``order`` in turn (the last holds the rest), W ← clip(W − η ∂L/∂θ ⊙ (w − θ_old), 0, 1); a first
+    ALA until the std of the last ``window`` epoch-end losses is below ``threshold`` (at most ``epochs``)."""
+    top = len(w) - len(weights)
+    losses = []
+    while True:
+        for at in range(0, len(order), b):
+            rows = torch.as_tensor(order[at : at + b])
+            theta = torch.cat([w[:top], old[top:] + (w[top:] - old[top:]) * weights]).requires_grad_(True)
+            loss = _task_loss(forward(theta[None], SPEC, x[rows][None]), y[rows][None], d[None]).sum()
+            grad = torch.autograd.grad(loss, theta)[0][top:]
+            weights = torch.clamp(weights - eta * grad * (w[top:] - old[top:]), 0, 1)
+        losses.append(loss.item())
+        if len(losses) >= epochs or (first and len(losses) > window and np.std(losses[-window:]) < threshold):
+            return weights
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("first", [True, False])
+def test_fedala_learns_w_as_pfllibs_ala(layers, first):
+    # Prepare: every party has trained once (θ_old ≠ w); shares of int(0.8 n) rows (party 0: 9 real rows -> 7), in
+    # minibatches of 4 (4 + 3; 4 + 4 + 1). layers 1 runs the head on features computed once, 2 the whole model.
+    parties, b, eta = _parties(), 4, 0.5
+    cfg = FederatedConfig(rounds=1, clients_per_round=1.0, local_epochs=1, batch_size=b, lr=0.01)
+    algo = _algo("fedala", cfg, layers=layers, weight_lr=eta, max_epochs=25, weight_epochs=2)
+    ids = np.arange(6)
+    batch = parties.batch(ids, SPEC, cfg, SEED, 0)
+    w = torch.as_tensor(INIT)
+    g = torch.Generator().manual_seed(3)
+    old = w + 0.3 * torch.randn(6, SPEC.n_params, generator=g)
+    top = SPEC.offsets[-layers][0]
+    weights = torch.rand(6, SPEC.n_params - top, generator=g)
+    settled = torch.full((6, 1), 0.0 if first else 1.0)
+
+    # Execute
+    start, learned, flags = algo._adapted({"w": w}, {"theta": old, "weights": weights, "settled": settled}, batch)
+
+    # Assert
+    for i in ids:
+        n_real = int(parties.counts[i])
+        order = local_rng(SEED, i, 0).permutation(n_real)[: int(0.8 * n_real)]
+        x, y, d = parties.x[i], parties.y[i], parties.descriptors[i]
+        want = _pfllib_ala(w, old[i], weights[i], x, y, d, order, b, eta, 25 if first else 2, first)
+        torch.testing.assert_close(learned[i], want, rtol=1e-4, atol=1e-5, msg=f"party {i}")
+        torch.testing.assert_close(start[i, :top], w[:top], rtol=0, atol=0)
+        torch.testing.assert_close(
+            start[i, top:], w[top:] + (old[i, top:] - w[top:]) * (1 - want), rtol=1e-4, atol=1e-5
+        )
+    assert (flags == 1).all()
+    assert not torch.equal(learned, weights)
+
+
+def test_fedala_skips_ala_while_the_local_model_is_the_global_one():
+    # Prepare: parties never trained (θ_old = w, W = 1), as in PFLlib's first round.
+    parties = _parties()
+    cfg = FederatedConfig(rounds=1, clients_per_round=1.0, local_epochs=1, batch_size=4, lr=0.01)
+    algo = _algo("fedala", cfg)
+    batch = parties.batch(np.arange(6), SPEC, cfg, SEED, 0)
+    down = {"w": torch.as_tensor(INIT)}
+
+    # Execute
+    start, weights, settled = algo._adapted(down, algo.init_personal(down, batch), batch)
+
+    # Assert: the start is w, W stays 1 and the first ALA is still to come.
+    torch.testing.assert_close(start, down["w"].expand(6, -1), rtol=0, atol=0)
+    assert (weights == 1).all() and (settled == 0).all()
 
 
 def test_pfedhn_generates_the_spec_and_trains_its_encoder():
@@ -420,7 +489,7 @@ def test_local_steps_are_counted_per_gradient_evaluation():
     assert list(_algo("per_fedavg", hessian_free=True).party_steps(counts)) == [16, 16]
     assert list(_algo("ditto", personal_steps=3).party_steps(counts)) == [7, 7]
     assert list(_algo("fedrep", head_steps=5).party_steps(counts)) == [9, 9]
-    assert list(_algo("fedala", weight_steps=2).party_steps(counts)) == [6, 6]
+    assert list(_algo("fedala", weight_epochs=2).party_steps(counts)) == [6, 6]  # shares of 7, 9 rows: 1 W step
     epochs = FederatedConfig(local_epochs=2, batch_size=5)  # ⌈2 · 9 / 5⌉ = 4, ⌈2 · 12 / 5⌉ = 5 steps
     assert list(_algo("fedavg", epochs).party_steps(counts)) == [4, 5]
     assert list(_algo("per_fedavg", epochs).party_steps(counts)) == [2 * 2, 2 * 3]  # two minibatches a step
