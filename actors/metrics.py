@@ -29,9 +29,19 @@ QUARANTINED = PREFIX + "parties_quarantined"
 FEDERATED_ROUND = PREFIX + "federated_round"
 FEDERATED_PARTIES = PREFIX + "federated_parties_sampled"
 FEDERATED_UPLOAD = PREFIX + "federated_upload_bytes"
+PARTICIPATING_METRIC = PREFIX + "participating_metric"
+PARTICIPATING_LOSS = PREFIX + "participating_train_loss"
 
 COUNTERS = (PARTIES_PRETRAINED, FEDERATED_PARTIES, FEDERATED_UPLOAD)
-GAUGES = (STAGE_SECONDS, META_OBJECTIVE, WARM_START_METRIC, QUARANTINED, FEDERATED_ROUND)
+GAUGES = (
+    STAGE_SECONDS,
+    META_OBJECTIVE,
+    WARM_START_METRIC,
+    QUARANTINED,
+    FEDERATED_ROUND,
+    PARTICIPATING_METRIC,
+    PARTICIPATING_LOSS,
+)
 HISTOGRAMS = (ASSIGNMENT_SECONDS,)
 
 
@@ -151,3 +161,17 @@ def federated_round(run: str, methods: list[str], round_: int, sampled: int, upl
             parties.inc(sampled, tags=tags)
         if upload_bytes > 0:
             upload.inc(upload_bytes, tags=tags)
+
+
+def participating(run: str, method: str, round_: int, metric: float, loss: float) -> None:
+    """A scored round of the participating protocol (the learning curve): the mean metric of the training parties'
+    own models on their held-out rows and their mean local training loss, before round ``round_`` (NaN means are
+    not sent)."""
+    tags = {"run": run, "method": method}
+    gauges = (
+        (PARTICIPATING_METRIC, "mean metric of the training parties' own models on their held-out rows", metric),
+        (PARTICIPATING_LOSS, "mean training loss of the training parties' own models on their training rows", loss),
+    )
+    for name, description, value in gauges:
+        if value == value:
+            _set(_gauge(name, description, ("run", "method")), name, value, tags)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -148,6 +149,15 @@ class RoundsEngine:
         cat = lambda k: np.concatenate([p[k] for p in parts])[order]  # noqa: E731
         return {"round": round_, "party_id": ids[order], "value": cat("value"), "loss": cat("loss"), **costs}
 
+    def _report(self, point: dict, methods: list[str]) -> dict:
+        """``point`` (a learning-curve point), its means sent as the Ray series of each method it scores."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # every party NaN: the mean is NaN, not sent
+            value, loss = float(np.nanmean(point["value"])), float(np.nanmean(point["loss"]))
+        for method in methods:
+            metrics.participating(self.run_id, method, point["round"], value, loss)
+        return point
+
     def train(self, job: RoundsJob, methods: list[str]) -> Trained:
         """Run ``job``'s rounds (from its checkpoint, if one is saved) and return the final server state.
 
@@ -182,7 +192,7 @@ class RoundsEngine:
             if scoring is not None:
                 point = self._scored(scoring, r, costs)
                 if point is not None:
-                    curve[r] = point
+                    curve[r] = self._report(point, methods)
             if "lost" not in done:
                 costs = so_far(done["costs"])
                 r += 1
@@ -211,7 +221,7 @@ class RoundsEngine:
         if r in scored_at:  # after the last round
             point = self._scored(self._score(job, r, self.server.broadcast.remote(key, r)), r, costs)
             if point is not None:
-                curve[r] = point
+                curve[r] = self._report(point, methods)
         ray.get([self.server.end.remote(key), *[s.fed_end.remote(key) for s in self.shards]])
         return Trained(saved["server"], saved["costs"], saved["wall_s"], restarts, [curve[k] for k in sorted(curve)])
 
