@@ -236,7 +236,7 @@ def fuse(cfg: FuseConfig, log: Log = print) -> Path:
 
     from actors.fusion import FusionActor
     from actors.model_loader import load_chunk
-    from cluster.runtime import connect
+    from cluster.runtime import connect, disconnect
 
     parties = read_table(cfg.descriptors)
     targets = read_table(cfg.targets, parties.columns)
@@ -276,8 +276,7 @@ def fuse(cfg: FuseConfig, log: Log = print) -> Path:
             ray.kill(fusion, no_restart=True)
         log(f"fusion ({cfg.strategy}): fitted in {time.perf_counter() - clock:.1f}s")
     finally:
-        if conn.owned:
-            ray.shutdown()
+        disconnect(conn)
     warm = fitted.predict(targets.values.astype(np.float32))
     if not np.isfinite(warm).all():
         raise ConfigError("the fitted fusion model produced non-finite warm starts; nothing written")

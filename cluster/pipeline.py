@@ -30,6 +30,7 @@ from cluster.runtime import (
     check_resources,
     connect,
     dashboard_login_hint,
+    disconnect,
     metrics_url,
     party_actor_count,
 )
@@ -208,13 +209,11 @@ def run(cfg: RunConfig, log: Log = print, resume: bool = False, started: float |
         with metrics.keep_gauges_fresh():
             res = _execute(cfg, scenario, layout, run_id, n_actors, stages, log, ckpt, saved, fitted, plan, round_clock)
     except BaseException:
-        if conn.owned:
-            ray.shutdown()
+        disconnect(conn)
         raise
     with ThreadPoolExecutor(1) as pool:  # results and plots are written while Ray shuts down
         writing = pool.submit(_write_results, cfg, scenario, res, plan, out, run_id)
-        if conn.owned:
-            ray.shutdown()
+        disconnect(conn)
         stages["teardown"] = time.perf_counter() - res["evaluated_at"]  # actors stopped, Ray shut down
         summary, participating, written, stages["write"] = writing.result()
     text = results.format_summary(summary, scenario.metric_name) if summary else "(no novel parties in this run)"

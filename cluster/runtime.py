@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import ray
 
 from cluster.config import ClusterConfig, ConfigError, StartError
+from cluster.local_ray import start_local, stop_local
 
 NAMESPACE = "fusion-cluster"
 
@@ -50,9 +51,10 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 def connect(cfg: ClusterConfig) -> Connection:
     """Join the running Ray instance if there is one, else ``cfg.address`` / ``RAY_ADDRESS``, else start one.
 
-    No address and no ``RAY_ADDRESS`` means a local Ray of the run's own (``address="local"``): never the
-    cluster that ``ray start`` last left on the machine (a bare ``ray.init()`` would join it, or hang
-    retrying it once it is gone). Every address is checked to answer within seconds before Ray dials it.
+    No address and no ``RAY_ADDRESS`` means a local Ray of the run's own (``address="local"``, started by
+    :func:`cluster.local_ray.start_local`): never the cluster that ``ray start`` last left on the machine (a bare
+    ``ray.init()`` would join it, or hang retrying it once it is gone). Every address is checked to answer within
+    seconds before Ray dials it. End with :func:`disconnect`.
     """
     address = cfg.address or ("" if ray.is_initialized() else os.environ.get("RAY_ADDRESS", ""))
     resolved = _resolve_auto(address) if address and address != "local" else ""
@@ -71,8 +73,7 @@ def connect(cfg: ClusterConfig) -> Connection:
             ) from None
         return Connection(resolved, _dashboard(), owned=False)
     try:
-        ray.init(
-            address="local",
+        start_local(
             namespace=NAMESPACE,
             include_dashboard=cfg.include_dashboard,
             dashboard_host=cfg.dashboard_host,
@@ -84,6 +85,13 @@ def connect(cfg: ClusterConfig) -> Connection:
             f"could not start a local Ray: {str(exc).splitlines()[0]} (is the machine overloaded?)"
         ) from None
     return Connection("local", _dashboard(), owned=True)
+
+
+def disconnect(conn: Connection) -> None:
+    """Stop the local Ray :func:`connect` started (every process of it: :func:`cluster.local_ray.stop_local`);
+    a cluster joined by address stays up, as does a Ray this driver held before."""
+    if conn.owned:
+        stop_local()
 
 
 def _dashboard() -> str | None:

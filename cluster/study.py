@@ -282,7 +282,7 @@ def run_study(
     """Run (or with ``resume`` continue) the study in ``path``; returns its output folder. With ``[tune]`` the
     tuning runs come first (:mod:`cluster.tuning`), then every point with each method at its chosen settings."""
     from cluster import plots
-    from cluster.runtime import connect
+    from cluster.runtime import connect, disconnect
 
     path = Path(path)
     study = prepare(path, out, address, resume, data_dir)
@@ -298,10 +298,7 @@ def run_study(
             points = _tuned_points(study, _choose(study, log))
         _run_points(points, out, "study point", log)
     finally:
-        if conn.owned:
-            import ray
-
-            ray.shutdown()
+        disconnect(conn)
     table = gather(points, out)
     write_atomic(out / STUDY_PARQUET, lambda tmp: pq.write_table(table, tmp))
     metric = table["metric"][0].as_py() if table.num_rows else ""
