@@ -30,6 +30,7 @@ seed; it does not depend on how parties are spread over actors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -180,11 +181,20 @@ class DigitsSplitScenario(Scenario):
             self.keep = np.sort(np.random.default_rng([seed, POOL_STREAM]).choice(len(labels), o.pool, replace=False))
             labels = labels[self.keep]
         if o.partition:  # the parties' rows as given: the file's clients 0 .. n_train + n_test - 1
-            self.parts = read_partition(o.partition, labels, n_train + n_test)
+            self.parts = read_partition(self._partition_path(), labels, n_train + n_test)
         else:
             self.parts = split_labels(labels, o.split_config(n_train + n_test), seed)
         self.n_train_max = max(len(p.train) for p in self.parts)
         self.n_test_max = max(len(p.test) for p in self.parts)
+
+    def _partition_path(self) -> Path:
+        """``partition`` as given, or, when it is a relative path that does not exist from here, inside ``data_dir``
+        (a config can name the file of the data folder that ``--data-dir`` gives)."""
+        given = Path(self.options.partition).expanduser()
+        inside = Path(self.options.data_dir).expanduser() / given
+        if not given.is_absolute() and not given.exists() and self.options.data_dir and inside.exists():
+            return inside
+        return given
 
     def _part(self, party_id: int) -> PartySplit:
         if self.parts is None:

@@ -311,3 +311,18 @@ def test_with_feature_shift_zero_shots_are_an_empty_set_of_images():
     x, y = sc.party_shot_data(3, 13, sc.party_descriptor(3, 13), 0)
 
     assert x.shape == (0, 64) and x.dtype == np.float32 and y.shape == (0,)
+
+
+def test_a_relative_partition_path_is_also_looked_up_in_the_data_folder(tmp_path, monkeypatch):
+    labels = build("digits-split", make_options("digits-split", {}))._pool()[1]
+    (tmp_path / "data").mkdir()
+    rows, cut = _partition_file(tmp_path / "data" / "p.npz", labels)
+    monkeypatch.chdir(tmp_path)  # "p.npz" is not here: the data folder's is read
+    sc = build("digits-split", make_options("digits-split", {"partition": "p.npz", "data_dir": str(tmp_path / "data")}))
+    sc.prepare(0, 4, 2)
+    assert np.array_equal(sc.party_train_data(0, 3, None)[1][:cut], labels[rows[3, :cut]])
+    (tmp_path / "p.npz").write_bytes(b"not an npz")  # a file of that name here comes first, as given
+    with pytest.raises(ValueError, match="scenario.partition = 'p.npz': cannot read it"):
+        build(
+            "digits-split", make_options("digits-split", {"partition": "p.npz", "data_dir": str(tmp_path / "data")})
+        ).prepare(0, 4, 2)
