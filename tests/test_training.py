@@ -8,8 +8,8 @@ import torch
 from fusion.adapt.finetuning import finetune
 from fusion.adapt.optimizer import Optimizer
 from fusion.adapt.train_config import FinetuneConfig, TrainConfig
-from fusion.adapt.training import train
-from fusion.models.params import forward, init_params
+from fusion.adapt.training import train, train_shared
+from fusion.models.params import forward, init_params, loss_and_grad
 from fusion.models.spec import MLPSpec
 
 SPEC = MLPSpec((1, 16, 1))
@@ -148,3 +148,34 @@ def test_the_unfused_optimizer_takes_torch_optims_steps_bit_for_bit(optimizer, d
         ref.step()
 
     assert torch.equal(ours, w.detach())
+
+
+def test_inputs_shared_by_the_stack_give_the_gradient_of_per_model_inputs():
+    # Prepare: a stack of MLPs and one input matrix, given shared (N, in) and as every model's own copy
+    spec, g = MLPSpec((6, 5, 3)), torch.Generator().manual_seed(3)
+    params = torch.stack([init_params(spec, g) for _ in range(4)])
+    x, y = torch.randn(9, 6, generator=g), torch.randn(4, 9, 3, generator=g)
+    # Execute
+    shared = loss_and_grad(params, spec, x, y, lambda p, t: ((p - t) ** 2).mean((1, 2)), {})
+    own = loss_and_grad(params, spec, x.expand(4, 9, 6).contiguous(), y, lambda p, t: ((p - t) ** 2).mean((1, 2)), {})
+    # Assert
+    torch.testing.assert_close(shared[0], own[0])
+    torch.testing.assert_close(shared[1], own[1])
+
+
+def test_training_on_shared_inputs_leaves_the_weights_of_unused_input_columns_as_they_are():
+    # Prepare: a probe whose columns 0 and 3 are 0 at every input
+    spec, g = MLPSpec((5, 8, 2)), torch.Generator().manual_seed(4)
+    params = torch.stack([init_params(spec, g) for _ in range(3)])
+    x = torch.randn(20, 5, generator=g)
+    x[:, [0, 3]] = 0
+    y = torch.randn(3, 20, 2, generator=g)
+    cfg = TrainConfig(steps=50, lr=0.01)
+    # Execute
+    narrow = train_shared(params, spec, x, y, lambda p, t: ((p - t) ** 2).mean((1, 2)), cfg)
+    whole = train(params, spec, x.expand(3, 20, 5), y, lambda p, t: ((p - t) ** 2).mean((1, 2)), cfg)
+    # Assert: the unused columns' weights are the start's, and the whole net trains as the narrow one did
+    first = lambda w: w[:, : 8 * 5].reshape(3, 8, 5)  # noqa: E731
+    assert torch.equal(first(narrow)[:, :, [0, 3]], first(params)[:, :, [0, 3]])
+    assert torch.equal(first(whole)[:, :, [0, 3]], first(params)[:, :, [0, 3]])
+    torch.testing.assert_close(narrow, whole)

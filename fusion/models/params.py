@@ -114,19 +114,33 @@ def _layered_loss_and_grad(
     work: dict | None = None,
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`loss_and_grad` of any MLP: layer by layer, keeping each layer's activations and slopes."""
+    """:func:`loss_and_grad` of any MLP: layer by layer, keeping each layer's activations and slopes.
+
+    Inputs shared by every model (``x`` (N, in), or expanded to (P, N, in)): the first layer runs as
+    (P, out, in) @ (in, N), ~1.3x the rate of (N, in) @ (P, in, out) for wide inputs (a function-space refit's probe),
+    and its activations are kept as (P, out, N) memory viewed as (P, N, out).
+    """
     relu = spec.activation == "relu"
     p = flat.shape[0]
     h = x if x.dim() == 3 else x.expand(p, *x.shape)
     flat = flat.detach()
     all_layers = layers(flat, spec)
+    shared = p > 1 and h.stride(0) == 0 and spec.widths[0] > 1 and spec.widths[1] > 1
     inputs, slopes = [], []  # each layer's input; each hidden layer's activation derivative
     for i, (weight, bias) in enumerate(all_layers):
         inputs.append(h)
         shape = (p, h.shape[1], weight.shape[1])
-        h = _affine(h, weight, bias, buffer(work, ("a", i), shape, flat))
-        if i < len(all_layers) - 1:
+        if i == 0 and shared:  # into (P, out, N) memory: views of it as (P, N, out)
+            shape_t = (p, weight.shape[1], h.shape[1])
+            x_t = h[0].T.contiguous().expand(p, -1, -1)  # (P, in, N), one copy of the inputs
+            a = buffer(work, ("a", i), shape_t, flat)
+            h = torch.baddbmm(bias.unsqueeze(2), weight, x_t, out=a).transpose(1, 2)
+            slope = buffer(work, ("s", i), shape_t, flat)
+            slope = None if slope is None else slope.transpose(1, 2)
+        else:
+            h = _affine(h, weight, bias, buffer(work, ("a", i), shape, flat))
             slope = buffer(work, ("s", i), shape, flat)
+        if i < len(all_layers) - 1:
             if relu:
                 h = h.clamp_min_(0)
                 slopes.append(torch.sign(h, out=slope))  # 1 where the unit is on, else 0
