@@ -91,6 +91,19 @@ def test_a_random_init_trains_and_a_perfect_warm_start_is_kept():
     torch.testing.assert_close(kept, tuned)
 
 
+def test_parties_that_take_steps_train_as_they_would_alone_beside_parties_that_keep_their_start():
+    # Prepare: two random inits (they train) and a warm start whose shots are its own outputs (it keeps its start)
+    params, x, y, d = _task(3, 20)
+    y[1] = forward(params[1:2], SPEC, x[1:2])[0].detach()
+    cfg = FinetuneConfig(steps=100, lr=0.01, every=20)
+    # Execute
+    together = finetune(params, SPEC, x, y, _mse, d, cfg)
+    alone = [finetune(params[i : i + 1], SPEC, x[i : i + 1], y[i : i + 1], _mse, d[i : i + 1], cfg) for i in (0, 2)]
+    # Assert
+    assert torch.equal(together[1], params[1]) and not torch.equal(together[0], params[0])
+    assert torch.equal(together[0:1], alone[0]) and torch.equal(together[2:3], alone[1])
+
+
 @pytest.mark.parametrize("kwargs", [{"folds": 1}, {"folds": -1}, {"every": 0}, {"steps": -1}])
 def test_bad_finetune_configs_are_refused(kwargs):
     with pytest.raises(ValueError):
