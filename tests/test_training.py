@@ -163,14 +163,16 @@ def test_the_unfused_optimizer_takes_torch_optims_steps_bit_for_bit(optimizer, d
     assert torch.equal(ours, w.detach())
 
 
-def test_inputs_shared_by_the_stack_give_the_gradient_of_per_model_inputs():
+@pytest.mark.parametrize("widths, activation", [((6, 5, 3), "relu"), ((6, 5, 4, 1), "relu"), ((6, 5, 4, 3), "tanh")])
+def test_inputs_shared_by_the_stack_give_the_gradient_of_per_model_inputs(widths, activation):
     # Prepare: a stack of MLPs and one input matrix, given shared (N, in) and as every model's own copy
-    spec, g = MLPSpec((6, 5, 3)), torch.Generator().manual_seed(3)
+    spec, g = MLPSpec(widths, activation), torch.Generator().manual_seed(3)
     params = torch.stack([init_params(spec, g) for _ in range(4)])
-    x, y = torch.randn(9, 6, generator=g), torch.randn(4, 9, 3, generator=g)
+    x, y = torch.randn(9, 6, generator=g), torch.randn(4, 9, widths[-1], generator=g)
+    loss = lambda p, t: ((p - t) ** 2).mean((1, 2))  # noqa: E731
     # Execute
-    shared = loss_and_grad(params, spec, x, y, lambda p, t: ((p - t) ** 2).mean((1, 2)), {})
-    own = loss_and_grad(params, spec, x.expand(4, 9, 6).contiguous(), y, lambda p, t: ((p - t) ** 2).mean((1, 2)), {})
+    shared = loss_and_grad(params, spec, x, y, loss, {})
+    own = loss_and_grad(params, spec, x.expand(4, 9, 6).contiguous(), y, loss, {})
     # Assert
     torch.testing.assert_close(shared[0], own[0])
     torch.testing.assert_close(shared[1], own[1])

@@ -117,8 +117,9 @@ def _layered_loss_and_grad(
     """:func:`loss_and_grad` of any MLP: layer by layer, keeping each layer's activations and slopes.
 
     Inputs shared by every model (``x`` (N, in), or expanded to (P, N, in)): the first layer runs as
-    (P, out, in) @ (in, N), ~1.3x the rate of (N, in) @ (P, in, out) for wide inputs (a function-space refit's probe),
-    and its activations are kept as (P, out, N) memory viewed as (P, N, out).
+    (P, out, in) @ (in, N), ~1.3x the rate of (N, in) @ (P, in, out) for wide inputs (a function-space refit's probe);
+    its activations, slopes and gradient live in (P, out, N) memory viewed as (P, N, out), so its weights' gradient is
+    one (P·out, N) @ (N, in) product and the second layer's products read that memory as it lies.
     """
     relu = spec.activation == "relu"
     p = flat.shape[0]
@@ -155,10 +156,19 @@ def _layered_loss_and_grad(
         h, (_, fan_out, fan_in) = inputs[i], weight.shape
         if fan_in == 1:  # (P, 1, N) @ (P, N, out) has the layout of (P, out, 1) and runs ~3× faster
             g_weight.copy_(torch.bmm(h.transpose(1, 2), g).view(p, fan_out, 1))
+        elif i == 0 and shared:  # g: a view of (P, out, N) memory (below), the inputs one (N, in): one matrix product
+            g_t, buf = g.transpose(1, 2).reshape(p * fan_out, -1), buffer(work, ("gw", i), (p * fan_out, fan_in), flat)
+            g_weight.copy_(torch.mm(g_t, h[0], out=buf).view(p, fan_out, fan_in))
+        elif i == 1 and shared:  # h: a view of (P, in, N) memory; (P, in, N) @ (P, N, out) reads it as it lies
+            g_weight.copy_(torch.bmm(h.transpose(1, 2), g, out=buffer(work, ("gw", i), (p, fan_in, fan_out), flat)).mT)
         else:  # into a kept contiguous buffer (bmm into the strided view of ``grad`` is ~10× slower)
             g_weight.copy_(torch.bmm(g.transpose(1, 2), h, out=buffer(work, ("gw", i), g_weight.shape, flat)))
         g_bias.copy_(g.sum(1))
-        if i > 0:
+        if i == 1 and shared:  # into (P, in, N) memory, the layout of the first layer's slopes: (P, N, in) views
+            buf = buffer(work, ("g", i), (p, fan_in, g.shape[1]), flat)
+            g = torch.bmm(weight.transpose(1, 2), g.transpose(1, 2), out=buf).transpose(1, 2)
+            g.mul_(slopes[i - 1])
+        elif i > 0:
             buf = buffer(work, ("g", i), (p, g.shape[1], fan_in), flat)
             g = torch.mul(g, weight, out=buf) if fan_out == 1 else torch.bmm(g, weight, out=buf)  # (P, N, fan_in)
             g.mul_(slopes[i - 1])
