@@ -194,3 +194,19 @@ def test_training_on_shared_inputs_leaves_the_weights_of_unused_input_columns_as
     assert torch.equal(first(narrow)[:, :, [0, 3]], first(params)[:, :, [0, 3]])
     assert torch.equal(first(whole)[:, :, [0, 3]], first(params)[:, :, [0, 3]])
     torch.testing.assert_close(narrow, whole)
+
+
+def test_a_partys_training_on_shared_inputs_is_bitwise_the_same_in_any_batch():
+    # Prepare: five models, one probe shared by all (some columns unused), per-model targets
+    spec, g = MLPSpec((20, 8, 3)), torch.Generator().manual_seed(5)
+    params = torch.stack([init_params(spec, g) for _ in range(5)])
+    x = torch.rand(30, 20, generator=g)
+    x[:, :4] = 0
+    y = torch.softmax(torch.randn(5, 30, 3, generator=g), -1)
+    loss = lambda p, t: ((p - t) ** 2).mean((1, 2))  # noqa: E731
+    cfg = TrainConfig(steps=40, lr=0.01)
+    # Execute
+    together = train_shared(params, spec, x, y, loss, cfg)
+    # Assert: alone, or with other models, as another sharding of the parties would batch it
+    for lo, hi in [(0, 1), (1, 3), (2, 5), (4, 5)]:
+        assert torch.equal(train_shared(params[lo:hi], spec, x, y[lo:hi], loss, cfg), together[lo:hi])

@@ -35,7 +35,8 @@ def train(
     constraint: Constraint = FREE,
     stop: int | None = None,
 ) -> torch.Tensor:
-    """Train a stack ``params`` (P, n_params) on ``x`` (P, N, in), ``y`` (P, N, ...); returns the new stack.
+    """Train a stack ``params`` (P, n_params) on ``x`` (P, N, in) (or (N, in) that every model shares), ``y``
+    (P, N, ...); returns the new stack.
 
     ``at_steps(step, weights)``, if given, sees the weights before every step and after the last one (the live
     tensor, updated in place afterwards: copy what you keep). ``constraint``: a mask and/or a proximal pull.
@@ -43,7 +44,7 @@ def train(
     (so step t is the same step whatever ``stop``).
     """
     weights = params.detach().clone()
-    steps = cfg.steps if x.shape[1] > 0 else 0
+    steps = cfg.steps if x.shape[-2] > 0 else 0
     opt, work = Optimizer(cfg, weights, steps), {}  # work: activation buffers reused across steps
     free, grad = constraint is FREE, torch.empty_like(weights) if isinstance(spec, MLPSpec) else None
     steps = steps if stop is None else min(steps, stop)
@@ -75,7 +76,7 @@ def train_shared(
     (w0, b0, _), (nw0, nb0, _) = spec.offsets[0], narrow.offsets[0]
     first = params[:, w0:b0].reshape(p, spec.widths[1], spec.widths[0])  # (P, out, in)
     start = torch.cat([first[:, :, keep].reshape(p, -1), params[:, b0:]], 1)
-    tuned = train(start, narrow, x[:, keep].expand(p, -1, -1), y, loss_fn, cfg)
+    tuned = train(start, narrow, x[:, keep], y, loss_fn, cfg)
     out = params.detach().clone()
     out[:, w0:b0].view(p, spec.widths[1], spec.widths[0])[:, :, keep] = tuned[:, nw0:nb0].view(p, spec.widths[1], -1)
     out[:, b0:] = tuned[:, nb0:]

@@ -116,7 +116,7 @@ def _layered_loss_and_grad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`loss_and_grad` of any MLP: layer by layer, keeping each layer's activations and slopes.
 
-    Inputs shared by every model (``x`` (N, in), or expanded to (P, N, in)): the first layer runs as
+    Inputs shared by every model (``x`` (N, in)): the first layer runs as
     (P, out, in) @ (in, N), ~1.3x the rate of (N, in) @ (P, in, out) for wide inputs (a function-space refit's probe);
     its activations, slopes and gradient live in (P, out, N) memory viewed as (P, N, out), so its weights' gradient is
     one (P·out, N) @ (N, in) product and the second layer's products read that memory as it lies.
@@ -126,7 +126,7 @@ def _layered_loss_and_grad(
     h = x if x.dim() == 3 else x.expand(p, *x.shape)
     flat = flat.detach()
     all_layers = layers(flat, spec)
-    shared = p > 1 and h.stride(0) == 0 and spec.widths[0] > 1 and spec.widths[1] > 1
+    shared = x.dim() == 2 and spec.widths[0] > 1 and spec.widths[1] > 1  # one input matrix, any number of models
     inputs, slopes = [], []  # each layer's input; each hidden layer's activation derivative
     for i, (weight, bias) in enumerate(all_layers):
         inputs.append(h)
@@ -159,6 +159,8 @@ def _layered_loss_and_grad(
         elif i == 0 and shared:  # g: a view of (P, out, N) memory (below), the inputs one (N, in): one matrix product
             g_t, buf = g.transpose(1, 2).reshape(p * fan_out, -1), buffer(work, ("gw", i), (p * fan_out, fan_in), flat)
             g_weight.copy_(torch.mm(g_t, h[0], out=buf).view(p, fan_out, fan_in))
+            g_bias.copy_(g_t.sum(1).view(p, fan_out))  # along the memory: the same sums for any number of models
+            continue
         elif i == 1 and shared:  # h: a view of (P, in, N) memory; (P, in, N) @ (P, N, out) reads it as it lies
             g_weight.copy_(torch.bmm(h.transpose(1, 2), g, out=buffer(work, ("gw", i), (p, fan_in, fan_out), flat)).mT)
         else:  # into a kept contiguous buffer (bmm into the strided view of ``grad`` is ~10× slower)
