@@ -29,7 +29,8 @@ from fusion.layout import ModelLayout
 from fusion.lazy import torch
 from fusion.methods import COLD_START
 from fusion.models.params import forward
-from fusion.models.spec import CNNSpec, Spec
+from fusion.models.party_scores import party_scores
+from fusion.models.spec import Spec
 from fusion.strategies.by_family import ByFamily
 from fusion.streams import InitFn, Stream, party_inits
 from fusion.warm_start import WarmStarter, predict_all
@@ -116,18 +117,13 @@ def participating(
     evals = [task.party_eval_data(seed, i, d) for i, d in zip(ids, desc)]
 
     def score(method: str, rows: np.ndarray, models: np.ndarray, spec: Spec) -> None:
-        step = 1 if isinstance(spec, CNNSpec) else len(rows)  # a CNN's activations: a party at a time
-        for at in range(0, len(rows), step):
-            some, m = rows[at : at + step], models[at : at + step]
-            ex = _stack([evals[r][0] for r in some], device)
-            ey = _stack([evals[r][1] for r in some], device)
-            with torch.no_grad():
-                pred = forward(torch.as_tensor(m, device=device), spec, ex)
-                values = task.metric(pred, ey, torch.as_tensor(desc[some], device=device)).cpu().numpy()
-            out.method.extend([method] * len(some))
-            out.shots.extend([0] * len(some))
-            out.party_id.extend(ids[some].tolist())
-            out.value.extend(values.tolist())
+        ex, ey = _stack([evals[r][0] for r in rows], device), _stack([evals[r][1] for r in rows], device)
+        m, d = torch.as_tensor(models, device=device), torch.as_tensor(desc[rows], device=device)
+        values = party_scores(task.metric, m, spec, ex, ey, d).cpu().numpy()
+        out.method.extend([method] * len(rows))
+        out.shots.extend([0] * len(rows))
+        out.party_id.extend(ids[rows].tolist())
+        out.value.extend(values.tolist())
 
     for method in methods:
         starter = fitted.get(method)

@@ -8,8 +8,8 @@ import torch
 from fusion.adapt.finetuning import finetune
 from fusion.adapt.optimizer import Optimizer
 from fusion.adapt.train_config import FinetuneConfig, TrainConfig
-from fusion.adapt.training import train
-from fusion.models.params import forward, init_params
+from fusion.adapt.training import train, train_shared
+from fusion.models.params import forward, init_params, loss_and_grad
 from fusion.models.spec import MLPSpec
 
 SPEC = MLPSpec((1, 16, 1))
@@ -91,6 +91,19 @@ def test_a_random_init_trains_and_a_perfect_warm_start_is_kept():
     torch.testing.assert_close(kept, tuned)
 
 
+def test_parties_that_take_steps_train_as_they_would_alone_beside_parties_that_keep_their_start():
+    # Prepare: two random inits (they train) and a warm start whose shots are its own outputs (it keeps its start)
+    params, x, y, d = _task(3, 20)
+    y[1] = forward(params[1:2], SPEC, x[1:2])[0].detach()
+    cfg = FinetuneConfig(steps=100, lr=0.01, every=20)
+    # Execute
+    together = finetune(params, SPEC, x, y, _mse, d, cfg)
+    alone = [finetune(params[i : i + 1], SPEC, x[i : i + 1], y[i : i + 1], _mse, d[i : i + 1], cfg) for i in (0, 2)]
+    # Assert
+    assert torch.equal(together[1], params[1]) and not torch.equal(together[0], params[0])
+    assert torch.equal(together[0:1], alone[0]) and torch.equal(together[2:3], alone[1])
+
+
 @pytest.mark.parametrize("kwargs", [{"folds": 1}, {"folds": -1}, {"every": 0}, {"steps": -1}])
 def test_bad_finetune_configs_are_refused(kwargs):
     with pytest.raises(ValueError):
@@ -148,3 +161,52 @@ def test_the_unfused_optimizer_takes_torch_optims_steps_bit_for_bit(optimizer, d
         ref.step()
 
     assert torch.equal(ours, w.detach())
+
+
+@pytest.mark.parametrize("widths, activation", [((6, 5, 3), "relu"), ((6, 5, 4, 1), "relu"), ((6, 5, 4, 3), "tanh")])
+def test_inputs_shared_by_the_stack_give_the_gradient_of_per_model_inputs(widths, activation):
+    # Prepare: a stack of MLPs and one input matrix, given shared (N, in) and as every model's own copy
+    spec, g = MLPSpec(widths, activation), torch.Generator().manual_seed(3)
+    params = torch.stack([init_params(spec, g) for _ in range(4)])
+    x, y = torch.randn(9, 6, generator=g), torch.randn(4, 9, widths[-1], generator=g)
+    loss = lambda p, t: ((p - t) ** 2).mean((1, 2))  # noqa: E731
+    # Execute
+    shared = loss_and_grad(params, spec, x, y, loss, {})
+    own = loss_and_grad(params, spec, x.expand(4, 9, 6).contiguous(), y, loss, {})
+    # Assert
+    torch.testing.assert_close(shared[0], own[0])
+    torch.testing.assert_close(shared[1], own[1])
+
+
+def test_training_on_shared_inputs_leaves_the_weights_of_unused_input_columns_as_they_are():
+    # Prepare: a probe whose columns 0 and 3 are 0 at every input
+    spec, g = MLPSpec((5, 8, 2)), torch.Generator().manual_seed(4)
+    params = torch.stack([init_params(spec, g) for _ in range(3)])
+    x = torch.randn(20, 5, generator=g)
+    x[:, [0, 3]] = 0
+    y = torch.randn(3, 20, 2, generator=g)
+    cfg = TrainConfig(steps=50, lr=0.01)
+    # Execute
+    narrow = train_shared(params, spec, x, y, lambda p, t: ((p - t) ** 2).mean((1, 2)), cfg)
+    whole = train(params, spec, x.expand(3, 20, 5), y, lambda p, t: ((p - t) ** 2).mean((1, 2)), cfg)
+    # Assert: the unused columns' weights are the start's, and the whole net trains as the narrow one did
+    first = lambda w: w[:, : 8 * 5].reshape(3, 8, 5)  # noqa: E731
+    assert torch.equal(first(narrow)[:, :, [0, 3]], first(params)[:, :, [0, 3]])
+    assert torch.equal(first(whole)[:, :, [0, 3]], first(params)[:, :, [0, 3]])
+    torch.testing.assert_close(narrow, whole)
+
+
+def test_a_partys_training_on_shared_inputs_is_bitwise_the_same_in_any_batch():
+    # Prepare: five models, one probe shared by all (some columns unused), per-model targets
+    spec, g = MLPSpec((20, 8, 3)), torch.Generator().manual_seed(5)
+    params = torch.stack([init_params(spec, g) for _ in range(5)])
+    x = torch.rand(30, 20, generator=g)
+    x[:, :4] = 0
+    y = torch.softmax(torch.randn(5, 30, 3, generator=g), -1)
+    loss = lambda p, t: ((p - t) ** 2).mean((1, 2))  # noqa: E731
+    cfg = TrainConfig(steps=40, lr=0.01)
+    # Execute
+    together = train_shared(params, spec, x, y, loss, cfg)
+    # Assert: alone, or with other models, as another sharding of the parties would batch it
+    for lo, hi in [(0, 1), (1, 3), (2, 5), (4, 5)]:
+        assert torch.equal(train_shared(params[lo:hi], spec, x, y[lo:hi], loss, cfg), together[lo:hi])

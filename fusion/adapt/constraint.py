@@ -38,5 +38,9 @@ class Constraint:
         anchor = None if self.anchor is None else self.anchor.repeat(g, 1)
         return Constraint(self.mask, self.prox, anchor)
 
+    def rows(self, idx: torch.Tensor) -> Constraint:
+        """The constraint of rows ``idx`` of the stack."""
+        return self if self.anchor is None else Constraint(self.mask, self.prox, self.anchor[idx])
+
 
 FREE = Constraint()

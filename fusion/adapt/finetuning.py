@@ -124,10 +124,14 @@ def finetune(
         base = options.gather(2, prior[None, :, None].expand(len(options), -1, 1)).squeeze(2)
     best = choose_steps(held_out, candidates, cfg.step_margin if heads else cfg.margin, base)
 
+    rows = torch.nonzero(best > 0).squeeze(1)  # the parties that take steps; alone, as in any batch
+    steps = best[rows]
+
     def keep(step: int, w: torch.Tensor) -> None:
         if step > 0:
-            chosen[best == step] = w[best == step]
+            chosen[rows[steps == step]] = w[steps == step]
 
-    if int(best.max()) > 0:  # the same schedule as in the folds, so step t means the same thing
-        train(params, spec, x, y, task_loss, cfg, keep, constraint, stop=int(best.max()))
+    if len(rows):  # the same schedule as in the folds, so step t means the same thing
+        part = (params[rows], spec, x[rows], y[rows], task_loss.rows(rows), cfg, keep, constraint.rows(rows))
+        train(*part, stop=int(steps.max()))
     return chosen

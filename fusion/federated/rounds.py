@@ -29,8 +29,8 @@ from fusion.federated.base import (
 )
 from fusion.federated.local import OptimizerMemory, party_chunks
 from fusion.lazy import torch
-from fusion.models.params import forward
-from fusion.models.spec import CNNSpec, MLPSpec, Spec
+from fusion.models.party_scores import party_scores
+from fusion.models.spec import MLPSpec, Spec
 from fusion.system import PartyTimes, RoundClock
 
 
@@ -237,27 +237,10 @@ def participant_scores(
         if models is None:
             return None
         x, y = held_out(batch.ids)
-        with torch.no_grad():
-            if isinstance(batch.spec, CNNSpec):  # a party at a time on its real rows, not the stack's padding
-                for i, row in enumerate(rows):
-                    m, d = models[i : i + 1], batch.descriptors[i : i + 1]
-                    n_x, n_y = _real_length(y[i]), int(batch.counts[i])
-                    values[row] = metric(forward(m, batch.spec, x[i : i + 1, :n_x]), y[i : i + 1, :n_x], d).item()
-                    pred = forward(m, batch.spec, batch.x[i : i + 1, :n_y])
-                    losses[row] = batch.loss_of(d)(pred, batch.y[i : i + 1, :n_y]).item()
-                continue
-            values[rows] = metric(forward(models, batch.spec, x), y, batch.descriptors).cpu().numpy()
-            losses[rows] = batch.loss(forward(models, batch.spec, batch.x), batch.y).cpu().numpy()
+        values[rows] = party_scores(metric, models, batch.spec, x, y, batch.descriptors).cpu().numpy()
+        loss = lambda pred, y, d, loss_of=batch.loss_of: loss_of(d)(pred, y)  # noqa: E731
+        losses[rows] = party_scores(loss, models, batch.spec, batch.x, batch.y, batch.descriptors).cpu().numpy()
     return values, losses
-
-
-def _real_length(y: torch.Tensor) -> int:
-    """Rows of one party's stacked targets ``y`` (N, ...) up to its last real one (padding comes after: NaN targets
-    or negative labels, :class:`fusion.federated.base.LocalBatch`)."""
-    flat = y.reshape(len(y), -1)
-    real = ~torch.isnan(flat).all(1) if flat.is_floating_point() else (flat >= 0).all(1)
-    idx = torch.nonzero(real)
-    return int(idx[-1]) + 1 if len(idx) else 1
 
 
 def server_round(algo: FederatedAlgorithm, server: State, parts: list[tuple[np.ndarray, State, np.ndarray]]) -> State:

@@ -2,8 +2,9 @@
 over stacks of them (:mod:`~fusion.models.params`; CNNs in :mod:`~fusion.models.conv`, the compiled kernels in
 :mod:`~fusion.models.kernels`, per-model losses in :mod:`~fusion.models.loss`, kept buffers in
 :mod:`~fusion.models.workspace`, activations in :mod:`~fusion.models.activation`), outputs on probe inputs
-(:mod:`~fusion.models.probe`), nets of several widths in one stack (:mod:`~fusion.models.widths`), and
-``torch.nn.Sequential`` state dicts (:mod:`~fusion.models.state_dicts`)."""
+(:mod:`~fusion.models.probe`), per-party scores on each party's own rows (:mod:`~fusion.models.party_scores`), nets
+of several widths in one stack (:mod:`~fusion.models.widths`), and ``torch.nn.Sequential`` state dicts
+(:mod:`~fusion.models.state_dicts`)."""
 
 from fusion.models.activation import activate
 from fusion.models.loss import RowLoss
@@ -18,6 +19,7 @@ from fusion.models.params import (
     permute,
     unit_features,
 )
+from fusion.models.party_scores import party_scores
 from fusion.models.probe import probe_outputs
 from fusion.models.spec import CNNSpec, MLPSpec, Spec, body_spec, n_body, spec_for_family, spec_from_state, spec_state
 from fusion.models.state_dicts import flat_from_state, infer_spec, load_model_file, state_from_flat
@@ -44,6 +46,7 @@ __all__ = [
     "loss_and_grad",
     "n_body",
     "own_width",
+    "party_scores",
     "permute",
     "probe_outputs",
     "spec_for_family",

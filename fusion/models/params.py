@@ -114,19 +114,34 @@ def _layered_loss_and_grad(
     work: dict | None = None,
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`loss_and_grad` of any MLP: layer by layer, keeping each layer's activations and slopes."""
+    """:func:`loss_and_grad` of any MLP: layer by layer, keeping each layer's activations and slopes.
+
+    Inputs shared by every model (``x`` (N, in)): the first layer runs as
+    (P, out, in) @ (in, N), ~1.3x the rate of (N, in) @ (P, in, out) for wide inputs (a function-space refit's probe);
+    its activations, slopes and gradient live in (P, out, N) memory viewed as (P, N, out), so its weights' gradient is
+    one (P·out, N) @ (N, in) product and the second layer's products read that memory as it lies.
+    """
     relu = spec.activation == "relu"
     p = flat.shape[0]
     h = x if x.dim() == 3 else x.expand(p, *x.shape)
     flat = flat.detach()
     all_layers = layers(flat, spec)
+    shared = x.dim() == 2 and spec.widths[0] > 1 and spec.widths[1] > 1  # one input matrix, any number of models
     inputs, slopes = [], []  # each layer's input; each hidden layer's activation derivative
     for i, (weight, bias) in enumerate(all_layers):
         inputs.append(h)
         shape = (p, h.shape[1], weight.shape[1])
-        h = _affine(h, weight, bias, buffer(work, ("a", i), shape, flat))
-        if i < len(all_layers) - 1:
+        if i == 0 and shared:  # into (P, out, N) memory: views of it as (P, N, out)
+            shape_t = (p, weight.shape[1], h.shape[1])
+            x_t = h[0].T.contiguous().expand(p, -1, -1)  # (P, in, N), one copy of the inputs
+            a = buffer(work, ("a", i), shape_t, flat)
+            h = torch.baddbmm(bias.unsqueeze(2), weight, x_t, out=a).transpose(1, 2)
+            slope = buffer(work, ("s", i), shape_t, flat)
+            slope = None if slope is None else slope.transpose(1, 2)
+        else:
+            h = _affine(h, weight, bias, buffer(work, ("a", i), shape, flat))
             slope = buffer(work, ("s", i), shape, flat)
+        if i < len(all_layers) - 1:
             if relu:
                 h = h.clamp_min_(0)
                 slopes.append(torch.sign(h, out=slope))  # 1 where the unit is on, else 0
@@ -141,10 +156,21 @@ def _layered_loss_and_grad(
         h, (_, fan_out, fan_in) = inputs[i], weight.shape
         if fan_in == 1:  # (P, 1, N) @ (P, N, out) has the layout of (P, out, 1) and runs ~3× faster
             g_weight.copy_(torch.bmm(h.transpose(1, 2), g).view(p, fan_out, 1))
+        elif i == 0 and shared:  # g: a view of (P, out, N) memory (below), the inputs one (N, in): one matrix product
+            g_t, buf = g.transpose(1, 2).reshape(p * fan_out, -1), buffer(work, ("gw", i), (p * fan_out, fan_in), flat)
+            g_weight.copy_(torch.mm(g_t, h[0], out=buf).view(p, fan_out, fan_in))
+            g_bias.copy_(g_t.sum(1).view(p, fan_out))  # along the memory: the same sums for any number of models
+            continue
+        elif i == 1 and shared:  # h: a view of (P, in, N) memory; (P, in, N) @ (P, N, out) reads it as it lies
+            g_weight.copy_(torch.bmm(h.transpose(1, 2), g, out=buffer(work, ("gw", i), (p, fan_in, fan_out), flat)).mT)
         else:  # into a kept contiguous buffer (bmm into the strided view of ``grad`` is ~10× slower)
             g_weight.copy_(torch.bmm(g.transpose(1, 2), h, out=buffer(work, ("gw", i), g_weight.shape, flat)))
         g_bias.copy_(g.sum(1))
-        if i > 0:
+        if i == 1 and shared:  # into (P, in, N) memory, the layout of the first layer's slopes: (P, N, in) views
+            buf = buffer(work, ("g", i), (p, fan_in, g.shape[1]), flat)
+            g = torch.bmm(weight.transpose(1, 2), g.transpose(1, 2), out=buf).transpose(1, 2)
+            g.mul_(slopes[i - 1])
+        elif i > 0:
             buf = buffer(work, ("g", i), (p, g.shape[1], fan_in), flat)
             g = torch.mul(g, weight, out=buf) if fan_out == 1 else torch.bmm(g, weight, out=buf)  # (P, N, fan_in)
             g.mul_(slopes[i - 1])

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fusion.adapt.train_config import TrainConfig
-from fusion.adapt.training import relative_mse, train
+from fusion.adapt.training import relative_mse, train_shared
 from fusion.lazy import lazy, torch
 from fusion.models.params import forward, init_params
 from fusion.models.probe import probe_outputs
@@ -85,9 +85,8 @@ class RefitWarmStarter(WarmStarter):
         return kl_to_probabilities if self.output_kind == "logits" else relative_mse
 
     def _refit(self, init: np.ndarray, target: torch.Tensor, spec: Spec) -> np.ndarray:
-        m, n_probe = len(init), len(self.probe)
-        x = torch.tensor(self.probe).expand(m, n_probe, spec.fan_in)  # copy: object-store arrays are read-only
-        return train(torch.as_tensor(init), spec, x, target, self._loss(), self.refit).numpy()
+        x = torch.tensor(self.probe)  # copy: object-store arrays are read-only
+        return train_shared(torch.as_tensor(init), spec, x, target, self._loss(), self.refit).numpy()
 
     def _closer(self, init: np.ndarray, other: np.ndarray, target: torch.Tensor) -> np.ndarray:
         """Per party, whichever of ``init`` and ``other`` (m, n_params) fits ``target`` on the probe better."""
