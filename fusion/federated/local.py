@@ -248,12 +248,6 @@ def task_grad(batch) -> GradFn:
     return grad
 
 
-def _rows_of(constraint: Constraint, rows: torch.Tensor | None) -> Constraint:
-    if rows is None or constraint.anchor is None:
-        return constraint
-    return Constraint(constraint.mask, constraint.prox, constraint.anchor[rows])
-
-
 def local_train(
     start: torch.Tensor,
     batch,
@@ -284,7 +278,7 @@ def local_train(
         w = weights if rows is None else weights[rows]
         g = gradient(w, parts, rows)
         if constraint is not FREE:
-            g = _rows_of(constraint, rows).apply(g, w)
+            g = (constraint if rows is None else constraint.rows(rows)).apply(g, w)
         opt.step(g, rows)
     if memory is not None:
         memory.keep(slot, opt.state)
