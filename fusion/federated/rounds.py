@@ -223,16 +223,16 @@ def participant_scores(
         device = batch.x.device
         down_t = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in down.items()}
         personal = None
-        if algo.personal:
+        if algo.personal:  # the kept states; a party without one yet: the state it would start with
             have = store.has(batch.ids)
-            fresh = algo.init_personal(down_t, batch) if not have.all() else None
-            kept = store.stack(batch.ids[have]) if have.any() else None
-            personal = {}
-            for k in fresh or kept:
-                rows_k = torch.zeros_like((fresh or kept)[k]) if fresh is None else fresh[k].clone()
-                if kept is not None:
-                    rows_k[torch.as_tensor(np.flatnonzero(have), device=device)] = kept[k].to(rows_k.dtype)
-                personal[k] = rows_k
+            if have.all():
+                personal = store.stack(batch.ids, own=True)
+            else:
+                personal = {k: v.clone() for k, v in algo.init_personal(down_t, batch).items()}
+                if have.any():
+                    at = torch.as_tensor(np.flatnonzero(have), device=device)
+                    for k, v in store.stack(batch.ids[have], own=True).items():
+                        personal[k][at] = v.to(personal[k].dtype)
         models = algo.participant_models(down_t, personal, batch)
         if models is None:
             return None
