@@ -3,7 +3,7 @@
 PFLlib (TsingZ0/PFLlib) trains 20 MNIST clients of a Dirichlet(0.1) split, every client every round, each for one
 local epoch of minibatches of 10 with SGD at lr 0.005, and reports after every round the accuracy of each client's
 own model on its own held-out 25% (correct predictions summed over all clients / their test samples). This bench
-runs the same setting through ``fusion-cluster``'s pipeline:
+runs the same setting (``configs/pfllib_mnist.toml``, one algorithm at a time) through ``fusion-cluster``'s pipeline:
 
 - the split: a partition file of row indices (``--partition``; ``../shared/data/pfllib-mnist-dir0.1-20.npz`` is the
   split PFLlib's own generator draws), read by ``[scenario] partition`` (:func:`scenarios.splits.read_partition`);
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -36,40 +37,18 @@ from cluster.pipeline import run
 from scenarios import build
 
 ALGORITHMS = ("fedavg", "fedrep", "ditto", "per_fedavg", "fedala")
-# PFLlib's procedure where our defaults differ: Ditto's -mu is 0; PFLlib's Per-FedAvg server calls a client's
-# train() twice a round (serverperavg.py), two passes of the local epoch
-PFLLIB_SETTINGS = {"ditto": {"lam": 0.0}, "per_fedavg": {"passes": 2}}
+SETTING = Path(__file__).resolve().parent.parent / "configs" / "pfllib_mnist.toml"  # PFLlib's setting, one file
 
 
 def config(args: argparse.Namespace, algorithm: str, out: Path) -> dict:
-    """The run config of one algorithm in PFLlib's setting."""
-    return {
-        "parties": args.clients,
-        "test_parties": 0,
-        "shots": [0],
-        "seed": args.seed,
-        "methods": [algorithm],
-        "out": str(out),
-        "scenario": {
-            "name": "digits-split",
-            "source": args.dataset,
-            "data_dir": args.data_dir,
-            "partition": args.partition,
-            "inputs": "centered",
-            "archs": ["cnn-m"],
-        },
-        "federated": {
-            "rounds": args.rounds,
-            "clients_per_round": 1.0,
-            "local_epochs": 1,
-            "batch_size": 10,
-            "lr": 0.005,
-            "optimizer": "sgd",
-            "eval_every": 1,
-            **({algorithm: PFLLIB_SETTINGS[algorithm]} if algorithm in PFLLIB_SETTINGS else {}),
-        },
-        "party_actors": args.party_actors,
-    }
+    """The run config of one algorithm in PFLlib's setting (:data:`SETTING`, the run the README names), for the
+    dataset, split, clients, rounds and seed of ``args``."""
+    cfg = tomllib.loads(SETTING.read_text())
+    cfg.update(parties=args.clients, seed=args.seed, methods=[algorithm], out=str(out))
+    cfg["scenario"].update(source=args.dataset, data_dir=args.data_dir, partition=args.partition)
+    cfg["federated"]["rounds"] = args.rounds
+    cfg["party_actors"] = args.party_actors
+    return cfg
 
 
 def accuracy_per_round(out: Path, algorithm: str) -> list[float]:
